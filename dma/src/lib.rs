@@ -3,3 +3,15 @@
 //!
 //! This crate knows nothing about PCI or VFIO: a backend (udriver's VFIO container, or
 //! a test recorder) implements the mapper trait.
+
+pub mod address;
+pub mod error;
+pub mod iova;
+pub mod mapper;
+pub mod recording_mapper;
+
+pub use address::{GuestPhysAddr, HostVirtAddr};
+pub use error::DmaError;
+pub use iova::{Iova, IovaRange};
+pub use mapper::{DmaAccess, DmaMapper, DmaMapping, PAGE_SIZE};
+pub use recording_mapper::RecordingMapper;

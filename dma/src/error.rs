@@ -1,0 +1,82 @@
+//! The crate's one error type.
+//!
+//! Every layer (ranges, allocator, mapper, policies, memory) returns `DmaError`, so a
+//! caller that maps a guest's scatter-gather list sees one type whatever failed. Each
+//! message names the address or size involved and, where there is one, the fix.
+
+use std::io;
+
+use crate::iova::IovaRange;
+
+/// Errors from IOVA ranges, the mapper, the allocator, mapping policies and DMA memory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DmaError {
+    /// A range or request of zero bytes.
+    #[error("empty range at {start:#x}: a DMA range must be at least one byte")]
+    EmptyRange {
+        /// Where the empty range starts.
+        start: u64,
+    },
+
+    /// `start + len` passes the end of the 64-bit address space.
+    #[error("range at {start:#x} of {len:#x} bytes wraps past the end of the address space")]
+    RangeOverflow {
+        /// First address.
+        start: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+
+    /// An address or size that the IOMMU requires to be page-aligned is not.
+    #[error("{what} {value:#x} is not aligned to the IOMMU page size {align:#x}")]
+    Misaligned {
+        /// Which value: "iova", "vaddr", "size".
+        what: &'static str,
+        /// The offending value.
+        value: u64,
+        /// The required alignment.
+        align: u64,
+    },
+
+    /// A map request overlaps an existing mapping.
+    #[error("cannot map {requested}: overlaps existing mapping {existing}; unmap it first")]
+    MapOverlap {
+        /// The IOVA range asked for.
+        requested: IovaRange,
+        /// The mapping already there.
+        existing: IovaRange,
+    },
+
+    /// An unmap range cuts through a mapping instead of covering it whole (VFIO type1v2
+    /// refuses to split a mapping).
+    #[error("cannot unmap {requested}: it covers only part of mapping {mapping}")]
+    PartialUnmap {
+        /// The IOVA range asked for.
+        requested: IovaRange,
+        /// The mapping it would split.
+        mapping: IovaRange,
+    },
+
+    /// The backend's limit on the number of mappings is reached.
+    #[error(
+        "IOMMU mapping limit of {limit} reached; coalesce mappings or raise the limit \
+         (vfio_iommu_type1 dma_entry_limit)"
+    )]
+    TooManyMappings {
+        /// The limit.
+        limit: usize,
+    },
+
+    /// The backend (an ioctl) failed.
+    #[error("{op} of {range} failed: {source}")]
+    Backend {
+        /// The operation, e.g. "VFIO_IOMMU_MAP_DMA".
+        op: &'static str,
+        /// The IOVA range involved.
+        range: IovaRange,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
