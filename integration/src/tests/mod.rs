@@ -1,0 +1,17 @@
+//! Every rig test and benchmark, by area. A test's name starts with its area so that
+//! `integration/rig test AREA_` selects one area.
+
+mod smoke;
+
+use crate::harness::RigTest;
+
+/// All rig tests, in the order they run.
+pub fn all() -> Vec<RigTest> {
+    [smoke::tests()].into_iter().flatten().collect()
+}
+
+/// All rig benchmarks; each prints its figures and the ratio against a baseline
+/// measured in the same boot.
+pub fn benches() -> Vec<RigTest> {
+    Vec::new()
+}

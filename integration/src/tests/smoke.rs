@@ -1,0 +1,75 @@
+//! Smoke tests: the rig is what the other tests assume, and VFIO is really there.
+
+use std::io::Read;
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::disk_pattern;
+use crate::harness::RigTest;
+use crate::rig;
+
+pub fn tests() -> Vec<RigTest> {
+    vec![
+        RigTest::new("smoke_test_devices_present", test_devices_present),
+        RigTest::new("smoke_disks_hold_pattern", disks_hold_pattern),
+    ]
+}
+
+fn read_id(bdf: &str, attr: &str) -> Result<String> {
+    let path = format!("/sys/bus/pci/devices/{bdf}/{attr}");
+    Ok(std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?.trim().to_string())
+}
+
+/// Each test device is where the tests expect it, is what they expect, and is alone in
+/// its IOMMU group (so a test can claim it without taking anything else).
+fn test_devices_present() -> Result<()> {
+    let expected = [
+        (rig::E1000_A, "0x8086", "0x100e"),
+        (rig::E1000_B, "0x8086", "0x100e"),
+        (rig::E1000E, "0x8086", "0x10d3"),
+        (rig::PIIX3_IDE, "0x8086", "0x7010"),
+        (rig::ICH9_AHCI, "0x8086", "0x2922"),
+    ];
+    for (bdf, vendor, device) in expected {
+        let (v, d) = (read_id(bdf, "vendor")?, read_id(bdf, "device")?);
+        ensure!((v.as_str(), d.as_str()) == (vendor, device), "{bdf} is {v}:{d}, want {vendor}:{device}");
+        let group = rig::iommu_group_of(bdf)?;
+        let members: Vec<String> = std::fs::read_dir(format!("/sys/kernel/iommu_groups/{group}/devices"))?
+            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_>>()?;
+        ensure!(members == [bdf], "{bdf}: IOMMU group {group} holds {members:?}, want it alone");
+        println!("{bdf} {v}:{d} group {group} driver {:?}", rig::driver_of(bdf));
+    }
+    Ok(())
+}
+
+/// The block device of the disk behind `bdf` with `sectors` sectors, as the kernel sees it.
+fn block_device_of(bdf: &str, sectors: u64) -> Result<String> {
+    for entry in std::fs::read_dir("/sys/block")? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let target = std::fs::read_link(format!("/sys/block/{name}"))?;
+        let size: u64 = std::fs::read_to_string(format!("/sys/block/{name}/size"))?.trim().parse()?;
+        if target.to_string_lossy().contains(&format!("/{bdf}/")) && size == sectors {
+            return Ok(format!("/dev/{name}"));
+        }
+    }
+    bail!("no block device of {sectors} sectors under {bdf} (is it on its host driver?)")
+}
+
+/// Both test disks hold the sector pattern from first sector to last, read through the
+/// host kernel's own drivers.
+fn disks_hold_pattern() -> Result<()> {
+    for (bdf, driver, sectors) in [
+        (rig::PIIX3_IDE, "ata_piix", rig::IDE_DISK_SECTORS),
+        (rig::ICH9_AHCI, "ahci", rig::AHCI_DISK_SECTORS),
+    ] {
+        rig::bind_to_host(bdf, driver)?;
+        let dev = rig::wait_for(|| block_device_of(bdf, sectors))?;
+        let mut data = Vec::new();
+        std::fs::File::open(&dev)?.read_to_end(&mut data)?;
+        ensure!(data.len() as u64 == sectors * 512, "{dev}: read {} bytes", data.len());
+        disk_pattern::verify(0, &data).map_err(anyhow::Error::msg).with_context(|| format!("{dev} on {bdf}"))?;
+        println!("{bdf} {dev}: {sectors} sectors hold the pattern");
+    }
+    Ok(())
+}
