@@ -79,4 +79,66 @@ pub enum DmaError {
         #[source]
         source: io::Error,
     },
+
+    /// An alignment that is not a power of two.
+    #[error("alignment {align:#x} is not a power of two")]
+    InvalidAlignment {
+        /// The alignment asked for.
+        align: u64,
+    },
+
+    /// The IOMMU reported no usable IOVA window of at least one page.
+    #[error("no usable IOVA range of at least {granularity:#x} bytes among {ranges} reported")]
+    NoUsableIova {
+        /// How many ranges were given.
+        ranges: usize,
+        /// The allocation granularity.
+        granularity: u64,
+    },
+
+    /// No free IOVA block is large enough.
+    #[error(
+        "IOVA space exhausted: no free block of {size:#x} bytes aligned to {align:#x} \
+         ({free:#x} bytes free, largest free block {largest:#x}); free some mappings first"
+    )]
+    IovaExhausted {
+        /// Requested size (after rounding to the granularity).
+        size: u64,
+        /// Requested alignment.
+        align: u64,
+        /// Total free bytes.
+        free: u64,
+        /// The largest free block.
+        largest: u64,
+    },
+
+    /// A specific IOVA range was asked for but is not (entirely) free or usable.
+    #[error("IOVA range {range} is not free (allocated, or outside the usable IOVA ranges)")]
+    IovaUnavailable {
+        /// The range asked for.
+        range: IovaRange,
+    },
+
+    /// A range freed twice.
+    #[error("double free of IOVA range {range}: it is already free")]
+    DoubleFree {
+        /// The range.
+        range: IovaRange,
+    },
+
+    /// A range freed that this allocator never handed out.
+    #[error("free of IOVA range {range}: not an allocation of this allocator")]
+    ForeignFree {
+        /// The range.
+        range: IovaRange,
+    },
+
+    /// A range freed with a different size than it was allocated with.
+    #[error("free of IOVA range {range}: the allocation there is {allocated}; free it whole")]
+    FreeMismatch {
+        /// The range given.
+        range: IovaRange,
+        /// The allocation that starts there.
+        allocated: IovaRange,
+    },
 }

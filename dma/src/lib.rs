@@ -7,11 +7,13 @@
 pub mod address;
 pub mod error;
 pub mod iova;
+pub mod iova_allocator;
 pub mod mapper;
 pub mod recording_mapper;
 
 pub use address::{GuestPhysAddr, HostVirtAddr};
 pub use error::DmaError;
 pub use iova::{Iova, IovaRange};
+pub use iova_allocator::IovaAllocator;
 pub use mapper::{DmaAccess, DmaMapper, DmaMapping, PAGE_SIZE};
 pub use recording_mapper::RecordingMapper;

@@ -1,0 +1,468 @@
+//! Hands out IOVA ranges from the windows an IOMMU can translate.
+//!
+//! Per-request DMA allocates and frees an IOVA range for every scatter-gather list, so
+//! this is on the hot path: both operations are O(log n) in the number of free blocks.
+//! Free space is kept twice — by address, to find and merge neighbours on free, and by
+//! (size, address), to find the smallest block that fits. Allocation is best-fit, which
+//! keeps large blocks whole for large requests; freeing coalesces with both neighbours,
+//! so space returns to the shape it had.
+//!
+//! The IOMMU's usable windows are given at construction with its holes already left out
+//! (on x86 the MSI window 0xfee00000-0xfeefffff is one), so no allocation can land in a
+//! hole. Ranges are handed out in whole granules (the IOMMU page size).
+//!
+//! rust-vmm's `vm-allocator` was the candidate crate; its `AddressAllocator` walks the
+//! free ranges linearly, so this allocator is written here (see `benches/iova.rs`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::error::DmaError;
+use crate::iova::{Iova, IovaRange};
+use crate::mapper::PAGE_SIZE;
+
+/// How many of the smallest sufficient blocks to try before falling back to one that
+/// fits whatever its alignment. Bounds allocation work while staying close to best-fit.
+const BEST_FIT_PROBES: usize = 8;
+
+/// A thread-safe allocator of IOVA ranges.
+#[derive(Debug)]
+pub struct IovaAllocator {
+    granularity: u64,
+    usable: Vec<IovaRange>,
+    state: Mutex<FreeSpace>,
+}
+
+/// Free blocks, indexed both ways, and live allocations. Invariants: blocks are
+/// granule-aligned, never overlap, and are never adjacent (they are merged) unless
+/// merging would overflow a u64 length.
+#[derive(Debug, Default)]
+struct FreeSpace {
+    by_addr: BTreeMap<u64, u64>,
+    by_size: BTreeSet<(u64, u64)>,
+    allocated: BTreeMap<u64, u64>,
+    free_bytes: u64,
+}
+
+impl IovaAllocator {
+    /// An allocator over `ranges` with 4 KiB granules.
+    pub fn new(ranges: &[IovaRange]) -> Result<IovaAllocator, DmaError> {
+        IovaAllocator::with_granularity(ranges, PAGE_SIZE)
+    }
+
+    /// An allocator over `ranges` handing out multiples of `granularity` (a power of
+    /// two, normally the IOMMU's smallest page size). Ranges are trimmed inwards to
+    /// whole granules; overlapping or adjacent ranges are merged.
+    pub fn with_granularity(
+        ranges: &[IovaRange],
+        granularity: u64,
+    ) -> Result<IovaAllocator, DmaError> {
+        if !granularity.is_power_of_two() {
+            return Err(DmaError::InvalidAlignment { align: granularity });
+        }
+        let mut trimmed: Vec<(u64, u64)> = ranges
+            .iter()
+            .filter_map(|r| {
+                let start = round_up(r.start().0, granularity)?;
+                // Exclusive end, computed in u128 because it may be 2^64.
+                let end = (u128::from(r.last().0) + 1) & !u128::from(granularity - 1);
+                (u128::from(start) < end).then(|| (start, (end - u128::from(start)) as u64))
+            })
+            .collect();
+        trimmed.sort_unstable();
+
+        let mut free = FreeSpace::default();
+        let mut usable: Vec<IovaRange> = Vec::new();
+        for (start, len) in trimmed {
+            // Input ranges may overlap: insert only the part past what is already free.
+            let covered_to = usable
+                .last()
+                .map_or(0, |r| u128::from(r.last().0) + 1)
+                .max(u128::from(start));
+            let end = u128::from(start) + u128::from(len);
+            if covered_to < end {
+                let piece_start = covered_to as u64;
+                let piece_len = (end - covered_to) as u64;
+                free.release(piece_start, piece_len);
+                usable.push(IovaRange::new(Iova(piece_start), piece_len)?);
+            }
+        }
+        if usable.is_empty() {
+            return Err(DmaError::NoUsableIova {
+                ranges: ranges.len(),
+                granularity,
+            });
+        }
+        Ok(IovaAllocator {
+            granularity,
+            usable,
+            state: Mutex::new(free),
+        })
+    }
+
+    /// The allocation granule.
+    pub fn granularity(&self) -> u64 {
+        self.granularity
+    }
+
+    /// The usable ranges after trimming to granules (sorted, disjoint).
+    pub fn usable_ranges(&self) -> &[IovaRange] {
+        &self.usable
+    }
+
+    /// Allocates `size` bytes (rounded up to the granule) aligned to `align` (a power of
+    /// two; values below the granule mean the granule).
+    pub fn alloc(&self, size: u64, align: u64) -> Result<IovaRange, DmaError> {
+        if size == 0 {
+            return Err(DmaError::EmptyRange { start: 0 });
+        }
+        if !align.is_power_of_two() {
+            return Err(DmaError::InvalidAlignment { align });
+        }
+        let align = align.max(self.granularity);
+        let size = round_up(size, self.granularity).ok_or(DmaError::RangeOverflow {
+            start: 0,
+            len: size,
+        })?;
+        let mut free = self.lock();
+        match free.find_fit(size, align, self.granularity) {
+            Some((block_start, block_len, at)) => {
+                free.carve(block_start, block_len, at, size);
+                free.allocated.insert(at, size);
+                IovaRange::new(Iova(at), size)
+            }
+            None => Err(DmaError::IovaExhausted {
+                size,
+                align,
+                free: free.free_bytes,
+                largest: free.by_size.last().map_or(0, |&(len, _)| len),
+            }),
+        }
+    }
+
+    /// Allocates exactly `range` (granule-aligned), e.g. to reserve a fixed window.
+    pub fn alloc_at(&self, range: IovaRange) -> Result<IovaRange, DmaError> {
+        range.check_alignment(self.granularity)?;
+        let mut free = self.lock();
+        let (block_start, block_len) = free
+            .block_containing(range.start().0)
+            .ok_or(DmaError::IovaUnavailable { range })?;
+        let block = IovaRange::new(Iova(block_start), block_len)?;
+        if !block.contains_range(&range) {
+            return Err(DmaError::IovaUnavailable { range });
+        }
+        free.carve(block_start, block_len, range.start().0, range.len());
+        free.allocated.insert(range.start().0, range.len());
+        Ok(range)
+    }
+
+    /// Returns an allocation, which must be given whole, as `alloc` returned it.
+    pub fn free(&self, range: IovaRange) -> Result<(), DmaError> {
+        let start = range.start().0;
+        let mut free = self.lock();
+        match free.allocated.get(&start).copied() {
+            Some(len) if len == range.len() => {
+                free.allocated.remove(&start);
+                free.release(start, len);
+                Ok(())
+            }
+            Some(len) => Err(DmaError::FreeMismatch {
+                range,
+                allocated: IovaRange::new(Iova(start), len)?,
+            }),
+            None if free.block_containing(start).is_some() => Err(DmaError::DoubleFree { range }),
+            None => Err(DmaError::ForeignFree { range }),
+        }
+    }
+
+    /// Total free bytes.
+    pub fn free_bytes(&self) -> u64 {
+        self.lock().free_bytes
+    }
+
+    /// The size of the largest free block (the largest granule-aligned allocation that
+    /// can succeed).
+    pub fn largest_free_block(&self) -> u64 {
+        self.lock().by_size.last().map_or(0, |&(len, _)| len)
+    }
+
+    /// Number of live allocations.
+    pub fn allocation_count(&self) -> usize {
+        self.lock().allocated.len()
+    }
+
+    /// Number of free blocks (a measure of fragmentation).
+    pub fn free_block_count(&self) -> usize {
+        self.lock().by_addr.len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FreeSpace> {
+        // Every mutation completes before it can panic (only allocation failure could),
+        // so a poisoned lock still guards consistent data.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl FreeSpace {
+    fn insert_block(&mut self, start: u64, len: u64) {
+        self.by_addr.insert(start, len);
+        self.by_size.insert((len, start));
+        self.free_bytes += len;
+    }
+
+    fn remove_block(&mut self, start: u64, len: u64) {
+        self.by_addr.remove(&start);
+        self.by_size.remove(&(len, start));
+        self.free_bytes -= len;
+    }
+
+    /// The free block containing `addr`, as (start, len).
+    fn block_containing(&self, addr: u64) -> Option<(u64, u64)> {
+        let (&start, &len) = self.by_addr.range(..=addr).next_back()?;
+        (addr - start < len).then_some((start, len))
+    }
+
+    /// Finds (block start, block len, aligned allocation start) for a request.
+    fn find_fit(&self, size: u64, align: u64, granularity: u64) -> Option<(u64, u64, u64)> {
+        let fits = |&(len, start): &(u64, u64)| {
+            let at = round_up(start, align)?;
+            let pad = at - start;
+            (pad <= len && len - pad >= size).then_some((start, len, at))
+        };
+        // Best fit among the few smallest blocks that are large enough.
+        if let Some(hit) = self
+            .by_size
+            .range((size, 0)..)
+            .take(BEST_FIT_PROBES)
+            .find_map(fits)
+        {
+            return Some(hit);
+        }
+        // Blocks start on a granule, so alignment wastes at most align - granularity: a
+        // block this large fits wherever it starts.
+        let sure = size.checked_add(align - granularity)?;
+        self.by_size.range((sure, 0)..).next().and_then(fits)
+    }
+
+    /// Takes `[at, at + size)` out of the free block `[block_start, +block_len)`.
+    fn carve(&mut self, block_start: u64, block_len: u64, at: u64, size: u64) {
+        self.remove_block(block_start, block_len);
+        let front = at - block_start;
+        if front > 0 {
+            self.insert_block(block_start, front);
+        }
+        let back = block_len - front - size;
+        if back > 0 {
+            self.insert_block(at + size, back);
+        }
+    }
+
+    /// Adds `[start, start + len)` to free space, merging with free neighbours.
+    fn release(&mut self, mut start: u64, mut len: u64) {
+        if let Some((&prev_start, &prev_len)) = self.by_addr.range(..start).next_back() {
+            if prev_start + prev_len == start {
+                if let Some(merged) = prev_len.checked_add(len) {
+                    self.remove_block(prev_start, prev_len);
+                    start = prev_start;
+                    len = merged;
+                }
+            }
+        }
+        if let Some(end) = start.checked_add(len) {
+            if let Some(&next_len) = self.by_addr.get(&end) {
+                if let Some(merged) = len.checked_add(next_len) {
+                    self.remove_block(end, next_len);
+                    len = merged;
+                }
+            }
+        }
+        self.insert_block(start, len);
+    }
+}
+
+/// `value` rounded up to a multiple of `align` (a power of two), or `None` on overflow.
+fn round_up(value: u64, align: u64) -> Option<u64> {
+    Some(value.checked_add(align - 1)? & !(align - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn range(start: u64, len: u64) -> IovaRange {
+        IovaRange::new(Iova(start), len).unwrap()
+    }
+
+    /// The windows VFIO reported on the rig: everything below 512 GiB except the
+    /// x86 MSI window.
+    fn rig_ranges() -> Vec<IovaRange> {
+        vec![
+            IovaRange::from_inclusive(Iova(0), Iova(0xfedf_ffff)).unwrap(),
+            IovaRange::from_inclusive(Iova(0xfef0_0000), Iova(0x7f_ffff_ffff)).unwrap(),
+        ]
+    }
+
+    #[test]
+    fn never_allocates_in_the_msi_hole() {
+        let a = IovaAllocator::new(&rig_ranges()).unwrap();
+        let hole = IovaRange::from_inclusive(Iova(0xfee0_0000), Iova(0xfeef_ffff)).unwrap();
+        // Fill the low window with 1 MiB blocks; none may touch the hole.
+        let mut got = Vec::new();
+        while let Ok(r) = a.alloc(1 << 20, 1 << 20) {
+            assert!(!r.overlaps(&hole), "{r} overlaps the MSI hole");
+            got.push(r);
+            if r.start().0 > 0x1_0000_0000 {
+                break;
+            }
+        }
+        assert!(got.len() > 4000);
+        assert!(matches!(
+            a.alloc_at(hole),
+            Err(DmaError::IovaUnavailable { .. })
+        ));
+    }
+
+    #[test]
+    fn respects_alignment_and_rounds_size() {
+        let a = IovaAllocator::new(&[range(0x1000, 0x10_0000)]).unwrap();
+        let small = a.alloc(1, 1).unwrap();
+        assert_eq!(small, range(0x1000, 0x1000));
+        let aligned = a.alloc(0x3000, 0x10000).unwrap();
+        assert!(aligned.start().is_aligned(0x10000));
+        assert_eq!(aligned.len(), 0x3000);
+        assert!(matches!(
+            a.alloc(0x1000, 3),
+            Err(DmaError::InvalidAlignment { align: 3 })
+        ));
+        assert!(matches!(a.alloc(0, 1), Err(DmaError::EmptyRange { .. })));
+    }
+
+    #[test]
+    fn best_fit_keeps_large_blocks_whole() {
+        // Two free blocks: 16 KiB at 0x10000 and 64 KiB at 0x100000.
+        let a = IovaAllocator::new(&[range(0x10000, 0x4000), range(0x10_0000, 0x10000)]).unwrap();
+        let r = a.alloc(0x4000, 0x1000).unwrap();
+        assert_eq!(
+            r.start(),
+            Iova(0x10000),
+            "the exact-size block is the best fit"
+        );
+        assert_eq!(a.largest_free_block(), 0x10000);
+    }
+
+    #[test]
+    fn free_coalesces_back_to_one_block() {
+        let a = IovaAllocator::new(&rig_ranges()).unwrap();
+        let initial_free = a.free_bytes();
+        let blocks: Vec<_> = (0..64)
+            .map(|i| a.alloc(0x1000 << (i % 5), 0x1000).unwrap())
+            .collect();
+        for r in blocks
+            .iter()
+            .step_by(2)
+            .chain(blocks.iter().skip(1).step_by(2))
+        {
+            a.free(*r).unwrap();
+        }
+        assert_eq!(a.free_bytes(), initial_free);
+        assert_eq!(a.free_block_count(), 2, "one block per usable window");
+        // The whole upper window is allocatable in one piece again.
+        let upper = a.alloc(0x7f_ffff_ffff - 0xfef0_0000 + 1, 0x1000).unwrap();
+        assert_eq!(upper.start(), Iova(0xfef0_0000));
+    }
+
+    #[test]
+    fn detects_double_foreign_and_mismatched_free() {
+        let a = IovaAllocator::new(&[range(0, 16 * GIB)]).unwrap();
+        let r = a.alloc(2 * GIB, GIB).unwrap();
+        let other = a.alloc(0x1000, 0x1000).unwrap();
+        assert!(matches!(
+            a.free(range(r.start().0, GIB)),
+            Err(DmaError::FreeMismatch { .. })
+        ));
+        a.free(r).unwrap();
+        assert!(matches!(a.free(r), Err(DmaError::DoubleFree { .. })));
+        assert!(matches!(
+            a.free(range(32 * GIB, 0x1000)),
+            Err(DmaError::ForeignFree { .. })
+        ));
+        assert!(matches!(
+            a.free(range(other.start().0, 0x2000)),
+            Err(DmaError::FreeMismatch { .. })
+        ));
+        a.free(other).unwrap();
+        assert_eq!(a.allocation_count(), 0);
+    }
+
+    #[test]
+    fn exhaustion_reports_what_is_left() {
+        let a = IovaAllocator::new(&[range(0x10000, 0x8000)]).unwrap();
+        a.alloc(0x4000, 0x1000).unwrap();
+        let err = a.alloc(0x8000, 0x1000).unwrap_err();
+        match err {
+            DmaError::IovaExhausted { free, largest, .. } => {
+                assert_eq!(free, 0x4000);
+                assert_eq!(largest, 0x4000);
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn alloc_at_reserves_inside_free_space_only() {
+        let a = IovaAllocator::new(&[range(0, 0x100000)]).unwrap();
+        let r = a.alloc_at(range(0x8000, 0x2000)).unwrap();
+        assert!(matches!(
+            a.alloc_at(range(0x9000, 0x1000)),
+            Err(DmaError::IovaUnavailable { .. })
+        ));
+        assert!(matches!(
+            a.alloc_at(range(0xff000, 0x2000)),
+            Err(DmaError::IovaUnavailable { .. })
+        ));
+        a.free(r).unwrap();
+        assert_eq!(a.free_block_count(), 1);
+    }
+
+    #[test]
+    fn trims_and_merges_input_ranges() {
+        let a = IovaAllocator::new(&[
+            range(0x800, 0x2000),  // trimmed to [0x1000, 0x2800) -> [0x1000, 0x2000)
+            range(0x1000, 0x3000), // overlaps, extends to 0x4000
+            range(0x4000, 0x1000), // adjacent
+        ])
+        .unwrap();
+        assert_eq!(a.free_bytes(), 0x4000);
+        assert_eq!(a.free_block_count(), 1);
+        assert!(IovaAllocator::new(&[range(0x800, 0x400)]).is_err());
+    }
+
+    #[test]
+    fn top_of_address_space_is_usable() {
+        let top = IovaRange::from_inclusive(Iova(u64::MAX - 0xffff), Iova(u64::MAX)).unwrap();
+        let a = IovaAllocator::new(&[top]).unwrap();
+        let r = a.alloc(0x10000, 0x10000).unwrap();
+        assert_eq!(r.last(), Iova(u64::MAX));
+        a.free(r).unwrap();
+        assert_eq!(a.largest_free_block(), 0x10000);
+    }
+
+    #[test]
+    fn shared_between_threads() {
+        let a = std::sync::Arc::new(IovaAllocator::new(&rig_ranges()).unwrap());
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let a = a.clone();
+                std::thread::spawn(move || {
+                    let rs: Vec<_> = (0..200).map(|_| a.alloc(0x2000, 0x1000).unwrap()).collect();
+                    rs.into_iter().for_each(|r| a.free(r).unwrap());
+                })
+            })
+            .collect();
+        handles.into_iter().for_each(|h| h.join().unwrap());
+        assert_eq!(a.allocation_count(), 0);
+        assert_eq!(a.free_block_count(), 2);
+    }
+}
