@@ -1,10 +1,22 @@
-//! Addresses that are not IOVAs: guest-physical and host-virtual.
+//! Addresses other than IOVAs (guest-physical, host-virtual), and the `Address` trait
+//! shared by all three.
 //!
 //! A guest hands out guest-physical addresses; the IOMMU is programmed with host
 //! virtual addresses. Keeping each in its own type makes every translation between the
 //! two explicit, which is where a guest could otherwise reach memory it does not own.
 
 use std::fmt;
+
+use crate::iova::Iova;
+
+/// An address in one of the address spaces DMA deals with. Lets scatter-gather lists
+/// and page arithmetic be written once for guest-physical, host-virtual and IOVA.
+pub trait Address: Copy + Ord + fmt::Debug + fmt::Display + Send + Sync + 'static {
+    /// The raw address.
+    fn to_raw(self) -> u64;
+    /// The address with this raw value.
+    fn from_raw(raw: u64) -> Self;
+}
 
 /// A guest-physical address, as a guest's driver programs it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -32,6 +44,15 @@ macro_rules! address_ops {
             }
         }
 
+        impl Address for $t {
+            fn to_raw(self) -> u64 {
+                self.0
+            }
+            fn from_raw(raw: u64) -> Self {
+                $t(raw)
+            }
+        }
+
         impl fmt::Display for $t {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 write!(f, "{:#x}", self.0)
@@ -42,3 +63,12 @@ macro_rules! address_ops {
 
 address_ops!(GuestPhysAddr);
 address_ops!(HostVirtAddr);
+
+impl Address for Iova {
+    fn to_raw(self) -> u64 {
+        self.0
+    }
+    fn from_raw(raw: u64) -> Self {
+        Iova(raw)
+    }
+}

@@ -10,10 +10,12 @@ pub mod iova;
 pub mod iova_allocator;
 pub mod mapper;
 pub mod recording_mapper;
+pub mod sg_list;
 
-pub use address::{GuestPhysAddr, HostVirtAddr};
+pub use address::{Address, GuestPhysAddr, HostVirtAddr};
 pub use error::DmaError;
 pub use iova::{Iova, IovaRange};
 pub use iova_allocator::IovaAllocator;
 pub use mapper::{DmaAccess, DmaMapper, DmaMapping, PAGE_SIZE};
 pub use recording_mapper::RecordingMapper;
+pub use sg_list::{BusSgList, GuestSgList, HostSgList, PageRun, SgList, SgSegment};
