@@ -1,2 +1,13 @@
 //! The guest side of udrv: a virtual PCI bus that a guest enumerates, with config space
 //! virtualised over real devices, and the frontends that serve it to a VMM.
+
+pub mod access_width;
+pub mod bar;
+pub mod capability;
+pub mod config_regs;
+pub mod config_space;
+
+pub use access_width::AccessWidth;
+pub use bar::{AddressSpace, BarDefinition, BarError, BarIndex, BarKind, BarLayout};
+pub use capability::{Capability, ExtendedCapability};
+pub use config_space::{ConfigSize, ConfigSpace, ConfigSpaceError, RegisterMask, Type0Header};

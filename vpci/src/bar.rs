@@ -1,0 +1,418 @@
+//! Base address registers as a function declares them: which index, which kind, how big,
+//! and how the guest-visible register encodes them.
+
+use std::fmt;
+
+use thiserror::Error;
+
+use crate::config_regs::{bar, header, rom};
+
+/// One of a type 0 function's address decoders: BAR0..=BAR5 or the expansion ROM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BarIndex(u8);
+
+impl BarIndex {
+    /// The expansion ROM base address register.
+    pub const ROM: BarIndex = BarIndex(6);
+
+    /// BAR `index` (0..=5); `None` for anything else.
+    pub fn new(index: u8) -> Option<Self> {
+        (index < header::BAR_COUNT as u8).then_some(Self(index))
+    }
+
+    /// BAR0..=BAR5 followed by the ROM.
+    pub fn all() -> impl Iterator<Item = BarIndex> {
+        (0..=6).map(BarIndex)
+    }
+
+    /// 0..=5 for BARs, 6 for the ROM.
+    pub fn get(self) -> u8 {
+        self.0
+    }
+
+    pub fn is_rom(self) -> bool {
+        self == Self::ROM
+    }
+
+    /// Offset of this decoder's register in config space.
+    pub fn config_offset(self) -> u16 {
+        if self.is_rom() {
+            header::ROM_ADDRESS
+        } else {
+            header::bar(self.0)
+        }
+    }
+}
+
+impl fmt::Display for BarIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_rom() {
+            f.write_str("ROM")
+        } else {
+            write!(f, "BAR{}", self.0)
+        }
+    }
+}
+
+/// The address space a decoder claims addresses in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AddressSpace {
+    Io,
+    Memory,
+}
+
+/// What kind of BAR a function implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BarKind {
+    /// An I/O-port BAR.
+    Io,
+    /// A memory BAR that the guest must place below 4 GiB.
+    Memory32 { prefetchable: bool },
+    /// A memory BAR occupying this register and the next one.
+    Memory64 { prefetchable: bool },
+}
+
+impl BarKind {
+    pub fn address_space(self) -> AddressSpace {
+        match self {
+            Self::Io => AddressSpace::Io,
+            Self::Memory32 { .. } | Self::Memory64 { .. } => AddressSpace::Memory,
+        }
+    }
+
+    pub fn is_64bit(self) -> bool {
+        matches!(self, Self::Memory64 { .. })
+    }
+
+    pub fn is_prefetchable(self) -> bool {
+        matches!(
+            self,
+            Self::Memory32 { prefetchable: true } | Self::Memory64 { prefetchable: true }
+        )
+    }
+
+    /// The read-only flag bits this kind shows in the low bits of its register.
+    pub fn flags(self) -> u32 {
+        let prefetch = |p: bool| if p { bar::PREFETCHABLE } else { 0 };
+        match self {
+            Self::Io => bar::SPACE_IO,
+            Self::Memory32 { prefetchable } => bar::MEMORY_TYPE_32 | prefetch(prefetchable),
+            Self::Memory64 { prefetchable } => bar::MEMORY_TYPE_64 | prefetch(prefetchable),
+        }
+    }
+
+    /// Decode a BAR register's flag bits; `None` for the reserved memory type.
+    pub fn from_register(value: u32) -> Option<Self> {
+        if value & bar::SPACE_IO != 0 {
+            return Some(Self::Io);
+        }
+        let prefetchable = value & bar::PREFETCHABLE != 0;
+        match value & bar::MEMORY_TYPE_MASK {
+            bar::MEMORY_TYPE_32 => Some(Self::Memory32 { prefetchable }),
+            bar::MEMORY_TYPE_64 => Some(Self::Memory64 { prefetchable }),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for BarKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io => f.write_str("io"),
+            Self::Memory32 { prefetchable } => {
+                write!(f, "mem32{}", if *prefetchable { " pref" } else { "" })
+            }
+            Self::Memory64 { prefetchable } => {
+                write!(f, "mem64{}", if *prefetchable { " pref" } else { "" })
+            }
+        }
+    }
+}
+
+/// A BAR as a function implements it: its kind and its size (a power of two).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BarDefinition {
+    pub kind: BarKind,
+    pub size: u64,
+}
+
+/// Smallest I/O BAR (the two low bits are flags).
+pub const MIN_IO_BAR_SIZE: u64 = 4;
+/// Largest I/O BAR: the whole 16-bit port space.
+pub const MAX_IO_BAR_SIZE: u64 = 0x1_0000;
+/// Smallest memory BAR (the four low bits are flags).
+pub const MIN_MEMORY_BAR_SIZE: u64 = 16;
+/// Largest 32-bit memory BAR: half the 32-bit space, as the register format allows.
+pub const MAX_MEMORY32_BAR_SIZE: u64 = 1 << 31;
+/// Largest 64-bit memory BAR.
+pub const MAX_MEMORY64_BAR_SIZE: u64 = 1 << 63;
+
+/// Why a BAR definition cannot be implemented.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum BarError {
+    #[error("{index} ({kind}) size {size:#x}: not a power of two between {min:#x} and {max:#x}")]
+    BadSize {
+        index: BarIndex,
+        kind: BarKind,
+        size: u64,
+        min: u64,
+        max: u64,
+    },
+    #[error("{index}: a 64-bit BAR needs the next register for its upper half; use BAR0..=BAR4")]
+    NoRoomForUpperHalf { index: BarIndex },
+    #[error("{index}: already the upper half of 64-bit {lower}; pick another index")]
+    UpperHalfInUse { index: BarIndex, lower: BarIndex },
+    #[error("{index}: already implemented; each BAR is defined once")]
+    AlreadyDefined { index: BarIndex },
+    #[error("ROM size {size:#x}: not a power of two between 0x800 and 0x80000000")]
+    BadRomSize { size: u64 },
+}
+
+impl BarDefinition {
+    pub fn new(kind: BarKind, size: u64) -> Self {
+        Self { kind, size }
+    }
+
+    /// Check that `index` can hold this BAR with its size.
+    pub fn validate(&self, index: BarIndex) -> Result<(), BarError> {
+        let (min, max) = match self.kind {
+            BarKind::Io => (MIN_IO_BAR_SIZE, MAX_IO_BAR_SIZE),
+            BarKind::Memory32 { .. } => (MIN_MEMORY_BAR_SIZE, MAX_MEMORY32_BAR_SIZE),
+            BarKind::Memory64 { .. } => (MIN_MEMORY_BAR_SIZE, MAX_MEMORY64_BAR_SIZE),
+        };
+        if !self.size.is_power_of_two() || self.size < min || self.size > max {
+            return Err(BarError::BadSize {
+                index,
+                kind: self.kind,
+                size: self.size,
+                min,
+                max,
+            });
+        }
+        if self.kind.is_64bit() && index.get() + 1 >= header::BAR_COUNT as u8 {
+            return Err(BarError::NoRoomForUpperHalf { index });
+        }
+        Ok(())
+    }
+
+    /// Writable bits of the low register: the address bits above the size.
+    pub fn low_writable_mask(&self) -> u32 {
+        let size_mask = !(self.size - 1);
+        let address_bits = match self.kind {
+            BarKind::Io => bar::IO_ADDRESS_MASK,
+            _ => bar::MEMORY_ADDRESS_MASK,
+        };
+        (size_mask as u32) & address_bits
+    }
+
+    /// Writable bits of the upper register of a 64-bit BAR.
+    pub fn high_writable_mask(&self) -> u32 {
+        (!(self.size - 1) >> 32) as u32
+    }
+
+    /// The address a guest programmed, from the low (and, for 64-bit, high) register.
+    pub fn address_from_registers(&self, low: u32, high: u32) -> u64 {
+        match self.kind {
+            BarKind::Io => u64::from(low & bar::IO_ADDRESS_MASK),
+            BarKind::Memory32 { .. } => u64::from(low & bar::MEMORY_ADDRESS_MASK),
+            BarKind::Memory64 { .. } => {
+                u64::from(low & bar::MEMORY_ADDRESS_MASK) | (u64::from(high) << 32)
+            }
+        }
+    }
+}
+
+/// Check an expansion ROM size.
+pub fn validate_rom_size(size: u64) -> Result<(), BarError> {
+    if !size.is_power_of_two() || size < u64::from(rom::MIN_SIZE) || size > 1 << 31 {
+        return Err(BarError::BadRomSize { size });
+    }
+    Ok(())
+}
+
+/// Writable bits of a ROM BAR register of `size` bytes: address bits and the enable bit.
+pub fn rom_writable_mask(size: u64) -> u32 {
+    ((!(size - 1)) as u32 & rom::ADDRESS_MASK) | rom::ENABLE
+}
+
+/// All of a function's decoders: which BARs exist and the ROM's size.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BarLayout {
+    bars: [Option<BarDefinition>; header::BAR_COUNT],
+    rom_size: Option<u64>,
+}
+
+impl BarLayout {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add BAR `index`; refuses overlaps with a 64-bit pair and invalid sizes.
+    pub fn set(&mut self, index: BarIndex, definition: BarDefinition) -> Result<(), BarError> {
+        if index.is_rom() {
+            return self.set_rom(definition.size);
+        }
+        definition.validate(index)?;
+        let i = usize::from(index.get());
+        if self.bars[i].is_some() {
+            return Err(BarError::AlreadyDefined { index });
+        }
+        if let Some(lower) = self.upper_half_of(index) {
+            return Err(BarError::UpperHalfInUse { index, lower });
+        }
+        if definition.kind.is_64bit() && self.bars[i + 1].is_some() {
+            return Err(BarError::AlreadyDefined {
+                index: BarIndex(index.get() + 1),
+            });
+        }
+        self.bars[i] = Some(definition);
+        Ok(())
+    }
+
+    /// Add an expansion ROM of `size` bytes.
+    pub fn set_rom(&mut self, size: u64) -> Result<(), BarError> {
+        validate_rom_size(size)?;
+        if self.rom_size.is_some() {
+            return Err(BarError::AlreadyDefined {
+                index: BarIndex::ROM,
+            });
+        }
+        self.rom_size = Some(size);
+        Ok(())
+    }
+
+    /// The definition of BAR `index` (the ROM shows as a 32-bit, non-prefetchable BAR).
+    pub fn get(&self, index: BarIndex) -> Option<BarDefinition> {
+        if index.is_rom() {
+            self.rom_size.map(|size| BarDefinition {
+                kind: BarKind::Memory32 {
+                    prefetchable: false,
+                },
+                size,
+            })
+        } else {
+            self.bars[usize::from(index.get())]
+        }
+    }
+
+    pub fn rom_size(&self) -> Option<u64> {
+        self.rom_size
+    }
+
+    /// If `index` is the upper half of a 64-bit BAR, the index of its lower half.
+    pub fn upper_half_of(&self, index: BarIndex) -> Option<BarIndex> {
+        let i = index.get();
+        if index.is_rom() || i == 0 {
+            return None;
+        }
+        let lower = BarIndex(i - 1);
+        self.get(lower).filter(|d| d.kind.is_64bit()).map(|_| lower)
+    }
+
+    /// Every implemented decoder, BARs first, then the ROM.
+    pub fn iter(&self) -> impl Iterator<Item = (BarIndex, BarDefinition)> + '_ {
+        BarIndex::all().filter_map(|i| self.get(i).map(|d| (i, d)))
+    }
+
+    /// Whether no decoder is implemented.
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mem64(size: u64) -> BarDefinition {
+        BarDefinition::new(BarKind::Memory64 { prefetchable: true }, size)
+    }
+
+    #[test]
+    fn sizes_must_be_powers_of_two_in_range() {
+        let b0 = BarIndex::new(0).unwrap();
+        assert!(BarDefinition::new(BarKind::Io, 0x20).validate(b0).is_ok());
+        assert!(BarDefinition::new(BarKind::Io, 0x30).validate(b0).is_err());
+        assert!(BarDefinition::new(BarKind::Io, 2).validate(b0).is_err());
+        let mem32 = BarKind::Memory32 {
+            prefetchable: false,
+        };
+        assert!(BarDefinition::new(mem32, 8).validate(b0).is_err());
+        assert!(BarDefinition::new(mem32, 1 << 32).validate(b0).is_err());
+        assert!(mem64(1 << 36).validate(b0).is_ok());
+        let err = mem64(0x1000)
+            .validate(BarIndex::new(5).unwrap())
+            .unwrap_err();
+        assert!(err.to_string().contains("BAR5"), "{err}");
+    }
+
+    #[test]
+    fn masks_encode_the_size() {
+        let d = BarDefinition::new(
+            BarKind::Memory32 {
+                prefetchable: false,
+            },
+            0x2_0000,
+        );
+        assert_eq!(d.low_writable_mask(), 0xfffe_0000);
+        let io = BarDefinition::new(BarKind::Io, 0x40);
+        assert_eq!(io.low_writable_mask(), 0xffff_ffc0);
+        let big = mem64(1 << 33);
+        assert_eq!(big.low_writable_mask(), 0);
+        assert_eq!(big.high_writable_mask(), 0xffff_fffe);
+        assert_eq!(rom_writable_mask(0x1_0000), 0xffff_0001);
+    }
+
+    #[test]
+    fn addresses_decode_per_kind() {
+        assert_eq!(
+            mem64(0x1000).address_from_registers(0xfebc_000c, 0x1),
+            0x1_febc_0000
+        );
+        let io = BarDefinition::new(BarKind::Io, 0x20);
+        assert_eq!(io.address_from_registers(0xc041, 0xffff_ffff), 0xc040);
+    }
+
+    #[test]
+    fn layout_refuses_overlapping_pairs() {
+        let mut layout = BarLayout::new();
+        layout
+            .set(BarIndex::new(2).unwrap(), mem64(0x4000))
+            .unwrap();
+        let io = BarDefinition::new(BarKind::Io, 0x20);
+        assert!(matches!(
+            layout.set(BarIndex::new(3).unwrap(), io),
+            Err(BarError::UpperHalfInUse { .. })
+        ));
+        layout.set(BarIndex::new(0).unwrap(), io).unwrap();
+        assert!(matches!(
+            layout.set(BarIndex::new(1).unwrap(), mem64(0x1000)),
+            Err(BarError::AlreadyDefined { .. })
+        ));
+        layout.set_rom(0x8000).unwrap();
+        let indices: Vec<u8> = layout.iter().map(|(i, _)| i.get()).collect();
+        assert_eq!(indices, vec![0, 2, 6]);
+        assert_eq!(
+            layout.upper_half_of(BarIndex::new(3).unwrap()),
+            BarIndex::new(2)
+        );
+    }
+
+    #[test]
+    fn kinds_round_trip_through_flags() {
+        for kind in [
+            BarKind::Io,
+            BarKind::Memory32 {
+                prefetchable: false,
+            },
+            BarKind::Memory32 { prefetchable: true },
+            BarKind::Memory64 {
+                prefetchable: false,
+            },
+            BarKind::Memory64 { prefetchable: true },
+        ] {
+            assert_eq!(BarKind::from_register(kind.flags()), Some(kind));
+        }
+        assert_eq!(BarKind::from_register(0x2), None);
+    }
+}
