@@ -141,4 +141,56 @@ pub enum DmaError {
         /// The allocation that starts there.
         allocated: IovaRange,
     },
+
+    /// A guest asked for DMA to memory it has not registered.
+    #[error(
+        "guest DMA request [{gpa:#x}, +{len:#x}) is outside the guest's registered memory; \
+         a guest may only DMA to memory it has registered"
+    )]
+    OutsideGuestMemory {
+        /// Guest-physical address of the request.
+        gpa: u64,
+        /// Length of the request.
+        len: u64,
+    },
+
+    /// A guest memory region overlaps one already registered.
+    #[error("guest memory region {new} overlaps registered region {existing}")]
+    RegionOverlap {
+        /// The new region's guest-physical range, formatted.
+        new: String,
+        /// The existing region's guest-physical range, formatted.
+        existing: String,
+    },
+
+    /// No guest memory region starts at this address.
+    #[error("no guest memory region is registered at guest-physical {gpa:#x}")]
+    RegionNotFound {
+        /// Guest-physical base asked for.
+        gpa: u64,
+    },
+
+    /// A region cannot be removed while DMA mappings into it are live.
+    #[error(
+        "guest memory region at {gpa:#x} still has {mappings} live DMA mapping(s); \
+         unmap them before removing the region"
+    )]
+    RegionBusy {
+        /// Guest-physical base of the region.
+        gpa: u64,
+        /// Number of live mappings into it.
+        mappings: usize,
+    },
+
+    /// An unmap named bus addresses that no live mapping of this policy covers.
+    #[error(
+        "unmap of bus address [{addr:#x}, +{len:#x}): not covered by a live mapping \
+         (already unmapped, or never mapped by this policy)"
+    )]
+    UnknownBusAddress {
+        /// First bus address of the offending segment.
+        addr: u64,
+        /// Its length.
+        len: u64,
+    },
 }

@@ -6,16 +6,20 @@
 
 pub mod address;
 pub mod error;
+pub mod guest_memory;
 pub mod iova;
 pub mod iova_allocator;
 pub mod mapper;
+pub mod policy;
 pub mod recording_mapper;
 pub mod sg_list;
 
 pub use address::{Address, GuestPhysAddr, HostVirtAddr};
 pub use error::DmaError;
+pub use guest_memory::{GuestMemory, GuestMemoryRegion, HostPiece};
 pub use iova::{Iova, IovaRange};
 pub use iova_allocator::IovaAllocator;
 pub use mapper::{DmaAccess, DmaMapper, DmaMapping, PAGE_SIZE};
+pub use policy::{BatchConfig, BatchedPolicy, DmaPolicy, IdentityPolicy, StrictPolicy};
 pub use recording_mapper::RecordingMapper;
 pub use sg_list::{BusSgList, GuestSgList, HostSgList, PageRun, SgList, SgSegment};

@@ -1,0 +1,239 @@
+//! The memory a guest has registered for DMA, and nothing else.
+//!
+//! A guest's VMM shares the guest's RAM (a memfd, mapped into this process) and says
+//! where it sits in guest-physical space. Every guest DMA request is translated through
+//! this table; a request that is not wholly inside it is refused. That is what keeps a
+//! guest from pointing a device at host memory it does not own.
+//!
+//! Regions must be page-aligned (base, length and host address): mappings are made in
+//! whole pages, and an unaligned region would let a page-rounded mapping reach the
+//! host memory next to it.
+
+use std::collections::BTreeMap;
+
+use crate::address::{GuestPhysAddr, HostVirtAddr};
+use crate::error::DmaError;
+
+/// One contiguous piece of guest RAM and where it lives in this process.
+///
+/// The policy that registers it never dereferences `vaddr`; it hands it to the IOMMU.
+/// The caller keeps that memory mapped while the region is registered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GuestMemoryRegion {
+    /// Guest-physical base.
+    pub gpa: GuestPhysAddr,
+    /// Length in bytes.
+    pub len: u64,
+    /// Host virtual address of the region's first byte.
+    pub vaddr: HostVirtAddr,
+}
+
+impl GuestMemoryRegion {
+    /// One past the last guest-physical byte.
+    fn gpa_end(&self) -> u64 {
+        self.gpa.0 + self.len
+    }
+
+    fn describe(&self) -> String {
+        format!("[{:#x}, +{:#x})", self.gpa.0, self.len)
+    }
+}
+
+/// A guest-physical piece of a request and the host memory behind it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostPiece {
+    /// Guest-physical address.
+    pub gpa: GuestPhysAddr,
+    /// Host virtual address of the same byte.
+    pub vaddr: HostVirtAddr,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// The registered regions of one guest, keyed by guest-physical base; never overlapping.
+#[derive(Clone, Debug, Default)]
+pub struct GuestMemory {
+    regions: BTreeMap<u64, GuestMemoryRegion>,
+}
+
+impl GuestMemory {
+    /// No regions.
+    pub fn new() -> GuestMemory {
+        GuestMemory::default()
+    }
+
+    /// Registers a region. It must be non-empty, `page_size`-aligned, not wrap either
+    /// address space, and not overlap a registered region in guest-physical space.
+    pub fn add(&mut self, region: GuestMemoryRegion, page_size: u64) -> Result<(), DmaError> {
+        if region.len == 0 {
+            return Err(DmaError::EmptyRange {
+                start: region.gpa.0,
+            });
+        }
+        for (what, value) in [
+            ("guest region base", region.gpa.0),
+            ("guest region length", region.len),
+            ("guest region host address", region.vaddr.0),
+        ] {
+            if value & (page_size - 1) != 0 {
+                return Err(DmaError::Misaligned {
+                    what,
+                    value,
+                    align: page_size,
+                });
+            }
+        }
+        for base in [region.gpa.0, region.vaddr.0] {
+            if base.checked_add(region.len).is_none() {
+                return Err(DmaError::RangeOverflow {
+                    start: base,
+                    len: region.len,
+                });
+            }
+        }
+        let before = self.regions.range(..region.gpa_end()).next_back();
+        if let Some((_, existing)) = before {
+            if existing.gpa_end() > region.gpa.0 {
+                return Err(DmaError::RegionOverlap {
+                    new: region.describe(),
+                    existing: existing.describe(),
+                });
+            }
+        }
+        self.regions.insert(region.gpa.0, region);
+        Ok(())
+    }
+
+    /// Unregisters the region based at `gpa`.
+    pub fn remove(&mut self, gpa: GuestPhysAddr) -> Result<GuestMemoryRegion, DmaError> {
+        self.regions
+            .remove(&gpa.0)
+            .ok_or(DmaError::RegionNotFound { gpa: gpa.0 })
+    }
+
+    /// The region based at `gpa`.
+    pub fn get(&self, gpa: GuestPhysAddr) -> Option<&GuestMemoryRegion> {
+        self.regions.get(&gpa.0)
+    }
+
+    /// All regions, in guest-physical order.
+    pub fn regions(&self) -> impl Iterator<Item = &GuestMemoryRegion> {
+        self.regions.values()
+    }
+
+    /// Whether `[gpa, gpa + len)` is wholly registered.
+    pub fn contains(&self, gpa: GuestPhysAddr, len: u64) -> bool {
+        self.walk(gpa, len, |_| ()).is_ok()
+    }
+
+    /// The host pieces behind `[gpa, gpa + len)`, split where the request crosses from
+    /// one region into the next. Errors unless every byte is registered.
+    pub fn host_pieces(&self, gpa: GuestPhysAddr, len: u64) -> Result<Vec<HostPiece>, DmaError> {
+        let mut pieces = Vec::with_capacity(1);
+        self.walk(gpa, len, |p| pieces.push(p))?;
+        Ok(pieces)
+    }
+
+    fn walk(
+        &self,
+        gpa: GuestPhysAddr,
+        len: u64,
+        mut piece: impl FnMut(HostPiece),
+    ) -> Result<(), DmaError> {
+        let outside = DmaError::OutsideGuestMemory { gpa: gpa.0, len };
+        if len == 0 || gpa.0.checked_add(len).is_none() {
+            return Err(outside);
+        }
+        let (mut at, end) = (gpa.0, gpa.0 + len);
+        while at < end {
+            let region = match self.regions.range(..=at).next_back() {
+                Some((_, r)) if r.gpa_end() > at => r,
+                _ => return Err(outside),
+            };
+            let take = (end - at).min(region.gpa_end() - at);
+            piece(HostPiece {
+                gpa: GuestPhysAddr(at),
+                vaddr: HostVirtAddr(region.vaddr.0 + (at - region.gpa.0)),
+                len: take,
+            });
+            at += take;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(gpa: u64, len: u64, va: u64) -> GuestMemoryRegion {
+        GuestMemoryRegion {
+            gpa: GuestPhysAddr(gpa),
+            len,
+            vaddr: HostVirtAddr(va),
+        }
+    }
+
+    #[test]
+    fn translates_inside_and_refuses_outside() {
+        let mut mem = GuestMemory::new();
+        mem.add(region(0, 0x10_0000, 0x7f00_0000_0000), 0x1000)
+            .unwrap();
+        let pieces = mem.host_pieces(GuestPhysAddr(0x2010), 0x20).unwrap();
+        assert_eq!(
+            pieces,
+            vec![HostPiece {
+                gpa: GuestPhysAddr(0x2010),
+                vaddr: HostVirtAddr(0x7f00_0000_2010),
+                len: 0x20
+            }]
+        );
+        assert!(matches!(
+            mem.host_pieces(GuestPhysAddr(0xf_fff0), 0x20),
+            Err(DmaError::OutsideGuestMemory {
+                gpa: 0xf_fff0,
+                len: 0x20
+            })
+        ));
+        assert!(!mem.contains(GuestPhysAddr(u64::MAX - 1), 4));
+        assert!(!mem.contains(GuestPhysAddr(0x10), 0));
+    }
+
+    #[test]
+    fn splits_across_adjacent_regions() {
+        let mut mem = GuestMemory::new();
+        mem.add(region(0, 0x2000, 0x10_0000), 0x1000).unwrap();
+        mem.add(region(0x2000, 0x2000, 0x50_0000), 0x1000).unwrap();
+        let pieces = mem.host_pieces(GuestPhysAddr(0x1800), 0x1000).unwrap();
+        assert_eq!(pieces.len(), 2);
+        assert_eq!(pieces[0].vaddr, HostVirtAddr(0x10_1800));
+        assert_eq!(pieces[1].vaddr, HostVirtAddr(0x50_0000));
+        assert_eq!(pieces[0].len + pieces[1].len, 0x1000);
+    }
+
+    #[test]
+    fn rejects_overlap_and_unaligned_regions() {
+        let mut mem = GuestMemory::new();
+        mem.add(region(0x10000, 0x10000, 0x10_0000), 0x1000)
+            .unwrap();
+        assert!(matches!(
+            mem.add(region(0x1f000, 0x2000, 0x90_0000), 0x1000),
+            Err(DmaError::RegionOverlap { .. })
+        ));
+        assert!(matches!(
+            mem.add(region(0x0, 0x10000 + 0x1000, 0x90_0000), 0x1000),
+            Err(DmaError::RegionOverlap { .. })
+        ));
+        assert!(matches!(
+            mem.add(region(0x40800, 0x1000, 0x90_0000), 0x1000),
+            Err(DmaError::Misaligned { .. })
+        ));
+        assert!(matches!(
+            mem.add(region(0x40000, 0x1000, 0x90_0800), 0x1000),
+            Err(DmaError::Misaligned { .. })
+        ));
+        mem.add(region(0x20000, 0x1000, 0x90_0000), 0x1000).unwrap();
+        assert!(mem.remove(GuestPhysAddr(0x21000)).is_err());
+        assert_eq!(mem.remove(GuestPhysAddr(0x20000)).unwrap().len, 0x1000);
+    }
+}

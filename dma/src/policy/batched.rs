@@ -1,0 +1,150 @@
+//! Batched per-request mapping: maps as strict, unmaps deferred and issued together.
+//!
+//! Deferring lets adjacent unmaps merge into one ioctl and takes the unmap off the
+//! request's critical path. The deferral is bounded: the queue is flushed when it holds
+//! `max_pending` unmaps, when its oldest entry is `max_delay` old (checked on every
+//! call, and by `flush_if_due` for an event loop's timer), when IOVA space runs out,
+//! and before a region is removed. A queued range keeps its IOVAs allocated until its
+//! unmap has been issued, so an IOVA is never handed out again while the device might
+//! still reach the old pages through it.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::address::GuestPhysAddr;
+use crate::error::DmaError;
+use crate::guest_memory::GuestMemoryRegion;
+use crate::iova::IovaRange;
+use crate::iova_allocator::IovaAllocator;
+use crate::mapper::{DmaAccess, DmaMapper};
+use crate::policy::request_table::RequestTable;
+use crate::policy::DmaPolicy;
+use crate::sg_list::{BusSgList, GuestSgList};
+
+/// Bounds on deferred unmaps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Flush when this many unmaps are queued (at least 1).
+    pub max_pending: usize,
+    /// Flush when the oldest queued unmap is this old.
+    pub max_delay: Duration,
+}
+
+impl Default for BatchConfig {
+    /// 32 unmaps or 1 ms, whichever comes first.
+    fn default() -> Self {
+        BatchConfig {
+            max_pending: 32,
+            max_delay: Duration::from_millis(1),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct PendingUnmaps {
+    ranges: Vec<IovaRange>,
+    oldest: Option<Instant>,
+}
+
+/// Maps each request's pages at fresh IOVAs; queues unmaps and issues them in batches.
+#[derive(Debug)]
+pub struct BatchedPolicy<M> {
+    table: RequestTable<M>,
+    config: BatchConfig,
+    pending: Mutex<PendingUnmaps>,
+}
+
+impl<M: DmaMapper> BatchedPolicy<M> {
+    /// A policy mapping through `mapper`, taking IOVAs from `iovas` (shared by every
+    /// policy on the same mapper), deferring unmaps within `config`'s bounds.
+    pub fn new(mapper: M, iovas: Arc<IovaAllocator>, config: BatchConfig) -> BatchedPolicy<M> {
+        BatchedPolicy {
+            table: RequestTable::new(mapper, iovas),
+            config: BatchConfig {
+                max_pending: config.max_pending.max(1),
+                ..config
+            },
+            pending: Mutex::new(PendingUnmaps::default()),
+        }
+    }
+
+    /// The mapper.
+    pub fn mapper(&self) -> &M {
+        self.table.mapper()
+    }
+
+    /// Number of live `map_sg` mappings (not counting queued unmaps).
+    pub fn live_count(&self) -> usize {
+        self.table.live_count()
+    }
+
+    /// Number of unmaps queued and not yet issued.
+    pub fn pending_count(&self) -> usize {
+        self.pending().ranges.len()
+    }
+
+    /// Flushes if the oldest queued unmap has waited `max_delay`; for a periodic timer.
+    pub fn flush_if_due(&self) -> Result<(), DmaError> {
+        let due = {
+            let pending = self.pending();
+            pending
+                .oldest
+                .is_some_and(|t| t.elapsed() >= self.config.max_delay)
+        };
+        if due {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Takes the queue and issues it; returns whether there was anything to issue.
+    fn drain(&self) -> Result<bool, DmaError> {
+        let ranges = {
+            let mut pending = self.pending();
+            pending.oldest = None;
+            std::mem::take(&mut pending.ranges)
+        };
+        let any = !ranges.is_empty();
+        self.table.release(ranges)?;
+        Ok(any)
+    }
+
+    fn pending(&self) -> MutexGuard<'_, PendingUnmaps> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<M: DmaMapper> DmaPolicy for BatchedPolicy<M> {
+    fn add_region(&self, region: GuestMemoryRegion) -> Result<(), DmaError> {
+        self.table.add_region(region)
+    }
+
+    fn remove_region(&self, gpa: GuestPhysAddr) -> Result<GuestMemoryRegion, DmaError> {
+        self.table.remove_region(gpa, || self.drain().map(|_| ()))
+    }
+
+    fn map_sg(&self, sg: &GuestSgList, access: DmaAccess) -> Result<BusSgList, DmaError> {
+        self.flush_if_due()?;
+        self.table.map_sg(sg, access, || self.drain())
+    }
+
+    fn unmap_sg(&self, bus: &BusSgList) -> Result<(), DmaError> {
+        let full = std::cell::Cell::new(false);
+        self.table.unmap_sg(bus, |ranges| {
+            let mut pending = self.pending();
+            pending.oldest.get_or_insert_with(Instant::now);
+            pending.ranges.extend(ranges);
+            full.set(pending.ranges.len() >= self.config.max_pending);
+            Ok(())
+        })?;
+        if full.get() {
+            self.flush()
+        } else {
+            self.flush_if_due()
+        }
+    }
+
+    fn flush(&self) -> Result<(), DmaError> {
+        self.drain().map(|_| ())
+    }
+}

@@ -1,0 +1,263 @@
+//! The live per-request mappings shared by the strict and batched policies.
+//!
+//! One `map_sg` becomes one IOVA allocation covering all of the request's page runs
+//! laid end to end, and one mapping per host-contiguous piece (so a list of contiguous
+//! pages costs one ioctl, not one per page). The table remembers each such allocation
+//! so that `unmap_sg`, which arrives with nothing but bus addresses from an untrusted
+//! guest, can be checked against what was really handed out.
+//!
+//! Locking: the guest memory lock is held (shared) across a whole map or unmap, and
+//! exclusively while a region is removed, so a region can never disappear under a
+//! mapping that is being made or one that is still waiting to be unmapped.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::address::GuestPhysAddr;
+use crate::error::DmaError;
+use crate::guest_memory::{GuestMemory, GuestMemoryRegion};
+use crate::iova::{Iova, IovaRange};
+use crate::iova_allocator::IovaAllocator;
+use crate::mapper::{DmaAccess, DmaMapper, DmaMapping};
+use crate::sg_list::{BusSgList, GuestSgList, PageRun};
+
+/// One `map_sg`'s worth of mappings.
+#[derive(Debug)]
+struct LiveMapping {
+    iova: IovaRange,
+    /// The guest pages behind it, to refuse removing a region that is in use.
+    gpa_runs: Vec<PageRun<GuestPhysAddr>>,
+}
+
+/// Registered memory plus live per-request mappings, over a mapper and an allocator.
+#[derive(Debug)]
+pub(crate) struct RequestTable<M> {
+    mapper: M,
+    iovas: Arc<IovaAllocator>,
+    memory: RwLock<GuestMemory>,
+    live: Mutex<BTreeMap<u64, LiveMapping>>,
+}
+
+impl<M: DmaMapper> RequestTable<M> {
+    pub(crate) fn new(mapper: M, iovas: Arc<IovaAllocator>) -> RequestTable<M> {
+        RequestTable {
+            mapper,
+            iovas,
+            memory: RwLock::new(GuestMemory::new()),
+            live: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub(crate) fn mapper(&self) -> &M {
+        &self.mapper
+    }
+
+    pub(crate) fn live_count(&self) -> usize {
+        self.live().len()
+    }
+
+    pub(crate) fn add_region(&self, region: GuestMemoryRegion) -> Result<(), DmaError> {
+        self.memory_mut().add(region, self.mapper.page_size())
+    }
+
+    /// Removes a region once `drain` (run with the region table locked) has issued any
+    /// deferred unmaps, refusing if live mappings still reach into it.
+    pub(crate) fn remove_region(
+        &self,
+        gpa: GuestPhysAddr,
+        drain: impl FnOnce() -> Result<(), DmaError>,
+    ) -> Result<GuestMemoryRegion, DmaError> {
+        let mut memory = self.memory_mut();
+        let region = *memory
+            .get(gpa)
+            .ok_or(DmaError::RegionNotFound { gpa: gpa.0 })?;
+        drain()?;
+        let (lo, hi) = (region.gpa.0, region.gpa.0 + region.len);
+        let busy = self
+            .live()
+            .values()
+            .filter(|m| {
+                m.gpa_runs
+                    .iter()
+                    .any(|r| r.start.0 < hi && r.start.0.saturating_add(r.len) > lo)
+            })
+            .count();
+        if busy > 0 {
+            return Err(DmaError::RegionBusy {
+                gpa: gpa.0,
+                mappings: busy,
+            });
+        }
+        memory.remove(gpa)
+    }
+
+    /// Maps `sg`. When IOVA space runs out, calls `reclaim` (which returns whether it
+    /// freed anything) and tries once more.
+    pub(crate) fn map_sg(
+        &self,
+        sg: &GuestSgList,
+        access: DmaAccess,
+        reclaim: impl FnOnce() -> Result<bool, DmaError>,
+    ) -> Result<BusSgList, DmaError> {
+        let page = self.mapper.page_size();
+        let memory = self.memory();
+        let runs: Vec<PageRun<GuestPhysAddr>> = sg.page_runs(page).collect();
+        if runs.is_empty() {
+            return Err(DmaError::EmptyRange { start: 0 });
+        }
+        // Translate everything before touching the allocator: a request reaching outside
+        // registered memory must fail with nothing changed.
+        let mut pieces = Vec::with_capacity(runs.len());
+        let mut total: u64 = 0;
+        for run in &runs {
+            pieces.push(memory.host_pieces(run.start, run.len)?);
+            total = total.checked_add(run.len).ok_or(DmaError::RangeOverflow {
+                start: run.start.0,
+                len: run.len,
+            })?;
+        }
+        let iova = match self.iovas.alloc(total, page) {
+            Err(DmaError::IovaExhausted { .. }) if reclaim()? => self.iovas.alloc(total, page)?,
+            other => other?,
+        };
+
+        let mut mappings: Vec<DmaMapping> = Vec::with_capacity(runs.len());
+        let mut offset = 0;
+        for piece in pieces.iter().flatten() {
+            match mappings.last_mut() {
+                // Host-contiguous with the previous piece: grow that mapping instead.
+                Some(prev) if prev.vaddr.0 + prev.len() == piece.vaddr.0 => {
+                    prev.range = IovaRange::new(prev.iova(), prev.len() + piece.len)?;
+                }
+                _ => mappings.push(DmaMapping::new(
+                    Iova(iova.start().0 + offset),
+                    piece.vaddr,
+                    piece.len,
+                    access,
+                )?),
+            }
+            offset += piece.len;
+        }
+        if let Err(err) = self.mapper.map_batch(&mappings) {
+            // map_batch is all or nothing, so the IOVAs are unused.
+            let _ = self.iovas.free(iova);
+            return Err(err);
+        }
+
+        let bus = bus_addresses(sg, &runs, iova.start())?;
+        self.live().insert(
+            iova.start().0,
+            LiveMapping {
+                iova,
+                gpa_runs: runs,
+            },
+        );
+        Ok(bus)
+    }
+
+    /// Removes from the table every mapping a bus segment falls in and passes their IOVA
+    /// ranges to `dispose` (which unmaps them now or later), all under the region lock.
+    /// Nothing is removed if any segment is not within one live mapping.
+    pub(crate) fn unmap_sg(
+        &self,
+        bus: &BusSgList,
+        dispose: impl FnOnce(Vec<IovaRange>) -> Result<(), DmaError>,
+    ) -> Result<(), DmaError> {
+        let _memory = self.memory();
+        let taken = {
+            let mut live = self.live();
+            let mut keys: Vec<u64> = Vec::with_capacity(1);
+            for seg in bus.segments() {
+                let unknown = DmaError::UnknownBusAddress {
+                    addr: seg.addr.0,
+                    len: seg.len,
+                };
+                let (key, m) = live.range(..=seg.addr.0).next_back().ok_or(unknown)?;
+                let within =
+                    IovaRange::new(seg.addr, seg.len).is_ok_and(|r| m.iova.contains_range(&r));
+                if !within {
+                    return Err(DmaError::UnknownBusAddress {
+                        addr: seg.addr.0,
+                        len: seg.len,
+                    });
+                }
+                if !keys.contains(key) {
+                    keys.push(*key);
+                }
+            }
+            keys.iter()
+                .filter_map(|k| live.remove(k))
+                .map(|m| m.iova)
+                .collect::<Vec<_>>()
+        };
+        dispose(taken)
+    }
+
+    /// Unmaps `ranges` (merging adjacent ones into one call) and then frees their IOVAs.
+    /// IOVAs are freed only after the unmap succeeded: on failure they stay allocated,
+    /// so a range the device might still reach is never handed out again.
+    pub(crate) fn release(&self, mut ranges: Vec<IovaRange>) -> Result<(), DmaError> {
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        ranges.sort_unstable();
+        let mut merged: Vec<IovaRange> = Vec::with_capacity(ranges.len());
+        for r in &ranges {
+            match merged.last_mut() {
+                Some(prev) if prev.end() == Some(r.start()) => {
+                    *prev = IovaRange::new(prev.start(), prev.len() + r.len())?;
+                }
+                _ => merged.push(*r),
+            }
+        }
+        self.mapper.unmap_batch(&merged)?;
+        for r in ranges {
+            self.iovas.free(r)?;
+        }
+        Ok(())
+    }
+
+    fn memory(&self) -> RwLockReadGuard<'_, GuestMemory> {
+        self.memory.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn memory_mut(&self) -> RwLockWriteGuard<'_, GuestMemory> {
+        self.memory.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn live(&self) -> MutexGuard<'_, BTreeMap<u64, LiveMapping>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The bus address of each segment of `sg`, given that its page runs were laid out
+/// end to end from `base`. Each segment lies in exactly one run, in order.
+fn bus_addresses(
+    sg: &GuestSgList,
+    runs: &[PageRun<GuestPhysAddr>],
+    base: Iova,
+) -> Result<BusSgList, DmaError> {
+    let mut bus = BusSgList::new();
+    let mut run_iter = runs.iter();
+    let mut run = run_iter.next();
+    let mut run_offset = 0;
+    for seg in sg.segments() {
+        while let Some(r) = run {
+            let inside = seg.addr.0 >= r.start.0 && seg.addr.0 - r.start.0 < r.len;
+            if inside {
+                break;
+            }
+            run_offset += r.len;
+            run = run_iter.next();
+        }
+        let r = run.ok_or(DmaError::OutsideGuestMemory {
+            gpa: seg.addr.0,
+            len: seg.len,
+        })?;
+        bus.push(
+            Iova(base.0 + run_offset + (seg.addr.0 - r.start.0)),
+            seg.len,
+        )?;
+    }
+    Ok(bus)
+}
