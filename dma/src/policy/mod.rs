@@ -53,3 +53,21 @@ pub trait DmaPolicy: Send + Sync {
         Ok(())
     }
 }
+
+impl<P: DmaPolicy + ?Sized> DmaPolicy for std::sync::Arc<P> {
+    fn add_region(&self, region: GuestMemoryRegion) -> Result<(), DmaError> {
+        (**self).add_region(region)
+    }
+    fn remove_region(&self, gpa: GuestPhysAddr) -> Result<GuestMemoryRegion, DmaError> {
+        (**self).remove_region(gpa)
+    }
+    fn map_sg(&self, sg: &GuestSgList, access: DmaAccess) -> Result<BusSgList, DmaError> {
+        (**self).map_sg(sg, access)
+    }
+    fn unmap_sg(&self, bus: &BusSgList) -> Result<(), DmaError> {
+        (**self).unmap_sg(bus)
+    }
+    fn flush(&self) -> Result<(), DmaError> {
+        (**self).flush()
+    }
+}
