@@ -32,7 +32,10 @@ pub fn sector(lba: u64) -> [u8; SECTOR_SIZE] {
 /// it first differs.
 pub fn verify(first_lba: u64, data: &[u8]) -> Result<(), String> {
     if data.len() % SECTOR_SIZE != 0 {
-        return Err(format!("{} bytes is not a whole number of sectors", data.len()));
+        return Err(format!(
+            "{} bytes is not a whole number of sectors",
+            data.len()
+        ));
     }
     for (i, got) in data.chunks_exact(SECTOR_SIZE).enumerate() {
         let lba = first_lba + i as u64;
@@ -79,7 +82,9 @@ mod tests {
         let mut two = [sector(3), sector(4)].concat();
         assert!(verify(3, &two).is_ok());
         two[600] ^= 1;
-        assert!(verify(3, &two).unwrap_err().starts_with("sector 4 differs at byte 88"));
+        assert!(verify(3, &two)
+            .unwrap_err()
+            .starts_with("sector 4 differs at byte 88"));
         assert!(verify(3, &two[..100]).is_err());
     }
 }

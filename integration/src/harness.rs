@@ -30,7 +30,11 @@ pub struct RigTest {
 impl RigTest {
     /// A test with the default time limit (two minutes under TCG).
     pub const fn new(name: &'static str, run: fn() -> Result<()>) -> Self {
-        Self { name, timeout: Duration::from_secs(120), run }
+        Self {
+            name,
+            timeout: Duration::from_secs(120),
+            run,
+        }
     }
 
     /// The same test with a different time limit.
@@ -114,7 +118,11 @@ fn run_child(exe: &std::path::Path, test: &RigTest, out: &mut dyn Write) -> Resu
                     break;
                 }
             }
-            break if code.success() { Status::Ok } else { Status::Failed };
+            break if code.success() {
+                Status::Ok
+            } else {
+                Status::Failed
+            };
         }
         if Instant::now() >= deadline {
             kill(&mut child);

@@ -38,7 +38,11 @@ fn run(args: Vec<String>) -> Result<()> {
             filters.push(a.clone());
         }
     }
-    let all = if bench { tests::benches() } else { tests::all() };
+    let all = if bench {
+        tests::benches()
+    } else {
+        tests::all()
+    };
     match cmd.as_str() {
         "list" => {
             for t in harness::select(&all, &filters) {
@@ -51,7 +55,11 @@ fn run(args: Vec<String>) -> Result<()> {
             let selected = harness::select(&all, &filters);
             let mut out = harness::open_report(&out_path)?;
             let failed = harness::run_all(&selected, &mut *out)?;
-            std::process::exit(if failed == 0 && !selected.is_empty() { 0 } else { 1 });
+            std::process::exit(if failed == 0 && !selected.is_empty() {
+                0
+            } else {
+                1
+            });
         }
         "exec" => {
             rig::ensure_in_rig()?;

@@ -60,8 +60,12 @@ pub fn driver_of(bdf: &str) -> Option<String> {
 pub fn iommu_group_of(bdf: &str) -> Result<u32> {
     let link = std::fs::read_link(format!("{}/iommu_group", device_dir(bdf)))
         .with_context(|| format!("{bdf} has no IOMMU group"))?;
-    let name = link.file_name().context("empty iommu_group link")?.to_string_lossy();
-    name.parse().with_context(|| format!("{bdf}: iommu group `{name}` is not a number"))
+    let name = link
+        .file_name()
+        .context("empty iommu_group link")?
+        .to_string_lossy();
+    name.parse()
+        .with_context(|| format!("{bdf}: iommu group `{name}` is not a number"))
 }
 
 /// Runs a shell command in the guest and returns its stdout; fails with its stderr.

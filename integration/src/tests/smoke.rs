@@ -17,7 +17,10 @@ pub fn tests() -> Vec<RigTest> {
 
 fn read_id(bdf: &str, attr: &str) -> Result<String> {
     let path = format!("/sys/bus/pci/devices/{bdf}/{attr}");
-    Ok(std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?.trim().to_string())
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {path}"))?
+        .trim()
+        .to_string())
 }
 
 /// Each test device is where the tests expect it, is what they expect, and is alone in
@@ -32,13 +35,23 @@ fn test_devices_present() -> Result<()> {
     ];
     for (bdf, vendor, device) in expected {
         let (v, d) = (read_id(bdf, "vendor")?, read_id(bdf, "device")?);
-        ensure!((v.as_str(), d.as_str()) == (vendor, device), "{bdf} is {v}:{d}, want {vendor}:{device}");
+        ensure!(
+            (v.as_str(), d.as_str()) == (vendor, device),
+            "{bdf} is {v}:{d}, want {vendor}:{device}"
+        );
         let group = rig::iommu_group_of(bdf)?;
-        let members: Vec<String> = std::fs::read_dir(format!("/sys/kernel/iommu_groups/{group}/devices"))?
-            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
-            .collect::<Result<_>>()?;
-        ensure!(members == [bdf], "{bdf}: IOMMU group {group} holds {members:?}, want it alone");
-        println!("{bdf} {v}:{d} group {group} driver {:?}", rig::driver_of(bdf));
+        let members: Vec<String> =
+            std::fs::read_dir(format!("/sys/kernel/iommu_groups/{group}/devices"))?
+                .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+                .collect::<Result<_>>()?;
+        ensure!(
+            members == [bdf],
+            "{bdf}: IOMMU group {group} holds {members:?}, want it alone"
+        );
+        println!(
+            "{bdf} {v}:{d} group {group} driver {:?}",
+            rig::driver_of(bdf)
+        );
     }
     Ok(())
 }
@@ -48,7 +61,9 @@ fn block_device_of(bdf: &str, sectors: u64) -> Result<String> {
     for entry in std::fs::read_dir("/sys/block")? {
         let name = entry?.file_name().to_string_lossy().into_owned();
         let target = std::fs::read_link(format!("/sys/block/{name}"))?;
-        let size: u64 = std::fs::read_to_string(format!("/sys/block/{name}/size"))?.trim().parse()?;
+        let size: u64 = std::fs::read_to_string(format!("/sys/block/{name}/size"))?
+            .trim()
+            .parse()?;
         if target.to_string_lossy().contains(&format!("/{bdf}/")) && size == sectors {
             return Ok(format!("/dev/{name}"));
         }
@@ -67,8 +82,14 @@ fn disks_hold_pattern() -> Result<()> {
         let dev = rig::wait_for(|| block_device_of(bdf, sectors))?;
         let mut data = Vec::new();
         std::fs::File::open(&dev)?.read_to_end(&mut data)?;
-        ensure!(data.len() as u64 == sectors * 512, "{dev}: read {} bytes", data.len());
-        disk_pattern::verify(0, &data).map_err(anyhow::Error::msg).with_context(|| format!("{dev} on {bdf}"))?;
+        ensure!(
+            data.len() as u64 == sectors * 512,
+            "{dev}: read {} bytes",
+            data.len()
+        );
+        disk_pattern::verify(0, &data)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("{dev} on {bdf}"))?;
         println!("{bdf} {dev}: {sectors} sectors hold the pattern");
     }
     Ok(())
