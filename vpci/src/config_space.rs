@@ -101,6 +101,20 @@ pub enum ConfigSpaceError {
     BadCapabilityLength { len: u16, min: u16 },
     #[error("extended capabilities need 4 KiB config space; create it with ConfigSize::Extended")]
     NotExtended,
+    #[error("{kind} with {count} vectors: must be a power of two from 1 to {max}")]
+    BadVectorCount {
+        kind: &'static str,
+        count: u16,
+        max: u16,
+    },
+    #[error("MSI-X {structure} at {bar} offset {offset:#x} (+{len:#x}): {reason}")]
+    BadMsixPlacement {
+        structure: &'static str,
+        bar: crate::bar::BarIndex,
+        offset: u64,
+        len: u64,
+        reason: &'static str,
+    },
     #[error("no capability at {offset:#x} in the {list} list")]
     NoSuchCapability { offset: u16, list: &'static str },
     #[error("the {list} list is malformed at {offset:#x}: {reason}")]

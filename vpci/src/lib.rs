@@ -6,8 +6,14 @@ pub mod bar;
 pub mod capability;
 pub mod config_regs;
 pub mod config_space;
+pub mod msi;
+pub mod msi_routing;
+pub mod msix;
 
 pub use access_width::AccessWidth;
 pub use bar::{AddressSpace, BarDefinition, BarError, BarIndex, BarKind, BarLayout};
 pub use capability::{Capability, ExtendedCapability};
 pub use config_space::{ConfigSize, ConfigSpace, ConfigSpaceError, RegisterMask, Type0Header};
+pub use msi::{MsiCapability, MsiConfig};
+pub use msi_routing::{InterruptKind, MsiMessage, MsiRouting};
+pub use msix::{MsixCapability, MsixConfig};
