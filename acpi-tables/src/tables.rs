@@ -1,0 +1,249 @@
+//! Building every table for a description and laying them out at guest physical addresses.
+
+use crate::description::{AcpiHardware, Description, Window};
+use crate::{dsdt, facs, fadt, madt, mcfg, rsdp, xsdt, Error};
+use std::path::{Path, PathBuf};
+
+/// Tables are placed on 8-byte boundaries.
+const TABLE_ALIGN: u64 = 8;
+
+/// One of the tables this crate builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TableKind {
+    Rsdp,
+    Xsdt,
+    Fadt,
+    Facs,
+    Dsdt,
+    Madt,
+    Mcfg,
+}
+
+impl TableKind {
+    /// The signature in the table's header ("RSD PTR " for the RSDP).
+    pub const fn signature(self) -> &'static str {
+        match self {
+            TableKind::Rsdp => "RSD PTR ",
+            TableKind::Xsdt => "XSDT",
+            TableKind::Fadt => "FACP",
+            TableKind::Facs => "FACS",
+            TableKind::Dsdt => "DSDT",
+            TableKind::Madt => "APIC",
+            TableKind::Mcfg => "MCFG",
+        }
+    }
+
+    /// The file name ACPICA's acpixtract gives this table.
+    pub const fn file_name(self) -> &'static str {
+        match self {
+            TableKind::Rsdp => "rsdp.dat",
+            TableKind::Xsdt => "xsdt.dat",
+            TableKind::Fadt => "facp.dat",
+            TableKind::Facs => "facs.dat",
+            TableKind::Dsdt => "dsdt.dat",
+            TableKind::Madt => "apic.dat",
+            TableKind::Mcfg => "mcfg.dat",
+        }
+    }
+}
+
+/// A table's bytes and the guest physical address they belong at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table {
+    kind: TableKind,
+    address: u64,
+    bytes: Vec<u8>,
+}
+
+impl Table {
+    pub fn kind(&self) -> TableKind {
+        self.kind
+    }
+
+    /// Guest physical address of the first byte.
+    pub fn address(&self) -> u64 {
+        self.address
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// All tables for one description, with consistent pointers: RSDP -> XSDT -> FADT/MADT/MCFG,
+/// FADT -> DSDT (and FACS with fixed hardware).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tables {
+    /// RSDP first, then in address order.
+    tables: Vec<Table>,
+}
+
+/// Hands out addresses from `tables_address` upwards.
+struct Cursor {
+    next: u64,
+}
+
+impl Cursor {
+    fn place(&mut self, len: usize, align: u64) -> Result<u64, Error> {
+        let overflow = || {
+            Error::invalid(
+                "layout tables_address",
+                "the tables run past the end of the 64-bit address space; place them lower",
+            )
+        };
+        let start = self
+            .next
+            .checked_next_multiple_of(align)
+            .ok_or_else(overflow)?;
+        self.next = start.checked_add(len as u64).ok_or_else(overflow)?;
+        Ok(start)
+    }
+}
+
+impl Tables {
+    /// Validates `description` and builds its tables.
+    pub fn build(description: &Description) -> Result<Tables, Error> {
+        description.validate()?;
+        let d = description;
+        let dsdt = dsdt::build(d)?;
+        let madt = madt::build(d);
+        let mcfg = mcfg::build(d);
+        let fixed = matches!(d.hardware, AcpiHardware::Fixed(_));
+
+        let mut cursor = Cursor {
+            next: d.layout.tables_address,
+        };
+        let xsdt_at = cursor.place(xsdt::len(3), TABLE_ALIGN)?;
+        let fadt_at = cursor.place(fadt::len(), TABLE_ALIGN)?;
+        let facs_at = if fixed {
+            Some(cursor.place(facs::len(), facs::ALIGN)?)
+        } else {
+            None
+        };
+        let dsdt_at = cursor.place(dsdt.len(), TABLE_ALIGN)?;
+        let madt_at = cursor.place(madt.len(), TABLE_ALIGN)?;
+        let mcfg_at = cursor.place(mcfg.len(), TABLE_ALIGN)?;
+        let span = Window::new(
+            d.layout.tables_address,
+            cursor.next - d.layout.tables_address,
+        );
+        check_placement(d, span)?;
+
+        let mut tables = vec![
+            Table {
+                kind: TableKind::Rsdp,
+                address: d.layout.rsdp_address,
+                bytes: rsdp::build(xsdt_at),
+            },
+            Table {
+                kind: TableKind::Xsdt,
+                address: xsdt_at,
+                bytes: xsdt::build(&[fadt_at, madt_at, mcfg_at]),
+            },
+            Table {
+                kind: TableKind::Fadt,
+                address: fadt_at,
+                bytes: fadt::build(d, dsdt_at, facs_at),
+            },
+        ];
+        if let Some(address) = facs_at {
+            tables.push(Table {
+                kind: TableKind::Facs,
+                address,
+                bytes: facs::build(),
+            });
+        }
+        for (kind, address, bytes) in [
+            (TableKind::Dsdt, dsdt_at, dsdt),
+            (TableKind::Madt, madt_at, madt),
+            (TableKind::Mcfg, mcfg_at, mcfg),
+        ] {
+            tables.push(Table {
+                kind,
+                address,
+                bytes,
+            });
+        }
+        Ok(Tables { tables })
+    }
+
+    /// The table of `kind`, if built (the FACS exists only with fixed hardware).
+    pub fn get(&self, kind: TableKind) -> Option<&Table> {
+        self.tables.iter().find(|t| t.kind == kind)
+    }
+
+    /// Every table, RSDP first.
+    pub fn iter(&self) -> impl Iterator<Item = &Table> {
+        self.tables.iter()
+    }
+
+    /// Guest physical address of the RSDP, the one address the OS must be told or find.
+    pub fn rsdp_address(&self) -> u64 {
+        self.tables[0].address
+    }
+
+    /// Writes each table to `dir` (created if missing) under its acpixtract name; returns the
+    /// paths written.
+    pub fn write_files(&self, dir: &Path) -> Result<Vec<PathBuf>, Error> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let mut written = Vec::new();
+        for table in &self.tables {
+            let path = dir.join(table.kind.file_name());
+            std::fs::write(&path, &table.bytes).map_err(|source| Error::Write {
+                path: path.clone(),
+                source,
+            })?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+}
+
+/// The RSDP and the tables must not overlap each other or any MMIO range of the platform.
+fn check_placement(d: &Description, span: Window) -> Result<(), Error> {
+    let rsdp = Window::new(d.layout.rsdp_address, rsdp::LEN as u64);
+    if rsdp.last().is_none() {
+        return Err(Error::invalid(
+            "layout rsdp_address",
+            format!("{:#x} leaves no room for the 36-byte RSDP", rsdp.base),
+        ));
+    }
+    if rsdp.overlaps(&span) {
+        return Err(Error::invalid(
+            "layout",
+            format!(
+                "the RSDP at {:#x} overlaps the tables at {:#x}-{:#x}; move one",
+                rsdp.base,
+                span.base,
+                span.last().unwrap_or(span.base)
+            ),
+        ));
+    }
+    for (i, b) in d.root_bridges.iter().enumerate() {
+        for (what, window) in [
+            ("ECAM", Some(b.ecam)),
+            ("mem32 window", b.mem32),
+            ("mem64 window", b.mem64),
+        ] {
+            let Some(window) = window else { continue };
+            for (name, placed) in [("RSDP", rsdp), ("tables", span)] {
+                if placed.overlaps(&window) {
+                    return Err(Error::invalid(
+                        "layout",
+                        format!(
+                            "the {name} at {:#x} fall inside root bridge {i}'s {what} \
+                             {:#x}-{:#x}; tables belong in RAM",
+                            placed.base,
+                            window.base,
+                            window.last().unwrap_or(window.base)
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
