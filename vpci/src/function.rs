@@ -1,0 +1,117 @@
+//! `PciFunction`: what the virtual bus needs from a function on it.
+//!
+//! Two kinds implement it: emulated functions (the host bridge, the test device) whose
+//! whole state is a [`ConfigSpace`](crate::ConfigSpace) and some memory, and
+//! passthrough functions, whose config is the real device's config (read through
+//! VFIO) overlaid by virtual registers, and whose BAR accesses go to the real regions.
+//!
+//! The bus asks a function only for its config registers, its BAR layout and BAR
+//! accesses; it reads BAR addresses and the command register through
+//! [`PciFunction::config_read`], so a function that virtualises them is decoded by what
+//! the guest sees.
+
+use std::any::Any;
+use std::io;
+
+use thiserror::Error;
+
+use crate::access_width::AccessWidth;
+use crate::bar::{BarIndex, BarLayout};
+use crate::msi_routing::MsiRouting;
+
+/// Why a function could not serve a BAR access.
+#[derive(Debug, Error)]
+pub enum FunctionError {
+    #[error(
+        "{bar} access of {len} bytes at {offset:#x}: out of range (the BAR is {size:#x} bytes)"
+    )]
+    OutOfRange {
+        bar: BarIndex,
+        offset: u64,
+        len: usize,
+        size: u64,
+    },
+    #[error("{bar}: not implemented by this function")]
+    NoSuchBar { bar: BarIndex },
+    #[error("{bar} {operation} of {len} bytes at {offset:#x}: {source}")]
+    Io {
+        bar: BarIndex,
+        operation: &'static str,
+        offset: u64,
+        len: usize,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A PCI function on a [`VirtualBus`](crate::VirtualBus).
+///
+/// Config accesses follow [`ConfigSpace`](crate::ConfigSpace)'s policy: refused
+/// accesses read all-ones and write nothing, never panic. BAR accesses arrive
+/// bounds-checked by the bus (`offset + data.len()` is within the BAR's size).
+pub trait PciFunction: Send {
+    /// Guest config read of `width` at `offset`.
+    fn config_read(&mut self, offset: u16, width: AccessWidth) -> u32;
+
+    /// Guest config write of `width` at `offset`.
+    fn config_write(&mut self, offset: u16, width: AccessWidth, value: u32);
+
+    /// The BARs and ROM this function implements (sizes and kinds). Fixed for the
+    /// function's life.
+    fn bar_layout(&self) -> &BarLayout;
+
+    /// Guest read of `data.len()` bytes at `offset` in BAR `bar`.
+    fn bar_read(
+        &mut self,
+        bar: BarIndex,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<(), FunctionError>;
+
+    /// Guest write of `data` at `offset` in BAR `bar`.
+    fn bar_write(&mut self, bar: BarIndex, offset: u64, data: &[u8]) -> Result<(), FunctionError>;
+
+    /// MSI/MSI-X vector changes since the last call, in the order they happened.
+    fn take_msi_routing(&mut self) -> Vec<MsiRouting> {
+        Vec::new()
+    }
+
+    /// For reaching a concrete function on the bus (e.g. a test asking its test
+    /// device what it saw).
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// Check that an access of `len` bytes at `offset` lies inside a BAR of `size` bytes.
+pub fn check_bar_access(
+    bar: BarIndex,
+    offset: u64,
+    len: usize,
+    size: u64,
+) -> Result<(), FunctionError> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(FunctionError::OutOfRange {
+            bar,
+            offset,
+            len,
+            size,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bar_bounds_are_checked_without_overflow() {
+        let bar = BarIndex::new(2).unwrap();
+        assert!(check_bar_access(bar, 0xffc, 4, 0x1000).is_ok());
+        let err = check_bar_access(bar, 0xffe, 4, 0x1000).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "BAR2 access of 4 bytes at 0xffe: out of range (the BAR is 0x1000 bytes)"
+        );
+        assert!(check_bar_access(bar, u64::MAX, 2, u64::MAX).is_err());
+    }
+}
