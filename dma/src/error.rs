@@ -193,4 +193,94 @@ pub enum DmaError {
         /// Its length.
         len: u64,
     },
+
+    /// Locking or pinning memory would exceed RLIMIT_MEMLOCK.
+    #[error(
+        "{what} {} needs RLIMIT_MEMLOCK >= {} ({} already locked); current limit is {}; \
+         raise it with `ulimit -l` or LimitMEMLOCK= in the unit{}",
+        ByteSize(*bytes),
+        ByteSize(needed.div_ceil(1 << 20).saturating_mul(1 << 20)),
+        ByteSize(*locked),
+        ByteSize(*limit),
+        hard_limit_note(*hard_limit, *needed)
+    )]
+    MemlockLimit {
+        /// What was being done: "mapping", "allocating DMA memory".
+        what: &'static str,
+        /// Bytes to lock.
+        bytes: u64,
+        /// Locked bytes the process would need in all (shown rounded up to MiB).
+        needed: u64,
+        /// Bytes already locked.
+        locked: u64,
+        /// The soft limit.
+        limit: u64,
+        /// The hard limit, if finite.
+        hard_limit: Option<u64>,
+    },
+
+    /// A system call failed.
+    #[error("{op} failed: {source}")]
+    System {
+        /// The call, e.g. "getrlimit(RLIMIT_MEMLOCK)".
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Allocating DMA memory failed (other than by the locked-memory limit).
+    #[error("allocating {} of DMA memory with {page_size:#x}-byte pages failed: {source}", ByteSize(*len))]
+    MemoryAlloc {
+        /// Bytes asked for.
+        len: u64,
+        /// Page size tried.
+        page_size: u64,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// An access outside a DMA buffer.
+    #[error(
+        "DMA memory access of {size} bytes at offset {offset:#x}: out of range \
+         (buffer is {len:#x} bytes)"
+    )]
+    OutOfBounds {
+        /// Offset into the buffer.
+        offset: u64,
+        /// Access size.
+        size: u64,
+        /// Buffer length.
+        len: u64,
+    },
+}
+
+/// A byte count in the largest binary unit that keeps it readable ("64 MiB").
+pub(crate) struct ByteSize(pub u64);
+
+impl std::fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+        for (unit, name) in UNITS {
+            if self.0 >= unit {
+                return if self.0.is_multiple_of(unit) {
+                    write!(f, "{} {name}", self.0 / unit)
+                } else {
+                    write!(f, "{:.1} {name}", self.0 as f64 / unit as f64)
+                };
+            }
+        }
+        write!(f, "{} bytes", self.0)
+    }
+}
+
+fn hard_limit_note(hard: Option<u64>, needed: u64) -> String {
+    match hard {
+        Some(hard) if hard < needed => format!(
+            " (the hard limit is {}: raise that as root, e.g. in /etc/security/limits.conf)",
+            ByteSize(hard)
+        ),
+        _ => String::new(),
+    }
 }
