@@ -1,2 +1,4 @@
 //! The host side of udrv: find PCI devices, claim them for VFIO, and drive them from
 //! user space (regions, interrupts, DMA mappings).
+
+pub mod vfio;

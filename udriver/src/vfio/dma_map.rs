@@ -1,0 +1,322 @@
+//! DMA mappings in a container: `dma::DmaMapper` carried out with
+//! VFIO_IOMMU_MAP_DMA / VFIO_IOMMU_UNMAP_DMA.
+//!
+//! Before the kernel is asked, a request is checked against what the container knows:
+//! page alignment, the usable IOVA windows, overlap with live mappings, the mapping
+//! limit and the locked-memory budget. The kernel would refuse most of these too, but
+//! with a bare errno; these errors say what is wrong and what to do.
+
+use std::io;
+use std::os::fd::AsFd;
+
+use dma::{DmaError, DmaMapper, DmaMapping, IovaRange};
+use vfio_bindings::bindings::vfio::{VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE};
+
+use super::container::{ContainerState, VfioContainer};
+use super::error::VfioError;
+use super::ioctl;
+use super::memlock::MemlockBudget;
+
+fn backend(op: &'static str, range: IovaRange, e: impl Into<io::Error>) -> DmaError {
+    DmaError::Backend {
+        op,
+        range,
+        source: e.into(),
+    }
+}
+
+/// The first live mapping that overlaps `range`.
+fn overlapping(state: &ContainerState, range: &IovaRange) -> Option<IovaRange> {
+    let last = range.last().0;
+    state
+        .mappings
+        .range(..=last)
+        .next_back()
+        .map(|(_, m)| m.range)
+        .filter(|r| r.overlaps(range))
+}
+
+impl VfioContainer {
+    /// Bytes mapped in this container now.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.lock().mappings.values().map(|m| m.len()).sum()
+    }
+
+    /// Live mappings, in IOVA order.
+    pub fn mappings(&self) -> Vec<DmaMapping> {
+        self.lock().mappings.values().copied().collect()
+    }
+
+    fn map_checked(&self, mapping: &DmaMapping, budget: MemlockBudget) -> Result<(), DmaError> {
+        const OP: &str = "VFIO_IOMMU_MAP_DMA";
+        let range = mapping.range;
+        let mut state = self.lock();
+        let Some(info) = state.info.clone() else {
+            return Err(backend(
+                OP,
+                range,
+                io::Error::other(self.no_group_error("map DMA")),
+            ));
+        };
+        mapping.check_alignment(info.min_page_size())?;
+        if !info.allows(&range) {
+            return Err(backend(
+                OP,
+                range,
+                io::Error::other(VfioError::DmaRefused {
+                    iova: range.start().0,
+                    len: range.len(),
+                    reason: format!(
+                        "outside the IOMMU's usable IOVA windows ({}); pick an IOVA inside one",
+                        info.iova_ranges
+                            .iter()
+                            .map(|w| format!("{:#x}..={:#x}", w.start().0, w.last().0))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }),
+            ));
+        }
+        if let Some(existing) = overlapping(&state, &range) {
+            return Err(DmaError::MapOverlap {
+                requested: range,
+                existing,
+            });
+        }
+        if let Some(limit) = state.max_mappings {
+            if state.mappings.len() >= limit {
+                return Err(DmaError::TooManyMappings { limit });
+            }
+        }
+        if let Err(over) = budget.check(range.len()) {
+            return Err(backend(
+                OP,
+                range,
+                io::Error::other(VfioError::MemlockLimit {
+                    iova: range.start().0,
+                    len: range.len(),
+                    needed: over.needed,
+                    limit: over.limit,
+                    locked: budget.locked,
+                    needed_kib: over.needed.div_ceil(1024),
+                }),
+            ));
+        }
+        let mut flags = 0;
+        if mapping.access.device_reads() {
+            flags |= VFIO_DMA_MAP_FLAG_READ;
+        }
+        if mapping.access.device_writes() {
+            flags |= VFIO_DMA_MAP_FLAG_WRITE;
+        }
+        // SAFETY: the DmaMapper contract puts the choice of memory with the caller: the
+        // layers above map only memory set aside for the device (DMA buffers, a guest's
+        // RAM). The kernel pins the pages, so the mapping never points at freed memory.
+        unsafe {
+            ioctl::iommu_map_dma(
+                self.as_fd(),
+                mapping.vaddr.0,
+                range.start().0,
+                range.len(),
+                flags,
+            )
+        }
+        .map_err(|e| backend(OP, range, e))?;
+        state.mappings.insert(range.start().0, *mapping);
+        Ok(())
+    }
+}
+
+impl DmaMapper for VfioContainer {
+    fn page_size(&self) -> u64 {
+        self.lock()
+            .info
+            .as_ref()
+            .map_or(dma::PAGE_SIZE, |i| i.min_page_size())
+    }
+
+    fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
+        let budget = MemlockBudget::current()
+            .map_err(|e| backend("VFIO_IOMMU_MAP_DMA (memlock check)", mapping.range, e))?;
+        self.map_checked(mapping, budget)
+    }
+
+    fn unmap(&self, range: IovaRange) -> Result<u64, DmaError> {
+        const OP: &str = "VFIO_IOMMU_UNMAP_DMA";
+        let mut state = self.lock();
+        if !state.iommu_set {
+            return Err(backend(
+                OP,
+                range,
+                io::Error::other(self.no_group_error("unmap DMA")),
+            ));
+        }
+        // Type1v2 refuses to split a mapping; say which one instead of EINVAL.
+        let first = range.start().0;
+        let last = range.last().0;
+        let mut inside = Vec::new();
+        // Mappings never overlap, so walking down from the last candidate can stop at
+        // the first one that ends before the range.
+        for (start, m) in state.mappings.range(..=last).rev() {
+            if m.range.last().0 < first {
+                break;
+            }
+            if !range.contains_range(&m.range) {
+                return Err(DmaError::PartialUnmap {
+                    requested: range,
+                    mapping: m.range,
+                });
+            }
+            inside.push(*start);
+        }
+        let unmapped = ioctl::iommu_unmap_dma(self.as_fd(), first, range.len(), 0)
+            .map_err(|e| backend(OP, range, e))?;
+        for start in inside {
+            state.mappings.remove(&start);
+        }
+        Ok(unmapped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::container::IommuInfo;
+    use super::*;
+    use dma::{DmaAccess, HostVirtAddr, Iova};
+
+    /// A container whose IOMMU state is as the rig's kernel reports it, over a file
+    /// that is not a container: every check before the ioctl runs for real, and the
+    /// ioctl itself fails with ENOTTY.
+    fn rig_like(max_mappings: usize) -> VfioContainer {
+        VfioContainer::with_state_for_test(
+            IommuInfo {
+                page_sizes: 0x4020_1000,
+                iova_ranges: vec![
+                    IovaRange::from_inclusive(Iova(0), Iova(0xfedf_ffff)).unwrap(),
+                    IovaRange::from_inclusive(Iova(0xfef0_0000), Iova(0x7f_ffff_ffff)).unwrap(),
+                ],
+                dma_avail: Some(max_mappings as u32),
+            },
+            max_mappings,
+        )
+    }
+
+    fn mapping(iova: u64, len: u64) -> DmaMapping {
+        DmaMapping::new(
+            Iova(iova),
+            HostVirtAddr(0x7000_0000_0000),
+            len,
+            DmaAccess::ReadWrite,
+        )
+        .unwrap()
+    }
+
+    fn unlimited() -> MemlockBudget {
+        MemlockBudget {
+            locked: 0,
+            limit: None,
+        }
+    }
+
+    #[test]
+    fn misaligned_requests_are_refused() {
+        let c = rig_like(10);
+        let e = c
+            .map_checked(&mapping(0x1800, 0x1000), unlimited())
+            .unwrap_err();
+        assert!(
+            matches!(e, DmaError::Misaligned { what: "iova", .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn iova_outside_the_windows_is_refused_naming_them() {
+        let c = rig_like(10);
+        let e = c
+            .map_checked(&mapping(0xfee0_0000, 0x1000), unlimited())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside the IOMMU's usable IOVA windows"), "{e}");
+        assert!(
+            e.contains("0x0..=0xfedfffff, 0xfef00000..=0x7fffffffff"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn memlock_budget_is_checked_before_the_kernel() {
+        let c = rig_like(10);
+        let tight = MemlockBudget {
+            locked: 0x1000,
+            limit: Some(0x10_0000),
+        };
+        let e = c
+            .map_checked(&mapping(0x10_0000, 0x10_0000), tight)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs 1052672 bytes of locked memory"), "{e}");
+        assert!(e.contains("ulimit -l 1028"), "{e}");
+        assert!(c.mappings().is_empty());
+    }
+
+    #[test]
+    fn a_request_that_passes_the_checks_reaches_the_kernel() {
+        let c = rig_like(10);
+        let e = c
+            .map_checked(&mapping(0x10_0000, 0x1000), unlimited())
+            .unwrap_err();
+        match e {
+            DmaError::Backend { op, source, .. } => {
+                assert_eq!(op, "VFIO_IOMMU_MAP_DMA");
+                assert_eq!(source.raw_os_error(), Some(libc::ENOTTY));
+            }
+            other => panic!("expected the ioctl's error, got {other}"),
+        }
+        assert!(c.mappings().is_empty(), "a failed map must not be recorded");
+    }
+
+    #[test]
+    fn overlap_limit_and_partial_unmap_use_the_mirror() {
+        let c = rig_like(1);
+        c.insert_mapping_for_test(mapping(0x10_0000, 0x4000));
+        let e = c
+            .map_checked(&mapping(0x10_3000, 0x2000), unlimited())
+            .unwrap_err();
+        assert!(matches!(e, DmaError::MapOverlap { .. }), "{e}");
+        let e = c
+            .map_checked(&mapping(0x20_0000, 0x1000), unlimited())
+            .unwrap_err();
+        assert!(matches!(e, DmaError::TooManyMappings { limit: 1 }), "{e}");
+        let e = c
+            .unmap(IovaRange::new(Iova(0x10_1000), 0x1000).unwrap())
+            .unwrap_err();
+        assert!(matches!(e, DmaError::PartialUnmap { .. }), "{e}");
+        let e = c
+            .unmap(IovaRange::new(Iova(0xf_f000), 0x2000).unwrap())
+            .unwrap_err();
+        assert!(matches!(e, DmaError::PartialUnmap { .. }), "{e}");
+        assert_eq!(c.mapped_bytes(), 0x4000);
+    }
+
+    #[test]
+    fn memlock_refusal_reads_as_one_actionable_message() {
+        let range = IovaRange::new(dma::Iova(0x10_0000), 0x20_0000).unwrap();
+        let e = backend(
+            "VFIO_IOMMU_MAP_DMA",
+            range,
+            io::Error::other(VfioError::MemlockLimit {
+                iova: 0x10_0000,
+                len: 0x20_0000,
+                needed: 0x20_0000,
+                limit: 0x10_0000,
+                locked: 0,
+                needed_kib: 2048,
+            }),
+        )
+        .to_string();
+        assert!(e.contains("needs 2097152 bytes of locked memory"), "{e}");
+        assert!(e.contains("RLIMIT_MEMLOCK is 1048576"), "{e}");
+        assert!(e.contains("ulimit -l 2048"), "{e}");
+    }
+}

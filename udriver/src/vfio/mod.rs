@@ -1,0 +1,42 @@
+//! VFIO: user-space access to a PCI device through the kernel's vfio-pci driver.
+//!
+//! ```text
+//! VfioContainer  one IOMMU address space; DMA mappings (dma::DmaMapper)
+//!   VfioGroup    an IOMMU group, /dev/vfio/N; must be viable
+//!     VfioDevice one PCI function: regions, BARs, config, interrupts, reset
+//!       Region / Bar   mmap'd where allowed, pread/pwrite elsewhere, bounds-checked
+//!       IrqSet         one EventFd per vector
+//! ```
+//!
+//! A typical sequence: `VfioContainer::open()`, `VfioGroup::open(n)`,
+//! `container.attach(&group)`, `group.open_device("0000:00:02.0")`, then `device.bar(0)`,
+//! `device.enable_irqs(IrqIndex::Msix, n)`, and `container.map(...)` for DMA.
+//!
+//! All unsafe code of the layer is in `ioctl` (the kernel interface) and `mmio` (the
+//! mmap'd device memory).
+
+mod bar;
+mod capability;
+mod container;
+mod device;
+mod dma_map;
+mod error;
+mod eventfd;
+mod group;
+pub mod ioctl;
+mod irq;
+mod memlock;
+mod mmio;
+mod region;
+mod reset;
+
+pub use bar::{Bar, BarKind};
+pub use container::{IommuBackend, IommuInfo, VfioContainer};
+pub use device::{DeviceInfo, VfioDevice};
+pub use error::{Access, Result, VfioError};
+pub use eventfd::EventFd;
+pub use group::{VfioGroup, VFIO_DEV_DIR};
+pub use irq::{IrqIndex, IrqInfo, IrqSet};
+pub use mmio::MmioValue;
+pub use region::{MmapArea, Region, RegionInfo, RegionName, RegionType};
+pub use reset::ResetMethod;
