@@ -3,19 +3,18 @@
 //!
 //! Before the kernel is asked, a request is checked against what the container knows:
 //! page alignment, the usable IOVA windows, overlap with live mappings, the mapping
-//! limit and the locked-memory budget. The kernel would refuse most of these too, but
+//! limit and the locked-memory limit. The kernel would refuse most of these too, but
 //! with a bare errno; these errors say what is wrong and what to do.
 
 use std::io;
 use std::os::fd::AsFd;
 
-use dma::{DmaError, DmaMapper, DmaMapping, IovaRange};
+use dma::{DmaError, DmaMapper, DmaMapping, IovaRange, MemlockStatus};
 use vfio_bindings::bindings::vfio::{VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE};
 
 use super::container::{ContainerState, VfioContainer};
 use super::error::VfioError;
 use super::ioctl;
-use super::memlock::MemlockBudget;
 
 fn backend(op: &'static str, range: IovaRange, e: impl Into<io::Error>) -> DmaError {
     DmaError::Backend {
@@ -36,6 +35,20 @@ fn overlapping(state: &ContainerState, range: &IovaRange) -> Option<IovaRange> {
         .filter(|r| r.overlaps(range))
 }
 
+/// The calling thread's locked-memory status. VFIO charges pinned pages to the
+/// process but checks CAP_IPC_LOCK on the calling thread, so the capability is read
+/// from this thread's status rather than the process's.
+fn thread_memlock() -> Result<MemlockStatus, DmaError> {
+    let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
+        .map_err(|e| DmaError::System {
+            op: "getrlimit(RLIMIT_MEMLOCK)",
+            source: e.into(),
+        })?;
+    // Without /proc the kernel's own check is the only one.
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
+    Ok(MemlockStatus::from_parts(soft, hard, &status))
+}
+
 impl VfioContainer {
     /// Bytes mapped in this container now.
     pub fn mapped_bytes(&self) -> u64 {
@@ -47,7 +60,7 @@ impl VfioContainer {
         self.lock().mappings.values().copied().collect()
     }
 
-    fn map_checked(&self, mapping: &DmaMapping, budget: MemlockBudget) -> Result<(), DmaError> {
+    fn map_checked(&self, mapping: &DmaMapping, memlock: MemlockStatus) -> Result<(), DmaError> {
         const OP: &str = "VFIO_IOMMU_MAP_DMA";
         let range = mapping.range;
         let mut state = self.lock();
@@ -88,20 +101,7 @@ impl VfioContainer {
                 return Err(DmaError::TooManyMappings { limit });
             }
         }
-        if let Err(over) = budget.check(range.len()) {
-            return Err(backend(
-                OP,
-                range,
-                io::Error::other(VfioError::MemlockLimit {
-                    iova: range.start().0,
-                    len: range.len(),
-                    needed: over.needed,
-                    limit: over.limit,
-                    locked: budget.locked,
-                    needed_kib: over.needed.div_ceil(1024),
-                }),
-            ));
-        }
+        memlock.check(range.len(), "mapping")?;
         let mut flags = 0;
         if mapping.access.device_reads() {
             flags |= VFIO_DMA_MAP_FLAG_READ;
@@ -136,9 +136,7 @@ impl DmaMapper for VfioContainer {
     }
 
     fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
-        let budget = MemlockBudget::current()
-            .map_err(|e| backend("VFIO_IOMMU_MAP_DMA (memlock check)", mapping.range, e))?;
-        self.map_checked(mapping, budget)
+        self.map_checked(mapping, thread_memlock()?)
     }
 
     fn unmap(&self, range: IovaRange) -> Result<u64, DmaError> {
@@ -211,11 +209,8 @@ mod tests {
         .unwrap()
     }
 
-    fn unlimited() -> MemlockBudget {
-        MemlockBudget {
-            locked: 0,
-            limit: None,
-        }
+    fn unlimited() -> MemlockStatus {
+        MemlockStatus::from_parts(u64::MAX, u64::MAX, "VmLck:\t0 kB\n")
     }
 
     #[test]
@@ -245,19 +240,32 @@ mod tests {
     }
 
     #[test]
-    fn memlock_budget_is_checked_before_the_kernel() {
+    fn memlock_limit_is_checked_before_the_kernel() {
         let c = rig_like(10);
-        let tight = MemlockBudget {
-            locked: 0x1000,
-            limit: Some(0x10_0000),
-        };
+        // 4 KiB locked already, 1 MiB limit, without CAP_IPC_LOCK.
+        let tight = MemlockStatus::from_parts(
+            0x10_0000,
+            0x10_0000,
+            "VmLck:\t4 kB\nCapEff:\t0000000000000000\n",
+        );
         let e = c
             .map_checked(&mapping(0x10_0000, 0x10_0000), tight)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("needs 1052672 bytes of locked memory"), "{e}");
-        assert!(e.contains("ulimit -l 1028"), "{e}");
+            .unwrap_err();
+        assert!(matches!(e, DmaError::MemlockLimit { .. }), "{e}");
+        let e = e.to_string();
+        assert!(e.contains("mapping 1 MiB needs RLIMIT_MEMLOCK"), "{e}");
+        assert!(e.contains("ulimit -l"), "{e}");
         assert!(c.mappings().is_empty());
+        // The same request with CAP_IPC_LOCK passes the check and reaches the ioctl.
+        let cap = MemlockStatus::from_parts(
+            0x10_0000,
+            0x10_0000,
+            "VmLck:\t4 kB\nCapEff:\t0000000000004000\n",
+        );
+        let e = c
+            .map_checked(&mapping(0x10_0000, 0x10_0000), cap)
+            .unwrap_err();
+        assert!(matches!(e, DmaError::Backend { .. }), "{e}");
     }
 
     #[test]
@@ -297,26 +305,5 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, DmaError::PartialUnmap { .. }), "{e}");
         assert_eq!(c.mapped_bytes(), 0x4000);
-    }
-
-    #[test]
-    fn memlock_refusal_reads_as_one_actionable_message() {
-        let range = IovaRange::new(dma::Iova(0x10_0000), 0x20_0000).unwrap();
-        let e = backend(
-            "VFIO_IOMMU_MAP_DMA",
-            range,
-            io::Error::other(VfioError::MemlockLimit {
-                iova: 0x10_0000,
-                len: 0x20_0000,
-                needed: 0x20_0000,
-                limit: 0x10_0000,
-                locked: 0,
-                needed_kib: 2048,
-            }),
-        )
-        .to_string();
-        assert!(e.contains("needs 2097152 bytes of locked memory"), "{e}");
-        assert!(e.contains("RLIMIT_MEMLOCK is 1048576"), "{e}");
-        assert!(e.contains("ulimit -l 2048"), "{e}");
     }
 }

@@ -233,23 +233,6 @@ pub enum VfioError {
         /// Why, and what to do.
         reason: String,
     },
-
-    /// Pinning the memory would exceed RLIMIT_MEMLOCK.
-    #[error("VFIO container map_dma iova {iova:#x} len {len:#x}: needs {needed} bytes of locked memory, RLIMIT_MEMLOCK is {limit} ({locked} already locked by this process); raise it (`ulimit -l {needed_kib}` in the starting shell, LimitMEMLOCK= in a systemd unit, or memlock in /etc/security/limits.conf) or run with CAP_IPC_LOCK")]
-    MemlockLimit {
-        /// Requested IOVA.
-        iova: u64,
-        /// Requested length.
-        len: u64,
-        /// Bytes pinned in all after this mapping.
-        needed: u64,
-        /// The soft limit in force.
-        limit: u64,
-        /// Bytes the process has locked already (VmLck: mlock and VFIO pins).
-        locked: u64,
-        /// `needed` in KiB, as ulimit takes it.
-        needed_kib: u64,
-    },
 }
 
 impl VfioError {
@@ -287,21 +270,5 @@ mod tests {
             e.to_string(),
             "0000:00:03.0 BAR0 read32 at 0x20000: out of range (BAR is 0x20000 bytes)"
         );
-    }
-
-    #[test]
-    fn memlock_error_says_how_much_and_how_to_raise_it() {
-        let e = VfioError::MemlockLimit {
-            iova: 0x1000,
-            len: 0x200000,
-            needed: 0x300000,
-            limit: 0x100000,
-            locked: 0x100000,
-            needed_kib: 0x300000 / 1024,
-        };
-        let s = e.to_string();
-        assert!(s.contains("needs 3145728 bytes"), "{s}");
-        assert!(s.contains("ulimit -l 3072"), "{s}");
-        assert!(s.contains("CAP_IPC_LOCK"), "{s}");
     }
 }

@@ -25,7 +25,6 @@ mod eventfd;
 mod group;
 pub mod ioctl;
 mod irq;
-mod memlock;
 mod mmio;
 mod region;
 mod reset;
