@@ -101,6 +101,7 @@ fn run_child(exe: &std::path::Path, test: &RigTest, out: &mut dyn Write) -> Resu
         .stdout(Stdio::from(writer))
         .stderr(Stdio::from(writer2))
         .env("RUST_BACKTRACE", "1")
+        .env("RUST_LIB_BACKTRACE", "0")
         .spawn()
         .with_context(|| format!("starting {}", test.name))?;
     let deadline = Instant::now() + test.timeout;

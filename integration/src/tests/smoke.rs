@@ -7,11 +7,15 @@ use anyhow::{bail, ensure, Context, Result};
 use crate::disk_pattern;
 use crate::harness::RigTest;
 use crate::rig;
+use udriver::vfio::{VfioContainer, VfioGroup};
 
 pub fn tests() -> Vec<RigTest> {
     vec![
         RigTest::new("smoke_test_devices_present", test_devices_present),
         RigTest::new("smoke_disks_hold_pattern", disks_hold_pattern),
+        RigTest::new("smoke_vfio_container_opens", vfio_container_opens),
+        RigTest::new("smoke_vfio_groups_viable", vfio_groups_viable),
+        RigTest::new("smoke_e1000_status_link_up", e1000_status_link_up),
     ]
 }
 
@@ -92,5 +96,43 @@ fn disks_hold_pattern() -> Result<()> {
             .with_context(|| format!("{dev} on {bdf}"))?;
         println!("{bdf} {dev}: {sectors} sectors hold the pattern");
     }
+    Ok(())
+}
+
+/// /dev/vfio/vfio opens and offers the type1 IOMMU: VFIO is really there.
+fn vfio_container_opens() -> Result<()> {
+    let container = VfioContainer::open()?;
+    println!("/dev/vfio/vfio: backend {}", container.backend());
+    Ok(())
+}
+
+/// After binding to vfio-pci, each test device's group node exists and is viable.
+fn vfio_groups_viable() -> Result<()> {
+    for (bdf, _) in rig::TEST_DEVICES {
+        let id = rig::bind_to_vfio(bdf)?;
+        let group = VfioGroup::open(id)?;
+        ensure!(group.is_viable()?, "{bdf}: group {id} is not viable");
+        println!("{bdf}: /dev/vfio/{id} viable");
+    }
+    Ok(())
+}
+
+/// e1000's STATUS register, read through the device fd's mmap'd BAR0, says link up.
+fn e1000_status_link_up() -> Result<()> {
+    const STATUS: u64 = 0x8;
+    const STATUS_LINK_UP: u32 = 1 << 1;
+    let id = rig::bind_to_vfio(rig::E1000_A)?;
+    let container = VfioContainer::open()?;
+    let group = VfioGroup::open(id)?;
+    container.attach(&group)?;
+    let device = group.open_device(rig::E1000_A)?;
+    let bar0 = device.bar(0)?;
+    ensure!(bar0.is_mapped(STATUS, 4), "BAR0 STATUS is not mmap'd");
+    let status = bar0.read32(STATUS)?;
+    println!("{} BAR0 STATUS = {status:#010x}", rig::E1000_A);
+    ensure!(
+        status & STATUS_LINK_UP != 0,
+        "STATUS {status:#x}: link is down"
+    );
     Ok(())
 }
