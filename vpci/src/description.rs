@@ -1,0 +1,68 @@
+//! `BusDescription`: the virtual bus as plain data, for whoever describes it to the
+//! guest (ACPI MCFG/DSDT via `acpi-tables`, a device tree, a VMM's own tables).
+
+use crate::bar_window::AddressWindow;
+use crate::intx::{IntxPin, IntxRoute};
+
+/// What a guest's firmware tables must say about the virtual root bridge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BusDescription {
+    pub segment: u16,
+    /// Bus numbers the root bridge decodes, both included; functions live on the first.
+    pub first_bus: u8,
+    pub last_bus: u8,
+    /// The ECAM area of `first_bus..=last_bus` (1 MiB per bus, starting at `first_bus`).
+    pub ecam: AddressWindow,
+    pub io: Option<AddressWindow>,
+    pub mem32: AddressWindow,
+    pub mem64: Option<AddressWindow>,
+    /// Whether the legacy config ports 0xCF8-0xCFF reach this bus.
+    pub config_ports: bool,
+    /// Every slot 0..32 and pin A-D, with its GSI.
+    pub intx: Vec<IntxRoute>,
+}
+
+impl From<IntxPin> for acpi_tables::IntxPin {
+    fn from(pin: IntxPin) -> Self {
+        match pin {
+            IntxPin::A => acpi_tables::IntxPin::A,
+            IntxPin::B => acpi_tables::IntxPin::B,
+            IntxPin::C => acpi_tables::IntxPin::C,
+            IntxPin::D => acpi_tables::IntxPin::D,
+        }
+    }
+}
+
+fn window(w: AddressWindow) -> acpi_tables::Window {
+    acpi_tables::Window::new(w.base, w.size)
+}
+
+impl From<&BusDescription> for acpi_tables::RootBridge {
+    /// The root bridge `acpi-tables` builds MCFG and DSDT entries from, with explicit
+    /// `_PRT` routes and the default `_OSC` policy.
+    fn from(d: &BusDescription) -> Self {
+        acpi_tables::RootBridge {
+            segment: d.segment,
+            buses: acpi_tables::BusRange {
+                first: d.first_bus,
+                last: d.last_bus,
+            },
+            ecam: window(d.ecam),
+            io: d.io.map(window),
+            mem32: Some(window(d.mem32)),
+            mem64: d.mem64.map(window),
+            config_ports: d.config_ports,
+            intx: acpi_tables::IntxRouting::Explicit(
+                d.intx
+                    .iter()
+                    .map(|r| acpi_tables::IntxRoute {
+                        slot: r.slot,
+                        pin: r.pin.into(),
+                        gsi: r.gsi,
+                    })
+                    .collect(),
+            ),
+            osc: acpi_tables::OscControl::default(),
+        }
+    }
+}
