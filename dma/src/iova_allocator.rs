@@ -4,7 +4,8 @@
 //! this is on the hot path. Free space is kept twice — by address, to find and merge
 //! neighbours on free, and by (size, address), to find the smallest block that fits —
 //! so both operations are O(log n) in the number of free blocks. Allocation is
-//! best-fit, which keeps large blocks whole for large requests; freeing coalesces with
+//! best-fit, which keeps large blocks whole for large requests, from the top of the
+//! block; freeing coalesces with
 //! both neighbours, so space returns to the shape it had.
 //!
 //! In front of that sits a small cache per size class (4 KiB to 128 KiB, the sizes
@@ -191,18 +192,20 @@ impl IovaAllocator {
         let start = range.start().0;
         let class = self.class_of(range.len());
         let mut free = self.lock();
-        match free.allocated.get(&start).copied() {
+        match free.allocated.remove(&start) {
             Some(len) if len == range.len() => {
-                free.allocated.remove(&start);
                 if !free.put_cached(class, start, len) {
                     free.release(start, len);
                 }
                 Ok(())
             }
-            Some(len) => Err(DmaError::FreeMismatch {
-                range,
-                allocated: IovaRange::new(Iova(start), len)?,
-            }),
+            Some(len) => {
+                free.allocated.insert(start, len);
+                Err(DmaError::FreeMismatch {
+                    range,
+                    allocated: IovaRange::new(Iova(start), len)?,
+                })
+            }
             None if free.is_free(start) => Err(DmaError::DoubleFree { range }),
             None => Err(DmaError::ForeignFree { range }),
         }
@@ -328,10 +331,12 @@ impl FreeSpace {
 
     /// Finds (block start, block len, aligned allocation start) for a request.
     fn find_fit(&self, size: u64, align: u64, granularity: u64) -> Option<(u64, u64, u64)> {
+        // Place at the top of the block: the block keeps its start, so it shrinks in
+        // place, and low IOVAs (which 32-bit devices need) are used last.
         let fits = |&(len, start): &(u64, u64)| {
-            let at = round_up(start, align)?;
-            let pad = at - start;
-            (pad <= len && len - pad >= size).then_some((start, len, at))
+            // `start + (len - size)` is at most the block's last byte: no overflow.
+            let at = (start + (len - size)) & !(align - 1);
+            (at >= start).then_some((start, len, at))
         };
         // Best fit among the few smallest blocks that are large enough.
         if let Some(hit) = self
@@ -368,26 +373,37 @@ impl FreeSpace {
         }
     }
 
-    /// Adds `[start, start + len)` to free space, merging with free neighbours.
-    fn release(&mut self, mut start: u64, mut len: u64) {
-        if let Some((&prev_start, &prev_len)) = self.by_addr.range(..start).next_back() {
-            if prev_start + prev_len == start {
-                if let Some(merged) = prev_len.checked_add(len) {
-                    self.remove_block(prev_start, prev_len);
-                    start = prev_start;
-                    len = merged;
-                }
-            }
-        }
+    /// Adds `[start, start + len)` to free space, merging with free neighbours. A merge
+    /// into the previous block updates it in place, which saves tree operations on the
+    /// common path.
+    fn release(&mut self, start: u64, len: u64) {
+        self.tree_free += len;
+        let mut len = len;
         if let Some(end) = start.checked_add(len) {
-            if let Some(&next_len) = self.by_addr.get(&end) {
-                if let Some(merged) = len.checked_add(next_len) {
-                    self.remove_block(end, next_len);
-                    len = merged;
+            if let Some(next_len) = self.by_addr.remove(&end) {
+                match len.checked_add(next_len) {
+                    Some(merged) => {
+                        self.by_size.remove(&(next_len, end));
+                        len = merged;
+                    }
+                    None => {
+                        self.by_addr.insert(end, next_len);
+                    }
                 }
             }
         }
-        self.insert_block(start, len);
+        if let Some((&prev_start, prev_len)) = self.by_addr.range_mut(..start).next_back() {
+            if prev_start + *prev_len == start {
+                if let Some(merged) = prev_len.checked_add(len) {
+                    let old = std::mem::replace(prev_len, merged);
+                    self.by_size.remove(&(old, prev_start));
+                    self.by_size.insert((merged, prev_start));
+                    return;
+                }
+            }
+        }
+        self.by_addr.insert(start, len);
+        self.by_size.insert((len, start));
     }
 }
 
@@ -462,7 +478,11 @@ mod tests {
     fn respects_alignment_and_rounds_size() {
         let a = IovaAllocator::new(&[range(0x1000, 0x10_0000)]).unwrap();
         let small = a.alloc(1, 1).unwrap();
-        assert_eq!(small, range(0x1000, 0x1000));
+        assert_eq!(
+            small,
+            range(0x10_0000, 0x1000),
+            "taken from the top of the window"
+        );
         let aligned = a.alloc(0x3000, 0x10000).unwrap();
         assert!(aligned.start().is_aligned(0x10000));
         assert_eq!(aligned.len(), 0x3000);
