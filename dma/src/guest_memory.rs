@@ -134,21 +134,24 @@ impl GuestMemory {
         Ok(pieces)
     }
 
-    fn walk(
+    /// Calls `piece` for each host piece behind `[gpa, gpa + len)`, in order, and
+    /// errors unless every byte is registered (pieces before the gap have been passed).
+    /// The allocation-free form of [`GuestMemory::host_pieces`].
+    pub fn walk(
         &self,
         gpa: GuestPhysAddr,
         len: u64,
         mut piece: impl FnMut(HostPiece),
     ) -> Result<(), DmaError> {
-        let outside = DmaError::OutsideGuestMemory { gpa: gpa.0, len };
+        let outside = || DmaError::OutsideGuestMemory { gpa: gpa.0, len };
         if len == 0 || gpa.0.checked_add(len).is_none() {
-            return Err(outside);
+            return Err(outside());
         }
         let (mut at, end) = (gpa.0, gpa.0 + len);
         while at < end {
             let region = match self.regions.range(..=at).next_back() {
                 Some((_, r)) if r.gpa_end() > at => r,
-                _ => return Err(outside),
+                _ => return Err(outside()),
             };
             let take = (end - at).min(region.gpa_end() - at);
             piece(HostPiece {

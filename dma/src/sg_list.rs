@@ -103,7 +103,7 @@ impl<A: Address> SgList<A> {
         let total_len = self
             .total_len
             .checked_add(len)
-            .ok_or(DmaError::RangeOverflow {
+            .ok_or_else(|| DmaError::RangeOverflow {
                 start: addr.to_raw(),
                 len,
             })?;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 
 use crate::address::GuestPhysAddr;
 use crate::error::DmaError;
-use crate::guest_memory::{GuestMemory, GuestMemoryRegion};
+use crate::guest_memory::{GuestMemory, GuestMemoryRegion, HostPiece};
 use crate::iova::{Iova, IovaRange};
 use crate::iova_allocator::IovaAllocator;
 use crate::mapper::{DmaAccess, DmaMapper, DmaMapping};
@@ -106,45 +106,41 @@ impl<M: DmaMapper> RequestTable<M> {
             return Err(DmaError::EmptyRange { start: 0 });
         }
         // Translate everything before touching the allocator: a request reaching outside
-        // registered memory must fail with nothing changed.
-        let mut pieces = Vec::with_capacity(runs.len());
+        // registered memory must fail with nothing changed. Each host piece extends the
+        // previous mapping when host-contiguous, so contiguous pages cost one mapping.
+        // IOVAs are filled in once the allocation is known (they are offsets until then).
+        let mut mappings: Vec<DmaMapping> = Vec::with_capacity(runs.len());
         let mut total: u64 = 0;
+        let mut failed = None;
         for run in &runs {
-            pieces.push(memory.host_pieces(run.start, run.len)?);
-            total = total.checked_add(run.len).ok_or(DmaError::RangeOverflow {
-                start: run.start.0,
-                len: run.len,
+            memory.walk(run.start, run.len, |piece| {
+                if failed.is_none() {
+                    failed = append_piece(&mut mappings, &mut total, piece, access).err();
+                }
             })?;
+        }
+        if let Some(err) = failed {
+            return Err(err);
         }
         let iova = match self.iovas.alloc(total, page) {
             Err(DmaError::IovaExhausted { .. }) if reclaim()? => self.iovas.alloc(total, page)?,
             other => other?,
         };
-
-        let mut mappings: Vec<DmaMapping> = Vec::with_capacity(runs.len());
-        let mut offset = 0;
-        for piece in pieces.iter().flatten() {
-            match mappings.last_mut() {
-                // Host-contiguous with the previous piece: grow that mapping instead.
-                Some(prev) if prev.vaddr.0 + prev.len() == piece.vaddr.0 => {
-                    prev.range = IovaRange::new(prev.iova(), prev.len() + piece.len)?;
-                }
-                _ => mappings.push(DmaMapping::new(
-                    Iova(iova.start().0 + offset),
-                    piece.vaddr,
-                    piece.len,
-                    access,
-                )?),
+        let placed = mappings
+            .iter_mut()
+            .try_for_each(|m| {
+                m.range = IovaRange::new(Iova(iova.start().0 + m.iova().0), m.len())?;
+                Ok(())
+            })
+            .and_then(|()| bus_addresses(sg, &runs, iova.start()));
+        // map_batch is all or nothing, so on any failure the IOVAs are unused.
+        let bus = match placed.and_then(|bus| self.mapper.map_batch(&mappings).map(|()| bus)) {
+            Ok(bus) => bus,
+            Err(err) => {
+                let _ = self.iovas.free(iova);
+                return Err(err);
             }
-            offset += piece.len;
-        }
-        if let Err(err) = self.mapper.map_batch(&mappings) {
-            // map_batch is all or nothing, so the IOVAs are unused.
-            let _ = self.iovas.free(iova);
-            return Err(err);
-        }
-
-        let bus = bus_addresses(sg, &runs, iova.start())?;
+        };
         self.live().insert(
             iova.start().0,
             LiveMapping {
@@ -168,18 +164,15 @@ impl<M: DmaMapper> RequestTable<M> {
             let mut live = self.live();
             let mut keys: Vec<u64> = Vec::with_capacity(1);
             for seg in bus.segments() {
-                let unknown = DmaError::UnknownBusAddress {
+                let unknown = || DmaError::UnknownBusAddress {
                     addr: seg.addr.0,
                     len: seg.len,
                 };
-                let (key, m) = live.range(..=seg.addr.0).next_back().ok_or(unknown)?;
+                let (key, m) = live.range(..=seg.addr.0).next_back().ok_or_else(unknown)?;
                 let within =
                     IovaRange::new(seg.addr, seg.len).is_ok_and(|r| m.iova.contains_range(&r));
                 if !within {
-                    return Err(DmaError::UnknownBusAddress {
-                        addr: seg.addr.0,
-                        len: seg.len,
-                    });
+                    return Err(unknown());
                 }
                 if !keys.contains(key) {
                     keys.push(*key);
@@ -228,6 +221,34 @@ impl<M: DmaMapper> RequestTable<M> {
     fn live(&self) -> MutexGuard<'_, BTreeMap<u64, LiveMapping>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Appends a host piece at IOVA offset `*total`, growing the previous mapping when the
+/// piece continues it in host memory.
+fn append_piece(
+    mappings: &mut Vec<DmaMapping>,
+    total: &mut u64,
+    piece: HostPiece,
+    access: DmaAccess,
+) -> Result<(), DmaError> {
+    match mappings.last_mut() {
+        Some(prev) if prev.vaddr.0 + prev.len() == piece.vaddr.0 => {
+            prev.range = IovaRange::new(prev.iova(), prev.len() + piece.len)?;
+        }
+        _ => mappings.push(DmaMapping::new(
+            Iova(*total),
+            piece.vaddr,
+            piece.len,
+            access,
+        )?),
+    }
+    *total = total
+        .checked_add(piece.len)
+        .ok_or(DmaError::RangeOverflow {
+            start: piece.gpa.0,
+            len: piece.len,
+        })?;
+    Ok(())
 }
 
 /// The bus address of each segment of `sg`, given that its page runs were laid out
