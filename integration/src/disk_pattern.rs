@@ -31,7 +31,7 @@ pub fn sector(lba: u64) -> [u8; SECTOR_SIZE] {
 /// Checks that `data` holds consecutive sectors starting at `first_lba`, and says where
 /// it first differs.
 pub fn verify(first_lba: u64, data: &[u8]) -> Result<(), String> {
-    if data.len() % SECTOR_SIZE != 0 {
+    if !data.len().is_multiple_of(SECTOR_SIZE) {
         return Err(format!(
             "{} bytes is not a whole number of sectors",
             data.len()
