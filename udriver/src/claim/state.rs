@@ -38,6 +38,18 @@ pub enum ClaimPhase {
     Detaching,
 }
 
+impl std::fmt::Display for ClaimPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClaimPhase::Recorded => "recorded, not yet started",
+            ClaimPhase::OverrideSet => "interrupted after setting driver_override",
+            ClaimPhase::Unbound => "interrupted after unbinding",
+            ClaimPhase::Attached => "attached",
+            ClaimPhase::Detaching => "interrupted while detaching",
+        })
+    }
+}
+
 impl ClaimPhase {
     /// Whether the claim finished (anything else was interrupted).
     pub fn is_complete(self) -> bool {

@@ -1,6 +1,8 @@
 //! `udrv`: list, claim and serve PCI devices for user-level drivers and guests.
 
-mod acpi;
+mod attach;
+mod detach;
+mod list;
 
 use clap::{Parser, Subcommand};
 
@@ -14,12 +16,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write the ACPI tables (RSDP, XSDT, FADT, MADT, MCFG, DSDT) that describe a virtual PCI bus.
-    Acpi(acpi::AcpiArgs),
+    List(list::ListArgs),
+    Attach(attach::AttachArgs),
+    Detach(detach::DetachArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Acpi(args) => acpi::run(args),
+        Command::List(args) => list::run(args),
+        Command::Attach(args) => attach::run(args),
+        Command::Detach(args) => detach::run(args),
     }
 }
