@@ -2,12 +2,16 @@
 //! `integration/rig test AREA_` selects one area.
 
 mod smoke;
+mod vfio;
 
 use crate::harness::RigTest;
 
 /// All rig tests, in the order they run.
 pub fn all() -> Vec<RigTest> {
-    [smoke::tests()].into_iter().flatten().collect()
+    [smoke::tests(), vfio::tests()]
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// All rig benchmarks; each prints its figures and the ratio against a baseline
