@@ -1,5 +1,6 @@
 //! `udrv`: list, claim and serve PCI devices for user-level drivers and guests.
 
+mod acpi;
 mod attach;
 mod detach;
 mod list;
@@ -16,6 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Write the ACPI tables (RSDP, XSDT, FADT, MADT, MCFG, DSDT) that describe a virtual PCI bus.
+    Acpi(acpi::AcpiArgs),
     List(list::ListArgs),
     Attach(attach::AttachArgs),
     Detach(detach::DetachArgs),
@@ -23,6 +26,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Acpi(args) => acpi::run(args),
         Command::List(args) => list::run(args),
         Command::Attach(args) => attach::run(args),
         Command::Detach(args) => detach::run(args),
