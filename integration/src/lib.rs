@@ -2,7 +2,7 @@
 //! facts about the guest's devices, the test disks' pattern, and the tests themselves.
 //! `integration/rig` (the host side) builds this for musl and boots it.
 
-pub mod disk_pattern;
+pub use udrv_examples::disk_pattern;
 pub mod harness;
 pub mod rig;
 pub mod tests;

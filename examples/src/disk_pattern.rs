@@ -1,5 +1,9 @@
 //! The known contents of the rig's test disks.
 //!
+//! One definition for both sides: the rig writes its disk images with it
+//! (`rig-tests mkdisk`) and the drivers check what they read against it
+//! (`--verify-pattern`).
+//!
 //! Every 512-byte sector holds 32 records of 16 bytes: the magic `udrv`, the sector
 //! number, the record index and the bit-inverted sector number (all u32 little-endian).
 //! A sector read back from any offset names itself, so a test can tell a wrong sector
