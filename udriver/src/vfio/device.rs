@@ -11,6 +11,8 @@ use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_CONFIG_REGION_INDEX,
 };
 
+use crate::pci::PciAddress;
+
 use super::bar::{Bar, BarKind};
 use super::error::{Result, VfioError};
 use super::group::VfioGroup;
@@ -111,6 +113,11 @@ impl VfioDevice {
     /// The device's name, `0000:00:02.0`.
     pub fn name(&self) -> &str {
         &self.file.name
+    }
+
+    /// The device's PCI address, when its name is one (it is for vfio-pci).
+    pub fn address(&self) -> Option<PciAddress> {
+        self.file.name.parse().ok()
     }
 
     /// What VFIO reports about the device.

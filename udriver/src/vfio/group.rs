@@ -97,8 +97,9 @@ impl VfioGroup {
             .clone()
     }
 
-    /// Opens device `name` (its sysfs name, `0000:00:02.0`) of this group. The group
-    /// must be in a container ([`VfioContainer::attach`]).
+    /// Opens device `name` (its sysfs name, `0000:00:02.0`, which is how a
+    /// [`PciAddress`](crate::pci::PciAddress) displays) of this group. The group must be
+    /// in a container ([`VfioContainer::attach`]).
     pub fn open_device(&self, name: &str) -> Result<VfioDevice> {
         if self.container().is_none() {
             return Err(VfioError::Usage {

@@ -5,6 +5,8 @@
 use std::fmt;
 use std::os::fd::AsFd;
 
+use crate::pci::PciAddress;
+
 use super::device::VfioDevice;
 use super::error::{Result, VfioError};
 use super::group::VfioGroup;
@@ -18,8 +20,8 @@ pub enum ResetMethod {
     /// `VFIO_DEVICE_PCI_HOT_RESET`: a secondary bus reset, which also resets the
     /// devices listed (this one included).
     BusHotReset {
-        /// The devices reset along with this one, as `0000:00:03.0`.
-        affected: Vec<String>,
+        /// The devices reset along with this one.
+        affected: Vec<PciAddress>,
     },
 }
 
@@ -28,27 +30,28 @@ impl fmt::Display for ResetMethod {
         match self {
             ResetMethod::Function => f.write_str("function reset"),
             ResetMethod::BusHotReset { affected } => {
-                write!(f, "bus hot reset of {}", affected.join(", "))
+                let names: Vec<String> = affected.iter().map(|a| a.to_string()).collect();
+                write!(f, "bus hot reset of {}", names.join(", "))
             }
         }
     }
 }
 
-fn device_name(d: &DependentDevice) -> String {
-    format!(
-        "{:04x}:{:02x}:{:02x}.{}",
-        d.segment,
-        d.bus,
-        d.devfn >> 3,
-        d.devfn & 7
-    )
+fn address(d: &DependentDevice) -> PciAddress {
+    // devfn packs a 5-bit device and a 3-bit function, always in PciAddress's ranges.
+    PciAddress {
+        domain: d.segment,
+        bus: d.bus,
+        device: d.devfn >> 3,
+        function: d.devfn & 7,
+    }
 }
 
 /// The plan for a hot reset: the groups to prove ownership of, or why it cannot be done.
 fn hot_reset_plan(
     deps: &[DependentDevice],
     owned: &dyn Fn(u32) -> Option<VfioGroup>,
-) -> std::result::Result<(Vec<VfioGroup>, Vec<String>), String> {
+) -> std::result::Result<(Vec<VfioGroup>, Vec<PciAddress>), String> {
     if deps.is_empty() {
         return Err("the kernel lists no device for a bus hot reset".into());
     }
@@ -61,7 +64,7 @@ fn hot_reset_plan(
                     groups.push(g);
                 }
             }
-            None => missing.push(format!("{} (VFIO group {})", device_name(d), d.group_id)),
+            None => missing.push(format!("{} (VFIO group {})", address(d), d.group_id)),
         }
     }
     if !missing.is_empty() {
@@ -71,13 +74,18 @@ fn hot_reset_plan(
             missing.join(", ")
         ));
     }
-    Ok((groups, deps.iter().map(device_name).collect()))
+    Ok((groups, deps.iter().map(address).collect()))
 }
 
 impl VfioDevice {
-    fn hot_reset_groups(&self) -> std::result::Result<(Vec<VfioGroup>, Vec<String>), String> {
+    fn hot_reset_groups(&self) -> std::result::Result<(Vec<VfioGroup>, Vec<PciAddress>), String> {
         let deps = ioctl::device_get_pci_hot_reset_info(self.as_fd()).map_err(|e| {
-            format!("no bus hot reset either (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: {e}; the device is not alone behind a bridge that can reset its bus)")
+            let why = if e == nix::errno::Errno::ENODEV {
+                "neither its slot nor its bus can be reset (a device on a root bus has no bridge above it to do it)"
+            } else {
+                "the kernel will not say which devices a bus reset would affect"
+            };
+            format!("no bus hot reset either (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: {e}: {why})")
         })?;
         let container = self.group().container();
         let owned = |id: u32| container.as_ref().and_then(|c| c.group(id));
@@ -134,7 +142,7 @@ mod tests {
 
     #[test]
     fn names_dependent_devices_as_sysfs_does() {
-        assert_eq!(device_name(&dep(3, 0x3a, 0x1f, 7)), "0000:3a:1f.7");
+        assert_eq!(address(&dep(3, 0x3a, 0x1f, 7)).to_string(), "0000:3a:1f.7");
     }
 
     #[test]
@@ -148,10 +156,38 @@ mod tests {
     }
 
     #[test]
+    fn plan_proves_each_group_once_and_lists_every_device() {
+        let group = |id| {
+            VfioGroup(std::sync::Arc::new(super::super::group::GroupInner {
+                id,
+                file: tempfile::tempfile().unwrap(),
+                container: std::sync::Mutex::new(None),
+            }))
+        };
+        let (g5, g6) = (group(5), group(6));
+        let owned = |id: u32| match id {
+            5 => Some(g5.clone()),
+            6 => Some(g6.clone()),
+            _ => None,
+        };
+        let (groups, affected) =
+            hot_reset_plan(&[dep(5, 1, 0, 0), dep(5, 1, 0, 1), dep(6, 1, 0, 2)], &owned).unwrap();
+        assert_eq!(
+            groups.iter().map(|g| g.id()).collect::<Vec<_>>(),
+            vec![5, 6]
+        );
+        let names: Vec<String> = affected.iter().map(|a| a.to_string()).collect();
+        assert_eq!(names, ["0000:01:00.0", "0000:01:00.1", "0000:01:00.2"]);
+    }
+
+    #[test]
     fn reset_method_names_read_plainly() {
         assert_eq!(ResetMethod::Function.to_string(), "function reset");
         let hot = ResetMethod::BusHotReset {
-            affected: vec!["0000:01:00.0".into(), "0000:01:00.1".into()],
+            affected: vec![
+                "0000:01:00.0".parse().unwrap(),
+                "0000:01:00.1".parse().unwrap(),
+            ],
         };
         assert_eq!(
             hot.to_string(),
