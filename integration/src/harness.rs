@@ -10,6 +10,10 @@
 //! @@rig end NAME ok|FAILED|TIMEOUT SECONDS
 //! @@rig summary N passed, N failed
 //! ```
+//!
+//! A test can also send a file back to the host ([`send_file`]): its lines
+//! `@@rig file NAME BASE64` are taken out of the output and the host writes
+//! `target/rig/files/NAME`.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -160,6 +164,35 @@ fn kill(child: &mut Child) {
     // if it made one, so kill the child and reap it; stragglers die with the guest.
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Sends `bytes` back to the host as `target/rig/files/NAME` (for artifacts a person
+/// or a host-side tool reads after the run: tables, logs, traces).
+pub fn send_file(name: &str, bytes: &[u8]) -> Result<()> {
+    use base64::Engine;
+    anyhow::ensure!(
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
+        "file name {name:?} must be non-empty and use only letters, digits, `.`, `_`, `-`"
+    );
+    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut stdout = std::io::stdout().lock();
+    // An empty file still needs one line for the host to create it.
+    for chunk in encoded
+        .as_bytes()
+        .chunks(76)
+        .chain(encoded.is_empty().then_some(&b""[..]))
+    {
+        writeln!(
+            stdout,
+            "@@rig file {name} {}",
+            String::from_utf8_lossy(chunk)
+        )?;
+    }
+    stdout.flush()?;
+    Ok(())
 }
 
 /// Runs one test in this process (the child side of [`run_all`]).

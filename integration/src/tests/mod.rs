@@ -1,6 +1,8 @@
 //! Every rig test and benchmark, by area. A test's name starts with its area so that
 //! `integration/rig test AREA_` selects one area.
 
+mod acpi;
+mod dma;
 mod smoke;
 mod vfio;
 
@@ -8,7 +10,7 @@ use crate::harness::RigTest;
 
 /// All rig tests, in the order they run.
 pub fn all() -> Vec<RigTest> {
-    [smoke::tests(), vfio::tests()]
+    [smoke::tests(), vfio::tests(), acpi::tests(), dma::tests()]
         .into_iter()
         .flatten()
         .collect()
@@ -17,5 +19,5 @@ pub fn all() -> Vec<RigTest> {
 /// All rig benchmarks; each prints its figures and the ratio against a baseline
 /// measured in the same boot.
 pub fn benches() -> Vec<RigTest> {
-    Vec::new()
+    [vfio::benches(), dma::benches()].into_iter().flatten().collect()
 }
