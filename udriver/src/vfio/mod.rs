@@ -39,3 +39,22 @@ pub use irq::{IrqIndex, IrqInfo, IrqSet};
 pub use mmio::MmioValue;
 pub use region::{MmapArea, Region, RegionInfo, RegionName, RegionType};
 pub use reset::ResetMethod;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One container, device or region is shared by an event loop and the threads
+    /// that serve a device: they must be Send and Sync.
+    #[test]
+    fn handles_can_be_shared_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<VfioContainer>();
+        shared::<VfioGroup>();
+        shared::<VfioDevice>();
+        shared::<Region>();
+        shared::<Bar>();
+        shared::<IrqSet>();
+        shared::<EventFd>();
+    }
+}
