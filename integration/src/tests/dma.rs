@@ -1,0 +1,1031 @@
+//! DMA policies (`dma::policy`) over a real VFIO container: an e1000 transmits a frame
+//! whose buffer a policy mapped and the other e1000 receives it intact; once a strict
+//! mapping is gone the same transmit reaches nothing and the IOMMU reports the fault.
+//! The benchmarks compare per-request mapping with plain VFIO map/unmap ioctls and
+//! count the ioctls a 64-page list costs with and without coalescing and batching.
+//!
+//! "Guest memory" is an anonymous mapping registered as a [`GuestMemoryRegion`], as a
+//! VMM shares a guest's RAM. Everything the NICs touch — rings, receive buffers,
+//! payloads — lives in it and reaches the devices only through the policy under test.
+//! The e1000 programming is the least that moves one frame (legacy descriptors,
+//! polled): udrv-examples has no e1000 driver yet, and a driver would own its buffers
+//! rather than take bus addresses from a policy.
+
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use dma::{
+    Address, BatchConfig, BatchedPolicy, BusSgList, DmaAccess, DmaError, DmaMapper, DmaMapping,
+    DmaMemory, DmaPolicy, GuestMemoryRegion, GuestPhysAddr, GuestSgList, IdentityPolicy,
+    IovaAllocator, IovaRange, PagePreference, SgList, StrictPolicy,
+};
+use udriver::vfio::{Bar, VfioContainer, VfioDevice, VfioGroup};
+
+use crate::harness::RigTest;
+use crate::rig;
+
+pub fn tests() -> Vec<RigTest> {
+    vec![
+        RigTest::new("dma_identity_e1000_frame", identity_e1000_frame).with_timeout(240),
+        RigTest::new(
+            "dma_strict_e1000_frame_then_unmap_faults",
+            strict_e1000_frame_then_unmap_faults,
+        )
+        .with_timeout(240),
+        RigTest::new(
+            "dma_batched_e1000_frame_then_flush_faults",
+            batched_e1000_frame_then_flush_faults,
+        )
+        .with_timeout(240),
+    ]
+}
+
+pub fn benches() -> Vec<RigTest> {
+    vec![
+        RigTest::new("dma_map_sg_vs_raw_ioctl", map_sg_vs_raw_ioctl).with_timeout(900),
+        RigTest::new("dma_ioctls_for_64_page_sg", ioctls_for_64_page_sg).with_timeout(900),
+    ]
+}
+
+const PAGE: u64 = 4096;
+
+// ------------------------------------------------------------- guest memory
+
+/// Where the guest's RAM sits in guest-physical space: inside the IOMMU's first window,
+/// so that the identity policy can use it as IOVAs too.
+const GUEST_RAM_GPA: u64 = 0x4000_0000;
+
+/// A guest's RAM: anonymous memory of this process, registered under a guest-physical
+/// base. The tests read and write it by guest-physical address, as a guest would.
+struct GuestRam {
+    memory: DmaMemory,
+    region: GuestMemoryRegion,
+}
+
+impl GuestRam {
+    fn new(len: usize) -> Result<GuestRam> {
+        let memory = DmaMemory::allocate_with(len, PagePreference::SmallOnly)?;
+        let region = GuestMemoryRegion {
+            gpa: GuestPhysAddr(GUEST_RAM_GPA),
+            len: memory.len() as u64,
+            vaddr: memory.vaddr(),
+        };
+        Ok(GuestRam { memory, region })
+    }
+
+    fn gpa(&self, offset: u64) -> GuestPhysAddr {
+        GuestPhysAddr(GUEST_RAM_GPA + offset)
+    }
+}
+
+// ---------------------------------------------------------------- two e1000s
+
+/// Guest RAM layout, as offsets.
+const TX_RING: u64 = 0x0000;
+const RX_RING: u64 = 0x1000;
+const RX_BUFS: u64 = 0x2000;
+/// A frame's first piece ends at the end of this page...
+const PAYLOAD_HEAD_PAGE: u64 = 0x2_0000;
+/// ...and its second starts on this page, three pages further on: the pieces are not
+/// contiguous in guest memory.
+const PAYLOAD_TAIL_PAGE: u64 = 0x2_4000;
+const MARKER: u64 = 0x3_0000;
+const GUEST_RAM_LEN: usize = 0x4_0000;
+
+const TX_SLOTS: u64 = 8;
+const RX_SLOTS: u64 = 32;
+const RX_BUF_LEN: u64 = 2048;
+
+const E1000_IMC: u64 = 0xd8;
+const E1000_RCTL: u64 = 0x100;
+const E1000_TCTL: u64 = 0x400;
+const E1000_RDBAL: u64 = 0x2800;
+const E1000_RDBAH: u64 = 0x2804;
+const E1000_RDLEN: u64 = 0x2808;
+const E1000_RDH: u64 = 0x2810;
+const E1000_RDT: u64 = 0x2818;
+const E1000_TDBAL: u64 = 0x3800;
+const E1000_TDBAH: u64 = 0x3804;
+const E1000_TDLEN: u64 = 0x3808;
+const E1000_TDH: u64 = 0x3810;
+const E1000_TDT: u64 = 0x3818;
+/// RCTL: EN | UPE | MPE | BAM | SECRC (2 KiB buffers).
+const RCTL_RECEIVE_ALL: u32 = (1 << 1) | (1 << 3) | (1 << 4) | (1 << 15) | (1 << 26);
+/// TCTL: EN | PSP | CT 0x10 | COLD 0x40.
+const TCTL_TRANSMIT: u32 = (1 << 1) | (1 << 3) | (0x10 << 4) | (0x40 << 12);
+/// Legacy TX descriptor command bits.
+const TXD_EOP: u32 = 0x01;
+const TXD_IFCS: u32 = 0x02;
+const TXD_RS: u32 = 0x08;
+/// The ethertype of the tests' frames (local experimental).
+const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
+
+/// e1000 A (transmits) and B (receives), their groups in one container.
+struct Nics {
+    container: VfioContainer,
+    a: VfioDevice,
+    b: VfioDevice,
+    bar_a: Bar,
+    bar_b: Bar,
+}
+
+fn open_nics() -> Result<Nics> {
+    let ga = rig::bind_to_vfio(rig::E1000_A)?;
+    let gb = rig::bind_to_vfio(rig::E1000_B)?;
+    let container = VfioContainer::open()?;
+    let group_a = VfioGroup::open(ga)?;
+    let group_b = VfioGroup::open(gb)?;
+    container.attach(&group_a)?;
+    container.attach(&group_b)?;
+    let a = group_a.open_device(rig::E1000_A)?;
+    let b = group_b.open_device(rig::E1000_B)?;
+    let bar_a = a.bar(0)?;
+    let bar_b = b.bar(0)?;
+    Ok(Nics {
+        container,
+        a,
+        b,
+        bar_a,
+        bar_b,
+    })
+}
+
+/// A's transmit ring and B's receive ring running on guest RAM mapped by `policy`.
+struct Link<'a> {
+    nics: &'a Nics,
+    ram: &'a GuestRam,
+    policy: &'a dyn DmaPolicy,
+    /// The rings' and receive buffers' bus lists, unmapped by `stop`.
+    rings: Vec<BusSgList>,
+    tx_next: u64,
+}
+
+/// `[addr+len, ...]` in hex, for messages.
+fn segments<A: Address>(list: &SgList<A>) -> String {
+    let parts: Vec<String> = list
+        .segments()
+        .iter()
+        .map(|s| format!("{:#x}+{:#x}", s.addr.to_raw(), s.len))
+        .collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// The bus address of a list that must be one segment (a ring or a buffer array the
+/// device addresses by base + offset).
+fn single_bus_address(bus: &BusSgList, what: &str) -> Result<u64> {
+    ensure!(
+        bus.len() == 1,
+        "{what}: {} bus segments, the device needs one contiguous range: {}",
+        bus.len(),
+        segments(bus)
+    );
+    Ok(bus.segments()[0].addr.0)
+}
+
+impl<'a> Link<'a> {
+    /// Maps the rings and receive buffers through `policy` and starts both NICs.
+    fn start(nics: &'a Nics, ram: &'a GuestRam, policy: &'a dyn DmaPolicy) -> Result<Link<'a>> {
+        let map = |offset: u64, len: u64, access, what: &str| -> Result<(BusSgList, u64)> {
+            let sg = GuestSgList::from_pieces([(ram.gpa(offset), len)])?;
+            let bus = policy
+                .map_sg(&sg, access)
+                .with_context(|| format!("mapping the {what}"))?;
+            let base = single_bus_address(&bus, what)?;
+            Ok((bus, base))
+        };
+        // The TX ring is written back too (DD on RS descriptors).
+        let (tx_bus, tx_ring) = map(TX_RING, TX_SLOTS * 16, DmaAccess::ReadWrite, "TX ring")?;
+        let (rx_bus, rx_ring) = map(RX_RING, RX_SLOTS * 16, DmaAccess::ReadWrite, "RX ring")?;
+        let (bufs_bus, rx_bufs) = map(
+            RX_BUFS,
+            RX_SLOTS * RX_BUF_LEN,
+            DmaAccess::DeviceWrites,
+            "RX buffers",
+        )?;
+        let link = Link {
+            nics,
+            ram,
+            policy,
+            rings: vec![tx_bus, rx_bus, bufs_bus],
+            tx_next: 0,
+        };
+        println!(
+            "bus addresses: TX ring {tx_ring:#x}, RX ring {rx_ring:#x}, RX buffers {rx_bufs:#x}"
+        );
+
+        let mem = &ram.memory;
+        mem.fill(TX_RING as usize, (TX_SLOTS * 16) as usize, 0)?;
+        for i in 0..RX_SLOTS {
+            let d = (RX_RING + i * 16) as usize;
+            mem.write::<u64>(d, rx_bufs + i * RX_BUF_LEN)?;
+            mem.write::<u64>(d + 8, 0)?;
+        }
+        let (a, b) = (&nics.bar_a, &nics.bar_b);
+        for bar in [a, b] {
+            bar.write32(E1000_IMC, u32::MAX)?;
+        }
+        b.write32(E1000_RCTL, 0)?;
+        b.write32(E1000_RDBAL, rx_ring as u32)?;
+        b.write32(E1000_RDBAH, (rx_ring >> 32) as u32)?;
+        b.write32(E1000_RDLEN, (RX_SLOTS * 16) as u32)?;
+        b.write32(E1000_RDH, 0)?;
+        b.write32(E1000_RDT, (RX_SLOTS - 1) as u32)?;
+        b.write32(E1000_RCTL, RCTL_RECEIVE_ALL)?;
+        nics.b.set_bus_master(true)?;
+        a.write32(E1000_TCTL, 0)?;
+        a.write32(E1000_TDBAL, tx_ring as u32)?;
+        a.write32(E1000_TDBAH, (tx_ring >> 32) as u32)?;
+        a.write32(E1000_TDLEN, (TX_SLOTS * 16) as u32)?;
+        a.write32(E1000_TDH, 0)?;
+        a.write32(E1000_TDT, 0)?;
+        a.write32(E1000_TCTL, TCTL_TRANSMIT)?;
+        nics.a.set_bus_master(true)?;
+        Ok(link)
+    }
+
+    /// Transmits one frame made of the bus segments of `bus` (one descriptor each) and
+    /// waits until A has processed every descriptor.
+    fn send(&mut self, bus: &BusSgList) -> Result<()> {
+        ensure!(
+            !bus.is_empty() && (bus.len() as u64) < TX_SLOTS,
+            "a frame of {} segments does not fit the TX ring",
+            bus.len()
+        );
+        let mem = &self.ram.memory;
+        for (i, seg) in bus.segments().iter().enumerate() {
+            let last = i + 1 == bus.len();
+            let d = (TX_RING + self.tx_next * 16) as usize;
+            let cmd = TXD_IFCS | TXD_RS | if last { TXD_EOP } else { 0 };
+            mem.write::<u64>(d, seg.addr.0)?;
+            mem.write::<u32>(d + 8, seg.len as u32 | (cmd << 24))?;
+            mem.write::<u32>(d + 12, 0)?;
+            self.tx_next = (self.tx_next + 1) % TX_SLOTS;
+        }
+        let tail = self.tx_next as u32;
+        self.nics.bar_a.write32(E1000_TDT, tail)?;
+        poll_until(Duration::from_secs(10), "A's TDH to reach TDT", || {
+            Ok((self.nics.bar_a.read32(E1000_TDH)? == tail).then_some(()))
+        })
+    }
+
+    /// Every frame B has received so far, in ring order.
+    fn received(&self) -> Result<Vec<Vec<u8>>> {
+        let mem = &self.ram.memory;
+        let mut frames = Vec::new();
+        for i in 0..RX_SLOTS {
+            let d = (RX_RING + i * 16) as usize;
+            if mem.read::<u8>(d + 12)? & 1 == 0 {
+                continue;
+            }
+            let len = u64::from(mem.read::<u16>(d + 8)?).min(RX_BUF_LEN);
+            let mut f = vec![0u8; len as usize];
+            mem.copy_to((RX_BUFS + i * RX_BUF_LEN) as usize, &mut f)?;
+            frames.push(f);
+        }
+        Ok(frames)
+    }
+
+    /// Waits until B has received `frame`, and returns everything received.
+    fn wait_for(&self, frame: &[u8], what: &str) -> Result<Vec<Vec<u8>>> {
+        poll_until(Duration::from_secs(10), what, || {
+            let frames = self.received()?;
+            Ok(frames.iter().any(|f| f == frame).then_some(frames))
+        })
+    }
+
+    /// Stops both NICs' DMA and unmaps the rings.
+    fn stop(self) -> Result<()> {
+        self.nics.bar_a.write32(E1000_TCTL, 0)?;
+        self.nics.bar_b.write32(E1000_RCTL, 0)?;
+        self.nics.a.quiesce()?;
+        self.nics.b.quiesce()?;
+        for bus in &self.rings {
+            self.policy.unmap_sg(bus)?;
+        }
+        self.policy.flush()?;
+        Ok(())
+    }
+}
+
+/// A frame from A's MAC to B's, of this tests' ethertype, whose payload names `tag`.
+fn frame(tag: &str) -> Vec<u8> {
+    let mut f = vec![0x52, 0x54, 0, 0, 0, 0x03, 0x52, 0x54, 0, 0, 0, 0x02];
+    f.extend_from_slice(&ETHERTYPE);
+    f.extend_from_slice(format!("udrv dma rig test: {tag}").as_bytes());
+    // Ends the text for `describe`.
+    f.push(0);
+    let seed = tag
+        .bytes()
+        .fold(0u8, |a, b| a.wrapping_mul(31).wrapping_add(b));
+    let pad = 300 - f.len();
+    f.extend((0..pad).map(|i| (i as u8).wrapping_mul(7) ^ seed));
+    f
+}
+
+/// Writes `frame` into guest RAM in two pieces that are not contiguous in guest memory
+/// (the last 100 bytes of one page, the rest at the start of another) and returns the
+/// guest's scatter-gather list for it.
+fn place_split_frame(ram: &GuestRam, frame: &[u8]) -> Result<GuestSgList> {
+    let (head, tail) = frame.split_at(100);
+    let head_at = PAYLOAD_HEAD_PAGE + PAGE - head.len() as u64;
+    ram.memory.copy_from(head_at as usize, head)?;
+    ram.memory.copy_from(PAYLOAD_TAIL_PAGE as usize, tail)?;
+    Ok(GuestSgList::from_pieces([
+        (ram.gpa(head_at), head.len() as u64),
+        (ram.gpa(PAYLOAD_TAIL_PAGE), tail.len() as u64),
+    ])?)
+}
+
+fn count_of(frames: &[Vec<u8>], frame: &[u8]) -> usize {
+    frames.iter().filter(|f| f.as_slice() == frame).count()
+}
+
+/// What B received, for the log: test frames by tag, anything else by length and
+/// whether it is all zeros.
+fn describe(frames: &[Vec<u8>]) -> String {
+    frames
+        .iter()
+        .map(|f| {
+            if f.get(12..14) == Some(&ETHERTYPE[..]) {
+                let text: String = f[14..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_graphic() || **b == b' ')
+                    .map(|b| *b as char)
+                    .collect();
+                format!("[{}: {text}]", f.len())
+            } else if f.iter().all(|b| *b == 0) {
+                format!("[{} zero bytes]", f.len())
+            } else {
+                format!("[{} bytes, ethertype {:02x?}]", f.len(), f.get(12..14))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Polls `f` until it returns Some, for up to `timeout`.
+fn poll_until<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+// ------------------------------------------------------------- IOMMU faults
+
+/// The guest kernel's log, one entry a line.
+fn kernel_log() -> Result<Vec<String>> {
+    Ok(rig::sh("dmesg")?.lines().map(str::to_owned).collect())
+}
+
+/// Waits for a DMAR fault by e1000 A at the page of `iova` logged after the first
+/// `seen` lines, and returns it.
+fn wait_for_dmar_fault(seen: usize, iova: u64) -> Result<String> {
+    // "DMAR: [DMA Read NO_PASID] Request device [00:02.0] fault addr 0x... [fault
+    // reason 0x06] PTE Read access is not set": the fault register holds the page.
+    let device = format!("[{}]", &rig::E1000_A[5..]);
+    let addr = format!("fault addr {:#x} ", iova & !(PAGE - 1));
+    poll_until(Duration::from_secs(5), "a DMAR fault in dmesg", || {
+        Ok(kernel_log()?
+            .into_iter()
+            .skip(seen)
+            .find(|l| l.contains("DMAR") && l.contains(&device) && l.contains(&addr)))
+    })
+    .with_context(|| format!("no DMAR fault by {device} at {addr}in the kernel log"))
+}
+
+/// Whether any live container mapping covers an IOVA of `bus`.
+fn container_reaches(container: &VfioContainer, bus: &BusSgList) -> bool {
+    container.mappings().iter().any(|m| {
+        bus.segments()
+            .iter()
+            .any(|s| IovaRange::new(s.addr, s.len).is_ok_and(|r| r.overlaps(&m.range)))
+    })
+}
+
+/// After `bus` has been unmapped: transmitting from it again sends nothing from the
+/// payload and logs a DMAR fault, while a fresh mapping still works (so the silence is
+/// the IOMMU's doing, not a dead NIC).
+fn stale_transmit_faults(
+    link: &mut Link,
+    payload: &[u8],
+    bus: &BusSgList,
+    tag: &str,
+) -> Result<()> {
+    ensure!(
+        !container_reaches(&link.nics.container, bus),
+        "the container still maps part of {} after the unmap",
+        segments(bus)
+    );
+    let seen = kernel_log()?.len();
+    link.send(bus)?;
+    let fault = wait_for_dmar_fault(seen, bus.segments()[0].addr.0)?;
+    println!("stale transmit: {}", fault.trim());
+
+    let marker = frame(&format!("{tag} marker"));
+    link.ram.memory.copy_from(MARKER as usize, &marker)?;
+    let sg = GuestSgList::from_pieces([(link.ram.gpa(MARKER), marker.len() as u64)])?;
+    let marker_bus = link.policy.map_sg(&sg, DmaAccess::DeviceReads)?;
+    link.send(&marker_bus)?;
+    link.wait_for(&marker, "the marker frame")?;
+    link.policy.unmap_sg(&marker_bus)?;
+    // Frames are delivered in order; the marker went after the stale transmit.
+    let frames = link.received()?;
+    println!("B received: {}", describe(&frames));
+    ensure!(
+        count_of(&frames, payload) == 1,
+        "the payload arrived {} times: the transmit from the unmapped bus address must not \
+         read it",
+        count_of(&frames, payload)
+    );
+    Ok(())
+}
+
+// -------------------------------------------------------------------- tests
+
+/// Sends the split frame tagged `tag` through `policy` and checks B got it intact.
+/// Returns the frame and its bus list (still mapped).
+fn frame_through_policy(link: &mut Link, tag: &str) -> Result<(Vec<u8>, BusSgList)> {
+    let payload = frame(tag);
+    let sg = place_split_frame(link.ram, &payload)?;
+    let bus = link.policy.map_sg(&sg, DmaAccess::DeviceReads)?;
+    println!(
+        "frame of {} bytes: guest {} -> bus {}",
+        payload.len(),
+        segments(&sg),
+        segments(&bus)
+    );
+    ensure!(
+        bus.total_len() == sg.total_len(),
+        "bus list covers {} bytes, the request {}",
+        bus.total_len(),
+        sg.total_len()
+    );
+    link.send(&bus)?;
+    let frames = link.wait_for(&payload, "the frame at B")?;
+    ensure!(
+        count_of(&frames, &payload) == 1,
+        "B received the frame {} times",
+        count_of(&frames, &payload)
+    );
+    println!("B received the {}-byte frame intact", payload.len());
+    Ok((payload, bus))
+}
+
+/// Identity: the guest's RAM is one mapping at IOVA = guest-physical address; bus
+/// addresses are the guest's own, the frame (two descriptors, as its pieces are not
+/// contiguous) arrives intact, and removing the region removes the mapping.
+fn identity_e1000_frame() -> Result<()> {
+    let nics = open_nics()?;
+    let ram = GuestRam::new(GUEST_RAM_LEN)?;
+    let iovas = Arc::new(IovaAllocator::new(
+        &nics.container.iommu_info()?.iova_ranges,
+    )?);
+    let policy = IdentityPolicy::new(nics.container.clone(), iovas);
+    policy.add_region(ram.region)?;
+    let mappings = nics.container.mappings();
+    ensure!(
+        mappings.len() == 1
+            && mappings[0].iova().0 == GUEST_RAM_GPA
+            && mappings[0].len() == ram.region.len
+            && mappings[0].vaddr == ram.region.vaddr,
+        "identity mapping is {mappings:?}"
+    );
+
+    let mut link = Link::start(&nics, &ram, &policy)?;
+    let (_, bus) = frame_through_policy(&mut link, "identity")?;
+    let gpas: Vec<u64> = place_split_frame(&ram, &frame("identity"))?
+        .segments()
+        .iter()
+        .map(|s| s.addr.0)
+        .collect();
+    let bus_addrs: Vec<u64> = bus.segments().iter().map(|s| s.addr.0).collect();
+    ensure!(gpas == bus_addrs, "bus {bus_addrs:x?} != guest {gpas:x?}");
+    ensure!(bus.len() == 2, "identity keeps the two pieces apart");
+    policy.unmap_sg(&bus)?;
+    link.stop()?;
+
+    policy.remove_region(ram.region.gpa)?;
+    ensure!(
+        nics.container.mappings().is_empty(),
+        "mappings left after removing the region: {:?}",
+        nics.container.mappings()
+    );
+    Ok(())
+}
+
+/// Strict: the two non-contiguous pieces are mapped side by side, so the device sees
+/// one bus segment; the frame arrives intact. A request outside the registered RAM is
+/// refused with nothing mapped. After `unmap_sg` the same transmit faults in the IOMMU
+/// and sends nothing of the payload.
+fn strict_e1000_frame_then_unmap_faults() -> Result<()> {
+    let nics = open_nics()?;
+    let ram = GuestRam::new(GUEST_RAM_LEN)?;
+    let iovas = Arc::new(IovaAllocator::new(
+        &nics.container.iommu_info()?.iova_ranges,
+    )?);
+    let policy = StrictPolicy::new(nics.container.clone(), iovas);
+    policy.add_region(ram.region)?;
+    let mut link = Link::start(&nics, &ram, &policy)?;
+
+    let before = nics.container.mappings();
+    let outside = GuestSgList::from_pieces([(
+        GuestPhysAddr(GUEST_RAM_GPA + ram.region.len - PAGE),
+        2 * PAGE,
+    )])?;
+    let e = policy
+        .map_sg(&outside, DmaAccess::DeviceReads)
+        .expect_err("a request reaching past the guest's RAM was mapped");
+    ensure!(matches!(e, DmaError::OutsideGuestMemory { .. }), "{e}");
+    ensure!(
+        nics.container.mappings() == before,
+        "a refused request changed the mappings"
+    );
+    println!("outside the guest's RAM: {e}");
+
+    let (payload, bus) = frame_through_policy(&mut link, "strict")?;
+    ensure!(
+        bus.len() == 1,
+        "strict should lay the pieces end to end: {}",
+        segments(&bus)
+    );
+    policy.unmap_sg(&bus)?;
+    stale_transmit_faults(&mut link, &payload, &bus, "strict")?;
+    link.stop()?;
+    ensure!(
+        policy.live_count() == 0,
+        "{} live mappings",
+        policy.live_count()
+    );
+    ensure!(
+        nics.container.mappings().is_empty(),
+        "mappings left: {:?}",
+        nics.container.mappings()
+    );
+    Ok(())
+}
+
+/// Batched: the frame arrives intact; `unmap_sg` only queues the unmap (the mapping
+/// stays until the flush), and after `flush` the same transmit faults.
+fn batched_e1000_frame_then_flush_faults() -> Result<()> {
+    let nics = open_nics()?;
+    let ram = GuestRam::new(GUEST_RAM_LEN)?;
+    let iovas = Arc::new(IovaAllocator::new(
+        &nics.container.iommu_info()?.iova_ranges,
+    )?);
+    // No time bound within the test, so the flush happens where the test says.
+    let config = BatchConfig {
+        max_pending: 32,
+        max_delay: Duration::from_secs(3600),
+    };
+    let policy = BatchedPolicy::new(nics.container.clone(), iovas, config);
+    policy.add_region(ram.region)?;
+    let mut link = Link::start(&nics, &ram, &policy)?;
+
+    let (payload, bus) = frame_through_policy(&mut link, "batched")?;
+    policy.unmap_sg(&bus)?;
+    ensure!(
+        policy.pending_count() == 1,
+        "{} unmaps queued, want 1",
+        policy.pending_count()
+    );
+    ensure!(
+        container_reaches(&nics.container, &bus),
+        "the unmap was not deferred"
+    );
+    policy.flush()?;
+    ensure!(policy.pending_count() == 0, "queue not empty after flush");
+    stale_transmit_faults(&mut link, &payload, &bus, "batched")?;
+    link.stop()?;
+    ensure!(
+        nics.container.mappings().is_empty(),
+        "mappings left: {:?}",
+        nics.container.mappings()
+    );
+    Ok(())
+}
+
+// --------------------------------------------------------------- benchmarks
+
+/// Counts the calls that reach the VFIO container: one call, one ioctl. Batch calls
+/// use the trait's defaults, which call `map`/`unmap` once per range, as the container
+/// does.
+struct CountingMapper<M> {
+    inner: M,
+    maps: AtomicU64,
+    unmaps: AtomicU64,
+}
+
+impl<M: DmaMapper> CountingMapper<M> {
+    fn new(inner: M) -> CountingMapper<M> {
+        CountingMapper {
+            inner,
+            maps: AtomicU64::new(0),
+            unmaps: AtomicU64::new(0),
+        }
+    }
+
+    /// (maps, unmaps) since the last call.
+    fn take(&self) -> (u64, u64) {
+        (
+            self.maps.swap(0, Ordering::Relaxed),
+            self.unmaps.swap(0, Ordering::Relaxed),
+        )
+    }
+}
+
+impl<M: DmaMapper> DmaMapper for CountingMapper<M> {
+    fn page_size(&self) -> u64 {
+        self.inner.page_size()
+    }
+
+    fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
+        self.maps.fetch_add(1, Ordering::Relaxed);
+        self.inner.map(mapping)
+    }
+
+    fn unmap(&self, range: IovaRange) -> Result<u64, DmaError> {
+        self.unmaps.fetch_add(1, Ordering::Relaxed);
+        self.inner.unmap(range)
+    }
+}
+
+/// A container with e1000 A's group attached (which sets the IOMMU up); the device is
+/// not opened, so nothing does DMA.
+fn bench_container() -> Result<(VfioContainer, VfioGroup)> {
+    let id = rig::bind_to_vfio(rig::E1000_A)?;
+    let container = VfioContainer::open()?;
+    let group = VfioGroup::open(id)?;
+    container.attach(&group)?;
+    Ok((container, group))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Runs each of `runs` once per round for `rounds` rounds, rotating which goes first,
+/// and returns each one's seconds per round.
+fn interleaved(
+    rounds: usize,
+    runs: &mut [&mut dyn FnMut() -> Result<()>],
+) -> Result<Vec<Vec<f64>>> {
+    let mut times = vec![Vec::with_capacity(rounds); runs.len()];
+    for round in 0..rounds {
+        for k in 0..runs.len() {
+            let i = (round + k) % runs.len();
+            let started = Instant::now();
+            (runs[i])()?;
+            times[i].push(started.elapsed().as_secs_f64());
+        }
+    }
+    Ok(times)
+}
+
+/// The VFIO type1 uapi structs for a bare ioctl, bypassing udriver: the reference the
+/// container's own `map`/`unmap` is measured against.
+#[repr(C)]
+struct VfioDmaMap {
+    argsz: u32,
+    flags: u32,
+    vaddr: u64,
+    iova: u64,
+    size: u64,
+}
+
+#[repr(C)]
+struct VfioDmaUnmap {
+    argsz: u32,
+    flags: u32,
+    iova: u64,
+    size: u64,
+}
+
+/// `_IO(VFIO_TYPE, VFIO_BASE + 13)` and `+ 14`.
+const VFIO_IOMMU_MAP_DMA: libc::Ioctl = 0x3b71;
+const VFIO_IOMMU_UNMAP_DMA: libc::Ioctl = 0x3b72;
+const VFIO_DMA_MAP_FLAG_READ: u32 = 1;
+
+/// Bare VFIO_IOMMU_MAP_DMA of `m` (device reads) on `container`.
+fn bare_map(container: &VfioContainer, m: &DmaMapping) -> Result<()> {
+    let arg = VfioDmaMap {
+        argsz: std::mem::size_of::<VfioDmaMap>() as u32,
+        flags: VFIO_DMA_MAP_FLAG_READ,
+        vaddr: m.vaddr.0,
+        iova: m.iova().0,
+        size: m.len(),
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&container.as_fd());
+    // SAFETY: `arg` is a live vfio_iommu_type1_dma_map the kernel only reads; the
+    // memory at `vaddr` is the benchmark's guest RAM, which outlives the mapping (every
+    // bare map is unmapped in the same run), and the device in the container is never
+    // opened, so nothing can reach it by DMA.
+    let r = unsafe { libc::ioctl(fd, VFIO_IOMMU_MAP_DMA, &arg as *const VfioDmaMap) };
+    ensure!(
+        r == 0,
+        "VFIO_IOMMU_MAP_DMA of {}: {}",
+        m.range,
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// Bare VFIO_IOMMU_UNMAP_DMA of `range` on `container`.
+fn bare_unmap(container: &VfioContainer, range: IovaRange) -> Result<()> {
+    let mut arg = VfioDmaUnmap {
+        argsz: std::mem::size_of::<VfioDmaUnmap>() as u32,
+        flags: 0,
+        iova: range.start().0,
+        size: range.len(),
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&container.as_fd());
+    // SAFETY: `arg` is a live vfio_iommu_type1_dma_unmap, which the kernel reads and
+    // writes (the size unmapped) in place.
+    let r = unsafe { libc::ioctl(fd, VFIO_IOMMU_UNMAP_DMA, &mut arg as *mut VfioDmaUnmap) };
+    ensure!(
+        r == 0 && arg.size == range.len(),
+        "VFIO_IOMMU_UNMAP_DMA of {range}: returned {r}, {} bytes ({})",
+        arg.size,
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// N single-page requests, all mapped and then all unmapped: strict `map_sg` +
+/// `unmap_sg` against the same N VFIO_IOMMU_MAP_DMA + UNMAP_DMA through the container's
+/// `DmaMapper::map`/`unmap` (the baseline, same pages, same IOVAs), and, for reference,
+/// the same ioctls issued bare.
+fn map_sg_vs_raw_ioctl() -> Result<()> {
+    const N: usize = 256;
+    const ROUNDS: usize = 15;
+    let (container, _group) = bench_container()?;
+    let ram = GuestRam::new(2 * N * PAGE as usize)?;
+    let iovas = Arc::new(IovaAllocator::new(&container.iommu_info()?.iova_ranges)?);
+    let strict = StrictPolicy::new(container.clone(), iovas.clone());
+    strict.add_region(ram.region)?;
+
+    // Every other page, so that no two requests are neighbours in guest memory.
+    let pages: Vec<u64> = (0..N as u64).map(|i| 2 * i * PAGE).collect();
+    let requests: Vec<GuestSgList> = pages
+        .iter()
+        .map(|o| GuestSgList::from_pieces([(ram.gpa(*o), PAGE)]))
+        .collect::<Result<_, _>>()?;
+    // The IOVAs strict will take (the allocator is deterministic and returns to the
+    // same state after each run), so that both sides touch the same page tables.
+    let probe: Vec<IovaRange> = (0..N)
+        .map(|_| iovas.alloc(PAGE, PAGE))
+        .collect::<Result<_, _>>()?;
+    for r in &probe {
+        iovas.free(*r)?;
+    }
+    let mappings: Vec<DmaMapping> = probe
+        .iter()
+        .zip(&pages)
+        .map(|(r, o)| {
+            DmaMapping::new(
+                r.start(),
+                dma::HostVirtAddr(ram.region.vaddr.0 + o),
+                PAGE,
+                DmaAccess::DeviceReads,
+            )
+        })
+        .collect::<Result<_, _>>()?;
+
+    let mut bus_lists: Vec<BusSgList> = Vec::with_capacity(N);
+    let mut run_strict = || -> Result<()> {
+        for sg in &requests {
+            bus_lists.push(strict.map_sg(sg, DmaAccess::DeviceReads)?);
+        }
+        for bus in bus_lists.drain(..) {
+            strict.unmap_sg(&bus)?;
+        }
+        Ok(())
+    };
+    let mut run_container = || -> Result<()> {
+        for m in &mappings {
+            container.map(m)?;
+        }
+        for m in &mappings {
+            container.unmap(m.range)?;
+        }
+        Ok(())
+    };
+    let mut run_bare = || -> Result<()> {
+        for m in &mappings {
+            bare_map(&container, m)?;
+        }
+        for m in &mappings {
+            bare_unmap(&container, m.range)?;
+        }
+        Ok(())
+    };
+    // One untimed round each: page tables, caches and the allocator's size classes.
+    run_strict()?;
+    run_container()?;
+    run_bare()?;
+    let first_strict_iova = {
+        let bus = strict.map_sg(&requests[0], DmaAccess::DeviceReads)?;
+        let at = bus.segments()[0].addr;
+        strict.unmap_sg(&bus)?;
+        at
+    };
+    ensure!(
+        first_strict_iova == probe[0].start(),
+        "strict used {first_strict_iova:#x}, the baseline {:#x}: not the same IOVAs",
+        probe[0].start().0
+    );
+    let times = interleaved(
+        ROUNDS,
+        &mut [&mut run_container, &mut run_strict, &mut run_bare],
+    )?;
+    ensure!(
+        container.mappings().is_empty() && strict.live_count() == 0,
+        "mappings left after the runs"
+    );
+
+    let per_request = |t: &[f64]| t.iter().map(|s| s * 1e6 / N as f64).collect::<Vec<_>>();
+    let (base, strict_t, bare) = (
+        per_request(&times[0]),
+        per_request(&times[1]),
+        per_request(&times[2]),
+    );
+    let paired = |x: &[f64], y: &[f64]| median(x.iter().zip(y).map(|(a, b)| a / b).collect());
+    let (mb, ms, mr) = (
+        median(base.clone()),
+        median(strict_t.clone()),
+        median(bare.clone()),
+    );
+    println!(
+        "{N} single-page requests, map all then unmap all, {ROUNDS} interleaved rounds \
+         (medians, µs per request = one map + one unmap):"
+    );
+    println!("  container map+unmap (baseline) {mb:>8.2} µs");
+    println!(
+        "  strict map_sg+unmap_sg         {ms:>8.2} µs   ratio {:.3} (per-round paired {:.3}; goal <= 1.05)",
+        ms / mb,
+        paired(&strict_t, &base)
+    );
+    println!(
+        "  bare ioctls (reference)        {mr:>8.2} µs   container/bare {:.3}, strict/bare {:.3}",
+        mb / mr,
+        ms / mr
+    );
+    println!(
+        "  min over rounds: baseline {:.2}, strict {:.2}, bare {:.2} µs",
+        base.iter().copied().fold(f64::INFINITY, f64::min),
+        strict_t.iter().copied().fold(f64::INFINITY, f64::min),
+        bare.iter().copied().fold(f64::INFINITY, f64::min),
+    );
+    Ok(())
+}
+
+/// A 64-page list, mapped and unmapped 16 times by: a page-at-a-time mapper (no
+/// coalescing, the baseline), strict `map_sg` (coalesced), and batched `map_sg` (unmaps
+/// deferred and merged); for a contiguous list and for one of scattered pages. Counts
+/// the container calls (ioctls) of each and times them.
+fn ioctls_for_64_page_sg() -> Result<()> {
+    const PAGES: u64 = 64;
+    const REQUESTS: u64 = 16;
+    const ROUNDS: usize = 5;
+    let (container, _group) = bench_container()?;
+    let counter = Arc::new(CountingMapper::new(container.clone()));
+    let ram = GuestRam::new((2 * PAGES * PAGE) as usize)?;
+    let iovas = Arc::new(IovaAllocator::new(&container.iommu_info()?.iova_ranges)?);
+    let strict = StrictPolicy::new(counter.clone(), iovas.clone());
+    strict.add_region(ram.region)?;
+    let batched = BatchedPolicy::new(
+        counter.clone(),
+        iovas.clone(),
+        BatchConfig {
+            max_pending: 32,
+            max_delay: Duration::from_secs(3600),
+        },
+    );
+    batched.add_region(ram.region)?;
+
+    let lists = [
+        (
+            "contiguous",
+            GuestSgList::from_pieces((0..PAGES).map(|i| (ram.gpa(i * PAGE), PAGE)))?,
+        ),
+        (
+            "scattered",
+            GuestSgList::from_pieces((0..PAGES).map(|i| (ram.gpa(2 * i * PAGE), PAGE)))?,
+        ),
+    ];
+    println!(
+        "a 64-page sg list mapped and unmapped {REQUESTS} times; ioctls and µs per request \
+         (time: median of {ROUNDS} interleaved rounds); ratios against per-page:"
+    );
+    println!(
+        "{:>11} {:>9} {:>6} {:>7} {:>7} {:>9} {:>10} {:>9}",
+        "list", "policy", "maps", "unmaps", "ioctls", "ratio", "µs", "ratio"
+    );
+    for (name, sg) in &lists {
+        let per_page = || -> Result<()> {
+            for _ in 0..REQUESTS {
+                let mut ranges = Vec::with_capacity(PAGES as usize);
+                for page in sg.pages(PAGE) {
+                    let r = iovas.alloc(PAGE, PAGE)?;
+                    let vaddr = ram.region.vaddr.0 + (page.0 - GUEST_RAM_GPA);
+                    counter.map(&DmaMapping::new(
+                        r.start(),
+                        dma::HostVirtAddr(vaddr),
+                        PAGE,
+                        DmaAccess::ReadWrite,
+                    )?)?;
+                    ranges.push(r);
+                }
+                for r in ranges {
+                    counter.unmap(r)?;
+                    iovas.free(r)?;
+                }
+            }
+            Ok(())
+        };
+        let through = |policy: &dyn DmaPolicy| -> Result<()> {
+            for _ in 0..REQUESTS {
+                let bus = policy.map_sg(sg, DmaAccess::ReadWrite)?;
+                policy.unmap_sg(&bus)?;
+            }
+            policy.flush()?;
+            Ok(())
+        };
+        // Counts from one run of each.
+        let mut counts = Vec::new();
+        counter.take();
+        for run in [
+            &per_page as &dyn Fn() -> Result<()>,
+            &|| through(&strict),
+            &|| through(&batched),
+        ] {
+            run()?;
+            counts.push(counter.take());
+        }
+        let times = interleaved(
+            ROUNDS,
+            &mut [&mut || per_page(), &mut || through(&strict), &mut || {
+                through(&batched)
+            }],
+        )?;
+        counter.take();
+        ensure!(
+            container.mappings().is_empty(),
+            "mappings left after the {name} runs"
+        );
+        let base_ioctls = (counts[0].0 + counts[0].1) as f64;
+        let base_time = median(times[0].clone());
+        for (i, policy) in ["per-page", "strict", "batched"].iter().enumerate() {
+            let (maps, unmaps) = counts[i];
+            let per = |n: u64| n as f64 / REQUESTS as f64;
+            let t = median(times[i].clone());
+            println!(
+                "{name:>11} {policy:>9} {:>6.2} {:>7.3} {:>7.2} {:>9.3} {:>10.1} {:>9.3}",
+                per(maps),
+                per(unmaps),
+                per(maps + unmaps),
+                (maps + unmaps) as f64 / base_ioctls,
+                t * 1e6 / REQUESTS as f64,
+                t / base_time
+            );
+        }
+        ensure!(
+            counts[0] == (PAGES * REQUESTS, PAGES * REQUESTS),
+            "per-page issued {:?}",
+            counts[0]
+        );
+        if *name == "contiguous" {
+            ensure!(
+                counts[1] == (REQUESTS, REQUESTS),
+                "strict did not coalesce the contiguous list into one mapping: {:?}",
+                counts[1]
+            );
+        }
+        ensure!(
+            counts[2].1 < counts[1].1,
+            "batching issued no fewer unmaps ({:?}) than strict ({:?})",
+            counts[2],
+            counts[1]
+        );
+    }
+    Ok(())
+}
