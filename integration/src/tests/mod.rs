@@ -2,6 +2,7 @@
 //! `integration/rig test AREA_` selects one area.
 
 mod acpi;
+mod attach;
 mod dma;
 mod smoke;
 mod vfio;
@@ -10,14 +11,23 @@ use crate::harness::RigTest;
 
 /// All rig tests, in the order they run.
 pub fn all() -> Vec<RigTest> {
-    [smoke::tests(), vfio::tests(), acpi::tests(), dma::tests()]
-        .into_iter()
-        .flatten()
-        .collect()
+    [
+        smoke::tests(),
+        attach::tests(),
+        vfio::tests(),
+        acpi::tests(),
+        dma::tests(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// All rig benchmarks; each prints its figures and the ratio against a baseline
 /// measured in the same boot.
 pub fn benches() -> Vec<RigTest> {
-    [vfio::benches(), dma::benches()].into_iter().flatten().collect()
+    [vfio::benches(), dma::benches()]
+        .into_iter()
+        .flatten()
+        .collect()
 }
