@@ -70,6 +70,7 @@ pub mod intx;
 pub mod msi;
 pub mod msi_routing;
 pub mod msix;
+pub mod passthrough;
 pub mod test_device;
 
 pub use access_width::AccessWidth;
@@ -87,4 +88,5 @@ pub use intx::{IntxPin, IntxRoute, IntxSwizzle};
 pub use msi::{MsiCapability, MsiConfig};
 pub use msi_routing::{InterruptKind, MsiMessage, MsiRouting};
 pub use msix::{MsixCapability, MsixConfig};
+pub use passthrough::{PassthroughDevice, PassthroughError, PassthroughFunction};
 pub use test_device::{TestDevice, TestDeviceConfig};

@@ -433,8 +433,8 @@ fn capability_lists_walk_like_linux() {
         vec![cap::POWER_MANAGEMENT, cap::MSI, cap::MSIX, cap::PCI_EXPRESS]
     );
     assert_eq!(ids(guest.capabilities(devfn(5, 2))), vec![cap::MSI]);
-    assert_eq!(ids(guest.capabilities(devfn(5, 0))), vec![]);
-    assert_eq!(ids(guest.capabilities(devfn(0, 0))), vec![]);
+    assert_eq!(ids(guest.capabilities(devfn(5, 0))), Vec::<u8>::new());
+    assert_eq!(ids(guest.capabilities(devfn(0, 0))), Vec::<u8>::new());
     let ext: Vec<(u16, u8)> = guest
         .extended_capabilities(devfn(3, 0))
         .into_iter()
