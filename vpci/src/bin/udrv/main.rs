@@ -24,11 +24,20 @@ enum Command {
     Detach(detach::DetachArgs),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
         Command::Acpi(args) => acpi::run(args),
         Command::List(args) => list::run(args),
         Command::Attach(args) => attach::run(args),
         Command::Detach(args) => detach::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // The whole chain, outermost first, and no backtrace: the messages name the
+            // thing and the fix; a backtrace would bury them.
+            eprintln!("udrv: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
