@@ -9,7 +9,16 @@ use clap::{Parser, Subcommand};
 
 /// Claim PCI devices for user-level drivers and pass them through to guests.
 #[derive(Parser)]
-#[command(name = "udrv", version, about, long_about = None)]
+#[command(
+    name = "udrv",
+    version,
+    after_help = "A typical session:\n  \
+        udrv list                      what is there, who drives it, what the host uses\n  \
+        udrv attach 0000:00:03.0       hand it to vfio-pci (refused if the host uses it)\n  \
+        ...                            a user-level driver or a VMM opens /dev/vfio/N\n  \
+        udrv detach 0000:00:03.0       give it back to the driver it had\n\n\
+        `udrv COMMAND --help` explains each command."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
