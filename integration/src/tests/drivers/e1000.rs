@@ -1,0 +1,240 @@
+//! The e1000 driver: frames from 00:02.0 to 00:03.0 across the rig's hub, each one
+//! checked byte for byte and in order; the NICs quiet afterwards.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use udriver::pci::PciAddress;
+use udriver::vfio::{VfioContainer, VfioGroup};
+use udrv_examples::e1000::regs::{IMS, RCTL, RCTL_EN, TCTL, TCTL_EN};
+use udrv_examples::e1000::traffic::{self, TrafficConfig, TrafficReport};
+use udrv_examples::e1000::{Config, E1000};
+use udrv_examples::wait::Completion;
+
+use super::binary;
+use crate::harness::RigTest;
+use crate::rig;
+
+pub fn tests() -> Vec<RigTest> {
+    vec![
+        RigTest::new("drivers_e1000_polling_frames_intact", polling_frames_intact),
+        RigTest::new(
+            "drivers_e1000_interrupts_frames_intact",
+            interrupts_frames_intact,
+        ),
+        RigTest::new("drivers_e1000_quiesce_stops_the_nic", quiesce_stops_the_nic),
+        RigTest::new("drivers_e1000_binary_checks_frames", binary_checks_frames),
+        RigTest::new(
+            "drivers_e1000_ctrl_c_leaves_nics_quiet",
+            ctrl_c_leaves_nics_quiet,
+        ),
+        RigTest::new("drivers_e1000_refuses_other_devices", refuses_other_devices),
+    ]
+}
+
+fn address(bdf: &str) -> Result<PciAddress> {
+    Ok(bdf.parse()?)
+}
+
+/// Both NICs on vfio-pci and opened by the driver.
+fn open_pair(completion: Completion) -> Result<(E1000, E1000)> {
+    rig::bind_to_vfio(rig::E1000_A)?;
+    rig::bind_to_vfio(rig::E1000_B)?;
+    let config = Config {
+        completion,
+        ..Config::default()
+    };
+    let tx = E1000::open(address(rig::E1000_A)?, &config)?;
+    let rx = E1000::open(address(rig::E1000_B)?, &config)?;
+    Ok((tx, rx))
+}
+
+fn check_run(tx: &mut E1000, rx: &mut E1000, config: &TrafficConfig) -> Result<TrafficReport> {
+    let report = traffic::send_and_check(tx, rx, config)?;
+    println!(
+        "{} frames of {} bytes: {} received intact and in order in {:.3} s; \
+         {} late frames of earlier runs and {} others skipped; interrupts tx {} rx {}",
+        report.sent,
+        config.frame_len,
+        report.received,
+        report.elapsed.as_secs_f64(),
+        report.stale,
+        report.foreign,
+        report.tx_interrupts,
+        report.rx_interrupts
+    );
+    ensure!(
+        report.sent == config.frames && report.received == config.frames,
+        "sent {} and received {} of {} frames",
+        report.sent,
+        report.received,
+        config.frames
+    );
+    Ok(report)
+}
+
+/// Polling: the shortest and the longest frames, more than a ring's worth of each.
+fn polling_frames_intact() -> Result<()> {
+    let (mut tx, mut rx) = open_pair(Completion::Polling)?;
+    for (frames, frame_len) in [(3000, 60), (1000, 1514), (777, 333)] {
+        let config = TrafficConfig {
+            frames,
+            frame_len,
+            ..TrafficConfig::default()
+        };
+        check_run(&mut tx, &mut rx, &config)?;
+    }
+    let counters = rx.counters()?;
+    ensure!(
+        counters.rx_missed == 0,
+        "the receiver missed {} frames",
+        counters.rx_missed
+    );
+    Ok(())
+}
+
+/// Interrupts: INTx eventfds wake the driver, which reads ICR and unmasks.
+fn interrupts_frames_intact() -> Result<()> {
+    let (mut tx, mut rx) = open_pair(Completion::Interrupts)?;
+    let config = TrafficConfig {
+        frames: 3000,
+        frame_len: 128,
+        ..TrafficConfig::default()
+    };
+    let report = check_run(&mut tx, &mut rx, &config)?;
+    ensure!(
+        report.rx_interrupts > 0,
+        "the receiver never took an interrupt: every frame was found by polling"
+    );
+    Ok(())
+}
+
+/// Opens `bdf` with VFIO directly and reads RCTL, TCTL and IMS from BAR0.
+fn nic_registers(bdf: &str) -> Result<(u32, u32, u32)> {
+    let group = VfioGroup::open(rig::bind_to_vfio(bdf)?)?;
+    let container = VfioContainer::open()?;
+    container.attach(&group)?;
+    let device = group.open_device(bdf)?;
+    let bar0 = device.bar(0)?;
+    Ok((bar0.read32(RCTL)?, bar0.read32(TCTL)?, bar0.read32(IMS)?))
+}
+
+fn ensure_quiet(bdf: &str, (rctl, tctl, ims): (u32, u32, u32)) -> Result<()> {
+    println!("{bdf}: RCTL {rctl:#010x} TCTL {tctl:#010x} IMS {ims:#010x}");
+    ensure!(rctl & RCTL_EN == 0, "{bdf}: receive still enabled");
+    ensure!(tctl & TCTL_EN == 0, "{bdf}: transmit still enabled");
+    ensure!(ims == 0, "{bdf}: interrupt causes still unmasked");
+    Ok(())
+}
+
+/// After quiesce: bus mastering off in config space, receive and transmit off, every
+/// interrupt cause masked.
+fn quiesce_stops_the_nic() -> Result<()> {
+    let (mut tx, mut rx) = open_pair(Completion::Interrupts)?;
+    check_run(
+        &mut tx,
+        &mut rx,
+        &TrafficConfig {
+            frames: 100,
+            ..TrafficConfig::default()
+        },
+    )?;
+    for nic in [&mut tx, &mut rx] {
+        nic.quiesce()?;
+        let command = nic.device().vfio().config().read16(0x04)?;
+        ensure!(
+            command & 0x4 == 0,
+            "{}: bus mastering still on (command {command:#06x})",
+            nic.name()
+        );
+        let regs = (
+            nic.read_register(RCTL)?,
+            nic.read_register(TCTL)?,
+            nic.read_register(IMS)?,
+        );
+        ensure_quiet(nic.name(), regs)?;
+    }
+    Ok(())
+}
+
+/// The `e1000` binary as a user runs it.
+fn binary_checks_frames() -> Result<()> {
+    rig::bind_to_vfio(rig::E1000_A)?;
+    rig::bind_to_vfio(rig::E1000_B)?;
+    let done = binary::run(
+        "e1000",
+        &[
+            "--tx",
+            rig::E1000_A,
+            "--rx",
+            rig::E1000_B,
+            "--frames",
+            "2000",
+            "--size",
+            "200",
+            "--completion",
+            "interrupts",
+        ],
+    )?;
+    ensure!(done.status.success(), "e1000 failed: {}", done.status);
+    ensure!(
+        done.stdout
+            .contains("2000/2000 frames received intact and in order"),
+        "e1000 did not report 2000 intact frames"
+    );
+    let help = binary::run("e1000", &["--help"])?;
+    ensure!(
+        help.status.success() && help.stdout.contains("udrv attach"),
+        "e1000 --help does not say how to prepare the NICs"
+    );
+    Ok(())
+}
+
+/// Ctrl-C in the middle of a long run: the binary stops through its normal path and
+/// both NICs are left with receive, transmit and interrupts off.
+fn ctrl_c_leaves_nics_quiet() -> Result<()> {
+    rig::bind_to_vfio(rig::E1000_A)?;
+    rig::bind_to_vfio(rig::E1000_B)?;
+    let done = binary::interrupt(
+        "e1000",
+        &[
+            "--tx",
+            rig::E1000_A,
+            "--rx",
+            rig::E1000_B,
+            "--frames",
+            "100000000",
+            "--completion",
+            "interrupts",
+        ],
+        "frames of",
+        Duration::from_millis(500),
+    )?;
+    ensure!(
+        done.status.code() == Some(130),
+        "e1000 should exit with 130 after Ctrl-C, not {}",
+        done.status
+    );
+    ensure!(
+        done.stderr.contains("stopped by a signal"),
+        "e1000 did not say it was stopped"
+    );
+    for bdf in [rig::E1000_A, rig::E1000_B] {
+        ensure_quiet(bdf, nic_registers(bdf).context(bdf)?)?;
+    }
+    Ok(())
+}
+
+/// The driver refuses a device that is not an e1000, naming what it found.
+fn refuses_other_devices() -> Result<()> {
+    rig::bind_to_vfio(rig::PIIX3_IDE)?;
+    let e = E1000::open(address(rig::PIIX3_IDE)?, &Config::default())
+        .err()
+        .context("the e1000 driver took the IDE controller")?;
+    println!("{e}");
+    ensure!(
+        e.to_string().contains("not an Intel 8254x"),
+        "unexpected error: {e}"
+    );
+    Ok(())
+}
