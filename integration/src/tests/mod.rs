@@ -7,20 +7,29 @@ mod dma;
 mod drivers;
 mod smoke;
 mod vfio;
-mod vpci;
 
 use crate::harness::RigTest;
 
 /// All rig tests, in the order they run.
 pub fn all() -> Vec<RigTest> {
-    [smoke::tests(), attach::tests(), vfio::tests(), acpi::tests(), dma::tests(), drivers::tests(), vpci::tests()]
-        .into_iter()
-        .flatten()
-        .collect()
+    [
+        smoke::tests(),
+        attach::tests(),
+        vfio::tests(),
+        acpi::tests(),
+        dma::tests(),
+        drivers::tests(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// All rig benchmarks; each prints its figures and the ratio against a baseline
 /// measured in the same boot.
 pub fn benches() -> Vec<RigTest> {
-    [vfio::benches(), dma::benches(), drivers::benches()].into_iter().flatten().collect()
+    [vfio::benches(), dma::benches(), drivers::benches()]
+        .into_iter()
+        .flatten()
+        .collect()
 }
