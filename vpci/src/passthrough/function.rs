@@ -234,7 +234,7 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
             errors: VecDeque::new(),
         };
         function.prepare_device()?;
-        let want = function.wanted_irqs();
+        let want = function.wanted_irqs().map(|(live, _)| live);
         function.irqs.apply(&function.device, want)?;
         Ok(function)
     }
@@ -429,8 +429,9 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
         self.errors.push_back(error);
     }
 
-    fn wanted_irqs(&mut self) -> Option<LiveIrqs> {
-        let offered = |index| self.device.irq_count(index) as usize;
+    /// What the guest's programming asks to be live, and how many vectors it wanted
+    /// (more than VFIO offers, if the second value is larger).
+    fn wanted_irqs(&self) -> Option<(LiveIrqs, usize)> {
         let (index, wanted) = if let Some(m) = self.msix.as_ref().filter(|m| m.enabled(&self.space))
         {
             (IrqIndex::Msix, usize::from(m.vectors()))
@@ -441,26 +442,30 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
         } else {
             return None;
         };
-        let vectors = wanted.min(offered(index));
-        if vectors < wanted {
+        let vectors = wanted.min(self.device.irq_count(index) as usize);
+        Some((LiveIrqs { index, vectors }, wanted))
+    }
+
+    fn rewire(&mut self) {
+        let want = self.wanted_irqs();
+        let live = want.map(|(live, _)| live);
+        if live.filter(|l| l.vectors > 0) == self.irqs.live() {
+            return;
+        }
+        if let Some((l, wanted)) = want.filter(|(l, wanted)| l.vectors < *wanted) {
             let error = PassthroughError::VectorsUnavailable {
                 device: self.device.name().to_string(),
-                kind: if index == IrqIndex::Msix {
+                kind: if l.index == IrqIndex::Msix {
                     "MSI-X"
                 } else {
                     "MSI"
                 },
                 wanted: wanted as u32,
-                offered: vectors as u32,
+                offered: l.vectors as u32,
             };
             self.record(error);
         }
-        Some(LiveIrqs { index, vectors })
-    }
-
-    fn rewire(&mut self) {
-        let want = self.wanted_irqs();
-        if let Err(e) = self.irqs.apply(&self.device, want) {
+        if let Err(e) = self.irqs.apply(&self.device, live) {
             self.record(e);
         }
     }

@@ -621,6 +621,11 @@ fn msi_with_fewer_vfio_vectors_masks_and_pends_virtually() {
         errors[0]
     );
     assert_eq!(f.vectors().len(), 1);
+    // Reprogramming the message rewires nothing and repeats no error.
+    cfg_write(&mut bus, at, o + msi::DATA_32, Word, 0x4060);
+    let f = function(&mut bus, at);
+    assert!(f.take_errors().is_empty());
+    assert!(f.device().irq_ops().is_empty());
     assert!(f.device().fire(IrqIndex::Msi, 0));
     assert_eq!(
         f.vector_fired(InterruptKind::Msi, 0),
