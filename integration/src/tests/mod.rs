@@ -7,6 +7,7 @@ mod dma;
 mod drivers;
 mod smoke;
 mod vfio;
+mod vpci;
 
 use crate::harness::RigTest;
 
@@ -19,6 +20,7 @@ pub fn all() -> Vec<RigTest> {
         acpi::tests(),
         dma::tests(),
         drivers::tests(),
+        vpci::tests(),
     ]
     .into_iter()
     .flatten()
