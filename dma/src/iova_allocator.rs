@@ -37,8 +37,10 @@ const BEST_FIT_PROBES: usize = 8;
 /// Sizes of 1, 2, 4, ... 32 granules are cached.
 const CACHED_CLASSES: usize = 6;
 
-/// Ranges kept per size class.
-const CACHE_DEPTH: usize = 64;
+/// Ranges kept per size class: enough for a device queue's worth of requests in
+/// flight (NIC rings and storage queues run to hundreds or thousands), so that steady
+/// per-request traffic never reaches the trees. Linux keeps a few thousand per size.
+const CACHE_DEPTH: usize = 1024;
 
 /// A thread-safe allocator of IOVA ranges.
 #[derive(Debug)]
@@ -411,7 +413,7 @@ impl FreeSpace {
 /// their low bits are all zero; a folded 128-bit multiply spreads every input bit over
 /// the output so the table's bucket index (low bits) is well distributed.
 #[derive(Default)]
-struct AddressHasher(u64);
+pub(crate) struct AddressHasher(u64);
 
 impl Hasher for AddressHasher {
     fn finish(&self) -> u64 {

@@ -12,6 +12,8 @@
 
 use std::iter::FusedIterator;
 
+use smallvec::SmallVec;
+
 use crate::address::{Address, GuestPhysAddr, HostVirtAddr};
 use crate::error::DmaError;
 use crate::iova::Iova;
@@ -61,7 +63,9 @@ pub struct PageRun<A> {
 /// A scatter-gather list in address space `A`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SgList<A> {
-    segments: Vec<SgSegment<A>>,
+    /// Inline up to two segments: most requests are one buffer, and a list built per
+    /// request should not cost a heap allocation.
+    segments: SmallVec<[SgSegment<A>; 2]>,
     total_len: u64,
 }
 
@@ -75,7 +79,7 @@ pub type BusSgList = SgList<Iova>;
 impl<A> Default for SgList<A> {
     fn default() -> Self {
         SgList {
-            segments: Vec::new(),
+            segments: SmallVec::new(),
             total_len: 0,
         }
     }

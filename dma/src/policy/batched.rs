@@ -99,13 +99,19 @@ impl<M: DmaMapper> BatchedPolicy<M> {
 
     /// Takes the queue and issues it; returns whether there was anything to issue.
     fn drain(&self) -> Result<bool, DmaError> {
-        let ranges = {
+        let mut ranges = {
             let mut pending = self.pending();
             pending.oldest = None;
             std::mem::take(&mut pending.ranges)
         };
         let any = !ranges.is_empty();
-        self.table.release(ranges)?;
+        self.table.release(&mut ranges)?;
+        // Give the emptied buffer back, so the queue does not regrow from nothing.
+        ranges.clear();
+        let mut pending = self.pending();
+        if pending.ranges.capacity() == 0 {
+            pending.ranges = ranges;
+        }
         Ok(any)
     }
 
@@ -133,7 +139,7 @@ impl<M: DmaMapper> DmaPolicy for BatchedPolicy<M> {
         self.table.unmap_sg(bus, |ranges| {
             let mut pending = self.pending();
             pending.oldest.get_or_insert_with(Instant::now);
-            pending.ranges.extend(ranges);
+            pending.ranges.extend_from_slice(ranges);
             full.set(pending.ranges.len() >= self.config.max_pending);
             Ok(())
         })?;

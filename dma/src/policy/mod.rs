@@ -18,6 +18,7 @@
 
 mod batched;
 mod identity;
+mod live_table;
 mod request_table;
 mod strict;
 

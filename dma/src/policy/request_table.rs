@@ -6,12 +6,17 @@
 //! so that `unmap_sg`, which arrives with nothing but bus addresses from an untrusted
 //! guest, can be checked against what was really handed out.
 //!
+//! Requests are usually one buffer, so the per-request bookkeeping (page runs, host
+//! pieces, ranges to unmap) is kept inline for small requests: the hot path makes no
+//! heap allocation of its own, which matters where malloc is slow (musl).
+//!
 //! Locking: the guest memory lock is held (shared) across a whole map or unmap, and
 //! exclusively while a region is removed, so a region can never disappear under a
 //! mapping that is being made or one that is still waiting to be unmapped.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use smallvec::SmallVec;
 
 use crate::address::GuestPhysAddr;
 use crate::error::DmaError;
@@ -19,15 +24,14 @@ use crate::guest_memory::{GuestMemory, GuestMemoryRegion, HostPiece};
 use crate::iova::{Iova, IovaRange};
 use crate::iova_allocator::IovaAllocator;
 use crate::mapper::{DmaAccess, DmaMapper, DmaMapping};
+use crate::policy::live_table::{LiveMapping, LiveTable, Runs};
 use crate::sg_list::{BusSgList, GuestSgList, PageRun};
 
-/// One `map_sg`'s worth of mappings.
-#[derive(Debug)]
-struct LiveMapping {
-    iova: IovaRange,
-    /// The guest pages behind it, to refuse removing a region that is in use.
-    gpa_runs: Vec<PageRun<GuestPhysAddr>>,
-}
+/// The host pieces of one request, each one mapping.
+type Pieces = SmallVec<[DmaMapping; 2]>;
+
+/// IOVA ranges taken out of the table by one `unmap_sg`.
+pub(crate) type Released = SmallVec<[IovaRange; 2]>;
 
 /// Registered memory plus live per-request mappings, over a mapper and an allocator.
 #[derive(Debug)]
@@ -35,16 +39,16 @@ pub(crate) struct RequestTable<M> {
     mapper: M,
     iovas: Arc<IovaAllocator>,
     memory: RwLock<GuestMemory>,
-    live: Mutex<BTreeMap<u64, LiveMapping>>,
+    live: Mutex<LiveTable>,
 }
 
 impl<M: DmaMapper> RequestTable<M> {
     pub(crate) fn new(mapper: M, iovas: Arc<IovaAllocator>) -> RequestTable<M> {
         RequestTable {
             mapper,
+            live: Mutex::new(LiveTable::new(iovas.granularity())),
             iovas,
             memory: RwLock::new(GuestMemory::new()),
-            live: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -101,7 +105,7 @@ impl<M: DmaMapper> RequestTable<M> {
     ) -> Result<BusSgList, DmaError> {
         let page = self.mapper.page_size();
         let memory = self.memory();
-        let runs: Vec<PageRun<GuestPhysAddr>> = sg.page_runs(page).collect();
+        let runs: Runs = sg.page_runs(page).collect();
         if runs.is_empty() {
             return Err(DmaError::EmptyRange { start: 0 });
         }
@@ -109,7 +113,7 @@ impl<M: DmaMapper> RequestTable<M> {
         // registered memory must fail with nothing changed. Each host piece extends the
         // previous mapping when host-contiguous, so contiguous pages cost one mapping.
         // IOVAs are filled in once the allocation is known (they are offsets until then).
-        let mut mappings: Vec<DmaMapping> = Vec::with_capacity(runs.len());
+        let mut mappings = Pieces::new();
         let mut total: u64 = 0;
         let mut failed = None;
         for run in &runs {
@@ -141,13 +145,10 @@ impl<M: DmaMapper> RequestTable<M> {
                 return Err(err);
             }
         };
-        self.live().insert(
-            iova.start().0,
-            LiveMapping {
-                iova,
-                gpa_runs: runs,
-            },
-        );
+        self.live().insert(LiveMapping {
+            iova,
+            gpa_runs: runs,
+        });
         Ok(bus)
     }
 
@@ -157,45 +158,45 @@ impl<M: DmaMapper> RequestTable<M> {
     pub(crate) fn unmap_sg(
         &self,
         bus: &BusSgList,
-        dispose: impl FnOnce(Vec<IovaRange>) -> Result<(), DmaError>,
+        dispose: impl FnOnce(&mut Released) -> Result<(), DmaError>,
     ) -> Result<(), DmaError> {
         let _memory = self.memory();
-        let taken = {
+        let mut taken = {
             let mut live = self.live();
-            let mut keys: Vec<u64> = Vec::with_capacity(1);
+            let mut keys: SmallVec<[u64; 2]> = SmallVec::new();
             for seg in bus.segments() {
                 let unknown = || DmaError::UnknownBusAddress {
                     addr: seg.addr.0,
                     len: seg.len,
                 };
-                let (key, m) = live.range(..=seg.addr.0).next_back().ok_or_else(unknown)?;
+                let (key, m) = live.find(seg.addr.0).ok_or_else(unknown)?;
                 let within =
                     IovaRange::new(seg.addr, seg.len).is_ok_and(|r| m.iova.contains_range(&r));
                 if !within {
                     return Err(unknown());
                 }
-                if !keys.contains(key) {
-                    keys.push(*key);
+                if !keys.contains(&key) {
+                    keys.push(key);
                 }
             }
             keys.iter()
-                .filter_map(|k| live.remove(k))
+                .filter_map(|k| live.remove(*k))
                 .map(|m| m.iova)
-                .collect::<Vec<_>>()
+                .collect::<Released>()
         };
-        dispose(taken)
+        dispose(&mut taken)
     }
 
     /// Unmaps `ranges` (merging adjacent ones into one call) and then frees their IOVAs.
     /// IOVAs are freed only after the unmap succeeded: on failure they stay allocated,
     /// so a range the device might still reach is never handed out again.
-    pub(crate) fn release(&self, mut ranges: Vec<IovaRange>) -> Result<(), DmaError> {
+    pub(crate) fn release(&self, ranges: &mut [IovaRange]) -> Result<(), DmaError> {
         if ranges.is_empty() {
             return Ok(());
         }
         ranges.sort_unstable();
-        let mut merged: Vec<IovaRange> = Vec::with_capacity(ranges.len());
-        for r in &ranges {
+        let mut merged: Released = SmallVec::new();
+        for r in ranges.iter() {
             match merged.last_mut() {
                 Some(prev) if prev.end() == Some(r.start()) => {
                     *prev = IovaRange::new(prev.start(), prev.len() + r.len())?;
@@ -204,8 +205,8 @@ impl<M: DmaMapper> RequestTable<M> {
             }
         }
         self.mapper.unmap_batch(&merged)?;
-        for r in ranges {
-            self.iovas.free(r)?;
+        for r in ranges.iter() {
+            self.iovas.free(*r)?;
         }
         Ok(())
     }
@@ -218,7 +219,7 @@ impl<M: DmaMapper> RequestTable<M> {
         self.memory.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn live(&self) -> MutexGuard<'_, BTreeMap<u64, LiveMapping>> {
+    fn live(&self) -> MutexGuard<'_, LiveTable> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -226,7 +227,7 @@ impl<M: DmaMapper> RequestTable<M> {
 /// Appends a host piece at IOVA offset `*total`, growing the previous mapping when the
 /// piece continues it in host memory.
 fn append_piece(
-    mappings: &mut Vec<DmaMapping>,
+    mappings: &mut Pieces,
     total: &mut u64,
     piece: HostPiece,
     access: DmaAccess,
