@@ -37,6 +37,8 @@ mod vfio_device;
 #[cfg(test)]
 mod fake_device;
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;
 
 pub use capability_filter::{
