@@ -701,8 +701,7 @@ fn interleaved(
     Ok(times)
 }
 
-/// The VFIO type1 uapi structs for a bare ioctl, bypassing udriver: the reference the
-/// container's own `map`/`unmap` is measured against.
+/// The VFIO type1 uapi structs, for issuing the ioctls without udriver.
 #[repr(C)]
 struct VfioDmaMap {
     argsz: u32,
@@ -724,176 +723,275 @@ struct VfioDmaUnmap {
 const VFIO_IOMMU_MAP_DMA: libc::Ioctl = 0x3b71;
 const VFIO_IOMMU_UNMAP_DMA: libc::Ioctl = 0x3b72;
 const VFIO_DMA_MAP_FLAG_READ: u32 = 1;
+const VFIO_DMA_MAP_FLAG_WRITE: u32 = 2;
 
-/// Bare VFIO_IOMMU_MAP_DMA of `m` (device reads) on `container`.
-fn bare_map(container: &VfioContainer, m: &DmaMapping) -> Result<()> {
-    let arg = VfioDmaMap {
-        argsz: std::mem::size_of::<VfioDmaMap>() as u32,
-        flags: VFIO_DMA_MAP_FLAG_READ,
-        vaddr: m.vaddr.0,
-        iova: m.iova().0,
-        size: m.len(),
-    };
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&container.as_fd());
-    // SAFETY: `arg` is a live vfio_iommu_type1_dma_map the kernel only reads; the
-    // memory at `vaddr` is the benchmark's guest RAM, which outlives the mapping (every
-    // bare map is unmapped in the same run), and the device in the container is never
-    // opened, so nothing can reach it by DMA.
-    let r = unsafe { libc::ioctl(fd, VFIO_IOMMU_MAP_DMA, &arg as *const VfioDmaMap) };
-    ensure!(
-        r == 0,
-        "VFIO_IOMMU_MAP_DMA of {}: {}",
-        m.range,
-        std::io::Error::last_os_error()
-    );
-    Ok(())
+/// VFIO_IOMMU_MAP_DMA / UNMAP_DMA issued straight on a container's fd, with none of
+/// udriver's checks or bookkeeping: the cost of the ioctl itself. Only for memory that
+/// outlives every mapping made of it (the benchmark's guest RAM).
+struct BareIoctls {
+    container: VfioContainer,
 }
 
-/// Bare VFIO_IOMMU_UNMAP_DMA of `range` on `container`.
-fn bare_unmap(container: &VfioContainer, range: IovaRange) -> Result<()> {
-    let mut arg = VfioDmaUnmap {
-        argsz: std::mem::size_of::<VfioDmaUnmap>() as u32,
-        flags: 0,
-        iova: range.start().0,
-        size: range.len(),
-    };
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&container.as_fd());
-    // SAFETY: `arg` is a live vfio_iommu_type1_dma_unmap, which the kernel reads and
-    // writes (the size unmapped) in place.
-    let r = unsafe { libc::ioctl(fd, VFIO_IOMMU_UNMAP_DMA, &mut arg as *mut VfioDmaUnmap) };
-    ensure!(
-        r == 0 && arg.size == range.len(),
-        "VFIO_IOMMU_UNMAP_DMA of {range}: returned {r}, {} bytes ({})",
-        arg.size,
-        std::io::Error::last_os_error()
-    );
-    Ok(())
+impl DmaMapper for BareIoctls {
+    fn map(&self, m: &DmaMapping) -> Result<(), DmaError> {
+        let mut flags = 0;
+        if m.access.device_reads() {
+            flags |= VFIO_DMA_MAP_FLAG_READ;
+        }
+        if m.access.device_writes() {
+            flags |= VFIO_DMA_MAP_FLAG_WRITE;
+        }
+        let arg = VfioDmaMap {
+            argsz: std::mem::size_of::<VfioDmaMap>() as u32,
+            flags,
+            vaddr: m.vaddr.0,
+            iova: m.iova().0,
+            size: m.len(),
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.container.as_fd());
+        // SAFETY: `arg` is a live vfio_iommu_type1_dma_map that the kernel only reads.
+        // The memory at `vaddr` is the benchmark's guest RAM, which outlives every
+        // mapping of it (each run unmaps all it mapped), and no device in the container
+        // is opened, so nothing reaches it by DMA.
+        let r = unsafe { libc::ioctl(fd, VFIO_IOMMU_MAP_DMA, &arg as *const VfioDmaMap) };
+        if r != 0 {
+            return Err(DmaError::Backend {
+                op: "VFIO_IOMMU_MAP_DMA",
+                range: m.range,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    fn unmap(&self, range: IovaRange) -> Result<u64, DmaError> {
+        let mut arg = VfioDmaUnmap {
+            argsz: std::mem::size_of::<VfioDmaUnmap>() as u32,
+            flags: 0,
+            iova: range.start().0,
+            size: range.len(),
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.container.as_fd());
+        // SAFETY: `arg` is a live vfio_iommu_type1_dma_unmap, which the kernel reads and
+        // writes (the bytes unmapped) in place.
+        let r = unsafe { libc::ioctl(fd, VFIO_IOMMU_UNMAP_DMA, &mut arg as *mut VfioDmaUnmap) };
+        if r != 0 {
+            return Err(DmaError::Backend {
+                op: "VFIO_IOMMU_UNMAP_DMA",
+                range,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(arg.size)
+    }
+}
+
+/// Maps nothing: what a policy costs by itself.
+struct NoIommu;
+
+impl DmaMapper for NoIommu {
+    fn map(&self, _mapping: &DmaMapping) -> Result<(), DmaError> {
+        Ok(())
+    }
+
+    fn unmap(&self, range: IovaRange) -> Result<u64, DmaError> {
+        Ok(range.len())
+    }
+}
+
+/// N single-page requests and the mappings a plain mapper makes for the same pages at
+/// the IOVAs the strict policy will pick.
+struct SinglePages {
+    requests: Vec<GuestSgList>,
+    mappings: Vec<DmaMapping>,
+    windows: Vec<IovaRange>,
+}
+
+impl SinglePages {
+    fn new(ram: &GuestRam, n: u64, windows: Vec<IovaRange>) -> Result<SinglePages> {
+        // Every other page, so that no two requests are neighbours in guest memory.
+        let pages: Vec<u64> = (0..n).map(|i| 2 * i * PAGE).collect();
+        let requests = pages
+            .iter()
+            .map(|o| GuestSgList::from_pieces([(ram.gpa(*o), PAGE)]))
+            .collect::<Result<_, _>>()?;
+        // A fresh allocator hands out the same sequence as the policy's own (and each
+        // run returns it to its initial state), so both sides use the same IOVAs and
+        // page tables.
+        let probe = IovaAllocator::new(&windows)?;
+        let mappings = pages
+            .iter()
+            .map(|o| {
+                let iova = probe.alloc(PAGE, PAGE)?;
+                DmaMapping::new(
+                    iova.start(),
+                    dma::HostVirtAddr(ram.region.vaddr.0 + o),
+                    PAGE,
+                    DmaAccess::DeviceReads,
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(SinglePages {
+            requests,
+            mappings,
+            windows,
+        })
+    }
+
+    /// A strict policy over `mapper` with its own allocator on the same windows.
+    fn strict<M: DmaMapper>(&self, mapper: M, ram: &GuestRam) -> Result<StrictPolicy<M>> {
+        let policy = StrictPolicy::new(mapper, Arc::new(IovaAllocator::new(&self.windows)?));
+        policy.add_region(ram.region)?;
+        let bus = policy.map_sg(&self.requests[0], DmaAccess::DeviceReads)?;
+        let first = bus.segments()[0].addr;
+        policy.unmap_sg(&bus)?;
+        ensure!(
+            first == self.mappings[0].iova(),
+            "strict picked {first:#x}, the plain mapper {:#x}: not the same IOVAs",
+            self.mappings[0].iova().0
+        );
+        Ok(policy)
+    }
+
+    /// All requests through `policy`: map_sg each, then unmap_sg each.
+    fn through_policy<M: DmaMapper>(
+        &self,
+        policy: &StrictPolicy<M>,
+        bus_lists: &mut Vec<BusSgList>,
+    ) -> Result<()> {
+        for sg in &self.requests {
+            bus_lists.push(policy.map_sg(sg, DmaAccess::DeviceReads)?);
+        }
+        for bus in bus_lists.drain(..) {
+            policy.unmap_sg(&bus)?;
+        }
+        Ok(())
+    }
+
+    /// The same pages straight through `mapper`: map each, then unmap each.
+    fn through_mapper(&self, mapper: &dyn DmaMapper) -> Result<()> {
+        for m in &self.mappings {
+            mapper.map(m)?;
+        }
+        for m in &self.mappings {
+            mapper.unmap(m.range)?;
+        }
+        Ok(())
+    }
+}
+
+/// µs per request of each run's seconds per round.
+fn per_request(times: &[f64], n: u64) -> Vec<f64> {
+    times.iter().map(|s| s * 1e6 / n as f64).collect()
+}
+
+/// The per-round ratios `x[i] / y[i]` (drift in the host's load cancels out within a
+/// round) as "median (quartiles q1-q3)".
+fn paired_ratio(x: &[f64], y: &[f64]) -> String {
+    let mut r: Vec<f64> = x.iter().zip(y).map(|(a, b)| a / b).collect();
+    r.sort_by(f64::total_cmp);
+    let at = |q: f64| r[((r.len() - 1) as f64 * q).round() as usize];
+    format!(
+        "{:.3} (quartiles {:.3}-{:.3})",
+        median(r.clone()),
+        at(0.25),
+        at(0.75)
+    )
 }
 
 /// N single-page requests, all mapped and then all unmapped: strict `map_sg` +
-/// `unmap_sg` against the same N VFIO_IOMMU_MAP_DMA + UNMAP_DMA through the container's
-/// `DmaMapper::map`/`unmap` (the baseline, same pages, same IOVAs), and, for reference,
-/// the same ioctls issued bare.
+/// `unmap_sg` against the same N VFIO_IOMMU_MAP_DMA + UNMAP_DMA (same pages, same
+/// IOVAs) through the container's `DmaMapper::map`/`unmap`; then both again over bare
+/// ioctls on the same fd, which is the ioctl's own cost; and where the time goes.
 fn map_sg_vs_raw_ioctl() -> Result<()> {
-    const N: usize = 256;
-    const ROUNDS: usize = 15;
+    const N: u64 = 256;
     let (container, _group) = bench_container()?;
-    let ram = GuestRam::new(2 * N * PAGE as usize)?;
-    let iovas = Arc::new(IovaAllocator::new(&container.iommu_info()?.iova_ranges)?);
-    let strict = StrictPolicy::new(container.clone(), iovas.clone());
-    strict.add_region(ram.region)?;
+    let ram = GuestRam::new((2 * N * PAGE) as usize)?;
+    let pages = SinglePages::new(&ram, N, container.iommu_info()?.iova_ranges)?;
+    let bare = BareIoctls {
+        container: container.clone(),
+    };
+    let strict_container = pages.strict(container.clone(), &ram)?;
+    let strict_bare = pages.strict(&bare, &ram)?;
+    let strict_alone = pages.strict(NoIommu, &ram)?;
+    let mut bus: Vec<BusSgList> = Vec::with_capacity(N as usize);
 
-    // Every other page, so that no two requests are neighbours in guest memory.
-    let pages: Vec<u64> = (0..N as u64).map(|i| 2 * i * PAGE).collect();
-    let requests: Vec<GuestSgList> = pages
-        .iter()
-        .map(|o| GuestSgList::from_pieces([(ram.gpa(*o), PAGE)]))
-        .collect::<Result<_, _>>()?;
-    // The IOVAs strict will take (the allocator is deterministic and returns to the
-    // same state after each run), so that both sides touch the same page tables.
-    let probe: Vec<IovaRange> = (0..N)
-        .map(|_| iovas.alloc(PAGE, PAGE))
-        .collect::<Result<_, _>>()?;
-    for r in &probe {
-        iovas.free(*r)?;
-    }
-    let mappings: Vec<DmaMapping> = probe
-        .iter()
-        .zip(&pages)
-        .map(|(r, o)| {
-            DmaMapping::new(
-                r.start(),
-                dma::HostVirtAddr(ram.region.vaddr.0 + o),
-                PAGE,
-                DmaAccess::DeviceReads,
-            )
-        })
-        .collect::<Result<_, _>>()?;
-
-    let mut bus_lists: Vec<BusSgList> = Vec::with_capacity(N);
-    let mut run_strict = || -> Result<()> {
-        for sg in &requests {
-            bus_lists.push(strict.map_sg(sg, DmaAccess::DeviceReads)?);
-        }
-        for bus in bus_lists.drain(..) {
-            strict.unmap_sg(&bus)?;
-        }
-        Ok(())
-    };
-    let mut run_container = || -> Result<()> {
-        for m in &mappings {
-            container.map(m)?;
-        }
-        for m in &mappings {
-            container.unmap(m.range)?;
-        }
-        Ok(())
-    };
-    let mut run_bare = || -> Result<()> {
-        for m in &mappings {
-            bare_map(&container, m)?;
-        }
-        for m in &mappings {
-            bare_unmap(&container, m.range)?;
-        }
-        Ok(())
-    };
-    // One untimed round each: page tables, caches and the allocator's size classes.
-    run_strict()?;
-    run_container()?;
-    run_bare()?;
-    let first_strict_iova = {
-        let bus = strict.map_sg(&requests[0], DmaAccess::DeviceReads)?;
-        let at = bus.segments()[0].addr;
-        strict.unmap_sg(&bus)?;
-        at
-    };
-    ensure!(
-        first_strict_iova == probe[0].start(),
-        "strict used {first_strict_iova:#x}, the baseline {:#x}: not the same IOVAs",
-        probe[0].start().0
-    );
-    let times = interleaved(
-        ROUNDS,
-        &mut [&mut run_container, &mut run_strict, &mut run_bare],
+    // The container's runs are slow and noisy (they read /proc): many rounds.
+    let container_times = interleaved(
+        41,
+        &mut [&mut || pages.through_mapper(&container), &mut || {
+            pages.through_policy(&strict_container, &mut bus)
+        }],
+    )?;
+    // Bare ioctls: cheap, so more rounds.
+    let bare_times = interleaved(
+        41,
+        &mut [&mut || pages.through_mapper(&bare), &mut || {
+            pages.through_policy(&strict_bare, &mut bus)
+        }],
+    )?;
+    let alone_times = interleaved(
+        41,
+        &mut [&mut || pages.through_policy(&strict_alone, &mut bus)],
+    )?;
+    // What udriver's container does per map besides the ioctl: read the memlock limit
+    // and this thread's /proc status (for VmLck and CAP_IPC_LOCK), and parse them.
+    let memlock_times = interleaved(
+        15,
+        &mut [&mut || {
+            for _ in 0..N {
+                let (soft, hard) =
+                    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)?;
+                let status = std::fs::read_to_string("/proc/thread-self/status")?;
+                dma::MemlockStatus::from_parts(soft, hard, &status).check(PAGE, "mapping")?;
+            }
+            Ok(())
+        }],
     )?;
     ensure!(
-        container.mappings().is_empty() && strict.live_count() == 0,
+        container.mappings().is_empty(),
         "mappings left after the runs"
     );
+    ensure!(
+        strict_container.live_count() + strict_bare.live_count() == 0,
+        "requests left mapped after the runs"
+    );
 
-    let per_request = |t: &[f64]| t.iter().map(|s| s * 1e6 / N as f64).collect::<Vec<_>>();
-    let (base, strict_t, bare) = (
-        per_request(&times[0]),
-        per_request(&times[1]),
-        per_request(&times[2]),
+    let [c_base, c_strict] = [0, 1].map(|i| per_request(&container_times[i], N));
+    let [b_base, b_strict] = [0, 1].map(|i| per_request(&bare_times[i], N));
+    let alone = median(per_request(&alone_times[0], N));
+    let memlock = median(per_request(&memlock_times[0], N));
+    let (mc, mcs) = (median(c_base.clone()), median(c_strict.clone()));
+    let (mb, mbs) = (median(b_base.clone()), median(b_strict.clone()));
+    println!(
+        "{N} single-page requests, all mapped then all unmapped; µs per request (one map + \
+         one unmap), medians over interleaved rounds; ratio = per-round paired median:"
     );
-    let paired = |x: &[f64], y: &[f64]| median(x.iter().zip(y).map(|(a, b)| a / b).collect());
-    let (mb, ms, mr) = (
-        median(base.clone()),
-        median(strict_t.clone()),
-        median(bare.clone()),
+    println!("  through udriver's VfioContainer (DmaMapper::map/unmap):");
+    println!("    container map+unmap (baseline)  {mc:>8.2}");
+    println!(
+        "    strict map_sg+unmap_sg          {mcs:>8.2}   ratio {} (goal <= 1.05)",
+        paired_ratio(&c_strict, &c_base)
+    );
+    println!("  through bare ioctls on the same container fd:");
+    println!("    bare map+unmap ioctls (baseline){mb:>8.2}");
+    println!(
+        "    strict map_sg+unmap_sg          {mbs:>8.2}   ratio {} (goal <= 1.05)",
+        paired_ratio(&b_strict, &b_base)
+    );
+    println!("  where the time goes:");
+    println!(
+        "    strict policy alone (no IOMMU)  {alone:>8.2}   {:.1}% of a bare map+unmap",
+        100.0 * alone / mb
     );
     println!(
-        "{N} single-page requests, map all then unmap all, {ROUNDS} interleaved rounds \
-         (medians, µs per request = one map + one unmap):"
-    );
-    println!("  container map+unmap (baseline) {mb:>8.2} µs");
-    println!(
-        "  strict map_sg+unmap_sg         {ms:>8.2} µs   ratio {:.3} (per-round paired {:.3}; goal <= 1.05)",
-        ms / mb,
-        paired(&strict_t, &base)
+        "    container over bare ioctls      {:>8.2}   container/bare {:.2}",
+        mc - mb,
+        mc / mb
     );
     println!(
-        "  bare ioctls (reference)        {mr:>8.2} µs   container/bare {:.3}, strict/bare {:.3}",
-        mb / mr,
-        ms / mr
-    );
-    println!(
-        "  min over rounds: baseline {:.2}, strict {:.2}, bare {:.2} µs",
-        base.iter().copied().fold(f64::INFINITY, f64::min),
-        strict_t.iter().copied().fold(f64::INFINITY, f64::min),
-        bare.iter().copied().fold(f64::INFINITY, f64::min),
+        "    of which the memlock check per map (getrlimit, read and parse \
+         /proc/thread-self/status) {memlock:.2}"
     );
     Ok(())
 }
