@@ -30,8 +30,13 @@ pub fn all() -> Vec<RigTest> {
 /// All rig benchmarks; each prints its figures and the ratio against a baseline
 /// measured in the same boot.
 pub fn benches() -> Vec<RigTest> {
-    [vfio::benches(), dma::benches(), drivers::benches()]
-        .into_iter()
-        .flatten()
-        .collect()
+    [
+        vfio::benches(),
+        dma::benches(),
+        drivers::benches(),
+        vpci::benches(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }

@@ -16,7 +16,7 @@ use udrv_examples::ahci::command::{
 use udrv_examples::ahci::regs as ahci;
 use udrv_examples::ata;
 use vpci::capability::{walk_capabilities, walk_extended_capabilities};
-use vpci::config_regs::{cap, command, exp, header, msi, msix};
+use vpci::config_regs::{cap, command, exp, ext_cap, header, msi, msix};
 use vpci::passthrough::{LiveIrqs, PassthroughFunction, VfioPassthroughDevice};
 use vpci::{AccessWidth, BarIndex, BusConfig, DevFn, InterruptKind, MsiMessage, VirtualBus};
 
@@ -144,6 +144,11 @@ impl Guest {
     fn set_command(&mut self, at: u8, bits: u16) -> Result<()> {
         self.cfg_write(at, header::COMMAND, AccessWidth::Word, bits.into())
     }
+}
+
+/// Rig benchmarks of the trapped path, each against a baseline in the same boot.
+pub fn benches() -> Vec<RigTest> {
+    vec![RigTest::new("vpci_bench_trapped_vs_direct", bench_trapped_vs_direct).with_timeout(300)]
 }
 
 // ------------------------------------------------------------------- BARs
@@ -688,5 +693,70 @@ fn embed_dma_per_request() -> Result<()> {
     })
     .with_context(|| format!("no DMAR fault by 00:06.0 at {page}in the kernel log"))?;
     println!("IOMMU: {}", fault.unwrap_or_default().trim());
+    Ok(())
+}
+
+// ------------------------------------------------------------------ bench
+
+/// What one trapped access costs against the same access made directly: e1000e
+/// STATUS through `VirtualBus::mmio_read` (decode, dispatch, the function, the mmap'd
+/// region) against `Region::read32` on the mapping, and a config dword through ECAM
+/// (overlay merge, pread on the config region) against the config region's pread.
+fn bench_trapped_vs_direct() -> Result<()> {
+    const ROUNDS: usize = 20;
+    const PER_ROUND: usize = 1000;
+    let mut guest = Guest::new()?;
+    let bar0 = guest.bar_address(E1000E_AT, BarIndex::new(0).expect("BAR0"))?;
+    let (region, config_region) = {
+        let device = guest.function(E1000E_AT)?.device().device();
+        (
+            device.bar(0)?,
+            device.region(udriver::vfio::RegionName::Config.index())?,
+        )
+    };
+    ensure!(region.is_mapped(E1000E_STATUS, 4), "STATUS not mapped");
+    // The serial number's low dword: a register the guest reads from the device.
+    let dsn = {
+        let bus = &mut guest.bus;
+        walk_extended_capabilities(|o, w| bus.config_read(0, slot(E1000E_AT), o, w))?
+            .iter()
+            .find(|c| c.id == ext_cap::DEVICE_SERIAL_NUMBER)
+            .map(|c| c.offset + 4)
+            .context("e1000e shows no serial number capability")?
+    };
+    let mut times = [Duration::ZERO; 4];
+    let mut check = [0u32; 4];
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        for _ in 0..PER_ROUND {
+            check[0] ^= guest.read32(bar0 + E1000E_STATUS)?;
+        }
+        times[0] += t.elapsed();
+        let t = Instant::now();
+        for _ in 0..PER_ROUND {
+            check[1] ^= region.read32(E1000E_STATUS)?;
+        }
+        times[1] += t.elapsed();
+        let t = Instant::now();
+        for _ in 0..PER_ROUND {
+            check[2] ^= guest.cfg_read(E1000E_AT, dsn, AccessWidth::Dword)?;
+        }
+        times[2] += t.elapsed();
+        let t = Instant::now();
+        for _ in 0..PER_ROUND {
+            check[3] ^= config_region.read32(dsn.into())?;
+        }
+        times[3] += t.elapsed();
+    }
+    ensure!(
+        check[0] == check[1] && check[2] == check[3],
+        "trapped and direct reads disagree: {check:x?}"
+    );
+    let ns = |d: Duration| d.as_nanos() as f64 / (ROUNDS * PER_ROUND) as f64;
+    let [bus, mmap, ecam, pread] = times.map(ns);
+    println!("BAR0 read32: through the bus {bus:.0} ns, mmap'd region {mmap:.0} ns (TCG guest)");
+    println!("ratio bus/mmap: {:.2}x", bus / mmap);
+    println!("config read32 at {dsn:#x}: through ECAM {ecam:.0} ns, config pread {pread:.0} ns");
+    println!("ratio ecam/pread: {:.2}x", ecam / pread);
     Ok(())
 }
