@@ -6,6 +6,7 @@ mod attach;
 mod dma;
 mod drivers;
 mod smoke;
+mod uml;
 mod vfio;
 mod vpci;
 
@@ -21,6 +22,7 @@ pub fn all() -> Vec<RigTest> {
         dma::tests(),
         drivers::tests(),
         vpci::tests(),
+        uml::tests(),
     ]
     .into_iter()
     .flatten()
