@@ -51,6 +51,8 @@
 //! reach the guest unlinked with [`ConfigSpace::remove_capability`] /
 //! [`remove_extended_capability`](ConfigSpace::remove_extended_capability). Bits that
 //! are not virtualised are read from and written to the device.
+//! [`PassthroughFunction`] (module [`passthrough`]) is that function, over a
+//! [`PassthroughDevice`] seam that VFIO devices and host-test fakes implement.
 
 pub mod access_width;
 pub mod bar;

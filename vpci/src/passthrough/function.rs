@@ -1,26 +1,4 @@
 //! `PassthroughFunction`: a real device as a function on the virtual bus.
-//!
-//! Config space is the device's, read through VFIO, overlaid by the registers the
-//! function keeps virtually (see [`ConfigOverlay`]): the whole type 0 header except
-//! bus mastering, INTx disable and the status bits; BARs sized from the VFIO regions
-//! and placed wherever the guest puts them; the ROM BAR; the MSI and MSI-X
-//! capabilities; the headers of the capabilities that stay linked; and the bytes of
-//! those that are hidden. The device's own decode enables stay on: the guest's
-//! decode bits only decide what the virtual bus routes here.
-//!
-//! BAR accesses arrive as (BAR, offset, data): MSI-X table and PBA accesses are
-//! served by the virtual [`MsixCapability`], everything else goes to the real region
-//! (mmap'd where VFIO allows it, pread/pwrite elsewhere). A BAR whose region is
-//! smaller than the smallest BAR the register format can describe is padded: the
-//! padding reads all-ones and ignores writes.
-//!
-//! Interrupts: the guest's MSI/MSI-X programming decides which VFIO index is live and
-//! how many vectors it has (see [`IrqWiring`]); INTx is live while neither is enabled.
-//! VFIO cannot mask MSI/MSI-X vectors, so masking is virtual: a masked vector that
-//! fires becomes pending in the capability, and is delivered when the guest unmasks
-//! it. A consumer either calls [`PassthroughFunction::vector_fired`] when a vector's
-//! eventfd is readable, or hands the eventfd to an irqfd while the vector's
-//! [`MsiRouting`] is deliverable.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -66,7 +44,28 @@ pub struct InterruptVector<'a> {
     pub eventfd: &'a EventFd,
 }
 
-/// A real device on the virtual bus. See the [module docs](self).
+/// A real device on the virtual bus.
+///
+/// Config space is the device's, read through VFIO, overlaid by the registers the
+/// function keeps virtually (see [`ConfigOverlay`]): the whole type 0 header except
+/// bus mastering, INTx disable and the status bits; BARs sized from the VFIO regions
+/// and placed wherever the guest puts them; the ROM BAR; the MSI and MSI-X
+/// capabilities; the headers of the capabilities that stay linked; and the bytes of
+/// those that are hidden. The device's own decode enables stay on: the guest's
+/// decode bits only decide what the virtual bus routes here.
+///
+/// BAR accesses arrive as (BAR, offset, data): MSI-X table and PBA accesses are
+/// served by the virtual [`MsixCapability`], everything else goes to the real region
+/// (mmap'd where VFIO allows it, pread/pwrite elsewhere). A BAR whose region is
+/// smaller than the smallest BAR the register format can describe is padded: the
+/// padding reads all-ones and ignores writes.
+///
+/// Interrupts: the guest's MSI/MSI-X programming decides which VFIO index is live and
+/// how many vectors it has; INTx is live while neither is enabled. VFIO cannot mask MSI/MSI-X vectors, so masking is virtual: a masked vector that
+/// fires becomes pending in the capability, and is delivered when the guest unmasks
+/// it. A consumer either calls [`PassthroughFunction::vector_fired`] when a vector's
+/// eventfd is readable, or hands the eventfd to an irqfd while the vector's
+/// [`MsiRouting`] is deliverable.
 #[derive(Debug)]
 pub struct PassthroughFunction<D: PassthroughDevice = VfioPassthroughDevice> {
     device: D,
