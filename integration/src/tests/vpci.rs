@@ -431,7 +431,8 @@ fn msix_message(vector: u16) -> MsiMessage {
 /// wires five VFIO vectors; each cause set through ICS (routed by IVAR) fires its own
 /// vector's eventfd and the function hands back the message the guest programmed for
 /// that vector. A vector the guest masked goes pending (the PBA shows it) and is
-/// delivered when the guest unmasks it. Disabling MSI-X brings INTx back.
+/// delivered when the guest unmasks it. Disabling MSI-X brings INTx back, which the
+/// guest's INTx-disable bit silences.
 fn e1000e_msix_through_virtual_capability() -> Result<()> {
     let mut guest = Guest::new()?;
     let at = E1000E_AT;
@@ -517,6 +518,42 @@ fn e1000e_msix_through_virtual_capability() -> Result<()> {
         f.live_irqs()
     );
     ensure!(f.take_errors().is_empty(), "errors while serving the guest");
+
+    // With MSI-X off the device interrupts on INTx: level, masked by the kernel until
+    // the guest's EOI, and silenced by the guest's INTx-disable bit, which reaches
+    // the device through the virtual command register.
+    let cause = E1000E_CAUSES[0];
+    guest.write32(bar0 + E1000_IMS, cause)?;
+    guest.write32(bar0 + E1000_ICS, cause)?;
+    wait_for_intx(&mut guest, at)?;
+    let icr = guest.read32(bar0 + E1000_ICR)?;
+    ensure!(icr & cause != 0, "ICR {icr:#x} lacks the cause");
+    guest.function(at)?.end_of_interrupt()?;
+    println!("INTx fired for cause {cause:#x}; EOI unmasked it");
+    let decode = command::MEMORY_SPACE | command::IO_SPACE | command::BUS_MASTER;
+    guest.set_command(at, decode | command::INTX_DISABLE)?;
+    guest.write32(bar0 + E1000_ICS, cause)?;
+    ensure!(
+        wait_for_intx(&mut guest, at).is_err(),
+        "INTx fired while the guest had it disabled"
+    );
+    guest.set_command(at, decode)?;
+    wait_for_intx(&mut guest, at).context("the pending INTx after re-enabling")?;
+    guest.read32(bar0 + E1000_ICR)?;
+    guest.write32(bar0 + E1000_IMC, u32::MAX)?;
+    guest.function(at)?.end_of_interrupt()?;
+    println!("INTx disable in the guest's command register silenced the line");
+    Ok(())
+}
+
+/// Waits up to a second for the function's INTx eventfd, then takes it.
+fn wait_for_intx(guest: &mut Guest, at: u8) -> Result<()> {
+    let f = guest.function(at)?;
+    let signalled = {
+        let fd = f.intx_eventfd().context("INTx is not live")?;
+        wait_readable(fd.as_fd(), Duration::from_secs(1))?
+    };
+    ensure!(signalled && f.intx_fired(), "INTx did not fire");
     Ok(())
 }
 
