@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use dma::DmaMemory;
+
 use crate::ata::SECTOR_SIZE;
 use crate::disk_pattern;
 use crate::error::{DriverError, Result};
@@ -19,6 +21,12 @@ pub trait BlockDevice {
     fn max_sectors_per_command(&self) -> u64;
     /// Reads `out.len() / 512` sectors starting at `lba`.
     fn read_sectors(&mut self, lba: u64, out: &mut [u8]) -> Result<()>;
+    /// Reads `count` sectors (at most [`max_sectors_per_command`]) at `lba` into the
+    /// driver's own DMA buffer and lends it out until the next call: the zero-copy
+    /// read, data where the device put it.
+    ///
+    /// [`max_sectors_per_command`]: BlockDevice::max_sectors_per_command
+    fn read_in_place(&mut self, lba: u64, count: u64) -> Result<&DmaMemory>;
     /// Writes `data.len() / 512` sectors starting at `lba`.
     fn write_sectors(&mut self, lba: u64, data: &[u8]) -> Result<()>;
     /// Makes written sectors durable (flushes the disk's write cache).
@@ -66,18 +74,18 @@ impl ReadReport {
     }
 }
 
-/// Reads `count` sectors from `first` in requests of `chunk` sectors, and with
-/// `verify` checks every sector against the rig's disk pattern
-/// ([`disk_pattern`]), naming the first sector and byte that differ.
+/// Reads `count` sectors from `first`, one command of the driver's largest size after
+/// another, in place (no copy: the figure is the device's and the driver's). With
+/// `verify`, every sector is then copied out and checked against the rig's disk
+/// pattern ([`disk_pattern`]), naming the first sector and byte that differ.
 pub fn read_sequential<D: BlockDevice + ?Sized>(
     disk: &mut D,
     first: u64,
     count: u64,
-    chunk: u64,
     verify: bool,
 ) -> Result<ReadReport> {
-    let chunk = chunk.clamp(1, 1 << 16);
-    let mut buf = vec![0u8; (chunk.min(count.max(1)) as usize) * SECTOR_SIZE];
+    let chunk = disk.max_sectors_per_command().max(1);
+    let mut copy = Vec::new();
     let mut elapsed = Duration::ZERO;
     let mut lba = first;
     let end = first.saturating_add(count);
@@ -87,18 +95,19 @@ pub fn read_sequential<D: BlockDevice + ?Sized>(
                 device: disk.name().into(),
             });
         }
-        let n = chunk.min(end - lba) as usize;
-        let data = &mut buf[..n * SECTOR_SIZE];
+        let n = chunk.min(end - lba);
         let started = Instant::now();
-        disk.read_sectors(lba, data)?;
+        let data = disk.read_in_place(lba, n)?;
         elapsed += started.elapsed();
         if verify {
-            disk_pattern::verify(lba, data).map_err(|detail| DriverError::Verify {
+            copy.resize(n as usize * SECTOR_SIZE, 0);
+            data.copy_to(0, &mut copy)?;
+            disk_pattern::verify(lba, &copy).map_err(|detail| DriverError::Verify {
                 device: disk.name().into(),
                 detail,
             })?;
         }
-        lba += n as u64;
+        lba += n;
     }
     Ok(ReadReport {
         bytes: count * SECTOR_SIZE as u64,
@@ -149,6 +158,7 @@ fn compare(device: &str, lba: u64, want: &[u8], got: &[u8], what: &str) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dma::PagePreference;
 
     /// A disk in memory holding the pattern, that can be told to corrupt reads or to
     /// lose writes.
@@ -156,6 +166,7 @@ mod tests {
         data: Vec<u8>,
         flip_byte_on_read: Option<usize>,
         drop_writes: bool,
+        buffer: DmaMemory,
     }
 
     impl MemoryDisk {
@@ -165,6 +176,8 @@ mod tests {
                 data,
                 flip_byte_on_read: None,
                 drop_writes: false,
+                buffer: DmaMemory::allocate_with(8 * SECTOR_SIZE, PagePreference::SmallOnly)
+                    .unwrap(),
             }
         }
     }
@@ -190,6 +203,12 @@ mod tests {
             }
             Ok(())
         }
+        fn read_in_place(&mut self, lba: u64, count: u64) -> Result<&DmaMemory> {
+            let mut out = vec![0u8; count as usize * SECTOR_SIZE];
+            self.read_sectors(lba, &mut out)?;
+            self.buffer.copy_from(0, &out)?;
+            Ok(&self.buffer)
+        }
         fn write_sectors(&mut self, lba: u64, data: &[u8]) -> Result<()> {
             check_request("mem", self.sectors(), lba, data.len())?;
             if !self.drop_writes {
@@ -206,13 +225,13 @@ mod tests {
     #[test]
     fn sequential_reads_verify_the_pattern_and_name_the_bad_sector() {
         let mut disk = MemoryDisk::new(64);
-        let r = read_sequential(&mut disk, 3, 50, 8, true).unwrap();
+        let r = read_sequential(&mut disk, 3, 50, true).unwrap();
         assert_eq!(r.bytes, 50 * 512);
         disk.flip_byte_on_read = Some(40 * 512 + 7);
-        let e = read_sequential(&mut disk, 0, 64, 8, true).unwrap_err();
+        let e = read_sequential(&mut disk, 0, 64, true).unwrap_err();
         assert!(e.to_string().contains("sector 40 differs at byte 7"), "{e}");
         // Without verification the same reads pass.
-        assert!(read_sequential(&mut disk, 0, 64, 8, false).is_ok());
+        assert!(read_sequential(&mut disk, 0, 64, false).is_ok());
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub const MAX_PRD_BYTES: usize = 4 << 20;
 const FIS_H2D: u8 = 0x27;
 /// Byte 1 of an H2D FIS: this FIS carries a command (not a device control update).
 const FIS_COMMAND: u8 = 0x80;
+/// FIS type of a device-to-host register FIS (the end of a non-queued command).
+pub const FIS_D2H: u8 = 0x34;
 /// Dwords in an H2D register FIS.
 pub const H2D_DWORDS: u8 = 5;
 /// DEVICE register: LBA addressing.

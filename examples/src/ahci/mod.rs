@@ -16,7 +16,7 @@ pub mod regs;
 
 use std::time::{Duration, Instant};
 
-use dma::DmaAccess;
+use dma::{DmaAccess, DmaMemory};
 use udriver::pci::{PciAddress, PciDevice};
 use udriver::vfio::{Bar, IrqIndex, IrqSet};
 
@@ -33,6 +33,9 @@ use regs::*;
 const COMMAND_LIST_AT: usize = 0;
 const RECEIVED_FIS_AT: usize = COMMAND_LIST_SIZE;
 const TABLE_AT: usize = 0x800;
+/// Where the HBA puts the last device-to-host register FIS (offset 0x40 of the
+/// received-FIS area).
+const D2H_FIS_AT: usize = RECEIVED_FIS_AT + 0x40;
 /// PRDT entries that fit in the page after the table's header.
 const MAX_PRDT_ENTRIES: usize = (4096 - TABLE_AT - PRDT_OFFSET) / PRD_ENTRY_SIZE;
 
@@ -351,6 +354,8 @@ impl Ahci {
             table,
         };
         mem.copy_from(COMMAND_LIST_AT, &header.to_bytes())?;
+        // Forget the last command's D2H FIS, so that a new one shows the end of this.
+        mem.write::<u8>(D2H_FIS_AT, 0)?;
         self.port_write(PX_IS, u32::MAX)?;
         self.write(IS, 1 << self.port)?;
         self.port_write(PX_CI, 1)?;
@@ -396,11 +401,24 @@ impl Ahci {
             Ok(ci & 1 == 0 || ahci.port_read(PX_IS)? & INT_ERRORS != 0)
         };
         if self.msi.is_none() {
+            // Poll memory, not registers: the HBA writes the disk's D2H register FIS
+            // into the received-FIS area when the command ends, and reading DMA memory
+            // costs nothing, where each register read is a trip to the device (a VM
+            // exit under virtualisation). PxCI confirms; it is also read now and then
+            // in case no FIS comes (PIO commands end with a PIO setup FIS).
+            let mut spins = 0u32;
             return poll_until(
                 self.name(),
                 COMMAND_TIMEOUT,
                 || format!("{} ({})", what(), self.task_file()),
-                || Ok(done(self)?.then_some(())),
+                || {
+                    spins = spins.wrapping_add(1);
+                    let fis = self.control.read::<u8>(D2H_FIS_AT)?;
+                    if fis != command::FIS_D2H && !spins.is_multiple_of(1024) {
+                        return Ok(None);
+                    }
+                    Ok(done(self)?.then_some(()))
+                },
             );
         }
         let started = Instant::now();
@@ -454,6 +472,23 @@ impl Ahci {
 
     fn check_request(&self, lba: u64, len: usize) -> Result<u64> {
         block::check_request(self.name(), self.identity.sectors, lba, len)
+    }
+
+    /// Checks an in-place read of `count` sectors: on the disk and within the buffer.
+    fn check_in_place(&self, lba: u64, count: u64) -> Result<usize> {
+        let len = usize::try_from(count)
+            .ok()
+            .and_then(|c| c.checked_mul(SECTOR_SIZE))
+            .filter(|len| *len <= self.max_transfer)
+            .ok_or_else(|| DriverError::Request {
+                device: self.name().into(),
+                reason: format!(
+                    "{count} sectors do not fit the {}-byte data buffer",
+                    self.max_transfer
+                ),
+            })?;
+        self.check_request(lba, len)?;
+        Ok(len)
     }
 
     /// Reads `out.len() / 512` sectors at `lba` with READ DMA EXT, in commands of up to
@@ -531,6 +566,12 @@ impl BlockDevice for Ahci {
 
     fn read_sectors(&mut self, lba: u64, out: &mut [u8]) -> Result<()> {
         self.read_dma(lba, out)
+    }
+
+    fn read_in_place(&mut self, lba: u64, count: u64) -> Result<&DmaMemory> {
+        let len = self.check_in_place(lba, count)?;
+        self.execute(ata_cmd::READ_DMA_EXT, lba, count as u32, len, false)?;
+        Ok(&self.buffer)
     }
 
     fn write_sectors(&mut self, lba: u64, data: &[u8]) -> Result<()> {

@@ -127,9 +127,7 @@ fn run(args: &Args) -> Result<()> {
         args.lba, args.transfer_kib, args.completion, args.passes
     );
     for pass in 1..=args.passes {
-        let chunk = ahci.max_sectors_per_command();
-        let report =
-            block::read_sequential(&mut ahci, args.lba, count, chunk, args.verify_pattern)?;
+        let report = block::read_sequential(&mut ahci, args.lba, count, args.verify_pattern)?;
         println!(
             "ahci: pass {pass}: {} bytes in {:.3} s ({:.2} MB/s){}",
             report.bytes,

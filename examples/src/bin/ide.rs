@@ -124,8 +124,7 @@ fn run(args: &Args) -> Result<()> {
             "ide: reading {count} sectors from LBA {} by {mode:?}",
             args.lba
         );
-        let chunk = ide.max_sectors_per_command();
-        let report = block::read_sequential(&mut ide, args.lba, count, chunk, args.verify_pattern)?;
+        let report = block::read_sequential(&mut ide, args.lba, count, args.verify_pattern)?;
         println!(
             "ide: {mode:?}: {} bytes in {:.3} s ({:.2} MB/s){}",
             report.bytes,

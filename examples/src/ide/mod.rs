@@ -19,7 +19,7 @@ pub mod regs;
 
 use std::time::Duration;
 
-use dma::DmaAccess;
+use dma::{DmaAccess, DmaMemory};
 use udriver::pci::{PciAddress, PciDevice};
 use udriver::vfio::Bar;
 
@@ -442,6 +442,29 @@ impl BlockDevice for Ide {
             Transfer::Pio => self.read_pio(lba, out),
             Transfer::Dma => self.read_dma(lba, out),
         }
+    }
+
+    fn read_in_place(&mut self, lba: u64, count: u64) -> Result<&DmaMemory> {
+        if count == 0 || count > MAX_SECTORS {
+            return Err(DriverError::Request {
+                device: self.name().into(),
+                reason: format!("{count} sectors in place: read 1..={MAX_SECTORS}"),
+            });
+        }
+        let len = count as usize * SECTOR_SIZE;
+        match self.transfer {
+            Transfer::Dma => {
+                self.check_request(lba, len)?;
+                self.dma(command::READ_DMA, lba, len)?;
+            }
+            Transfer::Pio => {
+                // PIO moves data through the CPU anyway: read, then fill the buffer.
+                let mut data = vec![0u8; len];
+                self.read_pio(lba, &mut data)?;
+                self.buffer.copy_from(0, &data)?;
+            }
+        }
+        Ok(&self.buffer)
     }
 
     fn write_sectors(&mut self, lba: u64, data: &[u8]) -> Result<()> {

@@ -14,7 +14,7 @@ use udrv_examples::ide::regs::{BM_ACTIVE, BM_COMMAND, BM_START, BM_STATUS};
 use udrv_examples::ide::{Ide, Transfer};
 use udrv_examples::DriverError;
 
-use super::binary;
+use super::{binary, compare, kernel, median};
 use crate::harness::RigTest;
 use crate::rig;
 
@@ -39,6 +39,10 @@ pub fn tests() -> Vec<RigTest> {
     ]
 }
 
+pub fn benches() -> Vec<RigTest> {
+    vec![RigTest::new("drivers_bench_ide_read_vs_kernel", bench_read_vs_kernel).with_timeout(600)]
+}
+
 pub fn open(transfer: Transfer) -> Result<Ide> {
     rig::bind_to_vfio(rig::PIIX3_IDE)?;
     let address: PciAddress = rig::PIIX3_IDE.parse()?;
@@ -61,7 +65,7 @@ fn identify_and_pio_reads() -> Result<()> {
     ensure!(id.dma, "the disk does not offer DMA");
     let last = rig::IDE_DISK_SECTORS;
     for (lba, count) in [(0, 300), (250, 20), (last - 64, 64)] {
-        let r = block::read_sequential(&mut ide, lba, count, 256, true)?;
+        let r = block::read_sequential(&mut ide, lba, count, true)?;
         println!(
             "PIO: sectors {lba}..{} hold the pattern ({:.2} MB/s)",
             lba + count,
@@ -74,7 +78,7 @@ fn identify_and_pio_reads() -> Result<()> {
 /// Bus-master DMA reads the whole disk, every sector checked.
 fn dma_reads_whole_disk() -> Result<()> {
     let mut ide = open(Transfer::Dma)?;
-    let r = block::read_sequential(&mut ide, 0, rig::IDE_DISK_SECTORS, 256, true)?;
+    let r = block::read_sequential(&mut ide, 0, rig::IDE_DISK_SECTORS, true)?;
     println!(
         "DMA: all {} sectors hold the pattern ({} bytes in {:.3} s, {:.2} MB/s)",
         rig::IDE_DISK_SECTORS,
@@ -128,7 +132,7 @@ fn writes_round_trip() -> Result<()> {
     ide.set_transfer(Transfer::Dma);
     ide.write_sectors(lba, &original)?;
     ide.flush()?;
-    block::read_sequential(&mut ide, 0, rig::IDE_DISK_SECTORS, 256, true)
+    block::read_sequential(&mut ide, 0, rig::IDE_DISK_SECTORS, true)
         .context("the disk after the write tests")?;
     println!("the whole disk holds its pattern again");
     Ok(())
@@ -212,7 +216,102 @@ fn ctrl_c_leaves_controller_quiet() -> Result<()> {
         ensure!(alt & 0x88 == 0, "the disk was left busy or mid-transfer");
     }
     let mut ide = open(Transfer::Dma)?;
-    block::read_sequential(&mut ide, 0, 512, 256, true)?;
+    block::read_sequential(&mut ide, 0, 512, true)?;
     println!("the next driver reads the pattern");
+    Ok(())
+}
+
+/// Passes over the whole 8 MiB disk for the DMA measurements, and measurements per
+/// contender.
+const BENCH_DMA_PASSES: u32 = 8;
+const BENCH_ROUNDS: usize = 3;
+/// Sectors read by PIO (1 MiB): PIO is slow, one system call per 4 bytes here.
+const BENCH_PIO_SECTORS: u64 = 2048;
+/// Sectors per command, for every contender: the most one LBA28 command moves.
+const BENCH_CHUNK: usize = 256;
+
+/// The kernel's ata_piix, bound once: DMA with O_DIRECT reads of 128 KiB, PIO with
+/// READ SECTORS through SG_IO; `BENCH_ROUNDS` (DMA, PIO) measurements in MB/s.
+fn kernel_read_rates() -> Result<Vec<(f64, f64)>> {
+    let sectors = rig::IDE_DISK_SECTORS;
+    rig::bind_to_host(rig::PIIX3_IDE, "ata_piix")?;
+    let dev = kernel::block_device_of(rig::PIIX3_IDE, sectors)?;
+    kernel::read_direct(&dev, sectors, BENCH_CHUNK * SECTOR_SIZE, 1)?;
+    let mut rates = Vec::new();
+    for _ in 0..BENCH_ROUNDS {
+        let (bytes, t) =
+            kernel::read_direct(&dev, sectors, BENCH_CHUNK * SECTOR_SIZE, BENCH_DMA_PASSES)?;
+        let dma = bytes as f64 / t.as_secs_f64() / 1e6;
+        println!(
+            "  kernel ata_piix ({}), DMA, O_DIRECT 128 KiB reads: {bytes} bytes in {:.3} s, {dma:.2} MB/s",
+            dev.display(),
+            t.as_secs_f64()
+        );
+        let (bytes, t) = kernel::read_pio(&dev, BENCH_PIO_SECTORS, BENCH_CHUNK)?;
+        let pio = bytes as f64 / t.as_secs_f64() / 1e6;
+        println!(
+            "  kernel ata_piix, PIO READ SECTORS via SG_IO: {bytes} bytes in {:.3} s, {pio:.2} MB/s",
+            t.as_secs_f64()
+        );
+        rates.push((dma, pio));
+    }
+    Ok(rates)
+}
+
+/// This driver: READ DMA and READ SECTORS of 256 sectors; `BENCH_ROUNDS` (DMA, PIO)
+/// measurements in MB/s.
+fn udrv_read_rates() -> Result<Vec<(f64, f64)>> {
+    let sectors = rig::IDE_DISK_SECTORS;
+    let mut ide = open(Transfer::Dma)?;
+    block::read_sequential(&mut ide, 0, sectors, true)?;
+    let mut rates = Vec::new();
+    for _ in 0..BENCH_ROUNDS {
+        ide.set_transfer(Transfer::Dma);
+        let (mut bytes, mut t) = (0, Duration::ZERO);
+        for _ in 0..BENCH_DMA_PASSES {
+            let r = block::read_sequential(&mut ide, 0, sectors, false)?;
+            bytes += r.bytes;
+            t += r.elapsed;
+        }
+        let dma = bytes as f64 / t.as_secs_f64() / 1e6;
+        println!(
+            "  udrv ide, READ DMA of 256 sectors: {bytes} bytes in {:.3} s, {dma:.2} MB/s",
+            t.as_secs_f64()
+        );
+        ide.set_transfer(Transfer::Pio);
+        let r = block::read_sequential(&mut ide, 0, BENCH_PIO_SECTORS, true)?;
+        println!(
+            "  udrv ide, PIO READ SECTORS of 256 sectors: {} bytes in {:.3} s, {:.2} MB/s",
+            r.bytes,
+            r.elapsed.as_secs_f64(),
+            r.mb_per_s()
+        );
+        rates.push((dma, r.mb_per_s()));
+    }
+    Ok(rates)
+}
+
+/// Sequential reads of the primary master, by DMA and by PIO: the kernel's ata_piix
+/// against this driver, 256 sectors per command for all; medians of three
+/// measurements each.
+fn bench_read_vs_kernel() -> Result<()> {
+    let kernel = kernel_read_rates()?;
+    let udrv = udrv_read_rates()?;
+    let dma = |v: &[(f64, f64)]| median(v.iter().map(|r| r.0).collect());
+    let pio = |v: &[(f64, f64)]| median(v.iter().map(|r| r.1).collect());
+    compare(
+        "IDE sequential read, DMA (medians)",
+        "MB/s",
+        dma(&udrv),
+        dma(&kernel),
+        "kernel ata_piix DMA",
+    );
+    compare(
+        "IDE sequential read, PIO (medians)",
+        "MB/s",
+        pio(&udrv),
+        pio(&kernel),
+        "kernel ata_piix PIO",
+    );
     Ok(())
 }
