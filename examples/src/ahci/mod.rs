@@ -201,7 +201,9 @@ impl Ahci {
         self.write(IS, 1 << self.port)?;
 
         self.device.vfio().set_bus_master(true)?;
-        if completion == Completion::Interrupts {
+        // Without MSI (or if VFIO cannot signal it) the driver falls back to polling.
+        let msi = self.device.vfio().irq_info(IrqIndex::Msi)?;
+        if completion == Completion::Interrupts && msi.count > 0 && msi.eventfd {
             self.msi = Some(self.device.vfio().enable_irqs(IrqIndex::Msi, 1)?);
             self.port_write(PX_IE, INT_DHRS | INT_PSS | INT_DSS | INT_SDBS | INT_ERRORS)?;
             self.write(GHC, self.read(GHC)? | GHC_IE)?;
@@ -269,6 +271,16 @@ impl Ahci {
     /// The port in use.
     pub fn port(&self) -> u8 {
         self.port
+    }
+
+    /// How completions are learnt: MSI, or polling (when asked for, or when the
+    /// controller has no MSI).
+    pub fn completion(&self) -> Completion {
+        if self.msi.is_some() {
+            Completion::Interrupts
+        } else {
+            Completion::Polling
+        }
     }
 
     /// MSIs taken so far.

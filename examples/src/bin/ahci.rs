@@ -23,8 +23,10 @@ gets a command list, a received-FIS area and a command table in pinned DMA memor
 through the IOMMU, plus a data buffer. Each command is an H2D register FIS (READ DMA EXT,
 WRITE DMA EXT, IDENTIFY DEVICE, FLUSH CACHE EXT) and a PRDT in the table, a header in
 slot 0 of the command list, and a write of PxCI. It is done when the HBA clears the
-PxCI bit: learnt from the MSI's eventfd (--completion interrupts, the default) or by
-polling PxCI (--completion polling).
+PxCI bit: learnt from the MSI's eventfd (--completion interrupts, the default; the
+driver falls back to polling if the controller has no MSI), or by polling
+(--completion polling) the received-FIS area in memory, where the disk's final
+register FIS lands, with PxCI read to confirm.
 
 Before running: bind the controller to vfio-pci (`udrv attach 0000:00:06.0`). Every
 port of the controller goes with it: nothing may use any of its disks meanwhile.
@@ -124,7 +126,10 @@ fn run(args: &Args) -> Result<()> {
         .unwrap_or_else(|| ahci.sectors().saturating_sub(args.lba));
     println!(
         "ahci: reading {count} sectors from LBA {}, {} KiB per command, {:?}, {} pass(es)",
-        args.lba, args.transfer_kib, args.completion, args.passes
+        args.lba,
+        args.transfer_kib,
+        ahci.completion(),
+        args.passes
     );
     for pass in 1..=args.passes {
         let report = block::read_sequential(&mut ahci, args.lba, count, args.verify_pattern)?;

@@ -251,21 +251,17 @@ impl E1000 {
 
     /// Queues as many of `frames` as fit in the transmit ring and hands them to the
     /// NIC with one TDT write. Returns how many were queued; the rest must be offered
-    /// again.
+    /// again. A frame of a size Ethernet cannot carry is an error; the frames before
+    /// it are still sent.
     pub fn send<'a>(&mut self, frames: impl IntoIterator<Item = &'a [u8]>) -> Result<usize> {
         self.service_pending_interrupt()?;
         self.tx.reclaim()?;
         let mut queued = 0;
+        let mut refused = None;
         for frame in frames {
             if frame.len() > MAX_FRAME || frame.len() < frame::HEADER {
-                return Err(DriverError::Request {
-                    device: self.name().into(),
-                    reason: format!(
-                        "a frame of {} bytes: send {}..={MAX_FRAME} bytes (without CRC)",
-                        frame.len(),
-                        frame::HEADER
-                    ),
-                });
+                refused = Some(frame.len());
+                break;
             }
             if !self.tx.push(frame)? {
                 break;
@@ -279,7 +275,16 @@ impl E1000 {
             std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
             self.write(TDT, self.tx.tail())?;
         }
-        Ok(queued)
+        match refused {
+            None => Ok(queued),
+            Some(len) => Err(DriverError::Request {
+                device: self.name().into(),
+                reason: format!(
+                    "a frame of {len} bytes after {queued} sent: frames are {}..={MAX_FRAME} bytes (without CRC)",
+                    frame::HEADER
+                ),
+            }),
+        }
     }
 
     /// Waits until at least one transmit descriptor is free.
