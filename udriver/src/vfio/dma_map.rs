@@ -35,18 +35,62 @@ fn overlapping(state: &ContainerState, range: &IovaRange) -> Option<IovaRange> {
         .filter(|r| r.overlaps(range))
 }
 
-/// The calling thread's locked-memory status. VFIO charges pinned pages to the
-/// process but checks CAP_IPC_LOCK on the calling thread, so the capability is read
-/// from this thread's status rather than the process's.
-fn thread_memlock() -> Result<MemlockStatus, DmaError> {
+thread_local! {
+    /// Whether this thread held CAP_IPC_LOCK when it last read its status. Reading
+    /// `/proc/thread-self/status` costs more than the map ioctl itself, so a thread
+    /// known to be exempt from the limit skips it; if the thread has dropped the
+    /// capability since, the kernel refuses with ENOMEM and [`memlock_refusal`] still
+    /// gives the actionable error.
+    static EXEMPT_FROM_MEMLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A status that lets any mapping through.
+const NO_LIMIT: MemlockStatus = MemlockStatus {
+    soft_limit: None,
+    hard_limit: None,
+    locked: 0,
+    unlimited_by_capability: true,
+};
+
+/// The calling thread's locked-memory status, read afresh. VFIO charges pinned pages
+/// to the process but checks CAP_IPC_LOCK on the calling thread, so the capability is
+/// read from this thread's status rather than the process's.
+fn read_thread_memlock() -> Result<MemlockStatus, DmaError> {
     let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
         .map_err(|e| DmaError::System {
             op: "getrlimit(RLIMIT_MEMLOCK)",
             source: e.into(),
         })?;
+    if soft == nix::sys::resource::RLIM_INFINITY {
+        return Ok(NO_LIMIT);
+    }
     // Without /proc the kernel's own check is the only one.
     let status = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
-    Ok(MemlockStatus::from_parts(soft, hard, &status))
+    let status = MemlockStatus::from_parts(soft, hard, &status);
+    EXEMPT_FROM_MEMLOCK.set(status.unlimited_by_capability);
+    Ok(status)
+}
+
+/// The status to check a new mapping against: cheap for an exempt thread.
+fn thread_memlock() -> Result<MemlockStatus, DmaError> {
+    if EXEMPT_FROM_MEMLOCK.get() {
+        return Ok(NO_LIMIT);
+    }
+    read_thread_memlock()
+}
+
+/// The error for a map the kernel refused with ENOMEM: the limit error when the
+/// locked-memory limit explains it, the kernel's errno otherwise.
+fn memlock_refusal(range: IovaRange, errno: nix::errno::Errno) -> DmaError {
+    if errno == nix::errno::Errno::ENOMEM {
+        EXEMPT_FROM_MEMLOCK.set(false);
+        if let Ok(status) = read_thread_memlock() {
+            if status.check(range.len(), "mapping").is_err() {
+                return status.error(range.len(), "mapping");
+            }
+        }
+    }
+    backend("VFIO_IOMMU_MAP_DMA", range, errno)
 }
 
 impl VfioContainer {
@@ -121,7 +165,7 @@ impl VfioContainer {
                 flags,
             )
         }
-        .map_err(|e| backend(OP, range, e))?;
+        .map_err(|e| memlock_refusal(range, e))?;
         state.mappings.insert(range.start().0, *mapping);
         Ok(())
     }
