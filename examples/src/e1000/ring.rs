@@ -13,12 +13,13 @@
 
 use std::collections::VecDeque;
 
-use dma::DmaAccess;
+use dma::{DmaAccess, DmaBuffer, DmaMapper};
+use udriver::vfio::VfioContainer;
 
 use super::regs::{
     DESCRIPTOR_SIZE, RXD_STAT_DD, RXD_STAT_EOP, TXD_CMD_EOP, TXD_CMD_IFCS, TXD_CMD_RS, TXD_STAT_DD,
 };
-use crate::device::{Device, DeviceBuffer};
+use crate::device::Device;
 use crate::error::{DriverError, Result};
 
 /// Bytes of each packet buffer (RCTL.BSIZE = 2048).
@@ -34,33 +35,46 @@ const DESC_ERRORS: usize = 13;
 
 /// Checks a ring size: a power of two from 8 to 4096 (the ring length in bytes must be
 /// a multiple of 128).
-fn check_len(device: &Device, what: &str, len: usize) -> Result<()> {
+fn check_len(device: &str, what: &str, len: usize) -> Result<()> {
     if !(8..=4096).contains(&len) || !len.is_power_of_two() {
         return Err(DriverError::Request {
-            device: device.name().into(),
+            device: device.into(),
             reason: format!("{what} ring of {len} descriptors: use a power of two from 8 to 4096"),
         });
     }
     Ok(())
 }
 
-/// Descriptors and buffers of one ring in one DMA buffer.
-#[derive(Debug)]
-struct RingMemory {
-    memory: DeviceBuffer,
-    len: usize,
-    buffers_at: usize,
+/// Bytes of DMA memory a ring of `len` descriptors and their buffers take.
+pub fn ring_bytes(len: usize) -> usize {
+    buffers_at(len) + len * BUFFER_SIZE
 }
 
-impl RingMemory {
-    fn new(device: &Device, len: usize, access: DmaAccess) -> Result<RingMemory> {
-        let buffers_at = (len * DESCRIPTOR_SIZE).next_multiple_of(4096);
-        let memory = device.dma_buffer(buffers_at + len * BUFFER_SIZE, access)?;
-        Ok(RingMemory {
-            memory,
-            len,
-            buffers_at,
-        })
+/// Where the buffers start: after the descriptors, on a page of their own.
+fn buffers_at(len: usize) -> usize {
+    (len * DESCRIPTOR_SIZE).next_multiple_of(4096)
+}
+
+/// Descriptors and buffers of one ring in one DMA buffer.
+#[derive(Debug)]
+struct RingMemory<M: DmaMapper> {
+    memory: DmaBuffer<M>,
+    len: usize,
+}
+
+impl<M: DmaMapper> RingMemory<M> {
+    fn new(device: &str, memory: DmaBuffer<M>, len: usize) -> Result<RingMemory<M>> {
+        if memory.len() < ring_bytes(len) {
+            return Err(DriverError::Request {
+                device: device.into(),
+                reason: format!(
+                    "a ring of {len} descriptors needs {} bytes of DMA memory, not {}",
+                    ring_bytes(len),
+                    memory.len()
+                ),
+            });
+        }
+        Ok(RingMemory { memory, len })
     }
 
     fn desc(&self, i: usize) -> usize {
@@ -68,7 +82,7 @@ impl RingMemory {
     }
 
     fn buffer(&self, i: usize) -> usize {
-        self.buffers_at + i * BUFFER_SIZE
+        buffers_at(self.len) + i * BUFFER_SIZE
     }
 
     fn buffer_iova(&self, i: usize) -> Result<u64> {
@@ -78,8 +92,8 @@ impl RingMemory {
 
 /// The transmit ring.
 #[derive(Debug)]
-pub struct TxRing {
-    ring: RingMemory,
+pub struct TxRing<M: DmaMapper = VfioContainer> {
+    ring: RingMemory<M>,
     /// Next descriptor to fill; the value for TDT.
     tail: usize,
     /// Oldest descriptor not yet reclaimed.
@@ -90,11 +104,22 @@ pub struct TxRing {
 }
 
 impl TxRing {
-    /// A ring of `len` descriptors with their buffers, all zero (owned by software).
+    /// A ring of `len` descriptors with their buffers in new DMA memory of `device`,
+    /// all zero (owned by software).
     pub fn new(device: &Device, len: usize) -> Result<TxRing> {
+        check_len(device.name(), "transmit", len)?;
+        let memory = device.dma_buffer(ring_bytes(len), DmaAccess::ReadWrite)?;
+        TxRing::in_memory(device.name(), memory, len)
+    }
+}
+
+impl<M: DmaMapper> TxRing<M> {
+    /// A ring of `len` descriptors in `memory` (zeroed, at least [`ring_bytes`] long);
+    /// `device` names the NIC in errors.
+    pub fn in_memory(device: &str, memory: DmaBuffer<M>, len: usize) -> Result<TxRing<M>> {
         check_len(device, "transmit", len)?;
         Ok(TxRing {
-            ring: RingMemory::new(device, len, DmaAccess::ReadWrite)?,
+            ring: RingMemory::new(device, memory, len)?,
             tail: 0,
             clean: 0,
             reports: VecDeque::new(),
@@ -202,17 +227,28 @@ pub struct RxStatus {
 
 /// The receive ring.
 #[derive(Debug)]
-pub struct RxRing {
-    ring: RingMemory,
+pub struct RxRing<M: DmaMapper = VfioContainer> {
+    ring: RingMemory<M>,
     /// Next descriptor to look at.
     next: usize,
 }
 
 impl RxRing {
-    /// A ring of `len` descriptors, each pointing at its buffer, none done.
+    /// A ring of `len` descriptors in new DMA memory of `device`, each pointing at its
+    /// buffer, none done.
     pub fn new(device: &Device, len: usize) -> Result<RxRing> {
+        check_len(device.name(), "receive", len)?;
+        let memory = device.dma_buffer(ring_bytes(len), DmaAccess::ReadWrite)?;
+        RxRing::in_memory(device.name(), memory, len)
+    }
+}
+
+impl<M: DmaMapper> RxRing<M> {
+    /// A ring of `len` descriptors in `memory` (zeroed, at least [`ring_bytes`] long),
+    /// each pointing at its buffer, none done; `device` names the NIC in errors.
+    pub fn in_memory(device: &str, memory: DmaBuffer<M>, len: usize) -> Result<RxRing<M>> {
         check_len(device, "receive", len)?;
-        let ring = RingMemory::new(device, len, DmaAccess::ReadWrite)?;
+        let ring = RingMemory::new(device, memory, len)?;
         for i in 0..len {
             ring.memory
                 .write::<u64>(ring.desc(i), ring.buffer_iova(i)?)?;
@@ -277,5 +313,129 @@ impl RxRing {
         mem.write::<u64>(d + DESC_LENGTH, 0)?;
         self.next = (self.next + 1) % self.ring.len;
         Ok(Some(rx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use dma::{DmaMemory, Iova, IovaAllocator, IovaRange, PagePreference, RecordingMapper};
+
+    use super::*;
+
+    fn memory(len: usize) -> DmaBuffer<Arc<RecordingMapper>> {
+        let iovas = Arc::new(
+            IovaAllocator::new(&[IovaRange::new(Iova(0x10_0000), 0x100_0000).unwrap()]).unwrap(),
+        );
+        let memory = DmaMemory::allocate_with(ring_bytes(len), PagePreference::SmallOnly).unwrap();
+        DmaBuffer::map(
+            memory,
+            Arc::new(RecordingMapper::new()),
+            &iovas,
+            DmaAccess::ReadWrite,
+        )
+        .unwrap()
+    }
+
+    /// What the NIC does when it has sent descriptor `i` with RS: sets DD.
+    fn nic_sent<M: DmaMapper>(tx: &TxRing<M>, i: usize) {
+        let at = tx.ring.desc(i) + DESC_STATUS;
+        tx.ring.memory.write::<u8>(at, TXD_STAT_DD).unwrap();
+    }
+
+    #[test]
+    fn transmit_descriptors_carry_buffer_length_and_flags() {
+        let mut tx = TxRing::in_memory("nic", memory(8), 8).unwrap();
+        for len in [60usize, 61, 1514] {
+            assert!(tx.push(&vec![0xab; len]).unwrap());
+        }
+        tx.mark_report().unwrap();
+        let m = &tx.ring.memory;
+        for (i, len) in [60u16, 61, 1514].into_iter().enumerate() {
+            let d = tx.ring.desc(i);
+            assert_eq!(m.read::<u64>(d).unwrap(), tx.ring.buffer_iova(i).unwrap());
+            assert_eq!(m.read::<u16>(d + DESC_LENGTH).unwrap(), len);
+            let rs = if i == 2 { TXD_CMD_RS } else { 0 };
+            assert_eq!(
+                m.read::<u8>(d + DESC_CMD).unwrap(),
+                TXD_CMD_EOP | TXD_CMD_IFCS | rs,
+                "only the batch's last descriptor asks for a write-back"
+            );
+            let mut first = [0u8; 1];
+            m.copy_to(tx.ring.buffer(i), &mut first).unwrap();
+            assert_eq!(first, [0xab]);
+        }
+        assert_eq!(tx.tail(), 3);
+    }
+
+    #[test]
+    fn a_write_back_reclaims_its_whole_batch_and_the_ring_wraps() {
+        let mut tx = TxRing::in_memory("nic", memory(8), 8).unwrap();
+        let mut pushed = 0;
+        while tx.push(&[0u8; 60]).unwrap() {
+            pushed += 1;
+        }
+        assert_eq!(pushed, 7, "one descriptor stays empty");
+        assert_eq!(tx.free(), 0);
+        tx.mark_report().unwrap();
+        assert_eq!(tx.reclaim().unwrap(), 0, "nothing is done before DD");
+        nic_sent(&tx, 6);
+        assert_eq!(tx.reclaim().unwrap(), 7);
+        assert_eq!((tx.in_flight(), tx.free()), (0, 7));
+        // The next batch wraps past the end: descriptors 7, 0, 1, 2.
+        for _ in 0..4 {
+            assert!(tx.push(&[0u8; 60]).unwrap());
+        }
+        tx.mark_report().unwrap();
+        assert_eq!(tx.tail(), 3);
+        nic_sent(&tx, 2);
+        assert_eq!(tx.reclaim().unwrap(), 4);
+        assert_eq!(tx.in_flight(), 0);
+    }
+
+    #[test]
+    fn receive_takes_finished_frames_and_gives_descriptors_back() {
+        let mut rx = RxRing::in_memory("nic", memory(8), 8).unwrap();
+        assert_eq!(rx.tail(), 7, "all but one descriptor belong to the NIC");
+        assert!(!rx.ready().unwrap());
+        // The NIC puts a 100-byte frame in buffer 0 and marks descriptor 0 done.
+        let m = &rx.ring.memory;
+        assert_eq!(
+            m.read::<u64>(rx.ring.desc(0)).unwrap(),
+            rx.ring.buffer_iova(0).unwrap()
+        );
+        m.copy_from(rx.ring.buffer(0), &[7u8; 100]).unwrap();
+        m.write::<u16>(rx.ring.desc(0) + DESC_LENGTH, 100).unwrap();
+        m.write::<u8>(rx.ring.desc(0) + DESC_STATUS, RXD_STAT_DD | RXD_STAT_EOP)
+            .unwrap();
+        let mut frame = Vec::new();
+        let status = rx.take(&mut frame).unwrap().unwrap();
+        assert_eq!(
+            status,
+            RxStatus {
+                len: 100,
+                errors: 0,
+                end_of_packet: true
+            }
+        );
+        assert_eq!(frame, vec![7u8; 100]);
+        assert_eq!(rx.tail(), 0, "descriptor 0 goes back to the NIC");
+        let m = &rx.ring.memory;
+        assert_eq!(m.read::<u8>(rx.ring.desc(0) + DESC_STATUS).unwrap(), 0);
+        assert_eq!(
+            m.read::<u64>(rx.ring.desc(0)).unwrap(),
+            rx.ring.buffer_iova(0).unwrap()
+        );
+        assert!(rx.take(&mut frame).unwrap().is_none());
+    }
+
+    #[test]
+    fn ring_sizes_and_memory_are_checked() {
+        assert!(TxRing::in_memory("nic", memory(8), 12).is_err());
+        let e = RxRing::in_memory("nic", memory(8), 16)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs"), "{e}");
     }
 }
