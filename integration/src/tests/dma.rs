@@ -963,20 +963,6 @@ fn map_sg_vs_raw_ioctl() -> Result<()> {
         41,
         &mut [&mut || pages.through_policy(&strict_alone, &mut bus)],
     )?;
-    // What udriver's container does per map besides the ioctl: read the memlock limit
-    // and this thread's /proc status (for VmLck and CAP_IPC_LOCK), and parse them.
-    let memlock_times = interleaved(
-        15,
-        &mut [&mut || {
-            for _ in 0..N {
-                let (soft, hard) =
-                    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)?;
-                let status = std::fs::read_to_string("/proc/thread-self/status")?;
-                dma::MemlockStatus::from_parts(soft, hard, &status).check(PAGE, "mapping")?;
-            }
-            Ok(())
-        }],
-    )?;
     ensure!(
         container.mappings().is_empty(),
         "mappings left after the runs"
@@ -989,7 +975,6 @@ fn map_sg_vs_raw_ioctl() -> Result<()> {
     let [c_base, c_strict] = [0, 1].map(|i| per_request(&container_times[i], N));
     let [b_base, b_strict] = [0, 1].map(|i| per_request(&bare_times[i], N));
     let alone = median(per_request(&alone_times[0], N));
-    let memlock = median(per_request(&memlock_times[0], N));
     let (mc, mcs) = (median(c_base.clone()), median(c_strict.clone()));
     let (mb, mbs) = (median(b_base.clone()), median(b_strict.clone()));
     println!(
@@ -1017,10 +1002,6 @@ fn map_sg_vs_raw_ioctl() -> Result<()> {
         "    container over bare ioctls      {:>8.2}   container/bare {:.2}",
         mc - mb,
         mc / mb
-    );
-    println!(
-        "    of which the memlock check per map (getrlimit, read and parse \
-         /proc/thread-self/status) {memlock:.2}"
     );
     Ok(())
 }
