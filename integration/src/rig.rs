@@ -146,3 +146,22 @@ pub fn wait_for<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
         }
     }
 }
+
+/// Polls `f` every millisecond until it returns Some, for up to `timeout`: for device
+/// state that changes without an event to wait on.
+pub fn poll_until<T>(
+    timeout: std::time::Duration,
+    what: &str,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use dma::{
     Address, BatchConfig, BatchedPolicy, BusSgList, DmaAccess, DmaError, DmaMapper, DmaMapping,
     DmaMemory, DmaPolicy, GuestMemoryRegion, GuestPhysAddr, GuestSgList, IdentityPolicy,
@@ -25,7 +25,7 @@ use dma::{
 use udriver::vfio::{Bar, VfioContainer, VfioDevice, VfioGroup};
 
 use crate::harness::RigTest;
-use crate::rig;
+use crate::rig::{self, poll_until};
 
 pub fn tests() -> Vec<RigTest> {
     vec![
@@ -364,24 +364,6 @@ fn describe(frames: &[Vec<u8>]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// Polls `f` until it returns Some, for up to `timeout`.
-fn poll_until<T>(
-    timeout: Duration,
-    what: &str,
-    mut f: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f()? {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 // ------------------------------------------------------------- IOMMU faults

@@ -16,7 +16,7 @@ use udriver::vfio::{
 
 use crate::disk_pattern;
 use crate::harness::RigTest;
-use crate::rig;
+use crate::rig::{self, poll_until};
 
 pub fn tests() -> Vec<RigTest> {
     vec![
@@ -62,24 +62,6 @@ fn open(bdf: &str) -> Result<Opened> {
     container.attach(&group)?;
     let device = group.open_device(bdf)?;
     Ok(Opened { container, device })
-}
-
-/// Polls `f` until it returns Some, for up to `timeout`.
-fn poll_until<T>(
-    timeout: Duration,
-    what: &str,
-    mut f: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f()? {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 // ------------------------------------------------------------------ regions
