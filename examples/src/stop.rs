@@ -36,3 +36,33 @@ pub fn install() -> nix::Result<()> {
 pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst)
 }
+
+/// A driver binary's `main`: installs the handler, runs `body`, and turns the outcome
+/// into the exit status: 0; 130 after Ctrl-C/SIGTERM (the device was left quiet, as
+/// `left_quiet` tells the user); 1 after an error, with its whole chain.
+pub fn run_binary(
+    name: &str,
+    left_quiet: &str,
+    body: impl FnOnce() -> anyhow::Result<()>,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    if let Err(e) = install() {
+        eprintln!("{name}: cannot install the Ctrl-C handler: {e}");
+        return ExitCode::FAILURE;
+    }
+    match body() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let interrupted = e
+                .downcast_ref::<crate::DriverError>()
+                .is_some_and(crate::DriverError::is_interrupted);
+            if interrupted {
+                eprintln!("{name}: {e}; {left_quiet}");
+                ExitCode::from(130)
+            } else {
+                eprintln!("{name}: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -8,8 +8,8 @@ use clap::Parser;
 use udriver::pci::PciAddress;
 use udrv_examples::ahci::{Ahci, Config};
 use udrv_examples::block::{self, BlockDevice};
+use udrv_examples::stop;
 use udrv_examples::wait::Completion;
-use udrv_examples::{stop, DriverError};
 
 const ABOUT: &str = "Drive an AHCI SATA port from user space (VFIO): identify, read, write";
 
@@ -81,25 +81,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = stop::install() {
-        eprintln!("ahci: cannot install the Ctrl-C handler: {e}");
-        return ExitCode::FAILURE;
-    }
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let interrupted = e
-                .downcast_ref::<DriverError>()
-                .is_some_and(DriverError::is_interrupted);
-            if interrupted {
-                eprintln!("ahci: {e}; the port was left quiet");
-                ExitCode::from(130)
-            } else {
-                eprintln!("ahci: error: {e:#}");
-                ExitCode::FAILURE
-            }
-        }
-    }
+    stop::run_binary("ahci", "the port was left quiet", || run(&args))
 }
 
 fn run(args: &Args) -> Result<()> {

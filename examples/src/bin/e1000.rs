@@ -10,8 +10,8 @@ use udriver::pci::PciAddress;
 use udrv_examples::e1000::frame::MacAddress;
 use udrv_examples::e1000::traffic::{self, TrafficConfig};
 use udrv_examples::e1000::{Config, E1000};
+use udrv_examples::stop;
 use udrv_examples::wait::Completion;
-use udrv_examples::{stop, DriverError};
 
 const ABOUT: &str = "Drive e1000 NICs from user space (VFIO): send test frames and check them";
 
@@ -80,25 +80,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = stop::install() {
-        eprintln!("e1000: cannot install the Ctrl-C handler: {e}");
-        return ExitCode::FAILURE;
-    }
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let interrupted = e
-                .downcast_ref::<DriverError>()
-                .is_some_and(DriverError::is_interrupted);
-            if interrupted {
-                eprintln!("e1000: {e}; the NICs were left quiet");
-                ExitCode::from(130)
-            } else {
-                eprintln!("e1000: error: {e:#}");
-                ExitCode::FAILURE
-            }
-        }
-    }
+    stop::run_binary("e1000", "the NICs were left quiet", || run(&args))
 }
 
 fn run(args: &Args) -> Result<()> {

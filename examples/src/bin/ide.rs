@@ -8,7 +8,7 @@ use clap::Parser;
 use udriver::pci::PciAddress;
 use udrv_examples::block::{self, BlockDevice};
 use udrv_examples::ide::{Ide, Transfer};
-use udrv_examples::{stop, DriverError};
+use udrv_examples::stop;
 
 const ABOUT: &str = "Drive a legacy IDE controller from user space (VFIO): PIO and DMA sector I/O";
 
@@ -76,25 +76,7 @@ enum Mode {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = stop::install() {
-        eprintln!("ide: cannot install the Ctrl-C handler: {e}");
-        return ExitCode::FAILURE;
-    }
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let interrupted = e
-                .downcast_ref::<DriverError>()
-                .is_some_and(DriverError::is_interrupted);
-            if interrupted {
-                eprintln!("ide: {e}; the controller was left quiet");
-                ExitCode::from(130)
-            } else {
-                eprintln!("ide: error: {e:#}");
-                ExitCode::FAILURE
-            }
-        }
-    }
+    stop::run_binary("ide", "the controller was left quiet", || run(&args))
 }
 
 fn run(args: &Args) -> Result<()> {
