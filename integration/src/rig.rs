@@ -165,3 +165,50 @@ pub fn poll_until<T>(
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
+
+/// One line of a device's sysfs `resource` file: a BAR (or the ROM) as the kernel
+/// placed it, the reference the VFIO and vpci tests compare their views against.
+pub struct SysfsResource {
+    pub start: u64,
+    pub end: u64,
+    pub flags: u64,
+}
+
+/// `IORESOURCE_IO` in a [`SysfsResource`]'s flags: an IO-port BAR.
+pub const IORESOURCE_IO: u64 = 0x100;
+/// `IORESOURCE_PREFETCH`: a prefetchable memory BAR.
+pub const IORESOURCE_PREFETCH: u64 = 0x2000;
+/// `IORESOURCE_MEM_64`: a 64-bit memory BAR.
+pub const IORESOURCE_MEM_64: u64 = 0x0010_0000;
+
+impl SysfsResource {
+    /// Bytes the resource spans; 0 for an unused slot (all fields zero).
+    pub fn size(&self) -> u64 {
+        if self.end == 0 {
+            0
+        } else {
+            self.end - self.start + 1
+        }
+    }
+}
+
+/// The lines of `bdf`'s sysfs `resource` file: BAR0-5, the ROM, then bridge windows.
+pub fn sysfs_resources(bdf: &str) -> Result<Vec<SysfsResource>> {
+    let path = format!("{}/resource", device_dir(bdf));
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    text.lines()
+        .map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .map(|w| u64::from_str_radix(w.trim_start_matches("0x"), 16))
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("{path}: bad line {l:?}"))?;
+            anyhow::ensure!(v.len() == 3, "{path}: bad line {l:?}");
+            Ok(SysfsResource {
+                start: v[0],
+                end: v[1],
+                flags: v[2],
+            })
+        })
+        .collect()
+}

@@ -66,46 +66,6 @@ fn open(bdf: &str) -> Result<Opened> {
 
 // ------------------------------------------------------------------ regions
 
-/// One line of sysfs `resource`: start, end, flags.
-struct SysfsResource {
-    start: u64,
-    end: u64,
-    flags: u64,
-}
-
-impl SysfsResource {
-    fn size(&self) -> u64 {
-        if self.start == 0 && self.end == 0 {
-            0
-        } else {
-            self.end - self.start + 1
-        }
-    }
-}
-
-const IORESOURCE_IO: u64 = 0x100;
-const IORESOURCE_MEM_64: u64 = 0x0010_0000;
-
-fn sysfs_resources(bdf: &str) -> Result<Vec<SysfsResource>> {
-    let path = format!("/sys/bus/pci/devices/{bdf}/resource");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    text.lines()
-        .map(|l| {
-            let v: Vec<u64> = l
-                .split_whitespace()
-                .map(|w| u64::from_str_radix(w.trim_start_matches("0x"), 16))
-                .collect::<Result<_, _>>()
-                .with_context(|| format!("{path}: bad line {l:?}"))?;
-            ensure!(v.len() == 3, "{path}: bad line {l:?}");
-            Ok(SysfsResource {
-                start: v[0],
-                end: v[1],
-                flags: v[2],
-            })
-        })
-        .collect()
-}
-
 /// For e1000, e1000e, piix3-ide and ich9-ahci: every BAR's size, IO-vs-memory, width
 /// and mmap-ability as VFIO reports them match the kernel's resources in sysfs; the ROM
 /// is read-only with a valid signature or absent; config space is as large as sysfs
@@ -113,7 +73,7 @@ fn sysfs_resources(bdf: &str) -> Result<Vec<SysfsResource>> {
 fn region_tables_match_sysfs() -> Result<()> {
     for bdf in [rig::E1000_A, rig::E1000E, rig::PIIX3_IDE, rig::ICH9_AHCI] {
         let o = open(bdf)?;
-        let sysfs = sysfs_resources(bdf)?;
+        let sysfs = rig::sysfs_resources(bdf)?;
         let regions = o.device.regions()?;
         println!(
             "{bdf}: {} regions, {} irq indexes",
@@ -153,7 +113,7 @@ fn region_tables_match_sysfs() -> Result<()> {
                 "{bdf} BAR{n}: not read-write"
             );
             let bar = o.device.bar(n)?;
-            let io = res.flags & IORESOURCE_IO != 0;
+            let io = res.flags & rig::IORESOURCE_IO != 0;
             ensure!(
                 bar.kind().is_io() == io,
                 "{bdf} BAR{n}: VFIO config says {:?}, sysfs flags {:#x}",
@@ -162,7 +122,7 @@ fn region_tables_match_sysfs() -> Result<()> {
             );
             if let BarKind::Memory { is_64bit, .. } = bar.kind() {
                 ensure!(
-                    is_64bit == (res.flags & IORESOURCE_MEM_64 != 0),
+                    is_64bit == (res.flags & rig::IORESOURCE_MEM_64 != 0),
                     "{bdf} BAR{n}: 64-bit {is_64bit}, sysfs flags {:#x}",
                     res.flags
                 );

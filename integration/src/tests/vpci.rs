@@ -153,47 +153,6 @@ pub fn benches() -> Vec<RigTest> {
 
 // ------------------------------------------------------------------- BARs
 
-/// One line of sysfs `resource`.
-struct SysfsResource {
-    start: u64,
-    end: u64,
-    flags: u64,
-}
-
-const IORESOURCE_IO: u64 = 0x100;
-const IORESOURCE_PREFETCH: u64 = 0x2000;
-const IORESOURCE_MEM_64: u64 = 0x0010_0000;
-
-fn sysfs_resources(bdf: &str) -> Result<Vec<SysfsResource>> {
-    let path = format!("/sys/bus/pci/devices/{bdf}/resource");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    text.lines()
-        .map(|l| {
-            let v: Vec<u64> = l
-                .split_whitespace()
-                .map(|w| u64::from_str_radix(w.trim_start_matches("0x"), 16))
-                .collect::<Result<_, _>>()
-                .with_context(|| format!("{path}: bad line {l:?}"))?;
-            ensure!(v.len() == 3, "{path}: bad line {l:?}");
-            Ok(SysfsResource {
-                start: v[0],
-                end: v[1],
-                flags: v[2],
-            })
-        })
-        .collect()
-}
-
-impl SysfsResource {
-    fn size(&self) -> u64 {
-        if self.end == 0 {
-            0
-        } else {
-            self.end - self.start + 1
-        }
-    }
-}
-
 /// What the guest learns by sizing one BAR: its size and kind.
 #[derive(Debug, PartialEq, Eq)]
 struct SizedBar {
@@ -233,12 +192,12 @@ fn sized_from_guest(guest: &mut Guest, at: u8, index: u8) -> Result<Option<Sized
     }))
 }
 
-fn sized_from_sysfs(r: &SysfsResource) -> Option<SizedBar> {
+fn sized_from_sysfs(r: &rig::SysfsResource) -> Option<SizedBar> {
     (r.size() > 0).then(|| SizedBar {
         size: r.size(),
-        io: r.flags & IORESOURCE_IO != 0,
-        is_64bit: r.flags & IORESOURCE_MEM_64 != 0,
-        prefetchable: r.flags & IORESOURCE_PREFETCH != 0,
+        io: r.flags & rig::IORESOURCE_IO != 0,
+        is_64bit: r.flags & rig::IORESOURCE_MEM_64 != 0,
+        prefetchable: r.flags & rig::IORESOURCE_PREFETCH != 0,
     })
 }
 
@@ -264,7 +223,7 @@ fn bars_match_sysfs() -> Result<()> {
                 "{bdf}: PCI Express type {kind} on the root bus, want an integrated endpoint"
             );
         }
-        let sysfs = sysfs_resources(bdf)?;
+        let sysfs = rig::sysfs_resources(bdf)?;
         let mut index = 0u8;
         while index < 6 {
             let want = sized_from_sysfs(&sysfs[usize::from(index)]);
