@@ -26,6 +26,7 @@ use udriver::vfio::{Bar, VfioContainer, VfioDevice, VfioGroup};
 
 use crate::harness::RigTest;
 use crate::rig::{self, poll_until};
+use udrv_examples::e1000::regs as e1000_regs;
 
 pub fn tests() -> Vec<RigTest> {
     vec![
@@ -99,19 +100,6 @@ const TX_SLOTS: u64 = 8;
 const RX_SLOTS: u64 = 32;
 const RX_BUF_LEN: u64 = 2048;
 
-const E1000_IMC: u64 = 0xd8;
-const E1000_RCTL: u64 = 0x100;
-const E1000_TCTL: u64 = 0x400;
-const E1000_RDBAL: u64 = 0x2800;
-const E1000_RDBAH: u64 = 0x2804;
-const E1000_RDLEN: u64 = 0x2808;
-const E1000_RDH: u64 = 0x2810;
-const E1000_RDT: u64 = 0x2818;
-const E1000_TDBAL: u64 = 0x3800;
-const E1000_TDBAH: u64 = 0x3804;
-const E1000_TDLEN: u64 = 0x3808;
-const E1000_TDH: u64 = 0x3810;
-const E1000_TDT: u64 = 0x3818;
 /// RCTL: EN | UPE | MPE | BAM | SECRC (2 KiB buffers).
 const RCTL_RECEIVE_ALL: u32 = (1 << 1) | (1 << 3) | (1 << 4) | (1 << 15) | (1 << 26);
 /// TCTL: EN | PSP | CT 0x10 | COLD 0x40.
@@ -225,23 +213,23 @@ impl<'a> Link<'a> {
         }
         let (a, b) = (&nics.bar_a, &nics.bar_b);
         for bar in [a, b] {
-            bar.write32(E1000_IMC, u32::MAX)?;
+            bar.write32(e1000_regs::IMC, u32::MAX)?;
         }
-        b.write32(E1000_RCTL, 0)?;
-        b.write32(E1000_RDBAL, rx_ring as u32)?;
-        b.write32(E1000_RDBAH, (rx_ring >> 32) as u32)?;
-        b.write32(E1000_RDLEN, (RX_SLOTS * 16) as u32)?;
-        b.write32(E1000_RDH, 0)?;
-        b.write32(E1000_RDT, (RX_SLOTS - 1) as u32)?;
-        b.write32(E1000_RCTL, RCTL_RECEIVE_ALL)?;
+        b.write32(e1000_regs::RCTL, 0)?;
+        b.write32(e1000_regs::RDBAL, rx_ring as u32)?;
+        b.write32(e1000_regs::RDBAH, (rx_ring >> 32) as u32)?;
+        b.write32(e1000_regs::RDLEN, (RX_SLOTS * 16) as u32)?;
+        b.write32(e1000_regs::RDH, 0)?;
+        b.write32(e1000_regs::RDT, (RX_SLOTS - 1) as u32)?;
+        b.write32(e1000_regs::RCTL, RCTL_RECEIVE_ALL)?;
         nics.b.set_bus_master(true)?;
-        a.write32(E1000_TCTL, 0)?;
-        a.write32(E1000_TDBAL, tx_ring as u32)?;
-        a.write32(E1000_TDBAH, (tx_ring >> 32) as u32)?;
-        a.write32(E1000_TDLEN, (TX_SLOTS * 16) as u32)?;
-        a.write32(E1000_TDH, 0)?;
-        a.write32(E1000_TDT, 0)?;
-        a.write32(E1000_TCTL, TCTL_TRANSMIT)?;
+        a.write32(e1000_regs::TCTL, 0)?;
+        a.write32(e1000_regs::TDBAL, tx_ring as u32)?;
+        a.write32(e1000_regs::TDBAH, (tx_ring >> 32) as u32)?;
+        a.write32(e1000_regs::TDLEN, (TX_SLOTS * 16) as u32)?;
+        a.write32(e1000_regs::TDH, 0)?;
+        a.write32(e1000_regs::TDT, 0)?;
+        a.write32(e1000_regs::TCTL, TCTL_TRANSMIT)?;
         nics.a.set_bus_master(true)?;
         Ok(link)
     }
@@ -265,9 +253,9 @@ impl<'a> Link<'a> {
             self.tx_next = (self.tx_next + 1) % TX_SLOTS;
         }
         let tail = self.tx_next as u32;
-        self.nics.bar_a.write32(E1000_TDT, tail)?;
+        self.nics.bar_a.write32(e1000_regs::TDT, tail)?;
         poll_until(Duration::from_secs(10), "A's TDH to reach TDT", || {
-            Ok((self.nics.bar_a.read32(E1000_TDH)? == tail).then_some(()))
+            Ok((self.nics.bar_a.read32(e1000_regs::TDH)? == tail).then_some(()))
         })
     }
 
@@ -298,8 +286,8 @@ impl<'a> Link<'a> {
 
     /// Stops both NICs' DMA and unmaps the rings.
     fn stop(self) -> Result<()> {
-        self.nics.bar_a.write32(E1000_TCTL, 0)?;
-        self.nics.bar_b.write32(E1000_RCTL, 0)?;
+        self.nics.bar_a.write32(e1000_regs::TCTL, 0)?;
+        self.nics.bar_b.write32(e1000_regs::RCTL, 0)?;
         self.nics.a.quiesce()?;
         self.nics.b.quiesce()?;
         for bus in &self.rings {

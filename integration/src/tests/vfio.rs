@@ -17,6 +17,7 @@ use udriver::vfio::{
 use crate::disk_pattern;
 use crate::harness::RigTest;
 use crate::rig::{self, poll_until};
+use udrv_examples::e1000::regs as e1000_regs;
 
 pub fn tests() -> Vec<RigTest> {
     vec![
@@ -183,24 +184,27 @@ fn rig_read_hex(bdf: &str, attr: &str) -> Result<u32> {
 
 // ---------------------------------------------------------------- registers
 
-const E1000_STATUS: u64 = 0x8;
-const E1000_STATUS_LU: u32 = 1 << 1;
-
 /// STATUS through the mmap'd BAR0 equals STATUS read with pread on the device fd at
 /// the region's offset, and says link up.
 fn e1000_status_paths_agree() -> Result<()> {
     let o = open(rig::E1000_A)?;
     let bar0 = o.device.bar(0)?;
-    ensure!(bar0.is_mapped(E1000_STATUS, 4), "STATUS not in a mapping");
-    let mapped = bar0.read32(E1000_STATUS)?;
+    ensure!(
+        bar0.is_mapped(e1000_regs::STATUS, 4),
+        "STATUS not in a mapping"
+    );
+    let mapped = bar0.read32(e1000_regs::STATUS)?;
     let fd = std::os::fd::AsFd::as_fd(&o.device).try_clone_to_owned()?;
     let file = std::fs::File::from(fd);
     let mut b = [0u8; 4];
-    file.read_exact_at(&mut b, bar0.info().offset + E1000_STATUS)?;
+    file.read_exact_at(&mut b, bar0.info().offset + e1000_regs::STATUS)?;
     let pread = u32::from_le_bytes(b);
     println!("STATUS mmap {mapped:#010x} pread {pread:#010x}");
     ensure!(mapped == pread, "mmap {mapped:#x} != pread {pread:#x}");
-    ensure!(mapped & E1000_STATUS_LU != 0, "link down: {mapped:#x}");
+    ensure!(
+        mapped & e1000_regs::STATUS_LU != 0,
+        "link down: {mapped:#x}"
+    );
     // The BAR1 IO region goes through pread/pwrite and never through a mapping.
     let bar1 = o.device.bar(1)?;
     ensure!(
@@ -319,11 +323,7 @@ fn ahci_cap_through_bar5() -> Result<()> {
 
 // --------------------------------------------------------------- interrupts
 
-const E1000_ICR: u64 = 0xc0;
 const E1000_ICS: u64 = 0xc8;
-const E1000_IMS: u64 = 0xd0;
-const E1000_IMC: u64 = 0xd8;
-const E1000_ICR_TXDW: u32 = 1 << 0;
 
 /// e1000 INTx: a cause set through ICS with IMS enabled fires the eventfd; the kernel
 /// then keeps the line masked (no signal while asserted) until `unmask_intx`, after
@@ -339,14 +339,14 @@ fn e1000_intx_fires_and_rearms() -> Result<()> {
         "INTx not automasked/maskable"
     );
     let bar0 = o.device.bar(0)?;
-    bar0.write32(E1000_IMC, u32::MAX)?;
-    bar0.read32(E1000_ICR)?;
+    bar0.write32(e1000_regs::IMC, u32::MAX)?;
+    bar0.read32(e1000_regs::ICR)?;
     let irqs = o.device.enable_irqs(IrqIndex::Intx, 1)?;
     let fd = irqs.eventfd(0).context("no eventfd")?;
     fd.read()?;
 
-    bar0.write32(E1000_IMS, E1000_ICR_TXDW)?;
-    bar0.write32(E1000_ICS, E1000_ICR_TXDW)?;
+    bar0.write32(e1000_regs::IMS, e1000_regs::INT_TXDW)?;
+    bar0.write32(E1000_ICS, e1000_regs::INT_TXDW)?;
     let n = fd
         .wait(Duration::from_secs(5))?
         .context("INTx did not fire after ICS")?;
@@ -360,18 +360,21 @@ fn e1000_intx_fires_and_rearms() -> Result<()> {
         .context("still-asserted INTx did not fire after unmask")?;
     println!("fired again after unmask while asserted");
 
-    let icr = bar0.read32(E1000_ICR)?;
-    ensure!(icr & E1000_ICR_TXDW != 0, "ICR {icr:#x} lacks the cause");
+    let icr = bar0.read32(e1000_regs::ICR)?;
+    ensure!(
+        icr & e1000_regs::INT_TXDW != 0,
+        "ICR {icr:#x} lacks the cause"
+    );
     o.device.unmask_intx()?;
     ensure!(
         fd.wait(Duration::from_millis(300))?.is_none(),
         "fired after the cause was cleared"
     );
-    bar0.write32(E1000_ICS, E1000_ICR_TXDW)?;
+    bar0.write32(E1000_ICS, e1000_regs::INT_TXDW)?;
     fd.wait(Duration::from_secs(5))?
         .context("INTx did not fire for the second ICS")?;
-    bar0.read32(E1000_ICR)?;
-    bar0.write32(E1000_IMC, u32::MAX)?;
+    bar0.read32(e1000_regs::ICR)?;
+    bar0.write32(e1000_regs::IMC, u32::MAX)?;
     o.device.unmask_intx()?;
 
     o.device.trigger_irq(IrqIndex::Intx, 0)?;
@@ -534,15 +537,18 @@ fn e1000e_msix_vectors_fire() -> Result<()> {
     println!("MSI-X: {info:?}");
     ensure!(info.count == 5 && info.eventfd, "expected 5 MSI-X vectors");
     let bar0 = o.device.bar(0)?;
-    bar0.write32(E1000_IMC, u32::MAX)?;
-    bar0.write32(E1000_ICR, u32::MAX)?;
+    bar0.write32(e1000_regs::IMC, u32::MAX)?;
+    bar0.write32(e1000_regs::ICR, u32::MAX)?;
     o.device.set_bus_master(true)?;
     let mut irqs = o.device.enable_irqs(IrqIndex::Msix, 3)?;
     o.device.resize_irqs(&mut irqs, 5)?;
     ensure!(irqs.len() == 5, "resize gave {} vectors", irqs.len());
     let ivar = (0..5u32).fold(0, |acc, v| acc | ((0x8 | v) << (4 * v)));
     bar0.write32(E1000E_IVAR, ivar)?;
-    bar0.write32(E1000_IMS, E1000E_MSIX_CAUSES.iter().fold(0, |a, c| a | c))?;
+    bar0.write32(
+        e1000_regs::IMS,
+        E1000E_MSIX_CAUSES.iter().fold(0, |a, c| a | c),
+    )?;
     for fd in irqs.eventfds() {
         fd.read()?;
     }
@@ -557,7 +563,7 @@ fn e1000e_msix_vectors_fire() -> Result<()> {
                 "vector {other} fired for cause {cause:#x} (meant for {vector})"
             );
         }
-        bar0.write32(E1000_ICR, *cause)?;
+        bar0.write32(e1000_regs::ICR, *cause)?;
         println!("vector {vector} fired for cause {cause:#x}");
     }
     // Masking is not offered for MSI-X by vfio-pci: a clear error, not a silent no-op.
@@ -575,25 +581,13 @@ fn e1000e_msix_vectors_fire() -> Result<()> {
         .context("vector 1 gone")?
         .wait(Duration::from_secs(5))?
         .context("vector 1 did not fire after shrinking to 2")?;
-    bar0.write32(E1000_IMC, u32::MAX)?;
+    bar0.write32(e1000_regs::IMC, u32::MAX)?;
     o.device.disable_irqs(IrqIndex::Msix)?;
     Ok(())
 }
 
 // ---------------------------------------------------------------------- DMA
 
-const E1000_RCTL: u64 = 0x100;
-const E1000_TCTL: u64 = 0x400;
-const E1000_RDBAL: u64 = 0x2800;
-const E1000_RDBAH: u64 = 0x2804;
-const E1000_RDLEN: u64 = 0x2808;
-const E1000_RDH: u64 = 0x2810;
-const E1000_RDT: u64 = 0x2818;
-const E1000_TDBAL: u64 = 0x3800;
-const E1000_TDBAH: u64 = 0x3804;
-const E1000_TDLEN: u64 = 0x3808;
-const E1000_TDH: u64 = 0x3810;
-const E1000_TDT: u64 = 0x3818;
 const RING: u64 = 8;
 
 /// A frame from 52:54:00:00:00:02 to ...:03, ethertype 0x88b5, with a payload that
@@ -625,10 +619,10 @@ impl Tx<'_> {
         self.ring.write::<u32>(d + 8, len as u32 | (0x0b << 24))?;
         self.ring.write::<u32>(d + 12, 0)?;
         self.next = (self.next + 1) % RING;
-        self.bar0.write32(E1000_TDT, self.next as u32)?;
+        self.bar0.write32(e1000_regs::TDT, self.next as u32)?;
         let want = self.next as u32;
         poll_until(Duration::from_secs(10), "TDH to reach TDT", || {
-            Ok((self.bar0.read32(E1000_TDH)? == want).then_some(()))
+            Ok((self.bar0.read32(e1000_regs::TDH)? == want).then_some(()))
         })
     }
 }
@@ -691,28 +685,31 @@ fn e1000_dma_tx_and_unmap() -> Result<()> {
         rx_ring.write::<u64>(i * 16, rx_bufs.iova_at(i * 2048)?.0)?;
         rx_ring.write::<u64>(i * 16 + 8, 0)?;
     }
-    bar_b.write32(E1000_RCTL, 0)?;
-    bar_b.write32(E1000_RDBAL, rx_ring.iova().0 as u32)?;
-    bar_b.write32(E1000_RDBAH, (rx_ring.iova().0 >> 32) as u32)?;
-    bar_b.write32(E1000_RDLEN, (RING * 16) as u32)?;
-    bar_b.write32(E1000_RDH, 0)?;
-    bar_b.write32(E1000_RDT, (RING - 1) as u32)?;
+    bar_b.write32(e1000_regs::RCTL, 0)?;
+    bar_b.write32(e1000_regs::RDBAL, rx_ring.iova().0 as u32)?;
+    bar_b.write32(e1000_regs::RDBAH, (rx_ring.iova().0 >> 32) as u32)?;
+    bar_b.write32(e1000_regs::RDLEN, (RING * 16) as u32)?;
+    bar_b.write32(e1000_regs::RDH, 0)?;
+    bar_b.write32(e1000_regs::RDT, (RING - 1) as u32)?;
     // EN | UPE | MPE | BAM | SECRC
     bar_b.write32(
-        E1000_RCTL,
+        e1000_regs::RCTL,
         (1 << 1) | (1 << 3) | (1 << 4) | (1 << 15) | (1 << 26),
     )?;
     b.set_bus_master(true)?;
 
     // A: transmit ring.
-    bar_a.write32(E1000_TCTL, 0)?;
-    bar_a.write32(E1000_TDBAL, tx_ring.iova().0 as u32)?;
-    bar_a.write32(E1000_TDBAH, (tx_ring.iova().0 >> 32) as u32)?;
-    bar_a.write32(E1000_TDLEN, (RING * 16) as u32)?;
-    bar_a.write32(E1000_TDH, 0)?;
-    bar_a.write32(E1000_TDT, 0)?;
+    bar_a.write32(e1000_regs::TCTL, 0)?;
+    bar_a.write32(e1000_regs::TDBAL, tx_ring.iova().0 as u32)?;
+    bar_a.write32(e1000_regs::TDBAH, (tx_ring.iova().0 >> 32) as u32)?;
+    bar_a.write32(e1000_regs::TDLEN, (RING * 16) as u32)?;
+    bar_a.write32(e1000_regs::TDH, 0)?;
+    bar_a.write32(e1000_regs::TDT, 0)?;
     // EN | PSP | CT 0x10 | COLD 0x40
-    bar_a.write32(E1000_TCTL, (1 << 1) | (1 << 3) | (0x10 << 4) | (0x40 << 12))?;
+    bar_a.write32(
+        e1000_regs::TCTL,
+        (1 << 1) | (1 << 3) | (0x10 << 4) | (0x40 << 12),
+    )?;
     a.set_bus_master(true)?;
     let mut tx = Tx {
         bar0: &bar_a,
@@ -899,9 +896,9 @@ fn bad_requests_are_errors() -> Result<()> {
     println!("mapping errors ok");
 
     // Still working.
-    let status = bar0.read32(E1000_STATUS)?;
+    let status = bar0.read32(e1000_regs::STATUS)?;
     ensure!(
-        status & E1000_STATUS_LU != 0,
+        status & e1000_regs::STATUS_LU != 0,
         "STATUS {status:#x} after the errors"
     );
     Ok(())
@@ -1054,15 +1051,15 @@ fn bench_bar_read() -> Result<()> {
     const PER_ROUND: usize = 1000;
     let o = open(rig::E1000_A)?;
     let bar0 = o.device.bar(0)?;
-    ensure!(bar0.is_mapped(E1000_STATUS, 4), "STATUS not mapped");
+    ensure!(bar0.is_mapped(e1000_regs::STATUS, 4), "STATUS not mapped");
     let file = std::fs::File::from(std::os::fd::AsFd::as_fd(&o.device).try_clone_to_owned()?);
-    let at = bar0.info().offset + E1000_STATUS;
+    let at = bar0.info().offset + e1000_regs::STATUS;
     let (mut mmap_time, mut pread_time) = (Duration::ZERO, Duration::ZERO);
     let mut check = 0u32;
     for _ in 0..ROUNDS {
         let t = Instant::now();
         for _ in 0..PER_ROUND {
-            check ^= bar0.read32(E1000_STATUS)?;
+            check ^= bar0.read32(e1000_regs::STATUS)?;
         }
         mmap_time += t.elapsed();
         let t = Instant::now();
