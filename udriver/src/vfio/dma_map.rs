@@ -108,7 +108,9 @@ impl VfioContainer {
         const OP: &str = "VFIO_IOMMU_MAP_DMA";
         let range = mapping.range;
         let mut state = self.lock();
-        let Some(info) = state.info.clone() else {
+        // Borrowed, not cloned: the windows are a Vec, and a clone per map was a heap
+        // allocation on the per-request path.
+        let Some(info) = state.info.as_ref() else {
             return Err(backend(
                 OP,
                 range,
@@ -196,10 +198,9 @@ impl DmaMapper for VfioContainer {
         // Type1v2 refuses to split a mapping; say which one instead of EINVAL.
         let first = range.start().0;
         let last = range.last().0;
-        let mut inside = Vec::new();
         // Mappings never overlap, so walking down from the last candidate can stop at
         // the first one that ends before the range.
-        for (start, m) in state.mappings.range(..=last).rev() {
+        for (_, m) in state.mappings.range(..=last).rev() {
             if m.range.last().0 < first {
                 break;
             }
@@ -209,12 +210,18 @@ impl DmaMapper for VfioContainer {
                     mapping: m.range,
                 });
             }
-            inside.push(*start);
         }
         let unmapped = ioctl::iommu_unmap_dma(self.as_fd(), first, range.len(), 0)
             .map_err(|e| backend(OP, range, e))?;
-        for start in inside {
-            state.mappings.remove(&start);
+        // Every mapping starting inside the range lies wholly inside it (checked above).
+        // The usual unmap is of exactly one mapping: remove it by key, with no list of
+        // keys to allocate.
+        if state.mappings.get(&first).is_some_and(|m| m.range == range) {
+            state.mappings.remove(&first);
+        } else {
+            while let Some((&start, _)) = state.mappings.range(first..=last).next() {
+                state.mappings.remove(&start);
+            }
         }
         Ok(unmapped)
     }
