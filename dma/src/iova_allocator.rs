@@ -37,6 +37,9 @@ const BEST_FIT_PROBES: usize = 8;
 /// Sizes of 1, 2, 4, ... 32 granules are cached.
 const CACHED_CLASSES: usize = 6;
 
+/// How many of the most recently cached ranges an aligned request looks through.
+const CACHE_PROBES: usize = 4;
+
 /// Ranges kept per size class: enough for a device queue's worth of requests in
 /// flight (NIC rings and storage queues run to hundreds or thousands), so that steady
 /// per-request traffic never reaches the trees. Linux keeps a few thousand per size.
@@ -263,16 +266,21 @@ impl FreeSpace {
         self.by_size.last().map_or(0, |&(len, _)| len)
     }
 
-    /// A cached range of this class aligned to `align`, if the top of its stack is.
+    /// A cached range of this class aligned to `align`, from the few most recently
+    /// cached: an aligned request finds one a little below the top of the stack rather
+    /// than falling through to the trees. The scan is bounded, so the cost stays O(1).
     fn take_cached(&mut self, class: Option<usize>, align: u64) -> Option<u64> {
-        let stack = &mut self.cache[class?];
-        let &top = stack.last()?;
-        if top & (align - 1) != 0 {
-            return None;
-        }
-        stack.pop();
-        self.cached_bytes -= self.granularity << class?;
-        Some(top)
+        let class = class?;
+        let stack = &mut self.cache[class];
+        let depth = stack.len();
+        let found = stack
+            .iter()
+            .rev()
+            .take(CACHE_PROBES)
+            .position(|&start| start & (align - 1) == 0)?;
+        let start = stack.remove(depth - 1 - found);
+        self.cached_bytes -= self.granularity << class;
+        Some(start)
     }
 
     /// Caches a freed range; false if it has no class or its stack is full.
