@@ -213,6 +213,20 @@ impl Ahci {
         self.start_engine()
     }
 
+    /// Gives a command still in flight (PxCI) up to [`ENGINE_TIMEOUT`] to finish, so
+    /// that stopping the engine never cancels a transfer: the spec allows cancelling,
+    /// but QEMU 7.2's AHCI has crashed when a Ctrl-C stopped it mid-READ DMA. Not
+    /// [`poll_until`]: that gives up at once after Ctrl-C, which is when this matters.
+    fn let_commands_finish(&self) {
+        let deadline = Instant::now() + ENGINE_TIMEOUT;
+        while Instant::now() < deadline {
+            match self.port_read(PX_CI) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => std::thread::sleep(Duration::from_micros(100)),
+            }
+        }
+    }
+
     /// Clears ST and FRE and waits for the command-list and FIS engines to stop.
     fn stop_engines(&self) -> Result<()> {
         let cmd = self.port_read(PX_CMD)?;
@@ -542,6 +556,7 @@ impl Ahci {
         let port = (|| -> Result<()> {
             self.port_write(PX_IE, 0)?;
             self.write(GHC, self.read(GHC)? & !GHC_IE)?;
+            self.let_commands_finish();
             self.stop_engines()?;
             self.port_write(PX_IS, u32::MAX)?;
             self.write(IS, 1 << self.port)
