@@ -7,6 +7,8 @@
 //! 2. `map_sg_64_pages`: `map_sg` + `unmap_sg` of a 64-page list, contiguous and
 //!    scattered, per page (no coalescing), strict and batched, on a mapper that only
 //!    counts calls; the calls per request are printed.
+//! 3. `strict_single_pages`: the rig's `dma_map_sg` workload (256 one-page requests
+//!    mapped, then unmapped) on that mapper: the strict policy's own cost.
 //!
 //! Run with `cargo bench -p dma --bench iova -- --quick`.
 
@@ -290,6 +292,34 @@ fn bench_map_sg(c: &mut Criterion) {
     group.finish();
 }
 
+/// As the rig's `dma_map_sg` bench: `SINGLE_PAGES` one-page requests (every other
+/// page), all mapped, then all unmapped, strict, on a mapper that only counts calls:
+/// the policy's own CPU cost per request.
+fn bench_single_pages(c: &mut Criterion) {
+    const SINGLE_PAGES: u64 = 256;
+    let requests: Vec<GuestSgList> = (0..SINGLE_PAGES)
+        .map(|i| GuestSgList::from_pieces([(GuestPhysAddr(2 * i * PAGE), PAGE)]).unwrap())
+        .collect();
+    let (_, s) = strict();
+    let mut bus = Vec::with_capacity(requests.len());
+    let mut group = c.benchmark_group("strict_single_pages");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(1));
+    group.warm_up_time(Duration::from_millis(300));
+    group.throughput(criterion::Throughput::Elements(SINGLE_PAGES));
+    group.bench_function(BenchmarkId::new("map_sg+unmap_sg", SINGLE_PAGES), |b| {
+        b.iter(|| {
+            for sg in &requests {
+                bus.push(s.map_sg(sg, DmaAccess::DeviceReads).unwrap());
+            }
+            for list in bus.drain(..) {
+                s.unmap_sg(&list).unwrap();
+            }
+        })
+    });
+    group.finish();
+}
+
 fn report_map_sg_calls() {
     const REQUESTS: u64 = 1024;
     println!("\nmapper calls per 64-page map_sg + unmap_sg, averaged over {REQUESTS} requests:");
@@ -330,6 +360,7 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     bench_iova(&mut c);
     bench_map_sg(&mut c);
+    bench_single_pages(&mut c);
     c.final_summary();
     report_iova_ratio();
     report_map_sg_calls();
