@@ -123,25 +123,29 @@ impl GuestMemory {
 
     /// Whether `[gpa, gpa + len)` is wholly registered.
     pub fn contains(&self, gpa: GuestPhysAddr, len: u64) -> bool {
-        self.walk(gpa, len, |_| ()).is_ok()
+        self.walk(gpa, len, |_| Ok(())).is_ok()
     }
 
     /// The host pieces behind `[gpa, gpa + len)`, split where the request crosses from
     /// one region into the next. Errors unless every byte is registered.
     pub fn host_pieces(&self, gpa: GuestPhysAddr, len: u64) -> Result<Vec<HostPiece>, DmaError> {
         let mut pieces = Vec::with_capacity(1);
-        self.walk(gpa, len, |p| pieces.push(p))?;
+        self.walk(gpa, len, |p| {
+            pieces.push(p);
+            Ok(())
+        })?;
         Ok(pieces)
     }
 
     /// Calls `piece` for each host piece behind `[gpa, gpa + len)`, in order, and
     /// errors unless every byte is registered (pieces before the gap have been passed).
+    /// Stops at the first error `piece` returns, and returns it.
     /// The allocation-free form of [`GuestMemory::host_pieces`].
     pub fn walk(
         &self,
         gpa: GuestPhysAddr,
         len: u64,
-        mut piece: impl FnMut(HostPiece),
+        mut piece: impl FnMut(HostPiece) -> Result<(), DmaError>,
     ) -> Result<(), DmaError> {
         let outside = || DmaError::OutsideGuestMemory { gpa: gpa.0, len };
         if len == 0 || gpa.0.checked_add(len).is_none() {
@@ -158,7 +162,7 @@ impl GuestMemory {
                 gpa: GuestPhysAddr(at),
                 vaddr: HostVirtAddr(region.vaddr.0 + (at - region.gpa.0)),
                 len: take,
-            });
+            })?;
             at += take;
         }
         Ok(())

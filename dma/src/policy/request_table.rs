@@ -115,16 +115,10 @@ impl<M: DmaMapper> RequestTable<M> {
         // IOVAs are filled in once the allocation is known (they are offsets until then).
         let mut mappings = Pieces::new();
         let mut total: u64 = 0;
-        let mut failed = None;
         for run in &runs {
             memory.walk(run.start, run.len, |piece| {
-                if failed.is_none() {
-                    failed = append_piece(&mut mappings, &mut total, piece, access).err();
-                }
+                append_piece(&mut mappings, &mut total, piece, access)
             })?;
-        }
-        if let Some(err) = failed {
-            return Err(err);
         }
         let iova = match self.iovas.alloc(total, page) {
             Err(DmaError::IovaExhausted { .. }) if reclaim()? => self.iovas.alloc(total, page)?,
@@ -191,6 +185,11 @@ impl<M: DmaMapper> RequestTable<M> {
     /// IOVAs are freed only after the unmap succeeded: on failure they stay allocated,
     /// so a range the device might still reach is never handed out again.
     pub(crate) fn release(&self, ranges: &mut [IovaRange]) -> Result<(), DmaError> {
+        if let [range] = ranges {
+            // One request, the usual case: nothing to sort or merge.
+            self.mapper.unmap_batch(std::slice::from_ref(range))?;
+            return self.iovas.free(*range);
+        }
         if ranges.is_empty() {
             return Ok(());
         }
