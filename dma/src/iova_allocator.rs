@@ -149,10 +149,12 @@ impl IovaAllocator {
             return Err(DmaError::InvalidAlignment { align });
         }
         let align = align.max(self.granularity);
-        let size = round_up(size, self.granularity).ok_or(DmaError::RangeOverflow {
-            start: 0,
-            len: size,
-        })?;
+        let Some(size) = round_up(size, self.granularity) else {
+            return Err(DmaError::RangeOverflow {
+                start: 0,
+                len: size,
+            });
+        };
         let class = self.class_of(size);
         let mut free = self.lock();
         let at = match free.take_cached(class, align) {

@@ -242,12 +242,14 @@ fn append_piece(
             access,
         )?),
     }
-    *total = total
-        .checked_add(piece.len)
-        .ok_or(DmaError::RangeOverflow {
+    // let-else, not ok_or: an eagerly built error is dropped on every piece.
+    let Some(next) = total.checked_add(piece.len) else {
+        return Err(DmaError::RangeOverflow {
             start: piece.gpa.0,
             len: piece.len,
-        })?;
+        });
+    };
+    *total = next;
     Ok(())
 }
 
@@ -271,10 +273,12 @@ fn bus_addresses(
             run_offset += r.len;
             run = run_iter.next();
         }
-        let r = run.ok_or(DmaError::OutsideGuestMemory {
-            gpa: seg.addr.0,
-            len: seg.len,
-        })?;
+        let Some(r) = run else {
+            return Err(DmaError::OutsideGuestMemory {
+                gpa: seg.addr.0,
+                len: seg.len,
+            });
+        };
         bus.push(
             Iova(base.0 + run_offset + (seg.addr.0 - r.start.0)),
             seg.len,
