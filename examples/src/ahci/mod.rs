@@ -450,6 +450,21 @@ impl Ahci {
         let started = Instant::now();
         loop {
             if done(self)? {
+                // The command may have ended before this loop first looked; its MSI
+                // is then already in the eventfd. Take it now, so it is counted and
+                // does not wake the next command's wait early.
+                let msi = self.msi.as_ref().expect("interrupt mode");
+                let fd = msi.eventfd(0).expect("MSI has one vector");
+                if fd
+                    .read()
+                    .map_err(|source| DriverError::Irq {
+                        device: self.name().into(),
+                        source,
+                    })?
+                    .is_some()
+                {
+                    self.interrupts += 1;
+                }
                 return Ok(());
             }
             if stop::requested() {
