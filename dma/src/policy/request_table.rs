@@ -25,7 +25,7 @@ use crate::iova::{Iova, IovaRange};
 use crate::iova_allocator::IovaAllocator;
 use crate::mapper::{DmaAccess, DmaMapper, DmaMapping};
 use crate::policy::live_table::{LiveMapping, LiveTable, Runs};
-use crate::sg_list::{BusSgList, GuestSgList, PageRun};
+use crate::sg_list::{BusSgList, GuestSgList, PageRun, SgSegment};
 
 /// The host pieces of one request, each one mapping.
 type Pieces = SmallVec<[DmaMapping; 2]>;
@@ -155,29 +155,24 @@ impl<M: DmaMapper> RequestTable<M> {
         dispose: impl FnOnce(&mut Released) -> Result<(), DmaError>,
     ) -> Result<(), DmaError> {
         let _memory = self.memory();
-        let mut taken = {
+        let mut taken = Released::new();
+        {
             let mut live = self.live();
-            let mut keys: SmallVec<[u64; 2]> = SmallVec::new();
-            for seg in bus.segments() {
-                let unknown = || DmaError::UnknownBusAddress {
-                    addr: seg.addr.0,
-                    len: seg.len,
-                };
-                let (key, m) = live.find(seg.addr.0).ok_or_else(unknown)?;
-                let within =
-                    IovaRange::new(seg.addr, seg.len).is_ok_and(|r| m.iova.contains_range(&r));
-                if !within {
-                    return Err(unknown());
+            if let [seg] = bus.segments() {
+                // One buffer, the usual request: no list of keys to build.
+                let key = owner(&live, seg)?;
+                taken.extend(live.remove(key).map(|m| m.iova));
+            } else {
+                let mut keys: SmallVec<[u64; 2]> = SmallVec::new();
+                for seg in bus.segments() {
+                    let key = owner(&live, seg)?;
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
                 }
-                if !keys.contains(&key) {
-                    keys.push(key);
-                }
+                taken.extend(keys.iter().filter_map(|k| live.remove(*k)).map(|m| m.iova));
             }
-            keys.iter()
-                .filter_map(|k| live.remove(*k))
-                .map(|m| m.iova)
-                .collect::<Released>()
-        };
+        }
         dispose(&mut taken)
     }
 
@@ -221,6 +216,20 @@ impl<M: DmaMapper> RequestTable<M> {
     fn live(&self) -> MutexGuard<'_, LiveTable> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The first IOVA of the live request that wholly contains `seg`.
+fn owner(live: &LiveTable, seg: &SgSegment<Iova>) -> Result<u64, DmaError> {
+    let unknown = || DmaError::UnknownBusAddress {
+        addr: seg.addr.0,
+        len: seg.len,
+    };
+    let (key, m) = live.find(seg.addr.0).ok_or_else(unknown)?;
+    let within = IovaRange::new(seg.addr, seg.len).is_ok_and(|r| m.iova.contains_range(&r));
+    if !within {
+        return Err(unknown());
+    }
+    Ok(key)
 }
 
 /// Appends a host piece at IOVA offset `*total`, growing the previous mapping when the
