@@ -36,10 +36,11 @@ fn overlapping(state: &ContainerState, range: &IovaRange) -> Option<IovaRange> {
 }
 
 thread_local! {
-    /// Whether this thread held CAP_IPC_LOCK when it last read its status. Reading
-    /// `/proc/thread-self/status` costs more than the map ioctl itself, so a thread
-    /// known to be exempt from the limit skips it; if the thread has dropped the
-    /// capability since, the kernel refuses with ENOMEM and [`memlock_refusal`] still
+    /// Whether this thread had no locked-memory limit (RLIMIT_MEMLOCK infinite) or held
+    /// CAP_IPC_LOCK when it last looked. Reading `/proc/thread-self/status` costs more
+    /// than the map ioctl itself, and even getrlimit is a syscall per map, so a thread
+    /// known to be exempt skips both; if the limit was lowered or the capability
+    /// dropped since, the kernel refuses with ENOMEM and [`memlock_refusal`] still
     /// gives the actionable error.
     static EXEMPT_FROM_MEMLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -62,6 +63,7 @@ fn read_thread_memlock() -> Result<MemlockStatus, DmaError> {
             source: e.into(),
         })?;
     if soft == nix::sys::resource::RLIM_INFINITY {
+        EXEMPT_FROM_MEMLOCK.set(true);
         return Ok(NO_LIMIT);
     }
     // Without /proc the kernel's own check is the only one.
