@@ -74,6 +74,23 @@ impl ReadReport {
     }
 }
 
+impl std::fmt::Display for ReadReport {
+    /// "1048576 bytes in 0.004 s (240.70 MB/s); every sector holds the disk pattern"
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} bytes in {:.3} s ({:.2} MB/s)",
+            self.bytes,
+            self.elapsed.as_secs_f64(),
+            self.mb_per_s()
+        )?;
+        if self.verified {
+            f.write_str("; every sector holds the disk pattern")?;
+        }
+        Ok(())
+    }
+}
+
 /// Reads `count` sectors from `first`, one command of the driver's largest size after
 /// another, in place (no copy: the figure is the device's and the driver's). With
 /// `verify`, every sector is then copied out and checked against the rig's disk

@@ -212,3 +212,20 @@ pub fn sysfs_resources(bdf: &str) -> Result<Vec<SysfsResource>> {
         })
         .collect()
 }
+
+/// Binds each of `bdfs` to vfio-pci and opens them all in one container (each in its
+/// own group), so they share one IOVA space: what a test of device-to-device DMA needs.
+pub fn open_in_one_container(
+    bdfs: &[&str],
+) -> Result<(udriver::vfio::VfioContainer, Vec<udriver::vfio::VfioDevice>)> {
+    let container = udriver::vfio::VfioContainer::open()?;
+    let devices = bdfs
+        .iter()
+        .map(|bdf| {
+            let group = udriver::vfio::VfioGroup::open(bind_to_vfio(bdf)?)?;
+            container.attach(&group)?;
+            Ok(group.open_device(bdf)?)
+        })
+        .collect::<Result<_>>()?;
+    Ok((container, devices))
+}

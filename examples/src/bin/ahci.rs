@@ -115,17 +115,7 @@ fn run(args: &Args) -> Result<()> {
     );
     for pass in 1..=args.passes {
         let report = block::read_sequential(&mut ahci, args.lba, count, args.verify_pattern)?;
-        println!(
-            "ahci: pass {pass}: {} bytes in {:.3} s ({:.2} MB/s){}",
-            report.bytes,
-            report.elapsed.as_secs_f64(),
-            report.mb_per_s(),
-            if report.verified {
-                "; every sector holds the disk pattern"
-            } else {
-                ""
-            }
-        );
+        println!("ahci: pass {pass}: {report}");
     }
     if let Some(lba) = args.write_test {
         block::write_round_trip(&mut ahci, lba, 8)?;

@@ -107,17 +107,7 @@ fn run(args: &Args) -> Result<()> {
             args.lba
         );
         let report = block::read_sequential(&mut ide, args.lba, count, args.verify_pattern)?;
-        println!(
-            "ide: {mode:?}: {} bytes in {:.3} s ({:.2} MB/s){}",
-            report.bytes,
-            report.elapsed.as_secs_f64(),
-            report.mb_per_s(),
-            if report.verified {
-                "; every sector holds the disk pattern"
-            } else {
-                ""
-            }
-        );
+        println!("ide: {mode:?}: {report}");
     }
     if let Some(lba) = args.write_test {
         for &mode in modes {

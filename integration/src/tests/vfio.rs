@@ -654,15 +654,8 @@ fn received(
 /// After the buffer is unmapped the same descriptor sends nothing (the IOMMU faults the
 /// read), while a frame from a still-mapped buffer arrives.
 fn e1000_dma_tx_and_unmap() -> Result<()> {
-    let ga = rig::bind_to_vfio(rig::E1000_A)?;
-    let gb = rig::bind_to_vfio(rig::E1000_B)?;
-    let container = VfioContainer::open()?;
-    let group_a = VfioGroup::open(ga)?;
-    let group_b = VfioGroup::open(gb)?;
-    container.attach(&group_a)?;
-    container.attach(&group_b)?;
-    let a = group_a.open_device(rig::E1000_A)?;
-    let b = group_b.open_device(rig::E1000_B)?;
+    let (container, devices) = rig::open_in_one_container(&[rig::E1000_A, rig::E1000_B])?;
+    let [a, b]: [VfioDevice; 2] = devices.try_into().expect("two devices asked for");
     let bar_a = a.bar(0)?;
     let bar_b = b.bar(0)?;
 
