@@ -520,6 +520,7 @@ impl<'a> Claimer<'a> {
             pid: std::process::id(),
             claimed_at: now_seconds(),
             phase: ClaimPhase::Recorded,
+            serve: None,
         });
         state.put(record.clone());
         file.save(state)?;

@@ -78,6 +78,11 @@ pub struct ClaimRecord {
     pub claimed_at: u64,
     /// How far it got.
     pub phase: ClaimPhase,
+    /// The frontend `udrv serve` serves the device on (e.g. `uml:/run/udrv/nic.sock`),
+    /// recorded before the frontend starts, so that a restarted service serves it
+    /// again. Files written before this field existed parse as `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve: Option<String>,
 }
 
 /// The whole state: every claim.
@@ -280,6 +285,7 @@ mod tests {
             pid: 42,
             claimed_at: 1_700_000_000,
             phase,
+            serve: None,
         }
     }
 
@@ -322,6 +328,31 @@ mod tests {
         assert_eq!(state.claims.len(), 1);
         state.remove("0000:00:02.0".parse().unwrap());
         assert!(state.claims.is_empty());
+    }
+
+    #[test]
+    fn serve_field_is_optional_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        // A file written before the field existed.
+        fs::write(
+            &path,
+            r#"{"version":1,"claims":[{"address":"0000:00:04.0","original_driver":"e1000e",
+            "original_override":null,"iommu_group":5,"owner_uid":0,"owner_name":null,
+            "pid":7,"claimed_at":1,"phase":"attached"}]}"#,
+        )
+        .unwrap();
+        let (file, mut state) = StateFile::open(&path).unwrap();
+        assert_eq!(state.claims[0].serve, None);
+        let text = serde_json::to_string(&state).unwrap();
+        assert!(!text.contains("serve"), "{text}");
+        state.claims[0].serve = Some("uml:/run/udrv/nic.sock".into());
+        file.save(&state).unwrap();
+        let read = StateFile::read(&path).unwrap();
+        assert_eq!(
+            read.claims[0].serve.as_deref(),
+            Some("uml:/run/udrv/nic.sock")
+        );
     }
 
     #[test]

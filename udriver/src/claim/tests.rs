@@ -496,6 +496,7 @@ fn a_recorded_device_that_is_gone_is_dropped() {
         pid: 1,
         claimed_at: 0,
         phase: ClaimPhase::Attached,
+        serve: None,
     });
     file.save(&state).unwrap();
     drop(file);

@@ -5,8 +5,8 @@ mod address;
 mod class;
 mod device;
 mod error;
-#[cfg(test)]
-pub(crate) mod fixture;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixture;
 pub mod in_use;
 mod inventory;
 mod iommu_group;
