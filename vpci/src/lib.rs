@@ -66,6 +66,7 @@ pub mod config_space;
 pub mod description;
 pub mod devfn;
 pub mod ecam;
+pub mod frontend;
 pub mod function;
 pub mod host_bridge;
 pub mod intx;

@@ -269,6 +269,38 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
         &self.device
     }
 
+    /// Stop the device reaching memory or signalling, for a consumer whose guest went
+    /// away: bus mastering off on the real device, every VFIO vector disabled. The
+    /// virtual state stays as the guest left it; build a new function over
+    /// [`into_device`](Self::into_device) to present a freshly reset one. Both steps
+    /// are tried; the first error is returned.
+    pub fn quiesce(&mut self) -> Result<(), PassthroughError> {
+        let name = self.device.name().to_string();
+        let mut bytes = [0u8; 2];
+        let bus_master = self
+            .device
+            .read_config(header::COMMAND, &mut bytes)
+            .map_err(|e| PassthroughError::device(&name, "reading the command register", e))
+            .and_then(|()| {
+                let old = u16::from_le_bytes(bytes);
+                let new = old & !command::BUS_MASTER;
+                if new == old {
+                    return Ok(());
+                }
+                self.device
+                    .write_config(header::COMMAND, &new.to_le_bytes())
+                    .map_err(|e| PassthroughError::device(&name, "turning bus mastering off", e))
+            });
+        let vectors = self.irqs.apply(&self.device, None);
+        bus_master.and(vectors)
+    }
+
+    /// The device, for building a fresh function over it or giving it back. Vectors
+    /// wired now stay wired: [`quiesce`](Self::quiesce) first.
+    pub fn into_device(self) -> D {
+        self.device
+    }
+
     /// The virtual config model (virtual bits only; [`PciFunction::config_read`] gives
     /// the guest's view).
     pub fn config_space(&self) -> &ConfigSpace {

@@ -35,11 +35,11 @@ mod irq_wiring;
 mod vfio_device;
 
 #[cfg(test)]
-mod fake_device;
+pub(crate) mod fake_device;
 #[cfg(test)]
 mod properties;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use capability_filter::{
     HiddenCapability, ALLOWED_CAPABILITIES, ALLOWED_EXTENDED_CAPABILITIES,

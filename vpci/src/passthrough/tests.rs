@@ -31,7 +31,7 @@ fn pattern(offset: u64) -> u8 {
 
 /// e1000e as VFIO shows it, with an extra 64-bit BAR, a vendor-specific capability
 /// and an SR-IOV capability to hide, and stale host state in MSI and the BARs.
-pub(super) fn e1000e() -> FakeDevice {
+pub(crate) fn e1000e() -> FakeDevice {
     let mut c = vec![0u8; 4096];
     put(&mut c, 0x00, &[0x86, 0x80, 0xd3, 0x10]);
     put(&mut c, 0x04, &0x0006u16.to_le_bytes());

@@ -1,0 +1,574 @@
+//! The vhost-user back-end one UML guest talks to: its command queue served from the
+//! passthrough function, its memory mapped for DMA, its vectors delivered on the irq
+//! queue.
+//!
+//! Two threads touch a guest's state: vhost-user-backend's request thread (memory
+//! tables, resets) and its vring worker (kicks and vector eventfds). Both go through
+//! [`Shared::served`]; the worker takes it once per batch of commands.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use dma::DmaMapper;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringMutex, VringT};
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use super::chain::{self, Writable};
+use super::dma::GuestDma;
+use super::interrupts::{Interrupts, Watcher};
+use super::status::Counters;
+use crate::access_width::AccessWidth;
+use crate::frontend::virtio_pcidev::{self, Command};
+use crate::function::PciFunction;
+use crate::passthrough::{PassthroughDevice, PassthroughFunction};
+
+/// The guest memory vhost-user-backend keeps for the vrings.
+pub(super) type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
+
+/// Queue 0: commands from UML. Queue 1: interrupt buffers UML posts.
+const CMD_QUEUE: u16 = 0;
+const IRQ_QUEUE: u16 = 1;
+const QUEUES: usize = 2;
+/// UML's `MAX_SUPPORTED_QUEUE_SIZE`.
+const MAX_QUEUE_SIZE: usize = 256;
+/// `VIRTIO_F_VERSION_1`.
+const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// State shared by the frontend, its server thread and each guest's back-end.
+pub(super) struct Shared<D: PassthroughDevice> {
+    pub(super) socket: PathBuf,
+    pub(super) device: String,
+    pub(super) mapper: Arc<dyn DmaMapper>,
+    pub(super) served: Mutex<Served<D>>,
+    pub(super) counters: Counters,
+}
+
+impl<D: PassthroughDevice> Shared<D> {
+    pub(super) fn new(
+        function: PassthroughFunction<D>,
+        mapper: Arc<dyn DmaMapper>,
+        socket: PathBuf,
+    ) -> Self {
+        Self {
+            socket,
+            device: function.device().name().to_string(),
+            mapper,
+            served: Mutex::new(Served::new(function)),
+            counters: Counters::default(),
+        }
+    }
+
+    pub(super) fn served(&self) -> MutexGuard<'_, Served<D>> {
+        // Every update under the lock leaves the state usable (a panic in the device
+        // code is the only way to poison it), so a poisoned lock is taken over.
+        self.served.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn error(&self, what: impl std::fmt::Display) {
+        self.counters.error(format!(
+            "{} ({}): {what}",
+            self.socket.display(),
+            self.device
+        ));
+    }
+}
+
+/// The function and everything one guest set up around it.
+pub(super) struct Served<D: PassthroughDevice> {
+    /// `None` only after rebuilding it failed (see `lost`) or after `stop` took it.
+    pub(super) function: Option<PassthroughFunction<D>>,
+    /// Why the function could not be rebuilt for the next guest.
+    pub(super) lost: Option<String>,
+    dma: GuestDma,
+    interrupts: Interrupts,
+    memory: Option<Memory>,
+    readable: Vec<u8>,
+    writable: Writable,
+    reply: Vec<u8>,
+}
+
+/// Watches nothing: for resets with no vring worker left.
+struct NoWatcher;
+
+impl Watcher for NoWatcher {
+    fn watch(&self, _fd: RawFd, _id: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn unwatch(&self, _fd: RawFd, _id: u64) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<D: PassthroughDevice> Served<D> {
+    fn new(function: PassthroughFunction<D>) -> Self {
+        Self {
+            function: Some(function),
+            lost: None,
+            dma: GuestDma::default(),
+            interrupts: Interrupts::default(),
+            memory: None,
+            readable: Vec::new(),
+            writable: Writable::default(),
+            reply: Vec::new(),
+        }
+    }
+
+    /// The guest is gone (or reset the device): the device stops (bus mastering and
+    /// vectors off), the guest's memory is unmapped unless `keep_memory` (a reset
+    /// leaves the memory table in force), and the function is rebuilt from the device
+    /// so the guest finds it freshly reset. Every step is tried; the errors are
+    /// returned.
+    pub(super) fn reset(
+        &mut self,
+        mapper: &Arc<dyn DmaMapper>,
+        watcher: Option<&dyn Watcher>,
+        counters: &Counters,
+        keep_memory: bool,
+    ) -> Vec<String> {
+        let mut errors = Vec::new();
+        self.interrupts.clear(watcher.unwrap_or(&NoWatcher));
+        if let Some(function) = self.function.as_mut() {
+            if let Err(e) = function.quiesce() {
+                errors.push(format!("quiescing the device: {e}"));
+            }
+        }
+        if !keep_memory {
+            if let Err(e) = self.dma.unmap_all(mapper) {
+                errors.push(format!("unmapping the guest's memory: {e}"));
+            }
+            counters
+                .dma_mapped_bytes
+                .store(self.dma.mapped_bytes(), Relaxed);
+            self.memory = None;
+        }
+        if let Some(function) = self.function.take() {
+            match PassthroughFunction::new(function.into_device()) {
+                Ok(function) => self.function = Some(function),
+                Err(e) => {
+                    let why = format!("rebuilding the function for the next guest: {e}");
+                    self.lost = Some(why.clone());
+                    errors.push(why);
+                }
+            }
+        }
+        errors
+    }
+
+    /// Stop the device and unmap everything, for giving the function back.
+    pub(super) fn quiesce(
+        &mut self,
+        mapper: &Arc<dyn DmaMapper>,
+        counters: &Counters,
+    ) -> Vec<String> {
+        let mut errors = Vec::new();
+        self.interrupts.clear(&NoWatcher);
+        if let Some(function) = self.function.as_mut() {
+            if let Err(e) = function.quiesce() {
+                errors.push(format!("quiescing the device: {e}"));
+            }
+        }
+        if let Err(e) = self.dma.unmap_all(mapper) {
+            errors.push(format!("unmapping the guest's memory: {e}"));
+        }
+        counters
+            .dma_mapped_bytes
+            .store(self.dma.mapped_bytes(), Relaxed);
+        self.memory = None;
+        errors
+    }
+}
+
+impl<T: VhostUserBackend> Watcher for VringEpollHandler<T> {
+    fn watch(&self, fd: RawFd, id: u64) -> io::Result<()> {
+        self.register_listener(fd, EventSet::IN, id)
+    }
+    fn unwatch(&self, fd: RawFd, id: u64) -> io::Result<()> {
+        self.unregister_listener(fd, EventSet::IN, id)
+    }
+}
+
+/// What one batch of commands did.
+#[derive(Default)]
+struct Batch {
+    config: u64,
+    reads: u64,
+    writes: u64,
+    refused: u64,
+    /// The last command was posted (UML is not polling for it), so UML needs a call to
+    /// reclaim its buffers.
+    ends_posted: bool,
+}
+
+/// One guest connection's back-end.
+pub(super) struct UmlBackend<D: PassthroughDevice + 'static> {
+    shared: Arc<Shared<D>>,
+    epoll: OnceLock<Weak<VringEpollHandler<Arc<UmlBackend<D>>>>>,
+}
+
+impl<D: PassthroughDevice + 'static> UmlBackend<D> {
+    pub(super) fn new(shared: Arc<Shared<D>>) -> Self {
+        Self {
+            shared,
+            epoll: OnceLock::new(),
+        }
+    }
+
+    /// The worker's epoll, once the daemon made it (weak: it holds this back-end).
+    pub(super) fn set_epoll(&self, epoll: &Arc<VringEpollHandler<Arc<UmlBackend<D>>>>) {
+        let _ = self.epoll.set(Arc::downgrade(epoll));
+    }
+
+    fn watcher(&self) -> Option<Arc<VringEpollHandler<Arc<UmlBackend<D>>>>> {
+        self.epoll.get().and_then(Weak::upgrade)
+    }
+
+    /// The guest went away (`keep_memory` false) or reset the device: quiesce, unmap
+    /// and rebuild (see [`Served::reset`]).
+    pub(super) fn guest_left(&self, keep_memory: bool) {
+        let watcher = self.watcher();
+        let errors = self.shared.served().reset(
+            &self.shared.mapper,
+            watcher.as_deref().map(|w| w as &dyn Watcher),
+            &self.shared.counters,
+            keep_memory,
+        );
+        for e in errors {
+            self.shared.error(e);
+        }
+    }
+
+    fn serve_commands(&self, cmd: &VringMutex, irq: &VringMutex) {
+        let mut guard = self.shared.served();
+        let served = &mut *guard;
+        let (Some(function), Some(memory)) = (served.function.as_mut(), served.memory.as_ref())
+        else {
+            return;
+        };
+        let mem = memory.memory();
+        let mut batch = Batch::default();
+        {
+            let mut vring = cmd.get_mut();
+            while let Some(chain) = vring.get_queue_mut().pop_descriptor_chain(&*mem) {
+                let (head, split) =
+                    chain::split(chain, &mem, &mut served.readable, &mut served.writable);
+                let written = match split {
+                    Ok(()) => match virtio_pcidev::parse(&served.readable) {
+                        Ok(command) => execute(
+                            function,
+                            command,
+                            &served.writable,
+                            &mem,
+                            &mut served.reply,
+                            &mut batch,
+                            &self.shared,
+                        ),
+                        Err(e) => {
+                            batch.refused += 1;
+                            self.shared.error(format!("refused a command: {e}"));
+                            served.writable.fill(&mem, 0xff, &mut served.reply)
+                        }
+                    },
+                    Err(e) => {
+                        batch.refused += 1;
+                        self.shared.error(format!("refused a command chain: {e}"));
+                        served.writable.fill(&mem, 0xff, &mut served.reply)
+                    }
+                };
+                if let Err(e) = vring.add_used(head, written as u32) {
+                    self.shared.error(format!("command queue: {e}"));
+                    break;
+                }
+            }
+            if batch.ends_posted {
+                match vring.needs_notification() {
+                    Ok(true) => {
+                        if let Err(e) = vring.signal_used_queue() {
+                            self.shared
+                                .error(format!("signalling the command queue: {e}"));
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => self.shared.error(format!("command queue: {e}")),
+                }
+            }
+        }
+        let c = &self.shared.counters;
+        Counters::add(&c.config_accesses, batch.config);
+        Counters::add(&c.mmio_reads, batch.reads);
+        Counters::add(&c.mmio_writes, batch.writes);
+        tracing::debug!(
+            config = batch.config,
+            reads = batch.reads,
+            writes = batch.writes,
+            refused = batch.refused,
+            "command batch"
+        );
+        for e in function.take_errors() {
+            self.shared.error(e);
+        }
+
+        // Any config or MSI-X table write may have reprogrammed the vectors.
+        let routing_changed = !function.take_msi_routing().is_empty();
+        if let Some(watcher) = self.watcher() {
+            if let Err(e) = served.interrupts.sync(function, routing_changed, &*watcher) {
+                self.shared
+                    .error(format!("watching the guest's vectors: {e}"));
+            }
+        }
+        if routing_changed {
+            // Vectors the guest unmasked with an interrupt pending, and any that fired.
+            for message in function.take_messages() {
+                served.interrupts.push(message);
+            }
+        }
+        deliver(served, irq, &mem, &self.shared);
+    }
+
+    fn vector_fired(&self, id: u64, irq: &VringMutex) {
+        let mut guard = self.shared.served();
+        let served = &mut *guard;
+        let (Some(function), Some(memory)) = (served.function.as_mut(), served.memory.as_ref())
+        else {
+            return;
+        };
+        let Some((kind, vector)) = served.interrupts.vector(id) else {
+            return;
+        };
+        if let Some(message) = function.vector_fired(kind, vector) {
+            served.interrupts.push(message);
+        }
+        let mem = memory.memory();
+        deliver(served, irq, &mem, &self.shared);
+    }
+
+    fn buffers_posted(&self, irq: &VringMutex) {
+        let mut guard = self.shared.served();
+        let served = &mut *guard;
+        let Some(memory) = served.memory.as_ref() else {
+            return;
+        };
+        let mem = memory.memory();
+        deliver(served, irq, &mem, &self.shared);
+    }
+}
+
+fn deliver<D: PassthroughDevice>(
+    served: &mut Served<D>,
+    irq: &VringMutex,
+    mem: &GuestMemoryMmap,
+    shared: &Shared<D>,
+) {
+    match served.interrupts.deliver(irq, mem) {
+        Ok(n) => Counters::add(&shared.counters.interrupts, n),
+        Err(e) => shared.error(format!("delivering interrupts: {e}")),
+    }
+}
+
+/// Serve `command`; returns the bytes written into the chain's writable part.
+fn execute<D: PassthroughDevice + 'static>(
+    function: &mut PassthroughFunction<D>,
+    command: Command<'_>,
+    writable: &Writable,
+    mem: &GuestMemoryMmap,
+    reply: &mut Vec<u8>,
+    batch: &mut Batch,
+    shared: &Shared<D>,
+) -> usize {
+    batch.ends_posted = !command.is_read();
+    let want = command.reply_len();
+    if want > writable.len() {
+        batch.refused += 1;
+        shared.error(format!(
+            "{command}: the chain has {} writable bytes for a {want}-byte answer",
+            writable.len()
+        ));
+        return writable.fill(mem, 0xff, reply);
+    }
+    match command {
+        Command::ConfigRead { offset, size } => {
+            batch.config += 1;
+            let value = config_read(function, offset, size.bytes());
+            write_reply(writable, mem, &value.to_le_bytes()[..size.bytes()], shared)
+        }
+        Command::ConfigWrite {
+            offset,
+            size,
+            value,
+        } => {
+            batch.config += 1;
+            config_write(function, offset, size.bytes(), value);
+            0
+        }
+        Command::MmioRead { bar, offset, len } => {
+            batch.reads += 1;
+            reply.clear();
+            reply.resize(len as usize, 0);
+            if let Err(e) = function.bar_read(bar, offset, reply) {
+                shared.error(format!("{command}: {e}"));
+                reply.fill(0xff);
+            }
+            write_reply(writable, mem, reply, shared)
+        }
+        Command::MmioWrite { bar, offset, data } => {
+            batch.writes += 1;
+            if let Err(e) = function.bar_write(bar, offset, data) {
+                shared.error(format!("{command}: {e}"));
+            }
+            0
+        }
+        Command::MmioMemset {
+            bar,
+            offset,
+            len,
+            value,
+        } => {
+            batch.writes += 1;
+            let size = function.bar_layout().get(bar).map_or(0, |d| d.size);
+            if u64::from(len) > size {
+                shared.error(format!("{command}: longer than the {size:#x}-byte BAR"));
+                return 0;
+            }
+            reply.clear();
+            reply.resize(len as usize, value);
+            if let Err(e) = function.bar_write(bar, offset, reply) {
+                shared.error(format!("{command}: {e}"));
+            }
+            0
+        }
+    }
+}
+
+fn write_reply<D: PassthroughDevice>(
+    writable: &Writable,
+    mem: &GuestMemoryMmap,
+    bytes: &[u8],
+    shared: &Shared<D>,
+) -> usize {
+    writable.write(mem, bytes).unwrap_or_else(|e| {
+        shared.error(format!("answering a read: {e}"));
+        0
+    })
+}
+
+/// A config read of 1, 2, 4 or 8 bytes (8 as two dwords, as a PCI host bridge does).
+fn config_read<F: PciFunction>(function: &mut F, offset: u16, len: usize) -> u64 {
+    match AccessWidth::from_len(len) {
+        Some(width) => function.config_read(offset, width).into(),
+        None => {
+            let low = function.config_read(offset, AccessWidth::Dword);
+            let high = function.config_read(offset + 4, AccessWidth::Dword);
+            u64::from(low) | u64::from(high) << 32
+        }
+    }
+}
+
+fn config_write<F: PciFunction>(function: &mut F, offset: u16, len: usize, value: u64) {
+    match AccessWidth::from_len(len) {
+        Some(width) => function.config_write(offset, width, value as u32),
+        None => {
+            function.config_write(offset, AccessWidth::Dword, value as u32);
+            function.config_write(offset + 4, AccessWidth::Dword, (value >> 32) as u32);
+        }
+    }
+}
+
+impl<D: PassthroughDevice + 'static> VhostUserBackend for UmlBackend<D> {
+    type Bitmap = ();
+    type Vring = VringMutex;
+
+    fn num_queues(&self) -> usize {
+        QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {}
+
+    fn reset_device(&self) {
+        tracing::info!(socket = %self.shared.socket.display(), "UML reset the device");
+        self.guest_left(true);
+    }
+
+    fn update_memory(&self, mem: Memory) -> io::Result<()> {
+        let memory = mem.memory();
+        let mut served = self.shared.served();
+        let result = served.dma.map(&self.shared.mapper, &memory);
+        self.shared
+            .counters
+            .dma_mapped_bytes
+            .store(served.dma.mapped_bytes(), Relaxed);
+        served.memory = Some(mem.clone());
+        match result {
+            Ok(bytes) => {
+                tracing::info!(
+                    socket = %self.shared.socket.display(),
+                    bytes,
+                    "UML memory mapped for the device's DMA (IOVA = UML physical address)"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                let message = format!(
+                    "{} ({}): {e}",
+                    self.shared.socket.display(),
+                    self.shared.device
+                );
+                self.shared.counters.error(message.clone());
+                Err(io::Error::other(message))
+            }
+        }
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                self.shared
+                    .error(format!("creating the vring worker's exit event: {e}"));
+                None
+            }
+        }
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringMutex],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        let (Some(cmd), Some(irq)) = (
+            vrings.get(usize::from(CMD_QUEUE)),
+            vrings.get(usize::from(IRQ_QUEUE)),
+        ) else {
+            return Ok(());
+        };
+        match device_event {
+            CMD_QUEUE => self.serve_commands(cmd, irq),
+            IRQ_QUEUE => self.buffers_posted(irq),
+            id => self.vector_fired(u64::from(id), irq),
+        }
+        // Errors are the guest's or the device's and are recorded; an Err here would
+        // end the vring worker for good.
+        Ok(())
+    }
+}

@@ -1,0 +1,103 @@
+//! Descriptor chains as UML lays them out: the readable descriptors are one message,
+//! however UML split or merged it, and the writable ones take the answer.
+//!
+//! Buffers are the caller's and reused, so serving a command allocates nothing once
+//! they have grown to the largest message seen.
+
+use std::ops::Deref;
+
+use thiserror::Error;
+use virtio_queue::DescriptorChain;
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
+
+/// Largest message taken from the command queue: a BAR write of up to 64 KiB
+/// (memcpy_toio of a whole page run) and its header. Larger ones are refused.
+pub(super) const MAX_MESSAGE: usize = 64 * 1024 + 64;
+
+/// Why a chain could not be read.
+#[derive(Debug, Error)]
+pub(super) enum ChainError {
+    #[error("descriptor at {addr:#x} (+{len:#x}) is outside the guest memory UML registered")]
+    OutsideMemory { addr: u64, len: u32 },
+    #[error("readable part is over {MAX_MESSAGE} bytes")]
+    TooLong,
+}
+
+/// Where a chain's writable part lies, in order.
+#[derive(Debug, Default)]
+pub(super) struct Writable {
+    pieces: Vec<(GuestAddress, u32)>,
+}
+
+impl Writable {
+    /// Total writable bytes.
+    pub(super) fn len(&self) -> usize {
+        self.pieces.iter().map(|(_, len)| *len as usize).sum()
+    }
+
+    /// Write `bytes` from the start of the writable part; returns bytes written (all
+    /// of them, or as many as fit).
+    pub(super) fn write(&self, mem: &GuestMemoryMmap, bytes: &[u8]) -> Result<usize, ChainError> {
+        let mut done = 0;
+        for &(addr, len) in &self.pieces {
+            if done == bytes.len() {
+                break;
+            }
+            let n = (len as usize).min(bytes.len() - done);
+            mem.write_slice(&bytes[done..done + n], addr)
+                .map_err(|_| ChainError::OutsideMemory { addr: addr.0, len })?;
+            done += n;
+        }
+        Ok(done)
+    }
+
+    /// Fill the whole writable part with `byte` (the all-ones answer to a failed read).
+    pub(super) fn fill(&self, mem: &GuestMemoryMmap, byte: u8, scratch: &mut Vec<u8>) -> usize {
+        let mut done = 0;
+        for &(addr, len) in &self.pieces {
+            scratch.clear();
+            scratch.resize((len as usize).min(MAX_MESSAGE), byte);
+            if mem.write_slice(scratch, addr).is_err() {
+                break;
+            }
+            done += scratch.len();
+        }
+        done
+    }
+}
+
+/// Split `chain` into its readable bytes (gathered into `readable`) and its writable
+/// part (into `writable`). Returns the chain's head index for `add_used`.
+pub(super) fn split<M>(
+    chain: DescriptorChain<M>,
+    mem: &GuestMemoryMmap,
+    readable: &mut Vec<u8>,
+    writable: &mut Writable,
+) -> (u16, Result<(), ChainError>)
+where
+    M: Deref + Clone,
+    M::Target: GuestMemory,
+{
+    let head = chain.head_index();
+    readable.clear();
+    writable.pieces.clear();
+    for desc in chain {
+        let (addr, len) = (desc.addr(), desc.len());
+        if desc.is_write_only() {
+            writable.pieces.push((addr, len));
+            continue;
+        }
+        let start = readable.len();
+        let Some(end) = start
+            .checked_add(len as usize)
+            .filter(|e| *e <= MAX_MESSAGE)
+        else {
+            return (head, Err(ChainError::TooLong));
+        };
+        readable.resize(end, 0);
+        if mem.read_slice(&mut readable[start..end], addr).is_err() {
+            return (head, Err(ChainError::OutsideMemory { addr: addr.0, len }));
+        }
+    }
+    (head, Ok(()))
+}

@@ -1,0 +1,178 @@
+//! Interrupts for a UML guest: the function's live MSI/MSI-X vectors are watched on
+//! the vring worker's epoll, and the messages they produce are written into the
+//! buffers UML posts on the irq queue.
+//!
+//! UML posts ten buffers and recycles each one after handling it. A message that finds
+//! no buffer waits here (identical waiting messages are one: an MSI is an edge, and the
+//! driver's handler looks at all the device's work) and goes out when UML posts again.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use vhost_user_backend::{VringMutex, VringT};
+use virtio_queue::QueueT;
+use vm_memory::GuestMemoryMmap;
+
+use super::chain::{self, Writable};
+use crate::frontend::virtio_pcidev::{IrqMessage, HEADER_LEN};
+use crate::msi_routing::{InterruptKind, MsiMessage};
+use crate::passthrough::{LiveIrqs, PassthroughDevice, PassthroughFunction};
+
+/// Epoll ids below this belong to the vrings and the worker's exit event (2 queues).
+pub(super) const FIRST_LISTENER: u64 = 3;
+/// Most messages kept while UML has no buffer posted.
+const MAX_WAITING: usize = 256;
+
+/// Adds and removes fds on the epoll loop that calls the backend back with their id.
+pub(super) trait Watcher {
+    fn watch(&self, fd: RawFd, id: u64) -> io::Result<()>;
+    fn unwatch(&self, fd: RawFd, id: u64) -> io::Result<()>;
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Watched {
+    kind: InterruptKind,
+    vector: u16,
+    fd: RawFd,
+}
+
+/// The vectors watched and the messages waiting for a buffer.
+#[derive(Debug, Default)]
+pub(super) struct Interrupts {
+    /// Entry `i` is watched with id `FIRST_LISTENER + i`.
+    watched: Vec<Watched>,
+    live: Option<LiveIrqs>,
+    waiting: VecDeque<MsiMessage>,
+    /// Messages dropped because too many were waiting.
+    pub(super) dropped: u64,
+    writable: Writable,
+    scratch: Vec<u8>,
+}
+
+impl Interrupts {
+    /// Watch exactly the function's live vectors. Cheap when nothing changed; called
+    /// after every batch of commands, since any config or MSI-X table write may have
+    /// reprogrammed them.
+    pub(super) fn sync<D: PassthroughDevice>(
+        &mut self,
+        function: &PassthroughFunction<D>,
+        routing_changed: bool,
+        watcher: &dyn Watcher,
+    ) -> io::Result<()> {
+        let live = function.live_irqs();
+        if !routing_changed && live == self.live {
+            return Ok(());
+        }
+        let vectors = function.vectors();
+        let same = vectors.len() == self.watched.len()
+            && vectors.iter().zip(&self.watched).all(|(v, w)| {
+                (v.routing.kind, v.routing.vector, v.eventfd.as_raw_fd())
+                    == (w.kind, w.vector, w.fd)
+            });
+        self.live = live;
+        if same {
+            return Ok(());
+        }
+        self.unwatch_all(watcher);
+        for v in vectors {
+            let id = FIRST_LISTENER + self.watched.len() as u64;
+            let fd = v.eventfd.as_raw_fd();
+            watcher.watch(fd, id)?;
+            self.watched.push(Watched {
+                kind: v.routing.kind,
+                vector: v.routing.vector,
+                fd,
+            });
+        }
+        tracing::debug!(vectors = self.watched.len(), live = ?self.live, "watching the guest's vectors");
+        Ok(())
+    }
+
+    /// Stop watching every vector.
+    pub(super) fn unwatch_all(&mut self, watcher: &dyn Watcher) {
+        for (i, w) in self.watched.drain(..).enumerate() {
+            // The fd may already be closed (the function was rebuilt): epoll dropped it.
+            let _ = watcher.unwatch(w.fd, FIRST_LISTENER + i as u64);
+        }
+        self.live = None;
+    }
+
+    /// Forget everything of the guest that left.
+    pub(super) fn clear(&mut self, watcher: &dyn Watcher) {
+        self.unwatch_all(watcher);
+        self.waiting.clear();
+    }
+
+    /// The vector watched with epoll id `id`.
+    pub(super) fn vector(&self, id: u64) -> Option<(InterruptKind, u16)> {
+        let i = usize::try_from(id.checked_sub(FIRST_LISTENER)?).ok()?;
+        self.watched.get(i).map(|w| (w.kind, w.vector))
+    }
+
+    /// Queue `message` for UML.
+    pub(super) fn push(&mut self, message: MsiMessage) {
+        if self.waiting.contains(&message) {
+            return;
+        }
+        if self.waiting.len() == MAX_WAITING {
+            self.dropped += 1;
+            tracing::warn!(
+                data = message.data,
+                "UML has posted no interrupt buffer for {MAX_WAITING} messages; dropping one"
+            );
+            return;
+        }
+        self.waiting.push_back(message);
+    }
+
+    /// Write waiting messages into the buffers UML posted on `vring` and signal it;
+    /// returns how many were delivered.
+    pub(super) fn deliver(&mut self, vring: &VringMutex, mem: &GuestMemoryMmap) -> io::Result<u64> {
+        if self.waiting.is_empty() {
+            return Ok(0);
+        }
+        let mut state = vring.get_mut();
+        if !state.is_enabled() || !state.get_queue().ready() {
+            return Ok(0);
+        }
+        let mut delivered = 0;
+        let mut used = false;
+        while let Some(message) = self.waiting.front().copied() {
+            let Some(head) = state.get_queue_mut().pop_descriptor_chain(mem) else {
+                break;
+            };
+            let (index, split) = chain::split(head, mem, &mut self.scratch, &mut self.writable);
+            let bytes = IrqMessage::Msi {
+                address: message.address,
+                data: message.data,
+            }
+            .encode();
+            let written = match split {
+                Ok(()) => self.writable.write(mem, &bytes).unwrap_or(0),
+                Err(_) => 0,
+            };
+            state
+                .add_used(index, written as u32)
+                .map_err(|e| io::Error::other(format!("irq queue: {e}")))?;
+            used = true;
+            if written >= HEADER_LEN + 4 {
+                self.waiting.pop_front();
+                delivered += 1;
+            } else {
+                tracing::warn!(
+                    writable = self.writable.len(),
+                    "UML posted an interrupt buffer too small for a message; skipped it"
+                );
+            }
+        }
+        if used
+            && state
+                .needs_notification()
+                .map_err(|e| io::Error::other(format!("irq queue: {e}")))?
+        {
+            state.signal_used_queue()?;
+        }
+        Ok(delivered)
+    }
+}

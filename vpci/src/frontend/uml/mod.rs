@@ -1,0 +1,402 @@
+//! Serving a passthrough function to a User-Mode Linux guest.
+//!
+//! UML with `CONFIG_UML_PCI_OVER_VIRTIO` connects to a vhost-user socket
+//! (`virtio_uml.device=SOCKET:ID`, ID = its `CONFIG_UML_PCI_OVER_VIRTIO_DEVICE_ID`) and
+//! forwards its PCI config and BAR accesses as [`virtio_pcidev`] commands. A
+//! [`UmlFrontend`] is the back-end of that socket:
+//!
+//! ```text
+//! UmlFrontend             listens, one guest at a time, on a thread of its own
+//!   backend::UmlBackend   vhost-user-backend back-end of one guest connection
+//!     chain               descriptor chains -> message bytes, answers -> writable part
+//!     dma::GuestDma       UML's memory mapped for DMA, IOVA = UML physical address
+//!     interrupts          vector eventfds watched, MSI messages -> irq queue
+//!   status                counters -> FrontendStatus
+//! ```
+//!
+//! Config reads and writes go to [`PciFunction::config_read`]/`config_write`, BAR
+//! accesses to `bar_read`/`bar_write` (the MSI-X table and PBA are emulated there,
+//! everything else reaches the real BAR). Reads are answered in the same chain; UML
+//! busy-waits for them, so the command queue is only signalled when a batch ends with
+//! a posted write (UML then reclaims its buffers). UML has no usable INTx: the guest's
+//! MSI/MSI-X vectors are delivered as `MSI` messages, whose data UML takes as its IRQ
+//! number.
+//!
+//! When a guest disconnects or dies, the device is quiesced (bus mastering and vectors
+//! off), its memory unmapped, and the function rebuilt from the device, so the next
+//! guest on the same socket finds it freshly reset. VHOST_USER_RESET_DEVICE does the
+//! same but keeps the memory table. VHOST_USER_RESET_OWNER is handled inside
+//! vhost-user-backend and not seen here; a front-end that sends it sets up memory and
+//! queues again, which replaces the mappings, and closing the socket quiesces.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use std::sync::Arc;
+//! use udriver::vfio::{VfioContainer, VfioGroup};
+//! use vpci::frontend::UmlFrontend;
+//! use vpci::passthrough::{PassthroughFunction, VfioPassthroughDevice};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let container = Arc::new(VfioContainer::open()?);
+//! let group = VfioGroup::open(12)?;
+//! container.attach(&group)?;
+//! let device = VfioPassthroughDevice::new(group.open_device("0000:00:04.0")?)?;
+//! let function = PassthroughFunction::new(device)?;
+//! let frontend = UmlFrontend::start(function, container, Path::new("/run/udrv/e1000e.sock"))?;
+//! // linux ... virtio_uml.device=/run/udrv/e1000e.sock:1234
+//! println!("{:?}", frontend.status());
+//! let function = frontend.stop()?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`virtio_pcidev`]: crate::frontend::virtio_pcidev
+//! [`PciFunction::config_read`]: crate::PciFunction::config_read
+
+mod backend;
+mod chain;
+mod dma;
+mod interrupts;
+mod status;
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use ::dma::DmaMapper;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use thiserror::Error;
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use self::backend::{Shared, UmlBackend};
+pub use self::status::FrontendStatus;
+use crate::passthrough::{PassthroughDevice, PassthroughFunction, VfioPassthroughDevice};
+
+/// Why a UML frontend could not start, or could not give its function back.
+#[derive(Debug, Error)]
+pub enum FrontendError {
+    #[error("{}: exists and is not a socket; remove it or choose another path for UML's socket", socket.display())]
+    NotASocket { socket: PathBuf },
+    #[error("{}: another process is serving it (a connection succeeded); stop that server or choose another path", socket.display())]
+    SocketInUse { socket: PathBuf },
+    #[error("{}: cannot {action}: {source}; check that its directory exists and is writable", socket.display())]
+    Socket {
+        socket: PathBuf,
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} ({device}): cannot start the thread serving it: {source}", socket.display())]
+    Thread {
+        socket: PathBuf,
+        device: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} ({device}): the thread serving it panicked; the device was quiesced and its guest memory unmapped", socket.display())]
+    ServerPanicked { socket: PathBuf, device: String },
+    #[error("{} ({device}): the function is gone: {reason}; detach the device and attach it again", socket.display())]
+    FunctionLost {
+        socket: PathBuf,
+        device: String,
+        reason: String,
+    },
+}
+
+/// Stopping the server thread: a flag, a wake-up for its poll, the live connection.
+struct Control {
+    stopping: AtomicBool,
+    wake: EventFd,
+    connection: Mutex<Option<ShutdownHandle>>,
+}
+
+impl Control {
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    fn connection(&self) -> std::sync::MutexGuard<'_, Option<ShutdownHandle>> {
+        self.connection.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait until a guest connects (true) or the frontend stops (false).
+    fn wait_for_guest(&self, listener: &Listener) -> io::Result<bool> {
+        loop {
+            if self.stopping() {
+                return Ok(false);
+            }
+            // SAFETY: both fds are owned by objects that outlive this call.
+            let (listen_fd, wake_fd) = unsafe {
+                (
+                    std::os::fd::BorrowedFd::borrow_raw(listener.as_raw_fd()),
+                    std::os::fd::BorrowedFd::borrow_raw(self.wake.as_raw_fd()),
+                )
+            };
+            let mut fds = [
+                PollFd::new(listen_fd, PollFlags::POLLIN),
+                PollFd::new(wake_fd.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            if self.stopping() {
+                return Ok(false);
+            }
+            if fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLIN))
+            {
+                return Ok(true);
+            }
+        }
+    }
+}
+
+/// A passthrough function served to one UML guest at a time over a vhost-user socket.
+pub struct UmlFrontend<D: PassthroughDevice + 'static = VfioPassthroughDevice> {
+    shared: Arc<Shared<D>>,
+    control: Arc<Control>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl<D: PassthroughDevice + 'static> UmlFrontend<D> {
+    /// Listen on `socket` (created; an existing stale socket file is replaced) and serve
+    /// `function` to one UML guest at a time, on threads of its own. Guest memory from
+    /// SET_MEM_TABLE is mapped through `mapper` with IOVA = UML physical address
+    /// (identity policy), unmapped when the guest goes.
+    pub fn start(
+        function: PassthroughFunction<D>,
+        mapper: Arc<dyn DmaMapper>,
+        socket: &Path,
+    ) -> Result<Self, FrontendError> {
+        let listener = listen(socket)?;
+        let shared = Arc::new(Shared::new(function, mapper, socket.to_path_buf()));
+        let control = Arc::new(Control {
+            stopping: AtomicBool::new(false),
+            wake: EventFd::new(EFD_NONBLOCK).map_err(|source| FrontendError::Socket {
+                socket: socket.to_path_buf(),
+                action: "create its wake-up eventfd",
+                source,
+            })?,
+            connection: Mutex::new(None),
+        });
+        let (s, c) = (shared.clone(), control.clone());
+        let server = std::thread::Builder::new()
+            .name("udrv-uml".into())
+            .spawn(move || serve(listener, &s, &c))
+            .map_err(|source| FrontendError::Thread {
+                socket: socket.to_path_buf(),
+                device: shared.device.clone(),
+                source,
+            })?;
+        tracing::info!(socket = %socket.display(), device = %shared.device, "serving to UML");
+        Ok(Self {
+            shared,
+            control,
+            server: Some(server),
+        })
+    }
+
+    /// The socket UML connects to.
+    pub fn socket(&self) -> &Path {
+        &self.shared.socket
+    }
+
+    /// What the frontend has done so far.
+    pub fn status(&self) -> FrontendStatus {
+        self.shared.counters.snapshot(self.shared.socket.clone())
+    }
+
+    /// Stop serving: disconnect the guest, quiesce the device, remove the socket, and
+    /// give the function back.
+    pub fn stop(mut self) -> Result<PassthroughFunction<D>, FrontendError> {
+        let panicked = !self.stop_server();
+        let mut served = self.shared.served();
+        for e in served.quiesce(&self.shared.mapper, &self.shared.counters) {
+            self.shared.counters.error(e);
+        }
+        let lost = served.lost.clone();
+        let function = served.function.take();
+        drop(served);
+        match function {
+            _ if panicked => Err(FrontendError::ServerPanicked {
+                socket: self.shared.socket.clone(),
+                device: self.shared.device.clone(),
+            }),
+            Some(function) => Ok(function),
+            None => Err(FrontendError::FunctionLost {
+                socket: self.shared.socket.clone(),
+                device: self.shared.device.clone(),
+                reason: lost.unwrap_or_else(|| "taken already".into()),
+            }),
+        }
+    }
+
+    /// Stop the server thread and wait for it; false if it panicked.
+    fn stop_server(&mut self) -> bool {
+        let Some(server) = self.server.take() else {
+            return true;
+        };
+        self.control.stopping.store(true, Ordering::Release);
+        let _ = self.control.wake.write(1);
+        if let Some(connection) = self.control.connection().as_ref() {
+            connection.shutdown();
+        }
+        // A server blocked in accept() (a guest that connected and gave up at once)
+        // wakes on a connection of its own.
+        let _ = UnixStream::connect(&self.shared.socket);
+        server.join().is_ok()
+    }
+}
+
+impl<D: PassthroughDevice + 'static> Drop for UmlFrontend<D> {
+    fn drop(&mut self) {
+        if self.server.is_none() {
+            return;
+        }
+        self.stop_server();
+        // Never leave the device bus-mastering into memory that is about to go.
+        for e in self
+            .shared
+            .served()
+            .quiesce(&self.shared.mapper, &self.shared.counters)
+        {
+            self.shared.counters.error(e);
+        }
+    }
+}
+
+/// Bind `socket`, replacing a stale socket file but nothing else.
+fn listen(socket: &Path) -> Result<Listener, FrontendError> {
+    let path = socket.to_path_buf();
+    match std::fs::symlink_metadata(socket) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(FrontendError::NotASocket { socket: path })
+        }
+        Ok(_) => {
+            if UnixStream::connect(socket).is_ok() {
+                return Err(FrontendError::SocketInUse { socket: path });
+            }
+            std::fs::remove_file(socket).map_err(|source| FrontendError::Socket {
+                socket: path.clone(),
+                action: "remove the stale socket",
+                source,
+            })?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(FrontendError::Socket {
+                socket: path,
+                action: "look at the path",
+                source,
+            })
+        }
+    }
+    Listener::new(socket, false).map_err(|e| FrontendError::Socket {
+        socket: path,
+        action: "listen",
+        source: io::Error::other(e.to_string()),
+    })
+}
+
+/// The server thread: one guest after another until the frontend stops. Dropping the
+/// listener at the end removes the socket.
+fn serve<D: PassthroughDevice + 'static>(
+    mut listener: Listener,
+    shared: &Arc<Shared<D>>,
+    control: &Control,
+) {
+    loop {
+        match control.wait_for_guest(&listener) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                shared.counters.error(format!(
+                    "{}: waiting for a guest: {e}",
+                    shared.socket.display()
+                ));
+                break;
+            }
+        }
+        if let Some(reason) = shared.served().lost.clone() {
+            shared.counters.error(format!(
+                "{} ({}): a guest connected but the function is gone ({reason}); no longer serving",
+                shared.socket.display(),
+                shared.device
+            ));
+            break;
+        }
+        serve_guest(&mut listener, shared, control);
+        if control.stopping() {
+            break;
+        }
+    }
+}
+
+/// Accept one guest and serve it until it goes; then quiesce and reset.
+fn serve_guest<D: PassthroughDevice + 'static>(
+    listener: &mut Listener,
+    shared: &Arc<Shared<D>>,
+    control: &Control,
+) {
+    let backend = Arc::new(UmlBackend::new(shared.clone()));
+    let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let mut daemon = match VhostUserDaemon::new("udrv-uml-guest".into(), backend.clone(), memory) {
+        Ok(daemon) => daemon,
+        Err(e) => {
+            shared.counters.error(format!(
+                "{}: setting up for a guest: {e}",
+                shared.socket.display()
+            ));
+            return;
+        }
+    };
+    let workers = daemon.get_epoll_handlers();
+    if let Some(worker) = workers.first() {
+        backend.set_epoll(worker);
+    }
+    let counters = &shared.counters;
+    match daemon.start(listener) {
+        Ok(()) => {
+            *control.connection() = daemon.shutdown_handle();
+            if control.stopping() {
+                daemon.request_shutdown();
+            }
+            counters.guest_connected.store(true, Ordering::Relaxed);
+            counters.guests_served.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(socket = %shared.socket.display(), device = %shared.device, "UML guest connected");
+            let result = daemon.wait();
+            control.connection().take();
+            match result {
+                Ok(()) => {
+                    tracing::info!(socket = %shared.socket.display(), "UML guest disconnected")
+                }
+                Err(e) if control.stopping() => {
+                    tracing::info!(socket = %shared.socket.display(), "UML guest disconnected by stop ({e})")
+                }
+                Err(e) => counters.error(format!(
+                    "{}: UML guest connection ended: {e}",
+                    shared.socket.display()
+                )),
+            }
+        }
+        Err(e) => counters.error(format!(
+            "{}: accepting a guest: {e}",
+            shared.socket.display()
+        )),
+    }
+    for worker in &workers {
+        worker.send_exit_event();
+    }
+    backend.guest_left(false);
+    counters.guest_connected.store(false, Ordering::Relaxed);
+}
