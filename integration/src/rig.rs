@@ -229,3 +229,14 @@ pub fn open_in_one_container(
         .collect::<Result<_>>()?;
     Ok((container, devices))
 }
+
+/// Waits until the e1000e's interrupt-throttling timers have expired. Call it between
+/// the last e1000e MSI-X interrupt and disabling or resizing MSI-X.
+///
+/// The rig's QEMU 7.2 aborts (an assertion in `e1000e_intrmgr_on_msix_throttling_timer`)
+/// when a throttling timer, armed by an MSI-X interrupt while EITR is non-zero (the
+/// host driver leaves it so), expires after MSI-X was disabled. A timer lasts at most
+/// EITR's 16-bit interval in 256 ns units, about 17 ms.
+pub fn let_e1000e_throttling_expire() {
+    std::thread::sleep(std::time::Duration::from_millis(40));
+}

@@ -575,6 +575,7 @@ fn e1000e_msix_vectors_fire() -> Result<()> {
             .to_string();
         ensure!(e.contains("no masking"), "mask error: {e}");
     }
+    rig::let_e1000e_throttling_expire();
     o.device.resize_irqs(&mut irqs, 2)?;
     bar0.write32(E1000_ICS, E1000E_MSIX_CAUSES[1])?;
     irqs.eventfd(1)
@@ -582,6 +583,7 @@ fn e1000e_msix_vectors_fire() -> Result<()> {
         .wait(Duration::from_secs(5))?
         .context("vector 1 did not fire after shrinking to 2")?;
     bar0.write32(e1000_regs::IMC, u32::MAX)?;
+    rig::let_e1000e_throttling_expire();
     o.device.disable_irqs(IrqIndex::Msix)?;
     Ok(())
 }

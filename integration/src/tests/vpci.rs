@@ -469,6 +469,7 @@ fn e1000e_msix_through_virtual_capability() -> Result<()> {
 
     guest.write32(bar0 + E1000_IMC, u32::MAX)?;
     guest.read32(bar0 + E1000_ICR)?;
+    rig::let_e1000e_throttling_expire();
     guest.cfg_write(at, cap_at + msix::CONTROL, AccessWidth::Word, 0)?;
     let f = guest.function(at)?;
     ensure!(
