@@ -516,7 +516,8 @@ impl<D: PassthroughDevice + 'static> VhostUserBackend for UmlBackend<D> {
             .counters
             .dma_mapped_bytes
             .store(served.dma.mapped_bytes(), Relaxed);
-        served.memory = Some(mem.clone());
+        // Queues are served only from memory that was accepted.
+        served.memory = result.is_ok().then(|| mem.clone());
         match result {
             Ok(bytes) => {
                 tracing::info!(

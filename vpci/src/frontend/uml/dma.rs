@@ -37,6 +37,32 @@ fn identity_mapping(gpa: u64, len: u64, vaddr: u64, page: u64) -> Option<DmaMapp
     .ok()
 }
 
+/// Refuse regions that reach past the end of their file: touching such a page (the
+/// device through the IOMMU, or this process reading a descriptor) would fault, and in
+/// this process that is a SIGBUS. vm-memory maps them without checking.
+fn check_backed(memory: &GuestMemoryMmap) -> Result<(), String> {
+    for region in memory.iter() {
+        let gpa = region.start_addr().0;
+        let Some(file) = region.file_offset() else {
+            continue;
+        };
+        let size = file
+            .file()
+            .metadata()
+            .map_err(|e| format!("region at {gpa:#x}: cannot stat its fd: {e}"))?
+            .len();
+        let end = file.start().checked_add(region.len());
+        if end.is_none_or(|end| end > size) {
+            return Err(format!(
+                "region at UML physical {gpa:#x} (+{:#x}) reaches past the end of its {size:#x}-byte file (offset {:#x}); refused",
+                region.len(),
+                file.start()
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl GuestDma {
     /// Bytes mapped now.
     pub(super) fn mapped_bytes(&self) -> u64 {
@@ -52,6 +78,7 @@ impl GuestDma {
     ) -> Result<u64, String> {
         self.unmap_all(mapper)
             .map_err(|e| format!("unmapping the previous memory table: {e}"))?;
+        check_backed(memory)?;
         let page = mapper.page_size();
         let mut mappings = Vec::new();
         for region in memory.iter() {

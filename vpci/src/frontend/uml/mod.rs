@@ -57,6 +57,8 @@ mod chain;
 mod dma;
 mod interrupts;
 mod status;
+#[cfg(test)]
+mod tests;
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
