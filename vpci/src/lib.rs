@@ -74,6 +74,7 @@ pub mod msi;
 pub mod msi_routing;
 pub mod msix;
 pub mod passthrough;
+pub mod service;
 pub mod test_device;
 
 pub use access_width::AccessWidth;
