@@ -6,7 +6,7 @@ mod ahci;
 mod binary;
 mod e1000;
 mod ide;
-mod kernel;
+pub(super) mod kernel;
 mod packet_socket;
 mod sg_io;
 

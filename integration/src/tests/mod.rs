@@ -7,6 +7,7 @@ mod dma;
 mod drivers;
 mod smoke;
 mod uml;
+mod uml_bench;
 mod vfio;
 mod vpci;
 
@@ -37,6 +38,7 @@ pub fn benches() -> Vec<RigTest> {
         dma::benches(),
         drivers::benches(),
         vpci::benches(),
+        uml_bench::benches(),
     ]
     .into_iter()
     .flatten()

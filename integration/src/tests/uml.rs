@@ -35,15 +35,15 @@ pub fn tests() -> Vec<RigTest> {
 }
 
 /// What one UML run printed, how it ended and how long it took.
-struct UmlRun {
-    output: String,
-    status: ExitStatus,
-    elapsed: Duration,
+pub(super) struct UmlRun {
+    pub(super) output: String,
+    pub(super) status: ExitStatus,
+    pub(super) elapsed: Duration,
 }
 
 impl UmlRun {
     /// The last lines of the console, for error messages.
-    fn tail(&self) -> String {
+    pub(super) fn tail(&self) -> String {
         tail_of(&self.output)
     }
 }
@@ -54,7 +54,7 @@ fn tail_of(output: &str) -> String {
 }
 
 /// A value this boot must echo back, so that stale or unrelated output cannot pass.
-fn nonce() -> String {
+pub(super) fn nonce() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -65,7 +65,7 @@ fn nonce() -> String {
 /// Boots UML with `args` added to its command line and `task` (integration/guest/uml/
 /// TASK.sh) run by its init; waits for it to power off, killing its whole process
 /// group after [`UML_TIMEOUT`].
-fn run_uml(nonce: &str, task: Option<&str>, args: &[&str]) -> Result<UmlRun> {
+pub(super) fn run_uml(nonce: &str, task: Option<&str>, args: &[&str]) -> Result<UmlRun> {
     let mut cmdline = vec![
         UML_MEMORY.to_string(),
         "rootfstype=hostfs".into(),
@@ -146,7 +146,7 @@ fn run_uml(nonce: &str, task: Option<&str>, args: &[&str]) -> Result<UmlRun> {
 }
 
 /// Checks that `run` booted to our init (it echoed `nonce`) and powered off cleanly.
-fn ensure_clean_boot(run: &UmlRun, nonce: &str) -> Result<()> {
+pub(super) fn ensure_clean_boot(run: &UmlRun, nonce: &str) -> Result<()> {
     ensure!(
         run.output.lines().any(|l| l == format!("uml: up {nonce}")),
         "UML never reached its init (no `uml: up {nonce}`); console:\n{}",

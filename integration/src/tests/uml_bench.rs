@@ -1,0 +1,224 @@
+//! `integration/rig bench uml`: a device served to User-Mode Linux by udrv's frontend
+//! against the direct paths, on the same devices in the same boot.
+//!
+//! - NIC (the e1000e): against UML's own VFIO driver (`vfio_uml.device=BDF`), which does
+//!   a pread/pwrite on the VFIO device fd per register access. MMIO read latency and
+//!   ping RTT to the rig kernel's e1000 A across QEMU's hub.
+//! - Disk (ich9-ahci): vfio_uml drives MSI-X only and the AHCI has MSI, so UML cannot
+//!   use it directly; the direct path is the rig kernel's own ahci driver reading the
+//!   same disk with O_DIRECT in the same block size.
+//!
+//! MMIO read latency is measured inside UML (integration/guest/uml/bench.sh, the
+//! `uml-probe` binary): reading the e1000e's `statistics/rx_bytes` makes the driver read
+//! its statistics registers, reading `mtu` makes no device access. The difference per
+//! read, divided by the MMIO reads one statistics read makes (counted by the frontend
+//! over two served runs of different lengths), is one MMIO read as the guest sees it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, ensure, Context, Result};
+use vpci::frontend::UmlFrontend;
+use vpci::passthrough::{PassthroughFunction, VfioPassthroughDevice};
+
+use super::drivers::kernel;
+use super::uml::{ensure_clean_boot, nonce, run_uml, UmlRun};
+use crate::harness::RigTest;
+use crate::rig;
+
+/// UML's virtio-pcidev device ID, as the rig built it (integration/guest/uml/kernel.config).
+const VIRTIO_PCIDEV_ID: &str = "/rig/uml/virtio-pcidev-id";
+/// The rig kernel's end of the ping: e1000 A on the hub.
+const PEER_ADDRESS: &str = "10.0.0.1/24";
+/// File reads per timing inside UML.
+const READS: u32 = 2000;
+/// The AHCI disk on port 0: 16 MiB of the sector pattern.
+const DISK_BYTES: u64 = rig::AHCI_DISK_SECTORS * 512;
+/// The read size of both disk paths.
+const DISK_CHUNK: usize = 64 * 1024;
+/// The QEMU 7.2 e1000e aborts if a throttling timer outlives MSI-X (see
+/// [`rig::let_e1000e_throttling_expire`]); UML's driver then arms none.
+const NO_THROTTLING: &str = "e1000e.InterruptThrottleRate=0";
+
+pub fn benches() -> Vec<RigTest> {
+    vec![RigTest::new("uml_bench_served_vs_direct", served_vs_direct).with_timeout(900)]
+}
+
+/// What the net task measured in one UML run.
+#[derive(Debug)]
+struct NetFigures {
+    /// µs per read of statistics/rx_bytes and of mtu.
+    stats_us: f64,
+    mtu_us: f64,
+    /// Average ping RTT in ms.
+    rtt_ms: f64,
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// A `key=value` field of the first `uml-probe: KIND ...` line whose path ends with
+/// `path_suffix` (any line of that kind when it is empty).
+fn probe_value(run: &UmlRun, kind: &str, path_suffix: &str, key: &str) -> Result<f64> {
+    run.output
+        .lines()
+        .filter_map(|l| l.strip_prefix("uml-probe: "))
+        .filter(|l| l.starts_with(kind))
+        .find(|l| {
+            path_suffix.is_empty() || field(l, "path").is_some_and(|p| p.ends_with(path_suffix))
+        })
+        .and_then(|l| field(l, key))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no `{kind}` {key} in UML's output:\n{}", run.tail()))
+}
+
+/// `round-trip min/avg/max = a/b/c ms` → b.
+fn ping_average(run: &UmlRun) -> Result<f64> {
+    let line = run
+        .output
+        .lines()
+        .find_map(|l| l.strip_prefix("uml: ping round-trip"))
+        .with_context(|| format!("no ping summary in UML's output:\n{}", run.tail()))?;
+    line.split('=')
+        .nth(1)
+        .and_then(|v| v.trim().split('/').nth(1))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("unreadable ping summary {line:?}"))
+}
+
+fn net_figures(run: &UmlRun) -> Result<NetFigures> {
+    Ok(NetFigures {
+        stats_us: probe_value(run, "read-file", "/rx_bytes", "us_per_read")?,
+        mtu_us: probe_value(run, "read-file", "/mtu", "us_per_read")?,
+        rtt_ms: ping_average(run)?,
+    })
+}
+
+/// Boots UML with the bench task and `args`; checks it booted and the task succeeded.
+fn bench_run(bench: &str, reads: u32, args: &[&str]) -> Result<UmlRun> {
+    let nonce = nonce();
+    let bench_arg = format!("udrv_uml_bench={bench}");
+    let count_arg = format!("udrv_uml_count={reads}");
+    let mut all = vec![bench_arg.as_str(), count_arg.as_str(), NO_THROTTLING];
+    all.extend_from_slice(args);
+    let run = run_uml(&nonce, Some("bench"), &all)?;
+    ensure_clean_boot(&run, &nonce)?;
+    ensure!(
+        run.output.lines().any(|l| l == "uml: task bench exit 0"),
+        "the bench task failed in UML; console:\n{}",
+        run.tail()
+    );
+    Ok(run)
+}
+
+/// Serves `bdf` on a fresh frontend and runs `body` with UML's `virtio_uml.device=`
+/// argument; the frontend is stopped afterwards.
+fn with_served<T>(
+    bdf: &str,
+    socket: &Path,
+    body: impl FnOnce(&str, &UmlFrontend) -> Result<T>,
+) -> Result<T> {
+    let (container, mut devices) = rig::open_in_one_container(&[bdf])?;
+    let device = devices.pop().context("no device opened")?;
+    let function = PassthroughFunction::new(VfioPassthroughDevice::new(device)?)?;
+    let frontend = UmlFrontend::start(function, Arc::new(container), socket)?;
+    let id = std::fs::read_to_string(VIRTIO_PCIDEV_ID)
+        .with_context(|| format!("reading {VIRTIO_PCIDEV_ID}"))?;
+    let arg = format!("virtio_uml.device={}:{}", socket.display(), id.trim());
+    let result = body(&arg, &frontend);
+    frontend.stop()?;
+    result
+}
+
+/// The rig kernel's end of the ping: e1000 A up with [`PEER_ADDRESS`].
+fn bring_up_peer() -> Result<String> {
+    rig::bind_to_host(rig::E1000_A, "e1000")?;
+    let ifname = kernel::interface_of(rig::E1000_A)?;
+    kernel::bring_up(&ifname)?;
+    rig::sh(&format!(
+        "ip address flush dev {ifname} && ip address add {PEER_ADDRESS} dev {ifname}"
+    ))?;
+    Ok(ifname)
+}
+
+fn served_vs_direct() -> Result<()> {
+    let peer = bring_up_peer()?;
+    println!("rig side: {peer} ({}) holds {PEER_ADDRESS}", rig::E1000_A);
+
+    // Direct: UML's vfio_uml on the e1000e.
+    rig::bind_to_vfio(rig::E1000E)?;
+    let direct_arg = format!("vfio_uml.device={}", rig::E1000E);
+    let direct = net_figures(&bench_run("net", READS, &[&direct_arg])?)?;
+    println!("direct (vfio_uml): {direct:?}");
+
+    // Served: the same task over udrv's frontend, twice with different read counts to
+    // count the MMIO reads one statistics read makes.
+    let socket = Path::new("/tmp/udrv-bench-e1000e.sock");
+    let (served, reads_per_stat) = with_served(rig::E1000E, socket, |arg, frontend| {
+        let before = frontend.status().mmio_reads;
+        bench_run("net", READS / 4, &[arg])?;
+        let middle = frontend.status().mmio_reads;
+        let long = bench_run("net", READS, &[arg])?;
+        let after = frontend.status().mmio_reads;
+        let extra = (after - middle).saturating_sub(middle - before);
+        let per = extra as f64 / f64::from(READS - READS / 4);
+        ensure!(
+            per >= 1.0,
+            "statistics reads made {per:.2} MMIO reads each (short run {}, long run {}): \
+             the latency figure would be meaningless",
+            middle - before,
+            after - middle
+        );
+        Ok((net_figures(&long)?, per))
+    })?;
+    println!("served (udrv UML frontend): {served:?}");
+    println!("MMIO reads per statistics read: {reads_per_stat:.1}");
+
+    let mmio = |f: &NetFigures| (f.stats_us - f.mtu_us) / reads_per_stat;
+    let (mmio_direct, mmio_served) = (mmio(&direct), mmio(&served));
+    ensure!(
+        mmio_direct > 0.0 && mmio_served > 0.0,
+        "statistics reads were not slower than mtu reads (direct {direct:?}, served \
+         {served:?}): no MMIO cost to measure"
+    );
+
+    // Disk: the served AHCI in UML against the rig kernel's ahci on the same disk.
+    rig::bind_to_host(rig::ICH9_AHCI, "ahci")?;
+    let dev = kernel::block_device_of(rig::ICH9_AHCI, rig::AHCI_DISK_SECTORS)?;
+    let (bytes, secs) = kernel::read_direct(&dev, rig::AHCI_DISK_SECTORS, DISK_CHUNK, 1)?;
+    let native_mbs = bytes as f64 / secs.as_secs_f64() / 1e6;
+    println!(
+        "rig kernel ahci: {} O_DIRECT {} KiB reads: {native_mbs:.2} MB/s",
+        dev.display(),
+        DISK_CHUNK / 1024
+    );
+    let socket = Path::new("/tmp/udrv-bench-ahci.sock");
+    let served_mbs = with_served(rig::ICH9_AHCI, socket, |arg, _| {
+        let run = bench_run("disk", 0, &[arg])?;
+        let bytes = probe_value(&run, "read-disk", "", "bytes")?;
+        if bytes < DISK_BYTES as f64 {
+            bail!("UML read {bytes} bytes of the {DISK_BYTES}-byte disk");
+        }
+        probe_value(&run, "read-disk", "", "mb_per_s")
+    })?;
+    println!("served ahci in UML: {served_mbs:.2} MB/s");
+
+    println!("ratios, served / direct:");
+    println!(
+        "  MMIO read latency  {mmio_served:>8.2} µs / {mmio_direct:>8.2} µs = {:.2} (goal <= 2.0)",
+        mmio_served / mmio_direct
+    );
+    println!(
+        "  ping RTT           {:>8.3} ms / {:>8.3} ms = {:.2} (goal <= 1.5)",
+        served.rtt_ms,
+        direct.rtt_ms,
+        served.rtt_ms / direct.rtt_ms
+    );
+    println!(
+        "  disk read MB/s     {served_mbs:>8.2} / {native_mbs:>8.2} (rig kernel ahci) = {:.2} (goal >= 0.8)",
+        served_mbs / native_mbs
+    );
+    Ok(())
+}
