@@ -8,6 +8,7 @@ mod drivers;
 mod smoke;
 mod uml;
 mod uml_bench;
+mod uml_served;
 mod vfio;
 mod vpci;
 
@@ -24,6 +25,7 @@ pub fn all() -> Vec<RigTest> {
         drivers::tests(),
         vpci::tests(),
         uml::tests(),
+        uml_served::tests(),
     ]
     .into_iter()
     .flatten()

@@ -9,6 +9,7 @@
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -48,7 +49,7 @@ impl UmlRun {
     }
 }
 
-fn tail_of(output: &str) -> String {
+pub(super) fn tail_of(output: &str) -> String {
     let lines: Vec<&str> = output.lines().collect();
     lines[lines.len().saturating_sub(25)..].join("\n")
 }
@@ -66,83 +67,188 @@ pub(super) fn nonce() -> String {
 /// TASK.sh) run by its init; waits for it to power off, killing its whole process
 /// group after [`UML_TIMEOUT`].
 pub(super) fn run_uml(nonce: &str, task: Option<&str>, args: &[&str]) -> Result<UmlRun> {
-    let mut cmdline = vec![
-        UML_MEMORY.to_string(),
-        "rootfstype=hostfs".into(),
-        format!("hostfs={UML_ROOT}"),
-        "rw".into(),
-        "init=/init".into(),
-        "con=null".into(),
-        "con0=fd:0,fd:1".into(),
-        format!("udrv_uml_nonce={nonce}"),
-    ];
-    if let Some(task) = task {
-        cmdline.push(format!("udrv_uml_task={task}"));
+    RunningUml::start(nonce, task, args)?.finish(UML_TIMEOUT)
+}
+
+/// Where UML keeps its RAM file: a tmpfs with transparent huge pages when the rig
+/// kernel has them, else /tmp.
+///
+/// A device served to UML DMAs into that file through the IOMMU. QEMU 7.2's AHCI maps
+/// a command table's PRDT in one piece and fails the command (then aborts on an
+/// assertion) when the table crosses into a page that is not contiguous with the
+/// previous one in the rig guest's memory. UML allocates each port's command tables as
+/// one naturally aligned 128 KiB block of its physical memory (= offset in this file),
+/// so 2 MiB huge pages keep every table in contiguous memory.
+fn uml_memory_dir() -> &'static str {
+    const HUGE: &str = "/run/udrv-uml-mem";
+    let mounted = std::fs::read_to_string("/proc/mounts")
+        .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(HUGE)));
+    if mounted {
+        return HUGE;
     }
-    cmdline.extend(args.iter().map(|a| a.to_string()));
-    let started = Instant::now();
-    // Its own process group: UML forks helper and user-space processes that must die
-    // with it on a timeout.
-    let mut child = Command::new(UML_KERNEL)
-        .args(&cmdline)
-        .env("TMPDIR", "/tmp")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("starting {UML_KERNEL}"))?;
-    let pgid = child.id() as i32;
-    let mut stdout = child.stdout.take().context("UML stdout")?;
-    let mut stderr = child.stderr.take().context("UML stderr")?;
-    let out_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stdout.read_to_end(&mut buf);
-        buf
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf);
-        buf
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().context("waiting for UML")? {
-            break Some(status);
+    let _ = std::fs::create_dir_all(HUGE);
+    // Free 2 MiB blocks for the huge pages.
+    let _ = std::fs::write("/proc/sys/vm/compact_memory", "1");
+    match rig::sh(&format!(
+        "mount -t tmpfs -o huge=always,mode=1777 tmpfs {HUGE}"
+    )) {
+        Ok(_) => HUGE,
+        Err(e) => {
+            println!("note: no huge-page tmpfs for UML's memory ({e}); using /tmp");
+            "/tmp"
         }
-        if started.elapsed() > UML_TIMEOUT {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let elapsed = started.elapsed();
-    // Whatever happened, nothing of this UML may outlive the run (helpers included).
-    let _ = nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(pgid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-    drop(child.stdin.take());
-    let status = match status {
-        Some(status) => status,
-        None => child.wait().context("reaping UML")?,
-    };
-    let mut output = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
-    let err = err_reader.join().unwrap_or_default();
-    if !err.is_empty() {
-        output.push_str(&String::from_utf8_lossy(&err));
     }
-    let output = output.replace('\r', "");
-    if elapsed > UML_TIMEOUT {
-        bail!(
-            "UML did not power off within {}s (killed); its console ended with:\n{}",
-            UML_TIMEOUT.as_secs(),
-            tail_of(&output)
+}
+
+/// A UML that is running: its console is collected as it comes, so a test can wait
+/// for a line, act, and let UML go on (or kill it).
+pub(super) struct RunningUml {
+    child: std::process::Child,
+    pgid: i32,
+    output: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    started: Instant,
+}
+
+impl RunningUml {
+    /// Boots UML as [`run_uml`] does, without waiting for it.
+    pub(super) fn start(nonce: &str, task: Option<&str>, args: &[&str]) -> Result<Self> {
+        let mut cmdline = vec![
+            UML_MEMORY.to_string(),
+            "rootfstype=hostfs".into(),
+            format!("hostfs={UML_ROOT}"),
+            "rw".into(),
+            "init=/init".into(),
+            "con=null".into(),
+            "con0=fd:0,fd:1".into(),
+            format!("udrv_uml_nonce={nonce}"),
+        ];
+        if let Some(task) = task {
+            cmdline.push(format!("udrv_uml_task={task}"));
+        }
+        cmdline.extend(args.iter().map(|a| a.to_string()));
+        let started = Instant::now();
+        // Its own process group: UML forks helper and user-space processes that must
+        // die with it.
+        let mut child = Command::new(UML_KERNEL)
+            .args(&cmdline)
+            .env("TMPDIR", uml_memory_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {UML_KERNEL}"))?;
+        let pgid = child.id() as i32;
+        let output = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        let streams: [Box<dyn Read + Send>; 2] = [
+            Box::new(child.stdout.take().context("UML stdout")?),
+            Box::new(child.stderr.take().context("UML stderr")?),
+        ];
+        for mut stream in streams {
+            let output = output.clone();
+            readers.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let text = String::from_utf8_lossy(&buf[..n]).replace('\r', "");
+                    output
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_str(&text);
+                }
+            }));
+        }
+        Ok(Self {
+            child,
+            pgid,
+            output,
+            readers,
+            started,
+        })
+    }
+
+    /// The console so far.
+    pub(super) fn output(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Waits up to `timeout` for a console line starting with `prefix`; returns it.
+    pub(super) fn wait_for_line(&mut self, prefix: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let output = self.output();
+            if let Some(line) = output.lines().find(|l| l.starts_with(prefix)) {
+                return Ok(line.to_string());
+            }
+            if Instant::now() > deadline || self.child.try_wait()?.is_some() {
+                bail!(
+                    "UML printed no `{prefix}...` line; its console ended with:\n{}",
+                    tail_of(&output)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL for UML and every process it forked.
+    pub(super) fn kill(&self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.pgid),
+            nix::sys::signal::Signal::SIGKILL,
         );
     }
-    Ok(UmlRun {
-        output,
-        status,
-        elapsed,
-    })
+
+    /// Waits up to `timeout` for UML to exit (then kills what is left of it) and
+    /// returns its whole console. An error if it had to be killed.
+    pub(super) fn finish(mut self, timeout: Duration) -> Result<UmlRun> {
+        let status = loop {
+            if let Some(status) = self.child.try_wait().context("waiting for UML")? {
+                break Some(status);
+            }
+            if self.started.elapsed() > timeout {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let elapsed = self.started.elapsed();
+        // Whatever happened, nothing of this UML may outlive the run (helpers included).
+        self.kill();
+        drop(self.child.stdin.take());
+        let status = match status {
+            Some(status) => status,
+            None => self.child.wait().context("reaping UML")?,
+        };
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        let output = self.output();
+        if elapsed > timeout {
+            bail!(
+                "UML did not power off within {}s (killed); its console ended with:\n{}",
+                timeout.as_secs(),
+                tail_of(&output)
+            );
+        }
+        Ok(UmlRun {
+            output,
+            status,
+            elapsed,
+        })
+    }
+}
+
+impl Drop for RunningUml {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = self.child.try_wait();
+    }
 }
 
 /// Checks that `run` booted to our init (it echoed `nonce`) and powered off cleanly.
