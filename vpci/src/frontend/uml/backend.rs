@@ -11,8 +11,10 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
 
 use dma::DmaMapper;
+use udriver::vfio::IrqIndex;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringMutex, VringT};
 use virtio_queue::QueueT;
@@ -27,6 +29,7 @@ use super::dma::GuestDma;
 use super::interrupts::{Interrupts, Watcher};
 use super::status::Counters;
 use crate::access_width::AccessWidth;
+use crate::config_regs::{command, header};
 use crate::frontend::virtio_pcidev::{self, Command};
 use crate::function::PciFunction;
 use crate::passthrough::{PassthroughDevice, PassthroughFunction};
@@ -96,6 +99,33 @@ pub(super) struct Served<D: PassthroughDevice> {
     reply: Vec<u8>,
 }
 
+/// How long vectors stay wired after bus mastering went off, so interrupt moderation
+/// timers the device armed for its last interrupts run out first. QEMU 7.2's e1000e
+/// aborts when such a timer expires after MSI-X was disabled; a guest that leaves
+/// (or is killed) mid-traffic is just when one is armed. It costs a departing guest
+/// 40 ms.
+const VECTOR_SETTLE: Duration = Duration::from_millis(40);
+
+/// Bus mastering off, a settle time if MSI/MSI-X vectors are live, then
+/// [`PassthroughFunction::quiesce`] (vectors off).
+fn stop_device<D: PassthroughDevice>(function: &mut PassthroughFunction<D>) -> Result<(), String> {
+    let device = function.device();
+    let mut bytes = [0u8; 2];
+    if device.read_config(header::COMMAND, &mut bytes).is_ok() {
+        let off = u16::from_le_bytes(bytes) & !command::BUS_MASTER;
+        let _ = device.write_config(header::COMMAND, &off.to_le_bytes());
+    }
+    if function
+        .live_irqs()
+        .is_some_and(|live| live.index != IrqIndex::Intx)
+    {
+        std::thread::sleep(VECTOR_SETTLE);
+    }
+    function
+        .quiesce()
+        .map_err(|e| format!("quiescing the device: {e}"))
+}
+
 /// Watches nothing: for resets with no vring worker left.
 struct NoWatcher;
 
@@ -137,9 +167,7 @@ impl<D: PassthroughDevice> Served<D> {
         let mut errors = Vec::new();
         self.interrupts.clear(watcher.unwrap_or(&NoWatcher));
         if let Some(function) = self.function.as_mut() {
-            if let Err(e) = function.quiesce() {
-                errors.push(format!("quiescing the device: {e}"));
-            }
+            errors.extend(stop_device(function).err());
         }
         if !keep_memory {
             if let Err(e) = self.dma.unmap_all(mapper) {
@@ -172,9 +200,7 @@ impl<D: PassthroughDevice> Served<D> {
         let mut errors = Vec::new();
         self.interrupts.clear(&NoWatcher);
         if let Some(function) = self.function.as_mut() {
-            if let Err(e) = function.quiesce() {
-                errors.push(format!("quiescing the device: {e}"));
-            }
+            errors.extend(stop_device(function).err());
         }
         if let Err(e) = self.dma.unmap_all(mapper) {
             errors.push(format!("unmapping the guest's memory: {e}"));
