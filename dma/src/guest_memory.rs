@@ -8,8 +8,9 @@
 //! Regions must be page-aligned (base, length and host address): mappings are made in
 //! whole pages, and an unaligned region would let a page-rounded mapping reach the
 //! host memory next to it.
-
-use std::collections::BTreeMap;
+//!
+//! A guest has a handful of regions, looked up on every request and changed rarely,
+//! so they are a sorted array searched by bisection rather than a tree.
 
 use crate::address::{GuestPhysAddr, HostVirtAddr};
 use crate::error::DmaError;
@@ -50,10 +51,10 @@ pub struct HostPiece {
     pub len: u64,
 }
 
-/// The registered regions of one guest, keyed by guest-physical base; never overlapping.
+/// The registered regions of one guest, in guest-physical order; never overlapping.
 #[derive(Clone, Debug, Default)]
 pub struct GuestMemory {
-    regions: BTreeMap<u64, GuestMemoryRegion>,
+    regions: Vec<GuestMemoryRegion>,
 }
 
 impl GuestMemory {
@@ -91,8 +92,10 @@ impl GuestMemory {
                 });
             }
         }
-        let before = self.regions.range(..region.gpa_end()).next_back();
-        if let Some((_, existing)) = before {
+        // The last region starting before the new one ends is the only one that can
+        // overlap it: regions are disjoint and sorted.
+        let at = self.regions.partition_point(|r| r.gpa.0 < region.gpa_end());
+        if let Some(existing) = at.checked_sub(1).map(|i| &self.regions[i]) {
             if existing.gpa_end() > region.gpa.0 {
                 return Err(DmaError::RegionOverlap {
                     new: region.describe(),
@@ -100,25 +103,37 @@ impl GuestMemory {
                 });
             }
         }
-        self.regions.insert(region.gpa.0, region);
+        self.regions.insert(at, region);
         Ok(())
     }
 
     /// Unregisters the region based at `gpa`.
     pub fn remove(&mut self, gpa: GuestPhysAddr) -> Result<GuestMemoryRegion, DmaError> {
-        self.regions
-            .remove(&gpa.0)
-            .ok_or(DmaError::RegionNotFound { gpa: gpa.0 })
+        match self.index_of(gpa) {
+            Some(i) => Ok(self.regions.remove(i)),
+            None => Err(DmaError::RegionNotFound { gpa: gpa.0 }),
+        }
     }
 
     /// The region based at `gpa`.
     pub fn get(&self, gpa: GuestPhysAddr) -> Option<&GuestMemoryRegion> {
-        self.regions.get(&gpa.0)
+        self.index_of(gpa).map(|i| &self.regions[i])
     }
 
     /// All regions, in guest-physical order.
     pub fn regions(&self) -> impl Iterator<Item = &GuestMemoryRegion> {
-        self.regions.values()
+        self.regions.iter()
+    }
+
+    fn index_of(&self, gpa: GuestPhysAddr) -> Option<usize> {
+        self.regions.binary_search_by_key(&gpa.0, |r| r.gpa.0).ok()
+    }
+
+    /// The region holding the byte at `gpa`, if any.
+    fn holding(&self, gpa: u64) -> Option<&GuestMemoryRegion> {
+        let after = self.regions.partition_point(|r| r.gpa.0 <= gpa);
+        let region = &self.regions[after.checked_sub(1)?];
+        (region.gpa_end() > gpa).then_some(region)
     }
 
     /// Whether `[gpa, gpa + len)` is wholly registered.
@@ -153,9 +168,8 @@ impl GuestMemory {
         }
         let (mut at, end) = (gpa.0, gpa.0 + len);
         while at < end {
-            let region = match self.regions.range(..=at).next_back() {
-                Some((_, r)) if r.gpa_end() > at => r,
-                _ => return Err(outside()),
+            let Some(region) = self.holding(at) else {
+                return Err(outside());
             };
             let take = (end - at).min(region.gpa_end() - at);
             piece(HostPiece {
@@ -242,5 +256,33 @@ mod tests {
         mem.add(region(0x20000, 0x1000, 0x90_0000), 0x1000).unwrap();
         assert!(mem.remove(GuestPhysAddr(0x21000)).is_err());
         assert_eq!(mem.remove(GuestPhysAddr(0x20000)).unwrap().len, 0x1000);
+    }
+
+    #[test]
+    fn regions_added_in_any_order_are_kept_sorted_and_found() {
+        let mut mem = GuestMemory::new();
+        for (gpa, va) in [
+            (0x30000, 0x30_0000),
+            (0x10000, 0x10_0000),
+            (0x20000, 0x20_0000),
+        ] {
+            mem.add(region(gpa, 0x10000, va), 0x1000).unwrap();
+        }
+        let bases: Vec<u64> = mem.regions().map(|r| r.gpa.0).collect();
+        assert_eq!(bases, vec![0x10000, 0x20000, 0x30000]);
+        assert!(matches!(
+            mem.add(region(0x2f000, 0x1000, 0x90_0000), 0x1000),
+            Err(DmaError::RegionOverlap { .. })
+        ));
+        let pieces = mem.host_pieces(GuestPhysAddr(0x1f000), 0x12000).unwrap();
+        let vaddrs: Vec<u64> = pieces.iter().map(|p| p.vaddr.0).collect();
+        assert_eq!(vaddrs, vec![0x10_f000, 0x20_0000, 0x30_0000]);
+        mem.remove(GuestPhysAddr(0x20000)).unwrap();
+        assert!(!mem.contains(GuestPhysAddr(0x1f000), 0x2000));
+        assert!(mem.contains(GuestPhysAddr(0x30000), 0x10000));
+        assert!(!mem.contains(GuestPhysAddr(0x40000), 1));
+        assert!(!mem.contains(GuestPhysAddr(0xf000), 1));
+        assert!(mem.get(GuestPhysAddr(0x30000)).is_some());
+        assert!(mem.get(GuestPhysAddr(0x31000)).is_none());
     }
 }

@@ -19,13 +19,22 @@
 //! (on x86 the MSI window 0xfee00000-0xfeefffff is one), so no allocation can land in a
 //! hole. Ranges are handed out in whole granules (the IOMMU page size).
 //!
+//! Two ways to hold an allocation. [`IovaAllocator::alloc`] returns a plain range and
+//! records it, so that [`IovaAllocator::free`] can refuse a range it never handed out,
+//! one freed twice or one freed in part. [`IovaAllocator::lease`] returns an
+//! [`IovaLease`] instead: a handle that cannot be copied and is consumed by
+//! [`IovaAllocator::free_lease`], so those mistakes cannot be written and there is
+//! nothing to record or look up. The DMA policies, which allocate and free on every
+//! request, hold leases.
+//!
 //! rust-vmm's `vm-allocator` was the candidate crate; its `AddressAllocator` walks the
 //! free ranges linearly, so this allocator is written here (see `benches/iova.rs`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use crate::address_map::AddressMap;
 use crate::error::DmaError;
 use crate::iova::{Iova, IovaRange};
 use crate::mapper::PAGE_SIZE;
@@ -47,18 +56,51 @@ const CACHE_PROBES: usize = 4;
 /// per-request traffic never reaches the trees. Linux keeps a few thousand per size.
 const CACHE_DEPTH: usize = 1024;
 
+/// Tells allocators apart, so that a lease is only ever returned to its own.
+static NEXT_ALLOCATOR_ID: AtomicU64 = AtomicU64::new(1);
+
 /// A thread-safe allocator of IOVA ranges.
 #[derive(Debug)]
 pub struct IovaAllocator {
+    id: u64,
     granularity: u64,
     usable: Vec<IovaRange>,
     state: Mutex<FreeSpace>,
 }
 
+/// An IOVA range leased from an [`IovaAllocator`] and not yet returned.
+///
+/// Neither `Clone` nor `Copy`: the lease is the one handle to its range, and
+/// [`IovaAllocator::free_lease`] consumes it, so a range can be returned only once,
+/// whole, and only by its holder. A lease dropped without being returned keeps its
+/// range allocated for the allocator's lifetime: the range is lost, but never handed
+/// out while something might still use it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct IovaLease {
+    range: IovaRange,
+    allocator: u64,
+}
+
+impl IovaLease {
+    /// The leased range.
+    pub fn range(&self) -> IovaRange {
+        self.range
+    }
+
+    /// A lease of `range` from no allocator, for tables that hold leases.
+    #[cfg(test)]
+    pub(crate) fn for_test(range: IovaRange) -> IovaLease {
+        IovaLease {
+            range,
+            allocator: 0,
+        }
+    }
+}
+
 /// Free blocks, indexed both ways, cached small ranges, and live allocations.
 /// Invariants: blocks are granule-aligned, never overlap, and are never adjacent (they
 /// are merged) unless merging would overflow a u64 length. A cached range is neither in
-/// the trees nor in `allocated`.
+/// the trees nor in `allocated`; nor is a leased one, which is only counted.
 #[derive(Debug, Default)]
 struct FreeSpace {
     granularity: u64,
@@ -67,7 +109,8 @@ struct FreeSpace {
     tree_free: u64,
     cache: [Vec<u64>; CACHED_CLASSES],
     cached_bytes: u64,
-    allocated: HashMap<u64, u64, BuildHasherDefault<AddressHasher>>,
+    allocated: AddressMap<u64>,
+    leased: usize,
 }
 
 impl IovaAllocator {
@@ -123,6 +166,7 @@ impl IovaAllocator {
             });
         }
         Ok(IovaAllocator {
+            id: NEXT_ALLOCATOR_ID.fetch_add(1, Ordering::Relaxed),
             granularity,
             usable,
             state: Mutex::new(free),
@@ -142,6 +186,44 @@ impl IovaAllocator {
     /// Allocates `size` bytes (rounded up to the granule) aligned to `align` (a power of
     /// two; values below the granule mean the granule).
     pub fn alloc(&self, size: u64, align: u64) -> Result<IovaRange, DmaError> {
+        let (mut free, range) = self.take(size, align)?;
+        free.allocated.insert(range.start().0, range.len());
+        Ok(range)
+    }
+
+    /// Allocates as [`IovaAllocator::alloc`] does, handing the range out as a lease.
+    pub fn lease(&self, size: u64, align: u64) -> Result<IovaLease, DmaError> {
+        let (mut free, range) = self.take(size, align)?;
+        free.leased += 1;
+        Ok(IovaLease {
+            range,
+            allocator: self.id,
+        })
+    }
+
+    /// Returns a lease. Refuses (and keeps the range allocated) only a lease from
+    /// another allocator.
+    pub fn free_lease(&self, lease: IovaLease) -> Result<(), DmaError> {
+        if lease.allocator != self.id {
+            return Err(DmaError::ForeignFree { range: lease.range });
+        }
+        let (start, len) = (lease.range.start().0, lease.range.len());
+        let class = self.class_of(len);
+        let mut free = self.lock();
+        free.leased -= 1;
+        if !free.put_cached(class, start, len) {
+            free.release(start, len);
+        }
+        Ok(())
+    }
+
+    /// Takes `size` bytes aligned to `align` out of free space, leaving the allocator
+    /// locked so that the caller can record the allocation.
+    fn take(
+        &self,
+        size: u64,
+        align: u64,
+    ) -> Result<(MutexGuard<'_, FreeSpace>, IovaRange), DmaError> {
         if size == 0 {
             return Err(DmaError::EmptyRange { start: 0 });
         }
@@ -177,8 +259,8 @@ impl IovaAllocator {
                 at
             }
         };
-        free.allocated.insert(at, size);
-        IovaRange::new(Iova(at), size)
+        let range = IovaRange::new(Iova(at), size)?;
+        Ok((free, range))
     }
 
     /// Allocates exactly `range` (granule-aligned), e.g. to reserve a fixed window.
@@ -233,9 +315,10 @@ impl IovaAllocator {
         free.largest()
     }
 
-    /// Number of live allocations.
+    /// Number of live allocations, leases included.
     pub fn allocation_count(&self) -> usize {
-        self.lock().allocated.len()
+        let free = self.lock();
+        free.allocated.len() + free.leased
     }
 
     /// Number of free blocks after coalescing (a measure of fragmentation). Returns
@@ -418,29 +501,6 @@ impl FreeSpace {
         }
         self.by_addr.insert(start, len);
         self.by_size.insert((len, start));
-    }
-}
-
-/// Hashes an address for the live-allocation table. Addresses are granule-aligned, so
-/// their low bits are all zero; a folded 128-bit multiply spreads every input bit over
-/// the output so the table's bucket index (low bits) is well distributed.
-#[derive(Default)]
-pub(crate) struct AddressHasher(u64);
-
-impl Hasher for AddressHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        let product = u128::from(value ^ self.0) * 0x9e37_79b9_7f4a_7c15;
-        self.0 = (product as u64) ^ ((product >> 64) as u64);
     }
 }
 
@@ -662,5 +722,52 @@ mod tests {
         handles.into_iter().for_each(|h| h.join().unwrap());
         assert_eq!(a.allocation_count(), 0);
         assert_eq!(a.free_block_count(), 2);
+    }
+
+    #[test]
+    fn leases_share_the_space_and_return_only_to_their_allocator() {
+        let a = IovaAllocator::new(&[range(0x10000, 0x4000)]).unwrap();
+        let other = IovaAllocator::new(&[range(0x10000, 0x4000)]).unwrap();
+        let leased = a.lease(0x2000, 0x1000).unwrap();
+        let plain = a.alloc(0x2000, 0x1000).unwrap();
+        assert!(!leased.range().overlaps(&plain));
+        assert_eq!(a.allocation_count(), 2);
+        assert!(matches!(
+            a.alloc(0x1000, 0x1000),
+            Err(DmaError::IovaExhausted { .. })
+        ));
+        // A leased range is not a plain allocation: `free` refuses it.
+        assert!(matches!(
+            a.free(leased.range()),
+            Err(DmaError::ForeignFree { .. })
+        ));
+        // Another allocator's lease is refused and its range stays allocated there.
+        let stray = other.lease(0x1000, 0x1000).unwrap();
+        let stray_range = stray.range();
+        assert!(matches!(
+            a.free_lease(stray),
+            Err(DmaError::ForeignFree { range }) if range == stray_range
+        ));
+        assert_eq!(other.allocation_count(), 1);
+        let leased_range = leased.range();
+        a.free_lease(leased).unwrap();
+        assert_eq!(a.allocation_count(), 1);
+        assert_eq!(a.lease(0x2000, 0x1000).unwrap().range(), leased_range);
+    }
+
+    #[test]
+    fn a_dropped_lease_is_never_handed_out_again() {
+        let a = IovaAllocator::new(&[range(0x10000, 0x2000)]).unwrap();
+        let kept = a.lease(0x1000, 0x1000).unwrap().range();
+        let other = a.lease(0x1000, 0x1000).unwrap();
+        let other_range = other.range();
+        a.free_lease(other).unwrap();
+        for _ in 0..4 {
+            let r = a.lease(0x1000, 0x1000).unwrap();
+            assert_ne!(r.range(), kept);
+            assert_eq!(r.range(), other_range);
+            a.free_lease(r).unwrap();
+        }
+        assert_eq!(a.free_bytes(), 0x1000);
     }
 }

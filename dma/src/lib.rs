@@ -5,6 +5,7 @@
 //! a test recorder) implements the mapper trait.
 
 pub mod address;
+pub mod address_map;
 pub mod error;
 pub mod guest_memory;
 pub mod iova;
@@ -17,10 +18,11 @@ pub mod recording_mapper;
 pub mod sg_list;
 
 pub use address::{Address, GuestPhysAddr, HostVirtAddr};
+pub use address_map::{AddressHasher, AddressMap};
 pub use error::DmaError;
 pub use guest_memory::{GuestMemory, GuestMemoryRegion, HostPiece};
 pub use iova::{Iova, IovaRange};
-pub use iova_allocator::IovaAllocator;
+pub use iova_allocator::{IovaAllocator, IovaLease};
 pub use mapper::{DmaAccess, DmaMapper, DmaMapping, PAGE_SIZE};
 pub use memlock::{check_memlock, MemlockStatus};
 pub use memory::{DmaBuffer, DmaMemory, DmaValue, PagePreference};

@@ -49,6 +49,17 @@ impl<A: Address> SgSegment<A> {
     pub fn end(&self) -> u64 {
         self.addr.to_raw() + self.len
     }
+
+    /// The run of whole pages covering this segment; `page_size` must be a power of
+    /// two. The same run [`SgList::page_runs`] gives a one-segment list.
+    pub fn page_run(&self, page_size: u64) -> PageRun<A> {
+        debug_assert!(page_size.is_power_of_two());
+        let (start, end) = page_span(self, page_size - 1);
+        PageRun {
+            start: A::from_raw(start),
+            len: (end - u128::from(start)) as u64,
+        }
+    }
 }
 
 /// A run of whole pages covering one or more segments: the unit that gets mapped.
@@ -265,6 +276,24 @@ mod tests {
         );
         let pages: Vec<_> = list.pages(0x1000).map(|p| p.0).collect();
         assert_eq!(pages, vec![0x1000, 0x2000, 0x3000, 0x9000, 0xa000]);
+    }
+
+    #[test]
+    fn a_segment_page_run_is_the_one_run_of_its_list() {
+        for (addr, len) in [(0x1100, 0x100), (0x1000, 0x1000), (0x1fff, 2), (0x3000, 1)] {
+            let seg = SgSegment::new(gpa(addr), len).unwrap();
+            let list = GuestSgList::from_pieces([(gpa(addr), len)]).unwrap();
+            let runs: Vec<_> = list.page_runs(0x1000).collect();
+            assert_eq!(runs, vec![seg.page_run(0x1000)]);
+        }
+        let seg = SgSegment::new(gpa(0x1fff), 2).unwrap();
+        assert_eq!(
+            seg.page_run(0x1000),
+            PageRun {
+                start: gpa(0x1000),
+                len: 0x2000
+            }
+        );
     }
 
     #[test]

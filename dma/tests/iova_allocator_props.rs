@@ -1,21 +1,26 @@
-//! Property tests for `IovaAllocator`: whatever the sequence of allocations and frees,
-//! live ranges are disjoint, inside the usable windows and aligned, and freeing
-//! everything gives all the space back.
+//! Property tests for `IovaAllocator`: whatever the sequence of allocations and frees
+//! (plain allocations and leases mixed), live ranges are disjoint, inside the usable
+//! windows and aligned, and freeing everything gives all the space back.
 
-use dma::{Iova, IovaAllocator, IovaRange};
+use dma::{Iova, IovaAllocator, IovaLease, IovaRange};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
 enum Op {
-    /// Allocate `pages << scale` 4 KiB pages aligned to `1 << align_shift`.
-    Alloc { pages: u64, align_shift: u32 },
+    /// Allocate `pages` 4 KiB pages aligned to `1 << align_shift`, as a lease or not.
+    Alloc {
+        pages: u64,
+        align_shift: u32,
+        lease: bool,
+    },
     /// Free the live allocation at this index (modulo the count).
     Free(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (1u64..64, 0u32..24).prop_map(|(pages, align_shift)| Op::Alloc { pages, align_shift }),
+        3 => (1u64..64, 0u32..24, any::<bool>())
+            .prop_map(|(pages, align_shift, lease)| Op::Alloc { pages, align_shift, lease }),
         2 => any::<usize>().prop_map(Op::Free),
     ]
 }
@@ -44,36 +49,50 @@ proptest! {
         let alloc = IovaAllocator::new(&ranges).unwrap();
         let usable = alloc.usable_ranges().to_vec();
         let total: u64 = usable.iter().map(|r| r.len()).sum();
-        let mut live: Vec<IovaRange> = Vec::new();
+        let mut live: Vec<(IovaRange, Option<IovaLease>)> = Vec::new();
         for op in ops {
             match op {
-                Op::Alloc { pages, align_shift } => {
+                Op::Alloc { pages, align_shift, lease } => {
                     let align = 0x1000u64.max(1 << align_shift);
-                    if let Ok(r) = alloc.alloc(pages * 0x1000, 1 << align_shift) {
+                    let got = if lease {
+                        alloc.lease(pages * 0x1000, 1 << align_shift).map(|l| (l.range(), Some(l)))
+                    } else {
+                        alloc.alloc(pages * 0x1000, 1 << align_shift).map(|r| (r, None))
+                    };
+                    if let Ok((r, lease)) = got {
                         prop_assert_eq!(r.len(), pages * 0x1000);
                         prop_assert!(r.start().is_aligned(align), "{} not aligned to {:#x}", r, align);
                         prop_assert!(usable.iter().any(|u| u.contains_range(&r)), "{} outside {:?}", r, usable);
-                        for other in &live {
+                        for (other, _) in &live {
                             prop_assert!(!other.overlaps(&r), "{} overlaps live {}", r, other);
                         }
                         // Also inside one of the caller's original ranges.
                         prop_assert!(ranges.iter().any(|u| u.contains_range(&r)));
-                        live.push(r);
+                        live.push((r, lease));
                     }
                 }
                 Op::Free(i) if !live.is_empty() => {
-                    let r = live.swap_remove(i % live.len());
-                    alloc.free(r).unwrap();
+                    let (r, lease) = live.swap_remove(i % live.len());
+                    match lease {
+                        Some(lease) => {
+                            prop_assert!(alloc.free(r).is_err(), "a leased range freed as plain");
+                            alloc.free_lease(lease).unwrap();
+                        }
+                        None => alloc.free(r).unwrap(),
+                    }
                     prop_assert!(alloc.free(r).is_err(), "double free accepted");
                 }
                 Op::Free(_) => {}
             }
-            let used: u64 = live.iter().map(|r| r.len()).sum();
+            let used: u64 = live.iter().map(|(r, _)| r.len()).sum();
             prop_assert_eq!(alloc.free_bytes() + used, total);
             prop_assert_eq!(alloc.allocation_count(), live.len());
         }
-        for r in live.drain(..) {
-            alloc.free(r).unwrap();
+        for (r, lease) in live.drain(..) {
+            match lease {
+                Some(lease) => alloc.free_lease(lease).unwrap(),
+                None => alloc.free(r).unwrap(),
+            }
         }
         prop_assert_eq!(alloc.free_bytes(), total);
         prop_assert_eq!(alloc.free_block_count(), usable.len());

@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 use crate::address::GuestPhysAddr;
 use crate::error::DmaError;
 use crate::guest_memory::GuestMemoryRegion;
-use crate::iova::IovaRange;
 use crate::iova_allocator::IovaAllocator;
 use crate::mapper::{DmaAccess, DmaMapper};
-use crate::policy::request_table::RequestTable;
+use crate::policy::request_table::{Released, RequestTable};
 use crate::policy::DmaPolicy;
 use crate::sg_list::{BusSgList, GuestSgList};
 
@@ -42,7 +41,7 @@ impl Default for BatchConfig {
 
 #[derive(Debug, Default)]
 struct PendingUnmaps {
-    ranges: Vec<IovaRange>,
+    leases: Released,
     oldest: Option<Instant>,
 }
 
@@ -80,7 +79,7 @@ impl<M: DmaMapper> BatchedPolicy<M> {
 
     /// Number of unmaps queued and not yet issued.
     pub fn pending_count(&self) -> usize {
-        self.pending().ranges.len()
+        self.pending().leases.len()
     }
 
     /// Flushes if the oldest queued unmap has waited `max_delay`; for a periodic timer.
@@ -99,18 +98,17 @@ impl<M: DmaMapper> BatchedPolicy<M> {
 
     /// Takes the queue and issues it; returns whether there was anything to issue.
     fn drain(&self) -> Result<bool, DmaError> {
-        let mut ranges = {
+        let mut leases = {
             let mut pending = self.pending();
             pending.oldest = None;
-            std::mem::take(&mut pending.ranges)
+            std::mem::take(&mut pending.leases)
         };
-        let any = !ranges.is_empty();
-        self.table.release(&mut ranges)?;
+        let any = !leases.is_empty();
+        self.table.release(&mut leases)?;
         // Give the emptied buffer back, so the queue does not regrow from nothing.
-        ranges.clear();
         let mut pending = self.pending();
-        if pending.ranges.capacity() == 0 {
-            pending.ranges = ranges;
+        if pending.leases.is_empty() && !pending.leases.spilled() {
+            pending.leases = leases;
         }
         Ok(any)
     }
@@ -136,11 +134,11 @@ impl<M: DmaMapper> DmaPolicy for BatchedPolicy<M> {
 
     fn unmap_sg(&self, bus: &BusSgList) -> Result<(), DmaError> {
         let full = std::cell::Cell::new(false);
-        self.table.unmap_sg(bus, |ranges| {
+        self.table.unmap_sg(bus, |leases| {
             let mut pending = self.pending();
             pending.oldest.get_or_insert_with(Instant::now);
-            pending.ranges.extend_from_slice(ranges);
-            full.set(pending.ranges.len() >= self.config.max_pending);
+            pending.leases.extend(leases.drain(..));
+            full.set(pending.leases.len() >= self.config.max_pending);
             Ok(())
         })?;
         if full.get() {

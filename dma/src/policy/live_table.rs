@@ -9,14 +9,14 @@
 //! also kept in an ordered map, for addresses past their first page. Single-page
 //! requests, the most frequent, never touch the ordered map.
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::BuildHasherDefault;
+use std::collections::BTreeMap;
 
 use smallvec::SmallVec;
 
 use crate::address::GuestPhysAddr;
-use crate::iova::IovaRange;
-use crate::iova_allocator::AddressHasher;
+use crate::address_map::AddressMap;
+use crate::iova::{Iova, IovaRange};
+use crate::iova_allocator::IovaLease;
 use crate::sg_list::PageRun;
 
 /// The page runs of one request.
@@ -25,16 +25,28 @@ pub(crate) type Runs = SmallVec<[PageRun<GuestPhysAddr>; 1]>;
 /// One `map_sg`'s worth of mappings.
 #[derive(Debug)]
 pub(crate) struct LiveMapping {
-    pub(crate) iova: IovaRange,
+    /// The request's IOVAs, held until they have been unmapped.
+    pub(crate) lease: IovaLease,
     /// The guest pages behind it, to refuse removing a region that is in use.
     pub(crate) gpa_runs: Runs,
+}
+
+impl LiveMapping {
+    pub(crate) fn iova(&self) -> IovaRange {
+        self.lease.range()
+    }
+
+    /// Whether `[addr, addr + len)` lies wholly inside this request.
+    fn holds(&self, addr: u64, len: u64) -> bool {
+        IovaRange::new(Iova(addr), len).is_ok_and(|r| self.iova().contains_range(&r))
+    }
 }
 
 /// Live requests, by first IOVA; see the module documentation.
 #[derive(Debug)]
 pub(crate) struct LiveTable {
     page_mask: u64,
-    by_start: HashMap<u64, LiveMapping, BuildHasherDefault<AddressHasher>>,
+    by_start: AddressMap<LiveMapping>,
     /// First IOVA to length, of the requests longer than one page.
     multi_page: BTreeMap<u64, u64>,
 }
@@ -45,7 +57,7 @@ impl LiveTable {
     pub(crate) fn new(page_size: u64) -> LiveTable {
         LiveTable {
             page_mask: page_size - 1,
-            by_start: HashMap::default(),
+            by_start: AddressMap::default(),
             multi_page: BTreeMap::new(),
         }
     }
@@ -61,7 +73,7 @@ impl LiveTable {
     /// Adds a request. Its IOVA range must be page-aligned and overlap no live request
     /// (the IOVA allocator guarantees both).
     pub(crate) fn insert(&mut self, mapping: LiveMapping) {
-        let (start, len) = (mapping.iova.start().0, mapping.iova.len());
+        let (start, len) = (mapping.iova().start().0, mapping.iova().len());
         debug_assert_eq!(start & self.page_mask, 0);
         if len > self.page_mask + 1 {
             self.multi_page.insert(start, len);
@@ -74,7 +86,7 @@ impl LiveTable {
     pub(crate) fn find(&self, addr: u64) -> Option<(u64, &LiveMapping)> {
         let first_page = addr & !self.page_mask;
         if let Some(m) = self.by_start.get(&first_page) {
-            if addr - first_page < m.iova.len() {
+            if addr - first_page < m.iova().len() {
                 return Some((first_page, m));
             }
         }
@@ -88,21 +100,50 @@ impl LiveTable {
     /// Removes the request starting at `start`.
     pub(crate) fn remove(&mut self, start: u64) -> Option<LiveMapping> {
         let mapping = self.by_start.remove(&start)?;
-        if mapping.iova.len() > self.page_mask + 1 {
-            self.multi_page.remove(&start);
-        }
+        self.forget_multi_page(&mapping);
         Some(mapping)
+    }
+
+    /// Removes the request that `[addr, addr + len)` lies wholly inside, if any. A
+    /// segment that starts in its request's first page (a one-page request always
+    /// does) costs one probe.
+    pub(crate) fn take_holding(&mut self, addr: u64, len: u64) -> Option<LiveMapping> {
+        let first_page = addr & !self.page_mask;
+        if let Some(mapping) = self.by_start.remove(&first_page) {
+            if mapping.holds(addr, len) {
+                self.forget_multi_page(&mapping);
+                return Some(mapping);
+            }
+            self.by_start.insert(first_page, mapping);
+        }
+        let (start, mapping) = self.find(addr)?;
+        if !mapping.holds(addr, len) {
+            return None;
+        }
+        self.remove(start)
+    }
+
+    /// Whether `[addr, addr + len)` lies wholly inside one live request; returns that
+    /// request's first IOVA.
+    pub(crate) fn holder(&self, addr: u64, len: u64) -> Option<u64> {
+        let (start, mapping) = self.find(addr)?;
+        mapping.holds(addr, len).then_some(start)
+    }
+
+    fn forget_multi_page(&mut self, mapping: &LiveMapping) {
+        if mapping.iova().len() > self.page_mask + 1 {
+            self.multi_page.remove(&mapping.iova().start().0);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::iova::Iova;
 
     fn live(start: u64, len: u64) -> LiveMapping {
         LiveMapping {
-            iova: IovaRange::new(Iova(start), len).unwrap(),
+            lease: IovaLease::for_test(IovaRange::new(Iova(start), len).unwrap()),
             gpa_runs: Runs::new(),
         }
     }
@@ -131,5 +172,27 @@ mod tests {
         assert_eq!(t.find(0x10_2abc).map(|(s, _)| s), None);
         assert!(t.remove(0x10_1000).is_none());
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn take_holding_removes_only_a_request_that_wholly_holds_the_segment() {
+        let mut t = LiveTable::new(0x1000);
+        t.insert(live(0x10_0000, 0x1000));
+        t.insert(live(0x10_1000, 0x3000));
+        // Past the end of a one-page request, or straddling two requests: refused,
+        // and both are still there.
+        assert!(t.take_holding(0x10_0800, 0x1000).is_none());
+        assert!(t.take_holding(0x10_3800, 0x1000).is_none());
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.holder(0x10_2000, 0x2000), Some(0x10_1000));
+        assert_eq!(t.holder(0x10_2000, 0x2001), None);
+        // Inside, past the first page of a longer request.
+        let m = t.take_holding(0x10_2000, 0x2000).unwrap();
+        assert_eq!(m.iova().start(), Iova(0x10_1000));
+        assert!(t.find(0x10_2000).is_none(), "gone from the ordered map too");
+        let m = t.take_holding(0x10_0010, 0x10).unwrap();
+        assert_eq!(m.iova().start(), Iova(0x10_0000));
+        assert_eq!(t.len(), 0);
+        assert!(t.take_holding(0x10_0010, 0x10).is_none());
     }
 }

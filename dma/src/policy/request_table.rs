@@ -8,7 +8,13 @@
 //!
 //! Requests are usually one buffer, so the per-request bookkeeping (page runs, host
 //! pieces, ranges to unmap) is kept inline for small requests: the hot path makes no
-//! heap allocation of its own, which matters where malloc is slow (musl).
+//! heap allocation of its own, which matters where malloc is slow (musl). A one-segment
+//! request also skips the general list walks.
+//!
+//! Each request's IOVAs are an [`IovaLease`], which the table holds while the request
+//! is live and which only [`RequestTable::release`] gives back, after the unmap
+//! succeeded. The lease is the record of the allocation: the allocator keeps none, so
+//! map and unmap each cost one table lookup, not two.
 //!
 //! Locking: the guest memory lock is held (shared) across a whole map or unmap, and
 //! exclusively while a region is removed, so a region can never disappear under a
@@ -22,7 +28,7 @@ use crate::address::GuestPhysAddr;
 use crate::error::DmaError;
 use crate::guest_memory::{GuestMemory, GuestMemoryRegion, HostPiece};
 use crate::iova::{Iova, IovaRange};
-use crate::iova_allocator::IovaAllocator;
+use crate::iova_allocator::{IovaAllocator, IovaLease};
 use crate::mapper::{DmaAccess, DmaMapper, DmaMapping};
 use crate::policy::live_table::{LiveMapping, LiveTable, Runs};
 use crate::sg_list::{BusSgList, GuestSgList, PageRun, SgSegment};
@@ -30,8 +36,8 @@ use crate::sg_list::{BusSgList, GuestSgList, PageRun, SgSegment};
 /// The host pieces of one request, each one mapping.
 type Pieces = SmallVec<[DmaMapping; 2]>;
 
-/// IOVA ranges taken out of the table by one `unmap_sg`.
-pub(crate) type Released = SmallVec<[IovaRange; 2]>;
+/// The leases of requests taken out of the table, on their way to being unmapped.
+pub(crate) type Released = SmallVec<[IovaLease; 2]>;
 
 /// Registered memory plus live per-request mappings, over a mapper and an allocator.
 #[derive(Debug)]
@@ -105,10 +111,11 @@ impl<M: DmaMapper> RequestTable<M> {
     ) -> Result<BusSgList, DmaError> {
         let page = self.mapper.page_size();
         let memory = self.memory();
-        let runs: Runs = sg.page_runs(page).collect();
-        if runs.is_empty() {
-            return Err(DmaError::EmptyRange { start: 0 });
-        }
+        let runs: Runs = match sg.segments() {
+            [] => return Err(DmaError::EmptyRange { start: 0 }),
+            [seg] => smallvec::smallvec![seg.page_run(page)],
+            _ => sg.page_runs(page).collect(),
+        };
         // Translate everything before touching the allocator: a request reaching outside
         // registered memory must fail with nothing changed. Each host piece extends the
         // previous mapping when host-contiguous, so contiguous pages cost one mapping.
@@ -120,34 +127,44 @@ impl<M: DmaMapper> RequestTable<M> {
                 append_piece(&mut mappings, &mut total, piece, access)
             })?;
         }
-        let iova = match self.iovas.alloc(total, page) {
-            Err(DmaError::IovaExhausted { .. }) if reclaim()? => self.iovas.alloc(total, page)?,
+        let lease = match self.iovas.lease(total, page) {
+            Err(DmaError::IovaExhausted { .. }) if reclaim()? => self.iovas.lease(total, page)?,
             other => other?,
         };
+        let base = lease.range().start();
         let placed = mappings
             .iter_mut()
             .try_for_each(|m| {
-                m.range = IovaRange::new(Iova(iova.start().0 + m.iova().0), m.len())?;
+                m.range = IovaRange::new(Iova(base.0 + m.iova().0), m.len())?;
                 Ok(())
             })
-            .and_then(|()| bus_addresses(sg, &runs, iova.start()));
-        // map_batch is all or nothing, so on any failure the IOVAs are unused.
-        let bus = match placed.and_then(|bus| self.mapper.map_batch(&mappings).map(|()| bus)) {
+            .and_then(|()| bus_addresses(sg, &runs, base));
+        // Mapping is all or nothing, so on any failure the IOVAs are unused.
+        let bus = match placed.and_then(|bus| self.map_pieces(&mappings).map(|()| bus)) {
             Ok(bus) => bus,
             Err(err) => {
-                let _ = self.iovas.free(iova);
+                let _ = self.iovas.free_lease(lease);
                 return Err(err);
             }
         };
         self.live().insert(LiveMapping {
-            iova,
+            lease,
             gpa_runs: runs,
         });
         Ok(bus)
     }
 
-    /// Removes from the table every mapping a bus segment falls in and passes their IOVA
-    /// ranges to `dispose` (which unmaps them now or later), all under the region lock.
+    /// One mapping (a request in one host piece, the usual case) straight to the
+    /// mapper; more as one all-or-nothing batch.
+    fn map_pieces(&self, mappings: &[DmaMapping]) -> Result<(), DmaError> {
+        match mappings {
+            [one] => self.mapper.map(one),
+            _ => self.mapper.map_batch(mappings),
+        }
+    }
+
+    /// Removes from the table every mapping a bus segment falls in and passes their
+    /// leases to `dispose` (which unmaps them now or later), all under the region lock.
     /// Nothing is removed if any segment is not within one live mapping.
     pub(crate) fn unmap_sg(
         &self,
@@ -159,48 +176,56 @@ impl<M: DmaMapper> RequestTable<M> {
         {
             let mut live = self.live();
             if let [seg] = bus.segments() {
-                // One buffer, the usual request: no list of keys to build.
-                let key = owner(&live, seg)?;
-                taken.extend(live.remove(key).map(|m| m.iova));
+                // One buffer, the usual request: found and removed in one step.
+                let Some(m) = live.take_holding(seg.addr.0, seg.len) else {
+                    return Err(unknown(seg));
+                };
+                taken.push(m.lease);
             } else {
                 let mut keys: SmallVec<[u64; 2]> = SmallVec::new();
                 for seg in bus.segments() {
-                    let key = owner(&live, seg)?;
+                    let Some(key) = live.holder(seg.addr.0, seg.len) else {
+                        return Err(unknown(seg));
+                    };
                     if !keys.contains(&key) {
                         keys.push(key);
                     }
                 }
-                taken.extend(keys.iter().filter_map(|k| live.remove(*k)).map(|m| m.iova));
+                taken.extend(keys.iter().filter_map(|k| live.remove(*k)).map(|m| m.lease));
             }
         }
         dispose(&mut taken)
     }
 
-    /// Unmaps `ranges` (merging adjacent ones into one call) and then frees their IOVAs.
-    /// IOVAs are freed only after the unmap succeeded: on failure they stay allocated,
-    /// so a range the device might still reach is never handed out again.
-    pub(crate) fn release(&self, ranges: &mut [IovaRange]) -> Result<(), DmaError> {
-        if let [range] = ranges {
+    /// Unmaps the leased ranges (merging adjacent ones into one call) and then returns
+    /// the leases, emptying `leases`. Leases are returned only after the unmap
+    /// succeeded: on failure they are dropped unreturned and their ranges stay
+    /// allocated, so a range the device might still reach is never handed out again.
+    pub(crate) fn release(&self, leases: &mut Released) -> Result<(), DmaError> {
+        if leases.len() <= 1 {
             // One request, the usual case: nothing to sort or merge.
-            self.mapper.unmap_batch(std::slice::from_ref(range))?;
-            return self.iovas.free(*range);
+            let Some(lease) = leases.pop() else {
+                return Ok(());
+            };
+            self.mapper.unmap(lease.range())?;
+            return self.iovas.free_lease(lease);
         }
-        if ranges.is_empty() {
-            return Ok(());
-        }
-        ranges.sort_unstable();
-        let mut merged: Released = SmallVec::new();
-        for r in ranges.iter() {
+        leases.sort_unstable_by_key(IovaLease::range);
+        let mut merged: SmallVec<[IovaRange; 2]> = SmallVec::new();
+        for r in leases.iter().map(IovaLease::range) {
             match merged.last_mut() {
                 Some(prev) if prev.end() == Some(r.start()) => {
                     *prev = IovaRange::new(prev.start(), prev.len() + r.len())?;
                 }
-                _ => merged.push(*r),
+                _ => merged.push(r),
             }
         }
-        self.mapper.unmap_batch(&merged)?;
-        for r in ranges.iter() {
-            self.iovas.free(*r)?;
+        if let Err(err) = self.mapper.unmap_batch(&merged) {
+            leases.clear();
+            return Err(err);
+        }
+        for lease in leases.drain(..) {
+            self.iovas.free_lease(lease)?;
         }
         Ok(())
     }
@@ -218,18 +243,12 @@ impl<M: DmaMapper> RequestTable<M> {
     }
 }
 
-/// The first IOVA of the live request that wholly contains `seg`.
-fn owner(live: &LiveTable, seg: &SgSegment<Iova>) -> Result<u64, DmaError> {
-    let unknown = || DmaError::UnknownBusAddress {
+/// The error for a bus segment that no live request holds.
+fn unknown(seg: &SgSegment<Iova>) -> DmaError {
+    DmaError::UnknownBusAddress {
         addr: seg.addr.0,
         len: seg.len,
-    };
-    let (key, m) = live.find(seg.addr.0).ok_or_else(unknown)?;
-    let within = IovaRange::new(seg.addr, seg.len).is_ok_and(|r| m.iova.contains_range(&r));
-    if !within {
-        return Err(unknown());
     }
-    Ok(key)
 }
 
 /// Appends a host piece at IOVA offset `*total`, growing the previous mapping when the
