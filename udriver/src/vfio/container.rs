@@ -7,20 +7,21 @@
 //! through `/dev/vfio/devices/vfioN`) would be another [`IommuBackend`] behind the same
 //! `VfioContainer`, `IommuInfo` and `DmaMapper` surface.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use dma::{DmaMapping, Iova, IovaRange};
+use dma::{Iova, IovaRange};
 use vfio_bindings::bindings::vfio::{
     vfio_iommu_type1_info, VFIO_TYPE1v2_IOMMU, VFIO_API_VERSION, VFIO_IOMMU_INFO_CAPS,
     VFIO_IOMMU_INFO_PGSIZES, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL,
 };
 
 use super::capability::parse_chain;
+use super::dma_map::MappingMirror;
 use super::error::{Result, VfioError};
 use super::group::{GroupInner, VfioGroup, VFIO_DEV_DIR};
 use super::ioctl;
@@ -138,6 +139,9 @@ pub struct VfioContainer(pub(crate) Arc<ContainerInner>);
 pub(crate) struct ContainerInner {
     file: File,
     backend: IommuBackend,
+    /// The IOMMU's smallest page size once the IOMMU is set, 0 before: read on every
+    /// `map_sg`, so it is kept out of the state lock.
+    page_size: AtomicU64,
     state: Mutex<ContainerState>,
 }
 
@@ -149,8 +153,8 @@ pub(crate) struct ContainerState {
     pub(crate) iommu_set: bool,
     /// Page sizes, windows and mapping limit, read when the IOMMU was set.
     pub(crate) info: Option<IommuInfo>,
-    /// Live mappings by first IOVA, mirroring the kernel's, for precise errors.
-    pub(crate) mappings: BTreeMap<u64, DmaMapping>,
+    /// Live mappings, mirroring the kernel's, for precise errors and `mappings()`.
+    pub(crate) mappings: MappingMirror,
     /// Mappings the kernel allowed when the IOMMU was set, if it said.
     pub(crate) max_mappings: Option<usize>,
 }
@@ -199,6 +203,7 @@ impl VfioContainer {
         Ok(VfioContainer(Arc::new(ContainerInner {
             file,
             backend,
+            page_size: AtomicU64::new(0),
             state: Mutex::new(ContainerState::default()),
         })))
     }
@@ -206,6 +211,14 @@ impl VfioContainer {
     /// The IOMMU backend in use.
     pub fn backend(&self) -> IommuBackend {
         self.0.backend
+    }
+
+    /// The IOMMU's smallest page size, once a group is attached.
+    pub(crate) fn iommu_page_size(&self) -> Option<u64> {
+        match self.0.page_size.load(Ordering::Relaxed) {
+            0 => None,
+            size => Some(size),
+        }
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, ContainerState> {
@@ -248,6 +261,9 @@ impl VfioContainer {
             state.iommu_set = true;
             let info = self.query_iommu_info()?;
             state.max_mappings = info.dma_avail.map(|n| n as usize);
+            self.0
+                .page_size
+                .store(info.min_page_size(), Ordering::Relaxed);
             state.info = Some(info);
         }
         state.groups.retain(|(_, g)| g.strong_count() > 0);
@@ -283,6 +299,7 @@ impl VfioContainer {
         if state.groups.is_empty() {
             state.iommu_set = false;
             state.info = None;
+            self.0.page_size.store(0, Ordering::Relaxed);
             state.mappings.clear();
             state.max_mappings = None;
         }
@@ -337,6 +354,7 @@ impl VfioContainer {
         VfioContainer(Arc::new(ContainerInner {
             file: tempfile::tempfile().expect("tempfile"),
             backend: IommuBackend::Type1v2,
+            page_size: AtomicU64::new(info.min_page_size()),
             state: Mutex::new(ContainerState {
                 iommu_set: true,
                 info: Some(info),
@@ -346,8 +364,8 @@ impl VfioContainer {
         }))
     }
 
-    pub(crate) fn insert_mapping_for_test(&self, m: DmaMapping) {
-        self.lock().mappings.insert(m.range.start().0, m);
+    pub(crate) fn insert_mapping_for_test(&self, m: dma::DmaMapping) {
+        self.lock().mappings.insert(m);
     }
 }
 
