@@ -17,30 +17,30 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nobody listens at the control path.
-    #[error("no udrv serve answers at {} ({source}); start it first, as root: `{}` (or run it as a systemd service)", path.display(), start_command(path))]
+    #[error("no udrv serve answers at {} ({error}); start it first, as root: `{}` (or run it as a systemd service)", path.display(), start_command(path))]
     NoDaemon {
         /// The control socket.
         path: PathBuf,
         /// What connecting said.
-        source: io::Error,
+        error: io::Error,
     },
     /// The socket is there but not for this user.
-    #[error("cannot connect to udrv serve at {}: {source}; its control socket is for root only: run the command as root (sudo)", path.display())]
+    #[error("cannot connect to udrv serve at {}: {error}; its control socket is for root only: run the command as root (sudo)", path.display())]
     Denied {
         /// The control socket.
         path: PathBuf,
         /// What connecting said.
-        source: io::Error,
+        error: io::Error,
     },
     /// Sending or receiving failed.
-    #[error("udrv serve at {}: {action} failed: {source}", path.display())]
+    #[error("udrv serve at {}: {action} failed: {error}", path.display())]
     Io {
         /// The control socket.
         path: PathBuf,
         /// What was being done.
         action: &'static str,
         /// Why.
-        source: io::Error,
+        error: io::Error,
     },
     /// The daemon closed the connection without an answer.
     #[error("udrv serve at {} closed the connection without answering (it is stopping, or see its log)", path.display())]
@@ -73,27 +73,27 @@ pub struct ControlClient {
 impl ControlClient {
     /// Connects to the daemon at `path`.
     pub fn connect(path: &Path) -> Result<ControlClient, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|source| match source.kind() {
+        let stream = UnixStream::connect(path).map_err(|error| match error.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NoDaemon {
                 path: path.to_path_buf(),
-                source,
+                error,
             },
             io::ErrorKind::PermissionDenied => ClientError::Denied {
                 path: path.to_path_buf(),
-                source,
+                error,
             },
             _ => ClientError::Io {
                 path: path.to_path_buf(),
                 action: "connecting",
-                source,
+                error,
             },
         })?;
         let io_error = |action| {
             let path = path.to_path_buf();
-            move |source| ClientError::Io {
+            move |error| ClientError::Io {
                 path,
                 action,
-                source,
+                error,
             }
         };
         stream
@@ -109,25 +109,33 @@ impl ControlClient {
     pub fn request(&mut self, request: &Request) -> Result<Reply, ClientError> {
         let mut line = request.encode();
         line.push('\n');
-        self.reader
-            .get_mut()
-            .write_all(line.as_bytes())
-            .map_err(|source| ClientError::Io {
-                path: self.path.clone(),
-                action: "sending the request",
-                source,
-            })?;
+        let sent = self.reader.get_mut().write_all(line.as_bytes());
         let mut answer = String::new();
+        // A daemon that refuses a peer answers at once and hangs up, possibly before
+        // the request is sent: its answer is still there to read.
         let read = self
             .reader
             .by_ref()
             .take(MAX_LINE as u64 + 2)
-            .read_line(&mut answer)
-            .map_err(|source| ClientError::Io {
-                path: self.path.clone(),
-                action: "reading the answer",
-                source,
-            })?;
+            .read_line(&mut answer);
+        let read = match (sent, read) {
+            (_, Ok(n)) if n > 0 => n,
+            (Err(error), _) => {
+                return Err(ClientError::Io {
+                    path: self.path.clone(),
+                    action: "sending the request",
+                    error,
+                })
+            }
+            (Ok(()), Err(error)) => {
+                return Err(ClientError::Io {
+                    path: self.path.clone(),
+                    action: "reading the answer",
+                    error,
+                })
+            }
+            (Ok(()), Ok(n)) => n,
+        };
         if read == 0 {
             return Err(ClientError::Closed {
                 path: self.path.clone(),

@@ -68,6 +68,9 @@ pub enum Request {
         /// Every claimed device.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         all: bool,
+        /// Also release named devices on vfio-pci that udrv did not claim.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
     /// The served devices, their frontends and the claims.
     Status,
@@ -94,6 +97,57 @@ impl Request {
     pub fn decode(line: &str) -> Result<Request, ProtocolError> {
         let value = versioned_object(line)?;
         serde_json::from_value(value).map_err(|e| ProtocolError::BadRequest(e.to_string()))
+    }
+}
+
+impl std::fmt::Display for Request {
+    /// One short line for logs: `attach 0000:00:04.0 serve=uml:/run/udrv/nic.sock`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |devices: &[PciAddress]| {
+            devices
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match self {
+            Request::Attach {
+                devices,
+                force,
+                whole_group,
+                serve,
+            } => {
+                write!(f, "attach {}", list(devices))?;
+                if let Some(spec) = serve {
+                    write!(f, " serve={spec}")?;
+                }
+                if *force {
+                    f.write_str(" force")?;
+                }
+                if *whole_group {
+                    f.write_str(" whole_group")?;
+                }
+                Ok(())
+            }
+            Request::Serve { device, frontend } => write!(f, "serve {device} {frontend}"),
+            Request::Unserve { device } => write!(f, "unserve {device}"),
+            Request::Detach {
+                devices,
+                all,
+                force,
+            } => {
+                if *all {
+                    f.write_str("detach all")?;
+                } else {
+                    write!(f, "detach {}", list(devices))?;
+                }
+                if *force {
+                    f.write_str(" force")?;
+                }
+                Ok(())
+            }
+            Request::Status => f.write_str("status"),
+        }
     }
 }
 
@@ -473,10 +527,12 @@ mod tests {
             Request::Detach {
                 devices: vec![addr("0000:00:04.0")],
                 all: false,
+                force: true,
             },
             Request::Detach {
                 devices: vec![],
                 all: true,
+                force: false,
             },
             Request::Status,
         ];
@@ -486,6 +542,26 @@ mod tests {
             assert!(line.starts_with(r#"{"version":1,""#), "{line}");
             assert_eq!(Request::decode(&line).unwrap(), request, "{line}");
         }
+    }
+
+    #[test]
+    fn requests_display_as_one_short_log_line() {
+        let attach = Request::Attach {
+            devices: vec![addr("0000:00:04.0"), addr("0000:00:06.0")],
+            force: true,
+            whole_group: false,
+            serve: Some(spec()),
+        };
+        assert_eq!(
+            attach.to_string(),
+            "attach 0000:00:04.0,0000:00:06.0 serve=uml:/run/udrv/nic.sock force"
+        );
+        let detach = Request::Detach {
+            devices: vec![],
+            all: true,
+            force: false,
+        };
+        assert_eq!(detach.to_string(), "detach all");
     }
 
     #[test]

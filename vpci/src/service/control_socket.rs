@@ -86,10 +86,10 @@ impl ControlSocket {
     /// Binds the control socket at `path` with mode 0600 (creating its directory,
     /// mode 0755). Refuses if a daemon answers there or the path is not a socket.
     pub fn bind(path: &Path) -> Result<(ControlSocket, UnixListener, Previous), ServiceError> {
-        let error = |action: &'static str, source: io::Error| ServiceError::ControlSocket {
+        let error = |action: &'static str, error: io::Error| ServiceError::ControlSocket {
             path: path.to_path_buf(),
             action,
-            source,
+            error,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::DirBuilder::new()

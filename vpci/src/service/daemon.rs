@@ -81,7 +81,7 @@ pub struct Daemon {
 }
 
 fn event_loop_error(action: &'static str) -> impl FnOnce(io::Error) -> ServiceError {
-    move |source| ServiceError::EventLoop { action, source }
+    move |error| ServiceError::EventLoop { action, error }
 }
 
 impl Daemon {
@@ -319,7 +319,7 @@ impl Daemon {
             }
         };
         let op = request.op();
-        let summary = format!("{request:?}");
+        let summary = request.to_string();
         let response = self.service.handle(request, peer).map_err(|e| ErrorReply {
             kind: e.kind(),
             message: e.to_string(),

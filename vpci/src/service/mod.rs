@@ -60,14 +60,14 @@ pub use uml_launcher::UmlLauncher;
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     /// The control socket could not be set up.
-    #[error("control socket {}: {action} failed: {source}", path.display())]
+    #[error("control socket {}: {action} failed: {error}", path.display())]
     ControlSocket {
         /// The socket.
         path: PathBuf,
         /// What was being done.
         action: &'static str,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Something that is not a socket sits at the control path.
     #[error("{} exists and is not a socket; remove it or give udrv serve another --control path", .0.display())]
@@ -84,12 +84,12 @@ pub enum ServiceError {
     #[error("setting up SIGTERM/SIGINT handling (signalfd) failed: {0}")]
     Signals(nix::errno::Errno),
     /// The event loop failed.
-    #[error("event loop: {action} failed: {source}")]
+    #[error("event loop: {action} failed: {error}")]
     EventLoop {
         /// What was being done.
         action: &'static str,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Claiming or giving back failed (refusals included).
     #[error(transparent)]
@@ -144,14 +144,14 @@ pub enum ServiceError {
     #[error("{0}: has no IOMMU group, so VFIO cannot open it: boot with the IOMMU on (intel_iommu=on or amd_iommu=on)")]
     NoIommuGroup(PciAddress),
     /// The frontend did not start.
-    #[error("{address}: starting the {} frontend at {} failed: {source}", spec.kind(), spec.socket().display())]
+    #[error("{address}: starting the {} frontend at {} failed: {error}", spec.kind(), spec.socket().display())]
     Launch {
         /// The device.
         address: PciAddress,
         /// The frontend.
         spec: FrontendSpec,
         /// Why.
-        source: LaunchError,
+        error: LaunchError,
     },
     /// The frontend failed while stopping (it is stopped anyway).
     #[error("{0}")]
@@ -160,10 +160,10 @@ pub enum ServiceError {
     #[error("the state file records a frontend udrv cannot read: {0}")]
     RecordedSpec(FrontendSpecError),
     /// `attach --serve` claimed the device, then serving it failed.
-    #[error("{source}; {outcome}")]
+    #[error("{error}; {outcome}")]
     ServeAfterAttach {
         /// Why serving failed.
-        source: Box<ServiceError>,
+        error: Box<ServiceError>,
         /// What became of the claim.
         outcome: String,
     },
@@ -189,7 +189,7 @@ impl ServiceError {
             ServiceError::NotClaimed(_)
             | ServiceError::ClaimIncomplete { .. }
             | ServiceError::NotOnVfio { .. } => ErrorKind::NotClaimed,
-            ServiceError::ServeAfterAttach { source, .. } => source.kind(),
+            ServiceError::ServeAfterAttach { error, .. } => error.kind(),
             _ => ErrorKind::Failed,
         }
     }

@@ -101,7 +101,11 @@ impl Service {
                 self.serve(device, frontend, false).map(Reply::Served)
             }
             Request::Unserve { device } => self.unserve(device).map(Reply::Unserved),
-            Request::Detach { devices, all } => self.detach(&devices, all).map(Reply::Detached),
+            Request::Detach {
+                devices,
+                all,
+                force,
+            } => self.detach(&devices, all, force).map(Reply::Detached),
             Request::Status => self.status().map(Reply::Status),
         }
     }
@@ -242,7 +246,7 @@ impl Service {
                     }
                 };
                 Err(ServiceError::ServeAfterAttach {
-                    source: Box::new(source),
+                    error: Box::new(source),
                     outcome,
                 })
             }
@@ -309,7 +313,7 @@ impl Service {
                 return Err(ServiceError::Launch {
                     address: device,
                     spec,
-                    source,
+                    error: source,
                 });
             }
         };
@@ -346,7 +350,12 @@ impl Service {
         Ok(report)
     }
 
-    fn detach(&mut self, devices: &[PciAddress], all: bool) -> Result<DetachReply, ServiceError> {
+    fn detach(
+        &mut self,
+        devices: &[PciAddress],
+        all: bool,
+        force: bool,
+    ) -> Result<DetachReply, ServiceError> {
         let mut reply = DetachReply::default();
         let stopping: Vec<PciAddress> = if all {
             self.served.addresses()
@@ -372,7 +381,7 @@ impl Service {
         } else {
             DetachTarget::Devices(devices.to_vec())
         };
-        let report = self.host.claimer().detach(&target, false)?;
+        let report = self.host.claimer().detach(&target, force)?;
         log_restored(&report);
         for r in report.restored.iter().chain(&report.repaired) {
             self.claimed_here.remove(&r.address);

@@ -462,6 +462,7 @@ fn detach_of_a_served_device_stops_its_frontend_and_gives_it_back() {
         .request(Request::Detach {
             devices: vec![addr("00:04.0"), addr("00:02.0")],
             all: false,
+            force: false,
         })
         .unwrap()
     else {

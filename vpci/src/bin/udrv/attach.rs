@@ -2,14 +2,18 @@
 
 use std::fmt::Write as _;
 
+use anyhow::{bail, Context};
 use clap::Args;
 use udriver::bind::KernelSysfs;
 use udriver::claim::{
     resolve_group, resolve_user, AttachOptions, AttachReport, Claimer, Modprobe, Owner,
 };
 use udriver::pci::PciAddress;
+use vpci::service::control::AttachReply;
+use vpci::service::{ControlClient, FrontendSpec, Reply, Request};
 
 use crate::list::{write_stdout, HostArgs};
+use crate::serve::ControlArgs;
 
 /// Hand PCI devices to vfio-pci so that a user-level driver or a guest can use them.
 ///
@@ -24,10 +28,17 @@ use crate::list::{write_stdout, HostArgs};
 /// on host drivers (--group claims them all). Loads vfio-pci with `modprobe vfio-pci`
 /// if it is not loaded. Needs root.
 ///
+/// With --serve, the running `udrv serve` claims the device (same checks, same state
+/// file) and serves it to User-Mode Linux guests on a vhost-user socket, then this
+/// prints how to start such a guest. Start `udrv serve` first.
+///
 /// Examples:
 ///   udrv attach 0000:00:03.0
 ///   udrv attach 00:1f.2 --group           the device and the rest of its IOMMU group
 ///   udrv attach 00:03.0 --user alice      and let alice open /dev/vfio/N
+///   udrv attach 00:04.0 --serve uml:/run/udrv/nic.sock
+///                                         claim it and serve it to a UML guest:
+///                                         linux ... virtio_uml.device=/run/udrv/nic.sock:1234
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct AttachArgs {
@@ -41,11 +52,21 @@ pub struct AttachArgs {
     #[arg(long)]
     pub group: bool,
     /// Give /dev/vfio/N to this user (name or uid), so a non-root driver can open it.
-    #[arg(long, value_name = "USER")]
+    #[arg(long, value_name = "USER", conflicts_with = "serve")]
     pub user: Option<String>,
     /// Give /dev/vfio/N to this group (name or gid), mode 0660.
-    #[arg(long, value_name = "GROUP")]
+    #[arg(long, value_name = "GROUP", conflicts_with = "serve")]
     pub group_owner: Option<String>,
+    /// Have `udrv serve` claim the (one) device and serve it on this frontend:
+    /// uml:SOCKET, a vhost-user socket a User-Mode Linux guest connects to.
+    #[arg(long, value_name = "uml:SOCKET", value_parser = parse_serve)]
+    pub serve: Option<FrontendSpec>,
+    /// The device ID in the printed UML command line (virtio_uml.device=SOCKET:ID); it
+    /// must equal the guest kernel's CONFIG_UML_PCI_OVER_VIRTIO_DEVICE_ID.
+    #[arg(long, value_name = "ID", default_value_t = UML_DEVICE_ID, requires = "serve")]
+    pub uml_device_id: u32,
+    #[command(flatten)]
+    pub control: ControlArgs,
     /// Print what was done as JSON.
     #[arg(long)]
     pub json: bool,
@@ -55,6 +76,9 @@ pub struct AttachArgs {
 
 /// Runs `udrv attach`.
 pub fn run(args: AttachArgs) -> anyhow::Result<()> {
+    if let Some(spec) = args.serve.clone() {
+        return run_served(&args, spec);
+    }
     let options = AttachOptions {
         force: args.force,
         whole_group: args.group,
@@ -134,4 +158,116 @@ fn render_json(report: &AttachReport) -> anyhow::Result<String> {
     let mut text = serde_json::to_string_pretty(&value)?;
     text.push('\n');
     Ok(text)
+}
+
+/// The device ID the rig's UML kernel is built with (CONFIG_UML_PCI_OVER_VIRTIO_DEVICE_ID).
+pub const UML_DEVICE_ID: u32 = 1234;
+
+/// Parses `--serve`, making a relative socket path absolute (the service runs in
+/// another directory).
+fn parse_serve(text: &str) -> Result<FrontendSpec, String> {
+    let text = match text.split_once(':') {
+        Some((kind, path)) if !path.is_empty() && !path.starts_with('/') => {
+            let cwd = std::env::current_dir().map_err(|e| format!("resolving {path}: {e}"))?;
+            format!("{kind}:{}", cwd.join(path).display())
+        }
+        _ => text.to_string(),
+    };
+    text.parse()
+        .map_err(|e: vpci::service::FrontendSpecError| e.to_string())
+}
+
+/// `--serve`: the running `udrv serve` claims and serves the device.
+fn run_served(args: &AttachArgs, spec: FrontendSpec) -> anyhow::Result<()> {
+    let control = args.control.path();
+    let mut client = ControlClient::connect(&control)?;
+    if let Some(state) = &args.host.state {
+        // Claims must land in the state file the service reads at its next start.
+        let state = std::path::absolute(state).context("resolving --state")?;
+        if let Reply::Status(status) = client.request(&Request::Status)? {
+            if status.daemon.state != state {
+                bail!(
+                    "udrv serve at {} records claims in {}, not {}; drop --state or start udrv serve with --state {}",
+                    control.display(),
+                    status.daemon.state.display(),
+                    state.display(),
+                    state.display()
+                );
+            }
+        }
+    }
+    let reply = client.request(&Request::Attach {
+        devices: args.devices.clone(),
+        force: args.force,
+        whole_group: args.group,
+        serve: Some(spec.clone()),
+    })?;
+    let Reply::Attached(reply) = reply else {
+        bail!("udrv serve answered an attach with {reply:?}");
+    };
+    for warning in &reply.warnings {
+        eprintln!("udrv: warning: {warning}");
+    }
+    let guest = uml_command(&spec, args.uml_device_id);
+    let text = if args.json {
+        let mut value = serde_json::to_value(&reply).context("encoding JSON")?;
+        value["guest_command"] = guest.into();
+        let mut text = serde_json::to_string_pretty(&value).context("encoding JSON")?;
+        text.push('\n');
+        text
+    } else {
+        render_served_text(&reply, &spec, &guest, args.uml_device_id)
+    };
+    write_stdout(&text)
+}
+
+/// How to start a UML guest on `spec`'s socket.
+fn uml_command(spec: &FrontendSpec, device_id: u32) -> String {
+    format!(
+        "linux mem=256M ubd0=ROOTFS.img virtio_uml.device={}:{device_id}",
+        spec.socket().display()
+    )
+}
+
+fn render_served_text(
+    reply: &AttachReply,
+    spec: &FrontendSpec,
+    guest: &str,
+    device_id: u32,
+) -> String {
+    let mut out = String::new();
+    for r in &reply.repaired {
+        let _ = writeln!(
+            out,
+            "{}: an interrupted claim was undone: back on {}",
+            r.address,
+            r.driver.as_deref().unwrap_or("no driver")
+        );
+    }
+    for device in &reply.attached {
+        let from = device.previous_driver.as_deref().unwrap_or("no driver");
+        if device.already {
+            let _ = writeln!(out, "{}: already on vfio-pci", device.address);
+        } else {
+            let _ = writeln!(out, "{}: {from} -> vfio-pci", device.address);
+        }
+        for reason in &device.forced {
+            let _ = writeln!(out, "    forced although: {reason}");
+        }
+    }
+    if let Some(served) = &reply.served {
+        let _ = writeln!(
+            out,
+            "{}: served by udrv serve to User-Mode Linux guests at {}",
+            served.address,
+            spec.socket().display()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "Start a guest whose kernel has CONFIG_UML_PCI_OVER_VIRTIO=y and \
+         CONFIG_UML_PCI_OVER_VIRTIO_DEVICE_ID={device_id} (else pass --uml-device-id):\n  {guest}\n\
+         (ROOTFS.img: the guest's root filesystem; `udrv status` shows when it connects)"
+    );
+    out
 }

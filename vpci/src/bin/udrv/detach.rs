@@ -7,8 +7,11 @@ use clap::Args;
 use udriver::bind::KernelSysfs;
 use udriver::claim::{Claimer, DetachReport, DetachTarget, Modprobe, RestoreHow};
 use udriver::pci::PciAddress;
+use vpci::service::control::DetachReply;
+use vpci::service::{ClientError, ControlClient, Reply, Request};
 
 use crate::list::{write_stdout, HostArgs};
+use crate::serve::ControlArgs;
 
 /// Give devices back to the drivers they had before `udrv attach`.
 ///
@@ -18,6 +21,10 @@ use crate::list::{write_stdout, HostArgs};
 /// backwards the same way; after a reboot a device already back on its driver only
 /// loses its record. A device on vfio-pci that udrv did not claim is left alone unless
 /// --force. Needs root.
+///
+/// When `udrv serve` runs (on the same state file), it does the detaching: it first
+/// stops the frontend of each device it serves (the guest loses the device), then gives
+/// the device back.
 ///
 /// Examples:
 ///   udrv detach 0000:00:03.0
@@ -43,11 +50,16 @@ pub struct DetachArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
+    pub control: ControlArgs,
+    #[command(flatten)]
     pub host: HostArgs,
 }
 
 /// Runs `udrv detach`.
 pub fn run(args: DetachArgs) -> anyhow::Result<()> {
+    if let Some(reply) = ask_daemon(&args)? {
+        return print_daemon_reply(&reply, &args);
+    }
     let target = if args.all {
         DetachTarget::All
     } else {
@@ -119,4 +131,76 @@ fn render_json(report: &DetachReport) -> anyhow::Result<String> {
     let mut text = serde_json::to_string_pretty(&value).context("encoding JSON")?;
     text.push('\n');
     Ok(text)
+}
+
+/// Has the running `udrv serve` detach, if one runs on this state file. `None`: nobody
+/// answers at the control socket, or the service uses another state file (its claims
+/// are not these), so the claims are undone here.
+fn ask_daemon(args: &DetachArgs) -> anyhow::Result<Option<DetachReply>> {
+    let control = args.control.path();
+    let mut client = match ControlClient::connect(&control) {
+        Ok(client) => client,
+        Err(ClientError::NoDaemon { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if args.host.root.is_some() {
+        return Ok(None);
+    }
+    if let Reply::Status(status) = client.request(&Request::Status)? {
+        let ours = std::path::absolute(args.host.state_path()).context("resolving --state")?;
+        if status.daemon.state != ours {
+            return Ok(None);
+        }
+    }
+    match client.request(&Request::Detach {
+        devices: args.devices.clone(),
+        all: args.all,
+        force: args.force,
+    })? {
+        Reply::Detached(reply) => Ok(Some(reply)),
+        other => Err(anyhow!("udrv serve answered a detach with {other:?}")),
+    }
+}
+
+fn print_daemon_reply(reply: &DetachReply, args: &DetachArgs) -> anyhow::Result<()> {
+    let text = if args.json {
+        let mut text = serde_json::to_string_pretty(reply).context("encoding JSON")?;
+        text.push('\n');
+        text
+    } else {
+        let mut out = String::new();
+        for s in &reply.stopped {
+            let _ = writeln!(
+                out,
+                "{}: stopped serving {} ({} guests served)",
+                s.address, s.frontend, s.status.guests_served
+            );
+        }
+        for r in reply.repaired.iter().chain(&reply.restored) {
+            let _ = writeln!(
+                out,
+                "{}: given back by udrv serve: now on {}",
+                r.address,
+                r.driver.as_deref().unwrap_or("no driver")
+            );
+        }
+        for n in &reply.not_claimed {
+            let _ = writeln!(
+                out,
+                "{}: not claimed by udrv (on {}): nothing to do",
+                n.address,
+                n.driver.as_deref().unwrap_or("no driver")
+            );
+        }
+        if args.all && reply.restored.is_empty() && reply.failed.is_empty() {
+            out.push_str("no devices are claimed\n");
+        }
+        out
+    };
+    write_stdout(&text)?;
+    if reply.failed.is_empty() {
+        return Ok(());
+    }
+    let failures: Vec<String> = reply.failed.iter().map(|f| f.error.clone()).collect();
+    Err(anyhow!(failures.join("\n")))
 }

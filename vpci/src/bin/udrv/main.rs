@@ -4,6 +4,8 @@ mod acpi;
 mod attach;
 mod detach;
 mod list;
+mod serve;
+mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +19,11 @@ use clap::{Parser, Subcommand};
         udrv attach 0000:00:03.0       hand it to vfio-pci (refused if the host uses it)\n  \
         ...                            a user-level driver or a VMM opens /dev/vfio/N\n  \
         udrv detach 0000:00:03.0       give it back to the driver it had\n\n\
+        Serving a device to a User-Mode Linux guest:\n  \
+        udrv serve &                   the service (root; SIGTERM gives devices back)\n  \
+        udrv attach 00:04.0 --serve uml:/run/udrv/nic.sock\n  \
+        linux ... virtio_uml.device=/run/udrv/nic.sock:1234\n  \
+        udrv status                    guests, counters, claims\n\n\
         `udrv COMMAND --help` explains each command."
 )]
 struct Cli {
@@ -31,6 +38,8 @@ enum Command {
     List(list::ListArgs),
     Attach(attach::AttachArgs),
     Detach(detach::DetachArgs),
+    Serve(serve::ServeArgs),
+    Status(status::StatusArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +48,8 @@ fn main() -> std::process::ExitCode {
         Command::List(args) => list::run(args),
         Command::Attach(args) => attach::run(args),
         Command::Detach(args) => detach::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Status(args) => status::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
