@@ -141,8 +141,15 @@ fn uml_file(name: &str) -> PathBuf {
     Path::new(UML_TMP).join(name)
 }
 
-/// Checks a served run: clean boot and power-off, the task succeeded.
+/// Checks a served run: clean boot and power-off, the task succeeded. UML's console
+/// comes back as target/rig/files/uml-TASK-NONCE.log.
 fn ensure_task_ok(run: &UmlRun, nonce: &str, task: &str) -> Result<()> {
+    let _ = crate::harness::send_file(&format!("uml-{task}-{nonce}.log"), run.output.as_bytes());
+    // virtio_pcidev_send_cmd gave up on an answer (40 ms) and read all-ones.
+    let timeouts = run.output.matches("um virt-pci delay").count();
+    if timeouts > 0 {
+        println!("UML timed out waiting for {timeouts} served read(s)");
+    }
     ensure_clean_boot(run, nonce)?;
     ensure!(
         run.output

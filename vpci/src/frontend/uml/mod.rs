@@ -72,7 +72,7 @@ use std::thread::JoinHandle;
 use ::dma::DmaMapper;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use thiserror::Error;
-use vhost::vhost_user::Listener;
+use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -379,7 +379,9 @@ fn serve_guest<D: PassthroughDevice + 'static>(
             let result = daemon.wait();
             control.connection().take();
             match result {
-                Ok(()) => {
+                // UML closing its socket (powered off or killed) is the normal end.
+                Ok(())
+                | Err(vhost_user_backend::Error::HandleRequest(VhostUserError::Disconnected)) => {
                     tracing::info!(socket = %shared.socket.display(), "UML guest disconnected")
                 }
                 Err(e) if control.stopping() => {
