@@ -583,6 +583,7 @@ impl<D: PassthroughDevice + 'static> VhostUserBackend for UmlBackend<D> {
         vrings: &[VringMutex],
         _thread_id: usize,
     ) -> io::Result<()> {
+        super::realtime::raise_once(&self.shared.socket);
         let (Some(cmd), Some(irq)) = (
             vrings.get(usize::from(CMD_QUEUE)),
             vrings.get(usize::from(IRQ_QUEUE)),

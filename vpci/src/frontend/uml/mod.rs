@@ -11,6 +11,7 @@
 //!     chain               descriptor chains -> message bytes, answers -> writable part
 //!     dma::GuestDma       UML's memory mapped for DMA, IOVA = UML physical address
 //!     interrupts          vector eventfds watched, MSI messages -> irq queue
+//!     realtime            the worker preempts the busy-waiting guest (SCHED_FIFO)
 //!   status                counters -> FrontendStatus
 //! ```
 //!
@@ -56,6 +57,7 @@ mod backend;
 mod chain;
 mod dma;
 mod interrupts;
+mod realtime;
 mod status;
 #[cfg(test)]
 mod tests;
