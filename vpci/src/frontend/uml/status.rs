@@ -40,8 +40,12 @@ pub(super) struct Counters {
     pub(super) mmio_writes: AtomicU64,
     pub(super) interrupts: AtomicU64,
     pub(super) dma_mapped_bytes: AtomicU64,
+    errors: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
+
+/// Errors logged in full before logging thins out.
+const LOGGED_ERRORS: u64 = 20;
 
 impl Counters {
     pub(super) fn add(counter: &AtomicU64, n: u64) {
@@ -50,9 +54,13 @@ impl Counters {
         }
     }
 
-    /// Log `error` and keep it as the latest.
+    /// Log `error` and keep it as the latest. A guest can send bad input as fast as it
+    /// likes, so after the first [`LOGGED_ERRORS`] only every 1000th is logged.
     pub(super) fn error(&self, error: String) {
-        tracing::warn!("{error}");
+        let n = self.errors.fetch_add(1, Relaxed) + 1;
+        if n <= LOGGED_ERRORS || n.is_multiple_of(1000) {
+            tracing::warn!(errors = n, "{error}");
+        }
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
     }
 
