@@ -5,6 +5,7 @@ mod acpi;
 mod attach;
 mod dma;
 mod drivers;
+mod service;
 mod smoke;
 mod uml;
 mod uml_bench;
@@ -26,6 +27,7 @@ pub fn all() -> Vec<RigTest> {
         vpci::tests(),
         uml::tests(),
         uml_served::tests(),
+        service::tests(),
     ]
     .into_iter()
     .flatten()
