@@ -373,6 +373,11 @@ impl Service {
                 if let Err(e) = outcome {
                     error!(device = %device, error = %e, "frontend stop");
                 }
+                // Not served any more, even if giving it back fails below: a restarted
+                // service must not serve it again.
+                if let Err(e) = self.record_serve(device, None) {
+                    error!(device = %device, error = %e, "clearing the serve record");
+                }
                 reply.stopped.push(report);
             }
         }

@@ -482,6 +482,59 @@ fn detach_of_a_served_device_stops_its_frontend_and_gives_it_back() {
     assert!(report.restored.is_empty(), "nothing left to give back");
 }
 
+#[test]
+fn a_served_device_that_cannot_go_back_stays_claimed_but_unserved() {
+    let host = host();
+    let launches = Launches::default();
+    let config = DaemonConfig {
+        control: control_path(&host),
+        keep_claims: false,
+        handle_signals: false,
+    };
+    let mut service_host = fake_host(&host);
+    // e1000e's probe fails: the device cannot be given back.
+    service_host.writer = Box::new(host.kernel().failing_probe("e1000e"));
+    let launcher = FakeLauncher {
+        state_path: state_path(&host),
+        launches: launches.clone(),
+    };
+    let daemon = Daemon::start(config, service_host, Box::new(launcher)).unwrap();
+    let stop = daemon.stop_handle();
+    let daemon = Running {
+        control: control_path(&host),
+        stop: Some(stop),
+        thread: std::thread::spawn(move || daemon.run()),
+    };
+    daemon
+        .request(attach_serve("00:04.0", &sock(&host, "n.sock")))
+        .unwrap();
+    let Reply::Detached(reply) = daemon
+        .request(Request::Detach {
+            devices: vec![addr("00:04.0")],
+            all: false,
+            force: false,
+        })
+        .unwrap()
+    else {
+        panic!("not a detach reply")
+    };
+    assert_eq!(reply.stopped.len(), 1);
+    assert_eq!(reply.failed.len(), 1);
+    assert!(
+        reply.failed[0]
+            .error
+            .contains("could not put it back on e1000e"),
+        "{}",
+        reply.failed[0].error
+    );
+    let recorded = claims(&host);
+    assert_eq!(recorded.len(), 1, "the claim stays recorded for a retry");
+    assert_eq!(recorded[0].serve, None, "but it is no longer served");
+    assert!(daemon.status().served.is_empty());
+    let report = daemon.stop();
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+}
+
 fn read_line(reader: &mut BufReader<UnixStream>) -> String {
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
