@@ -9,6 +9,10 @@ use super::control::ProtocolError;
 use super::control_socket::Peer;
 use super::framing::LineBuffer;
 
+/// Answers a client may leave unread before it is disconnected: one that sends
+/// requests without reading the answers must not grow the daemon without bound.
+pub(crate) const MAX_PENDING_OUTPUT: usize = 1 << 20;
+
 /// A control connection.
 pub(crate) struct Connection {
     pub(crate) stream: UnixStream,
@@ -97,6 +101,11 @@ impl Connection {
             }
         }
         Ok(false)
+    }
+
+    /// Bytes of answers not yet taken by the socket.
+    pub(crate) fn pending(&self) -> usize {
+        self.output.len()
     }
 
     /// Done: nothing more will be read and everything was written.

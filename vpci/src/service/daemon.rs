@@ -18,7 +18,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{debug, info, warn};
 
-use super::connection::{Connection, Incoming};
+use super::connection::{Connection, Incoming, MAX_PENDING_OUTPUT};
 use super::control::{encode_response, DaemonInfo, ErrorKind, ErrorReply, Request};
 use super::control_socket::{authorize, ControlSocket, Peer, Previous};
 use super::host::Host;
@@ -279,6 +279,12 @@ impl Daemon {
         }
         if !broken {
             match client.flush() {
+                Ok(_) if client.pending() > MAX_PENDING_OUTPUT => warn!(
+                    uid = client.peer.uid,
+                    pid = client.peer.pid,
+                    pending = client.pending(),
+                    "control client disconnected: it does not read its answers"
+                ),
                 Ok(pending) => {
                     let interest = if pending {
                         Interest::READABLE | Interest::WRITABLE

@@ -614,6 +614,31 @@ fn an_oversize_line_is_answered_then_the_connection_closed() {
 }
 
 #[test]
+fn a_client_that_never_reads_its_answers_is_disconnected() {
+    let host = host();
+    let daemon = start(&host, &Launches::default(), false);
+    let mut hog = UnixStream::connect(&daemon.control).unwrap();
+    hog.set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let line = format!("{}\n", Request::Status.encode());
+    let mut refused = false;
+    // Each answer is some hundred bytes: far more than the daemon keeps for a client.
+    for _ in 0..100_000 {
+        if hog.write_all(line.as_bytes()).is_err() {
+            refused = true;
+            break;
+        }
+    }
+    assert!(
+        refused,
+        "the daemon kept taking requests whose answers nobody reads"
+    );
+    // Everyone else is still served.
+    assert!(daemon.status().served.is_empty());
+    daemon.stop();
+}
+
+#[test]
 fn stopping_gives_back_what_the_daemon_claimed_and_leaves_other_claims() {
     let host = host();
     let launches = Launches::default();
