@@ -9,7 +9,7 @@
 //!   Service           requests -> udriver's Claimer + state file, frontends
 //!     Served          served devices and their frontends' last status
 //!     FrontendLauncher  opens a claimed device and starts its frontend
-//!       UmlLauncher     VFIO (one container) + the UML frontend
+//!       UmlLauncher     VFIO (a container per served group) + the UML frontend
 //! ControlClient       what the udrv commands use to talk to the daemon
 //! ```
 //!

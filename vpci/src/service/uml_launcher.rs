@@ -1,6 +1,11 @@
-//! The daemon's launcher: claimed devices opened through VFIO (one container for all of
-//! them, each IOMMU group attached while one of its devices is served) and served to
-//! User-Mode Linux guests by a [`UmlFrontend`].
+//! The daemon's launcher: claimed devices opened through VFIO and served to User-Mode
+//! Linux guests by a [`UmlFrontend`].
+//!
+//! Each IOMMU group gets a container (an IOVA space) of its own while one of its
+//! devices is served: a UML guest's memory is mapped at IOVA = UML physical address,
+//! so two guests — or one guest served two devices, each frontend mapping its memory —
+//! would collide in a shared one, and a device must never reach another guest's
+//! memory.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -31,7 +36,7 @@ impl From<FrontendStatus> for FrontendReport {
     }
 }
 
-/// An IOMMU group in the container, for as long as a served device of it holds this.
+/// An IOMMU group in its own container, for as long as a served device of it holds this.
 struct GroupLease {
     container: VfioContainer,
     group: VfioGroup,
@@ -51,30 +56,20 @@ impl Drop for GroupLease {
 /// Opens claimed devices through VFIO and serves them to UML guests.
 #[derive(Default)]
 pub struct UmlLauncher {
-    container: Option<VfioContainer>,
     groups: BTreeMap<u32, Weak<GroupLease>>,
 }
 
 impl UmlLauncher {
-    /// A launcher; `/dev/vfio/vfio` is opened with the first device.
+    /// A launcher; containers are opened as groups are served.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    fn container(&mut self) -> Result<VfioContainer, LaunchError> {
-        if let Some(container) = &self.container {
-            return Ok(container.clone());
-        }
-        let container = VfioContainer::open()?;
-        self.container = Some(container.clone());
-        Ok(container)
     }
 
     fn lease(&mut self, iommu_group: u32) -> Result<Arc<GroupLease>, LaunchError> {
         if let Some(lease) = self.groups.get(&iommu_group).and_then(Weak::upgrade) {
             return Ok(lease);
         }
-        let container = self.container()?;
+        let container = VfioContainer::open()?;
         let group = VfioGroup::open(iommu_group)?;
         container.attach(&group)?;
         let lease = Arc::new(GroupLease { container, group });
