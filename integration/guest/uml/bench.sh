@@ -1,7 +1,7 @@
 # Timings for `integration/rig bench uml`, the same whether the device reaches UML through
 # udrv's frontend or through UML's own vfio_uml. Kernel command line parameters:
 #   udrv_uml_bench=net    e1000e: eth up as 10.0.0.2/24; statistics and mtu reads; ping 10.0.0.1
-#   udrv_uml_bench=disk   ahci: O_DIRECT read of the first disk
+#   udrv_uml_bench=disk   ahci: O_DIRECT reads of the first disk, 64 KiB then 1 MiB blocks
 #   udrv_uml_count=N      reads per file-read timing (net)
 # Prints `uml-probe: ...` lines and `uml: ping ...` for the rig side to parse.
 bench=
@@ -44,7 +44,8 @@ case "$bench" in
       [ -n "$dev" ] || { sleep 0.1; i=$((i + 1)); }
     done
     [ -n "$dev" ] || { echo "uml: no disk"; exit 1; }
-    uml-probe read-disk "$dev" 16777216 || exit 1
+    uml-probe read-disk "$dev" 16777216 65536 || exit 1
+    uml-probe read-disk "$dev" 16777216 1048576 || exit 1
     ;;
   *) echo "uml: udrv_uml_bench must be net or disk"; exit 2 ;;
 esac

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! uml-probe read-file PATH COUNT   open+read+close PATH COUNT times: µs per read
-//! uml-probe read-disk DEV BYTES    O_DIRECT sequential reads of DEV in 64 KiB blocks: MB/s
+//! uml-probe read-disk DEV BYTES [BLOCK]
+//!                                  O_DIRECT sequential reads of DEV (default 64 KiB blocks): MB/s
 //! ```
 //!
 //! Reading an e1000e's `statistics/rx_bytes` makes the driver read its ~60 statistics
@@ -22,9 +23,10 @@ use std::time::Instant;
 /// O_DIRECT wants buffers, offsets and lengths aligned to the logical block size; a
 /// page covers every disk the rig has.
 const ALIGN: usize = 4096;
+/// The default read size.
 const BLOCK: usize = 64 * 1024;
 
-const USAGE: &str = "usage: uml-probe read-file PATH COUNT | read-disk DEV BYTES";
+const USAGE: &str = "usage: uml-probe read-file PATH COUNT | read-disk DEV BYTES [BLOCK]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,10 +35,16 @@ fn main() -> ExitCode {
             .parse()
             .map_err(|_| format!("COUNT {count:?} is not a number"))
             .and_then(|count| read_file(path, count)),
-        ["read-disk", dev, bytes] => bytes
-            .parse()
-            .map_err(|_| format!("BYTES {bytes:?} is not a number"))
-            .and_then(|bytes| read_disk(dev, bytes)),
+        ["read-disk", dev, bytes] => number(bytes, "BYTES").and_then(|b| read_disk(dev, b, BLOCK)),
+        ["read-disk", dev, bytes, block] => number(bytes, "BYTES").and_then(|b| {
+            let block = number(block, "BLOCK")? as usize;
+            if block == 0 || !block.is_multiple_of(ALIGN) {
+                return Err(format!(
+                    "BLOCK {block} must be a positive multiple of {ALIGN}"
+                ));
+            }
+            read_disk(dev, b, block)
+        }),
         _ => Err(USAGE.to_string()),
     };
     match result {
@@ -49,6 +57,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn number(text: &str, what: &str) -> Result<u64, String> {
+    text.parse()
+        .map_err(|_| format!("{what} {text:?} is not a number"))
 }
 
 fn read_file(path: &str, count: u32) -> Result<String, String> {
@@ -69,16 +82,16 @@ fn read_file(path: &str, count: u32) -> Result<String, String> {
     ))
 }
 
-fn read_disk(dev: &str, bytes: u64) -> Result<String, String> {
+fn read_disk(dev: &str, bytes: u64, block: usize) -> Result<String, String> {
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
         .open(dev)
         .map_err(|e| format!("{dev}: {e}"))?;
     // An aligned window inside a plain allocation: no allocator tricks needed.
-    let mut storage = vec![0u8; BLOCK + ALIGN];
+    let mut storage = vec![0u8; block + ALIGN];
     let skip = storage.as_ptr().align_offset(ALIGN);
-    let buf = &mut storage[skip..skip + BLOCK];
+    let buf = &mut storage[skip..skip + block];
     let mut done: u64 = 0;
     let started = Instant::now();
     while done < bytes {
@@ -92,7 +105,7 @@ fn read_disk(dev: &str, bytes: u64) -> Result<String, String> {
     }
     let secs = started.elapsed().as_secs_f64();
     Ok(format!(
-        "read-disk dev={dev} bytes={done} seconds={secs:.6} mb_per_s={:.3}",
+        "read-disk dev={dev} block={block} bytes={done} seconds={secs:.6} mb_per_s={:.3}",
         done as f64 / secs / 1e6
     ))
 }
