@@ -19,9 +19,11 @@
 //! accesses to `bar_read`/`bar_write` (the MSI-X table and PBA are emulated there,
 //! everything else reaches the real BAR). Reads are answered in the same chain; UML
 //! busy-waits for them, so the command queue is only signalled when a batch ends with
-//! a posted write (UML then reclaims its buffers). UML has no usable INTx: the guest's
-//! MSI/MSI-X vectors are delivered as `MSI` messages, whose data UML takes as its IRQ
-//! number.
+//! a posted write (UML then reclaims its buffers). The worker does not busy-poll the
+//! queue after a batch: UML needs the CPU to send its next command, and where it has
+//! one CPU (the rig) a polling worker only delays it; blocking in epoll and being woken
+//! by UML's kick is the fast path there. UML has no usable INTx: the guest's MSI/MSI-X
+//! vectors are delivered as `MSI` messages, whose data UML takes as its IRQ number.
 //!
 //! When a guest disconnects or dies, the device is quiesced (bus mastering and vectors
 //! off), its memory unmapped, and the function rebuilt from the device, so the next
