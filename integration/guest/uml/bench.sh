@@ -2,7 +2,7 @@
 # udrv's frontend or through UML's own vfio_uml. Kernel command line parameters:
 #   udrv_uml_bench=net    e1000e: eth up as 10.0.0.2/24; statistics and mtu reads; ping 10.0.0.1
 #   udrv_uml_bench=disk   ahci: O_DIRECT reads of the first disk, 64 KiB then 1 MiB blocks
-#   udrv_uml_count=N      reads per file-read timing (net)
+#   udrv_uml_count=N      reads of each file per round, 9 rounds (net)
 # Prints `uml-probe: ...` lines and `uml: ping ...` for the rig side to parse.
 bench=
 count=2000
@@ -30,8 +30,8 @@ case "$bench" in
       sleep 0.1; i=$((i + 1))
     done
     echo "uml: $eth carrier $(cat /sys/class/net/$eth/carrier 2>/dev/null)"
-    uml-probe read-file "/sys/class/net/$eth/statistics/rx_bytes" "$count" || exit 1
-    uml-probe read-file "/sys/class/net/$eth/mtu" "$count" || exit 1
+    uml-probe read-pair "/sys/class/net/$eth/statistics/rx_bytes" "/sys/class/net/$eth/mtu" \
+      "$count" 9 || exit 1
     # The first pings resolve the neighbour; the timed ones follow.
     ping -c 3 -W 2 10.0.0.1 >/dev/null 2>&1
     ping -c 20 -W 2 10.0.0.1 | sed -n 's/^round-trip/uml: ping round-trip/p; s/.* packets transmitted/uml: ping &/p'

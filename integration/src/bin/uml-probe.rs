@@ -4,19 +4,23 @@
 //! `key=value` fields that the bench on the rig side parses.
 //!
 //! ```text
-//! uml-probe read-file PATH COUNT   open+read+close PATH COUNT times: µs per read
+//! uml-probe read-pair A B COUNT ROUNDS
+//!                                  COUNT reads of file A, then of B, ROUNDS times: µs per
+//!                                  read of each and of A minus B (medians over rounds)
 //! uml-probe read-disk DEV BYTES [BLOCK]
 //!                                  O_DIRECT sequential reads of DEV (default 64 KiB blocks): MB/s
 //! ```
 //!
-//! Reading an e1000e's `statistics/rx_bytes` makes the driver read its ~60 statistics
+//! Reading an e1000e's `statistics/rx_bytes` makes the driver read its statistics
 //! registers (MMIO reads through the served or direct path); reading its `mtu` makes
 //! none. The difference per read, divided by the MMIO reads per statistics read, is one
-//! MMIO read's latency as the guest sees it.
+//! MMIO read's latency as the guest sees it. Each file is opened once and re-read at
+//! offset 0 (sysfs shows the attribute afresh), and the two alternate round by round,
+//! so UML's syscall cost and any drift cancel out of the difference.
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -26,15 +30,13 @@ const ALIGN: usize = 4096;
 /// The default read size.
 const BLOCK: usize = 64 * 1024;
 
-const USAGE: &str = "usage: uml-probe read-file PATH COUNT | read-disk DEV BYTES [BLOCK]";
+const USAGE: &str = "usage: uml-probe read-pair A B COUNT ROUNDS | read-disk DEV BYTES [BLOCK]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["read-file", path, count] => count
-            .parse()
-            .map_err(|_| format!("COUNT {count:?} is not a number"))
-            .and_then(|count| read_file(path, count)),
+        ["read-pair", a, b, count, rounds] => number(count, "COUNT")
+            .and_then(|count| read_pair(a, b, count, number(rounds, "ROUNDS")?)),
         ["read-disk", dev, bytes] => number(bytes, "BYTES").and_then(|b| read_disk(dev, b, BLOCK)),
         ["read-disk", dev, bytes, block] => number(bytes, "BYTES").and_then(|b| {
             let block = number(block, "BLOCK")? as usize;
@@ -64,21 +66,47 @@ fn number(text: &str, what: &str) -> Result<u64, String> {
         .map_err(|_| format!("{what} {text:?} is not a number"))
 }
 
-fn read_file(path: &str, count: u32) -> Result<String, String> {
-    if count == 0 {
-        return Err("COUNT must be at least 1".into());
-    }
+/// µs per read of `file` over `count` reads at offset 0.
+fn time_reads(file: &File, path: &str, count: u64) -> Result<f64, String> {
     let mut buf = [0u8; 256];
-    let mut last = 0;
     let started = Instant::now();
     for _ in 0..count {
-        let mut file = File::open(path).map_err(|e| format!("{path}: {e}"))?;
-        last = file.read(&mut buf).map_err(|e| format!("{path}: {e}"))?;
+        file.read_at(&mut buf, 0)
+            .map_err(|e| format!("{path}: {e}"))?;
     }
-    let us = started.elapsed().as_secs_f64() * 1e6 / f64::from(count);
-    let value = String::from_utf8_lossy(&buf[..last]).trim().to_string();
+    Ok(started.elapsed().as_secs_f64() * 1e6 / count as f64)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn read_pair(a: &str, b: &str, count: u64, rounds: u64) -> Result<String, String> {
+    if count == 0 || rounds == 0 {
+        return Err("COUNT and ROUNDS must be at least 1".into());
+    }
+    let open = |p: &str| File::open(p).map_err(|e| format!("{p}: {e}"));
+    let (fa, fb) = (open(a)?, open(b)?);
+    let (mut ta, mut tb, mut diff) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // Alternate which goes first, so a drift within a round favours neither.
+        let (x, y) = if round % 2 == 0 {
+            let x = time_reads(&fa, a, count)?;
+            (x, time_reads(&fb, b, count)?)
+        } else {
+            let y = time_reads(&fb, b, count)?;
+            (time_reads(&fa, a, count)?, y)
+        };
+        ta.push(x);
+        tb.push(y);
+        diff.push(x - y);
+    }
     Ok(format!(
-        "read-file path={path} count={count} us_per_read={us:.3} value={value}"
+        "read-pair a={a} b={b} count={count} rounds={rounds} a_us={:.3} b_us={:.3} diff_us={:.3}",
+        median(ta),
+        median(tb),
+        median(diff)
     ))
 }
 
