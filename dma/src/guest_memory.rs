@@ -131,14 +131,28 @@ impl GuestMemory {
 
     /// The region holding the byte at `gpa`, if any.
     fn holding(&self, gpa: u64) -> Option<&GuestMemoryRegion> {
+        let inside = |r: &&GuestMemoryRegion| r.gpa.0 <= gpa && gpa < r.gpa_end();
+        if self.regions.len() <= 4 {
+            // A guest usually has one or two regions: a scan beats bisecting them.
+            return self.regions.iter().find(inside);
+        }
         let after = self.regions.partition_point(|r| r.gpa.0 <= gpa);
-        let region = &self.regions[after.checked_sub(1)?];
-        (region.gpa_end() > gpa).then_some(region)
+        Some(&self.regions[after.checked_sub(1)?]).filter(inside)
     }
 
     /// Whether `[gpa, gpa + len)` is wholly registered.
     pub fn contains(&self, gpa: GuestPhysAddr, len: u64) -> bool {
         self.walk(gpa, len, |_| Ok(())).is_ok()
+    }
+
+    /// The host address of `[gpa, gpa + len)` if it lies wholly inside one region
+    /// (a range crossing into the next region is `None` here; [`GuestMemory::walk`]
+    /// splits it).
+    pub fn host_addr(&self, gpa: GuestPhysAddr, len: u64) -> Option<HostVirtAddr> {
+        let region = self.holding(gpa.0)?;
+        let end = gpa.0.checked_add(len)?;
+        (len > 0 && end <= region.gpa_end())
+            .then(|| HostVirtAddr(region.vaddr.0 + (gpa.0 - region.gpa.0)))
     }
 
     /// The host pieces behind `[gpa, gpa + len)`, split where the request crosses from
@@ -227,6 +241,17 @@ mod tests {
         mem.add(region(0x2000, 0x2000, 0x50_0000), 0x1000).unwrap();
         let pieces = mem.host_pieces(GuestPhysAddr(0x1800), 0x1000).unwrap();
         assert_eq!(pieces.len(), 2);
+        assert_eq!(mem.host_addr(GuestPhysAddr(0x1800), 0x1000), None);
+        assert_eq!(
+            mem.host_addr(GuestPhysAddr(0x1800), 0x800),
+            Some(HostVirtAddr(0x10_1800))
+        );
+        assert_eq!(
+            mem.host_addr(GuestPhysAddr(0x2000), 0x2000),
+            Some(HostVirtAddr(0x50_0000))
+        );
+        assert_eq!(mem.host_addr(GuestPhysAddr(0x2000), 0), None);
+        assert_eq!(mem.host_addr(GuestPhysAddr(0x4000), 1), None);
         assert_eq!(pieces[0].vaddr, HostVirtAddr(0x10_1800));
         assert_eq!(pieces[1].vaddr, HostVirtAddr(0x50_0000));
         assert_eq!(pieces[0].len + pieces[1].len, 0x1000);
@@ -284,5 +309,31 @@ mod tests {
         assert!(!mem.contains(GuestPhysAddr(0xf000), 1));
         assert!(mem.get(GuestPhysAddr(0x30000)).is_some());
         assert!(mem.get(GuestPhysAddr(0x31000)).is_none());
+    }
+
+    #[test]
+    fn many_regions_are_bisected() {
+        let mut mem = GuestMemory::new();
+        // Eight regions of 64 KiB with 64 KiB holes, added out of order.
+        for i in [5u64, 0, 7, 2, 6, 1, 4, 3] {
+            mem.add(
+                region(i * 0x20000, 0x10000, 0x100_0000 + i * 0x10000),
+                0x1000,
+            )
+            .unwrap();
+        }
+        for i in 0..8u64 {
+            let base = i * 0x20000;
+            assert_eq!(
+                mem.host_addr(GuestPhysAddr(base + 0x800), 0x10),
+                Some(HostVirtAddr(0x100_0000 + i * 0x10000 + 0x800))
+            );
+            assert!(
+                mem.host_addr(GuestPhysAddr(base + 0x10000), 1).is_none(),
+                "hole"
+            );
+            assert!(mem.contains(GuestPhysAddr(base), 0x10000));
+        }
+        assert!(mem.host_addr(GuestPhysAddr(8 * 0x20000), 1).is_none());
     }
 }

@@ -193,6 +193,21 @@ impl IovaAllocator {
 
     /// Allocates as [`IovaAllocator::alloc`] does, handing the range out as a lease.
     pub fn lease(&self, size: u64, align: u64) -> Result<IovaLease, DmaError> {
+        // The per-request case first: a cached size that needs no more than granule
+        // alignment is the newest range on its stack, with nothing to check or record.
+        if align.is_power_of_two() && align <= self.granularity {
+            if let Some(class) = self.class_of(size) {
+                let mut free = self.lock();
+                if let Some(start) = free.cache[class].pop() {
+                    free.cached_bytes -= size;
+                    free.leased += 1;
+                    return Ok(IovaLease {
+                        range: IovaRange::new(Iova(start), size)?,
+                        allocator: self.id,
+                    });
+                }
+            }
+        }
         let (mut free, range) = self.take(size, align)?;
         free.leased += 1;
         Ok(IovaLease {
@@ -331,8 +346,9 @@ impl IovaAllocator {
 
     /// The cache class of a granule-multiple size, if it has one.
     fn class_of(&self, size: u64) -> Option<usize> {
-        let granules = size / self.granularity;
-        (granules.is_power_of_two() && size.is_multiple_of(self.granularity))
+        // Shifts, not a division: this runs on every allocation and free.
+        let granules = size >> self.granularity.trailing_zeros();
+        (granules.is_power_of_two() && size & (self.granularity - 1) == 0)
             .then(|| granules.trailing_zeros() as usize)
             .filter(|&c| c < CACHED_CLASSES)
     }
@@ -365,7 +381,12 @@ impl FreeSpace {
             .rev()
             .take(CACHE_PROBES)
             .position(|&start| start & (align - 1) == 0)?;
-        let start = stack.remove(depth - 1 - found);
+        // The newest (found == 0, any request aligned to no more than a granule) pops.
+        let start = if found == 0 {
+            stack.pop()?
+        } else {
+            stack.remove(depth - 1 - found)
+        };
         self.cached_bytes -= self.granularity << class;
         Some(start)
     }

@@ -102,6 +102,15 @@ impl<A: Address> SgList<A> {
         SgList::default()
     }
 
+    /// A list of one segment of `len` bytes at `addr` (the usual request): errors as
+    /// [`SgSegment::new`] does.
+    pub fn single(addr: A, len: u64) -> Result<SgList<A>, DmaError> {
+        Ok(SgList {
+            segments: smallvec::smallvec![SgSegment::new(addr, len)?],
+            total_len: len,
+        })
+    }
+
     /// A list of `(addr, len)` pieces, merged where contiguous.
     pub fn from_pieces(pieces: impl IntoIterator<Item = (A, u64)>) -> Result<SgList<A>, DmaError> {
         let mut list = SgList::new();
@@ -248,6 +257,12 @@ mod tests {
         assert!(list.push(HostVirtAddr(0x1000), 0).is_err());
         assert!(list.push(HostVirtAddr(u64::MAX - 4), 8).is_err());
         assert!(list.is_empty());
+        assert!(HostSgList::single(HostVirtAddr(0x1000), 0).is_err());
+        assert!(HostSgList::single(HostVirtAddr(u64::MAX - 4), 8).is_err());
+        assert_eq!(
+            HostSgList::single(HostVirtAddr(0x1000), 8).unwrap(),
+            HostSgList::from_pieces([(HostVirtAddr(0x1000), 8)]).unwrap()
+        );
     }
 
     #[test]

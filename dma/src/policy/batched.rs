@@ -8,7 +8,7 @@
 //! unmap has been issued, so an IOVA is never handed out again while the device might
 //! still reach the old pages through it.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::address::GuestPhysAddr;
@@ -16,7 +16,7 @@ use crate::error::DmaError;
 use crate::guest_memory::GuestMemoryRegion;
 use crate::iova_allocator::IovaAllocator;
 use crate::mapper::{DmaAccess, DmaMapper};
-use crate::policy::request_table::{Released, RequestTable};
+use crate::policy::request_table::{RequestTable, Tables};
 use crate::policy::DmaPolicy;
 use crate::sg_list::{BusSgList, GuestSgList};
 
@@ -39,18 +39,11 @@ impl Default for BatchConfig {
     }
 }
 
-#[derive(Debug, Default)]
-struct PendingUnmaps {
-    leases: Released,
-    oldest: Option<Instant>,
-}
-
 /// Maps each request's pages at fresh IOVAs; queues unmaps and issues them in batches.
 #[derive(Debug)]
 pub struct BatchedPolicy<M> {
     table: RequestTable<M>,
     config: BatchConfig,
-    pending: Mutex<PendingUnmaps>,
 }
 
 impl<M: DmaMapper> BatchedPolicy<M> {
@@ -63,7 +56,6 @@ impl<M: DmaMapper> BatchedPolicy<M> {
                 max_pending: config.max_pending.max(1),
                 ..config
             },
-            pending: Mutex::new(PendingUnmaps::default()),
         }
     }
 
@@ -74,47 +66,38 @@ impl<M: DmaMapper> BatchedPolicy<M> {
 
     /// Number of live `map_sg` mappings (not counting queued unmaps).
     pub fn live_count(&self) -> usize {
-        self.table.live_count()
+        self.table.lock().live_count()
     }
 
     /// Number of unmaps queued and not yet issued.
     pub fn pending_count(&self) -> usize {
-        self.pending().leases.len()
+        self.table.lock().deferred.len()
     }
 
     /// Flushes if the oldest queued unmap has waited `max_delay`; for a periodic timer.
     pub fn flush_if_due(&self) -> Result<(), DmaError> {
-        let due = {
-            let pending = self.pending();
-            pending
-                .oldest
-                .is_some_and(|t| t.elapsed() >= self.config.max_delay)
-        };
-        if due {
-            self.flush()?;
+        let mut tables = self.table.lock();
+        if self.due(&tables) {
+            self.drain(&mut tables)?;
         }
         Ok(())
     }
 
-    /// Takes the queue and issues it; returns whether there was anything to issue.
-    fn drain(&self) -> Result<bool, DmaError> {
-        let mut leases = {
-            let mut pending = self.pending();
-            pending.oldest = None;
-            std::mem::take(&mut pending.leases)
-        };
-        let any = !leases.is_empty();
-        self.table.release(&mut leases)?;
-        // Give the emptied buffer back, so the queue does not regrow from nothing.
-        let mut pending = self.pending();
-        if pending.leases.is_empty() && !pending.leases.spilled() {
-            pending.leases = leases;
-        }
-        Ok(any)
+    fn due(&self, tables: &Tables) -> bool {
+        tables
+            .oldest
+            .is_some_and(|t| t.elapsed() >= self.config.max_delay)
     }
 
-    fn pending(&self) -> MutexGuard<'_, PendingUnmaps> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    /// Issues the queue; returns whether there was anything to issue.
+    fn drain(&self, tables: &mut Tables) -> Result<bool, DmaError> {
+        tables.oldest = None;
+        let mut held = std::mem::take(&mut tables.deferred);
+        let any = !held.is_empty();
+        let released = self.table.release(tables, &mut held);
+        // Give the emptied buffer back, so the queue does not regrow from nothing.
+        tables.deferred = held;
+        released.map(|()| any)
     }
 }
 
@@ -124,31 +107,27 @@ impl<M: DmaMapper> DmaPolicy for BatchedPolicy<M> {
     }
 
     fn remove_region(&self, gpa: GuestPhysAddr) -> Result<GuestMemoryRegion, DmaError> {
-        self.table.remove_region(gpa, || self.drain().map(|_| ()))
+        self.table
+            .remove_region(gpa, |tables| self.drain(tables).map(|_| ()))
     }
 
     fn map_sg(&self, sg: &GuestSgList, access: DmaAccess) -> Result<BusSgList, DmaError> {
         self.flush_if_due()?;
-        self.table.map_sg(sg, access, || self.drain())
+        self.table.map_sg(sg, access, |tables| self.drain(tables))
     }
 
     fn unmap_sg(&self, bus: &BusSgList) -> Result<(), DmaError> {
-        let full = std::cell::Cell::new(false);
-        self.table.unmap_sg(bus, |leases| {
-            let mut pending = self.pending();
-            pending.oldest.get_or_insert_with(Instant::now);
-            pending.leases.extend(leases.drain(..));
-            full.set(pending.leases.len() >= self.config.max_pending);
+        self.table.unmap_sg(bus, |tables, held| {
+            tables.oldest.get_or_insert_with(Instant::now);
+            tables.deferred.extend(held.drain(..));
+            if tables.deferred.len() >= self.config.max_pending || self.due(tables) {
+                self.drain(tables)?;
+            }
             Ok(())
-        })?;
-        if full.get() {
-            self.flush()
-        } else {
-            self.flush_if_due()
-        }
+        })
     }
 
     fn flush(&self) -> Result<(), DmaError> {
-        self.drain().map(|_| ())
+        self.drain(&mut self.table.lock()).map(|_| ())
     }
 }

@@ -19,6 +19,7 @@
 mod batched;
 mod identity;
 mod live_table;
+mod page_slots;
 mod request_table;
 mod strict;
 

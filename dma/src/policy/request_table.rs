@@ -6,21 +6,25 @@
 //! so that `unmap_sg`, which arrives with nothing but bus addresses from an untrusted
 //! guest, can be checked against what was really handed out.
 //!
+//! A request of one page, the most frequent kind, takes a slot of the table's IOVA
+//! window ([`PageSlots`]); any other request leases its IOVAs from the shared allocator
+//! and is kept in the [`LiveTable`]. An [`IovaLease`] is the record of its allocation
+//! (the allocator keeps none), held while the request is live and given back by
+//! [`RequestTable::release`] only after the unmap succeeded.
+//!
 //! Requests are usually one buffer, so the per-request bookkeeping (page runs, host
 //! pieces, ranges to unmap) is kept inline for small requests: the hot path makes no
-//! heap allocation of its own, which matters where malloc is slow (musl). A one-segment
-//! request also skips the general list walks.
+//! heap allocation of its own, which matters where malloc is slow (musl).
 //!
-//! Each request's IOVAs are an [`IovaLease`], which the table holds while the request
-//! is live and which only [`RequestTable::release`] gives back, after the unmap
-//! succeeded. The lease is the record of the allocation: the allocator keeps none, so
-//! map and unmap each cost one table lookup, not two.
-//!
-//! Locking: the guest memory lock is held (shared) across a whole map or unmap, and
-//! exclusively while a region is removed, so a region can never disappear under a
-//! mapping that is being made or one that is still waiting to be unmapped.
+//! Locking: one lock guards the guest's memory, the live requests and the deferred
+//! unmaps, and is held across each whole operation, mapper calls included. So a region
+//! can never disappear under a mapping being made or one still waiting to be unmapped,
+//! and an operation costs one lock. Holding it across the mapper serialises one
+//! guest's maps and unmaps, which VFIO does anyway (its container lock is held across
+//! each ioctl).
 
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use smallvec::SmallVec;
 
@@ -31,30 +35,109 @@ use crate::iova::{Iova, IovaRange};
 use crate::iova_allocator::{IovaAllocator, IovaLease};
 use crate::mapper::{DmaAccess, DmaMapper, DmaMapping};
 use crate::policy::live_table::{LiveMapping, LiveTable, Runs};
+use crate::policy::page_slots::PageSlots;
 use crate::sg_list::{BusSgList, GuestSgList, PageRun, SgSegment};
 
 /// The host pieces of one request, each one mapping.
 type Pieces = SmallVec<[DmaMapping; 2]>;
 
-/// The leases of requests taken out of the table, on their way to being unmapped.
-pub(crate) type Released = SmallVec<[IovaLease; 2]>;
+/// The IOVAs of a request taken out of the table, held until its unmap succeeded.
+#[derive(Debug)]
+pub(crate) enum Held {
+    /// A request with IOVAs of its own.
+    Lease(IovaLease),
+    /// A one-page request in a slot of the table's window.
+    Slot(u32, IovaRange),
+}
+
+impl Held {
+    fn range(&self) -> IovaRange {
+        match self {
+            Held::Lease(lease) => lease.range(),
+            Held::Slot(_, range) => *range,
+        }
+    }
+}
+
+/// Requests taken out of the table, on their way to being unmapped.
+pub(crate) type Released = SmallVec<[Held; 2]>;
+
+/// Which live request a bus segment belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    Slot(u32),
+    Live(u64),
+}
+
+/// Everything one lock guards; see the module documentation.
+#[derive(Debug)]
+pub(crate) struct Tables {
+    memory: GuestMemory,
+    live: LiveTable,
+    slots: PageSlots,
+    /// Requests whose unmaps are deferred (the batched policy's queue).
+    pub(crate) deferred: Released,
+    /// When the oldest deferred unmap was queued.
+    pub(crate) oldest: Option<Instant>,
+}
+
+impl Tables {
+    /// Number of live requests.
+    pub(crate) fn live_count(&self) -> usize {
+        self.live.len() + self.slots.mapped_count()
+    }
+
+    /// The live request that wholly holds `seg`.
+    fn owner(&self, seg: &SgSegment<Iova>) -> Result<Owner, DmaError> {
+        if let Some(slot) = self.slots.holder(seg.addr.0, seg.len) {
+            return Ok(Owner::Slot(slot));
+        }
+        match self.live.holder(seg.addr.0, seg.len) {
+            Some(start) => Ok(Owner::Live(start)),
+            None => Err(unknown(seg)),
+        }
+    }
+
+    /// Takes a live request out of the table.
+    fn take(&mut self, owner: Owner) -> Option<Held> {
+        match owner {
+            Owner::Slot(slot) => self.slots.take(slot).map(|r| Held::Slot(slot, r)),
+            Owner::Live(start) => self.live.remove(start).map(|m| Held::Lease(m.lease)),
+        }
+    }
+}
 
 /// Registered memory plus live per-request mappings, over a mapper and an allocator.
 #[derive(Debug)]
 pub(crate) struct RequestTable<M> {
     mapper: M,
     iovas: Arc<IovaAllocator>,
-    memory: RwLock<GuestMemory>,
-    live: Mutex<LiveTable>,
+    tables: Mutex<Tables>,
+}
+
+impl<M> Drop for RequestTable<M> {
+    fn drop(&mut self) {
+        // Live requests keep their IOVAs (dropped leases stay allocated): their
+        // mappings outlive the table. An idle slot window goes back.
+        let tables = self.tables.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(lease) = std::mem::take(&mut tables.slots).into_idle_lease() {
+            let _ = self.iovas.free_lease(lease);
+        }
+    }
 }
 
 impl<M: DmaMapper> RequestTable<M> {
     pub(crate) fn new(mapper: M, iovas: Arc<IovaAllocator>) -> RequestTable<M> {
         RequestTable {
             mapper,
-            live: Mutex::new(LiveTable::new(iovas.granularity())),
+            tables: Mutex::new(Tables {
+                memory: GuestMemory::new(),
+                live: LiveTable::new(iovas.granularity()),
+                slots: PageSlots::default(),
+                deferred: Released::new(),
+                oldest: None,
+            }),
             iovas,
-            memory: RwLock::new(GuestMemory::new()),
         }
     }
 
@@ -62,43 +145,49 @@ impl<M: DmaMapper> RequestTable<M> {
         &self.mapper
     }
 
-    pub(crate) fn live_count(&self) -> usize {
-        self.live().len()
+    /// The tables, locked.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Tables> {
+        // Every update leaves the tables consistent, so a poisoned lock still guards
+        // usable data.
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn add_region(&self, region: GuestMemoryRegion) -> Result<(), DmaError> {
-        self.memory_mut().add(region, self.mapper.page_size())
+        self.lock().memory.add(region, self.mapper.page_size())
     }
 
-    /// Removes a region once `drain` (run with the region table locked) has issued any
-    /// deferred unmaps, refusing if live mappings still reach into it.
+    /// Removes a region once `drain` has issued any deferred unmaps, refusing if live
+    /// mappings still reach into it.
     pub(crate) fn remove_region(
         &self,
         gpa: GuestPhysAddr,
-        drain: impl FnOnce() -> Result<(), DmaError>,
+        drain: impl FnOnce(&mut Tables) -> Result<(), DmaError>,
     ) -> Result<GuestMemoryRegion, DmaError> {
-        let mut memory = self.memory_mut();
-        let region = *memory
+        let mut tables = self.lock();
+        let region = *tables
+            .memory
             .get(gpa)
             .ok_or(DmaError::RegionNotFound { gpa: gpa.0 })?;
-        drain()?;
+        drain(&mut tables)?;
         let (lo, hi) = (region.gpa.0, region.gpa.0 + region.len);
-        let busy = self
-            .live()
+        let reaches = |start: u64, len: u64| start < hi && start.saturating_add(len) > lo;
+        let busy = tables
+            .live
             .values()
-            .filter(|m| {
-                m.gpa_runs
-                    .iter()
-                    .any(|r| r.start.0 < hi && r.start.0.saturating_add(r.len) > lo)
-            })
-            .count();
+            .filter(|m| m.gpa_runs.iter().any(|r| reaches(r.start.0, r.len)))
+            .count()
+            + tables
+                .slots
+                .mapped_pages()
+                .filter(|page| reaches(page.0, 1))
+                .count();
         if busy > 0 {
             return Err(DmaError::RegionBusy {
                 gpa: gpa.0,
                 mappings: busy,
             });
         }
-        memory.remove(gpa)
+        tables.memory.remove(gpa)
     }
 
     /// Maps `sg`. When IOVA space runs out, calls `reclaim` (which returns whether it
@@ -107,13 +196,21 @@ impl<M: DmaMapper> RequestTable<M> {
         &self,
         sg: &GuestSgList,
         access: DmaAccess,
-        reclaim: impl FnOnce() -> Result<bool, DmaError>,
+        reclaim: impl FnOnce(&mut Tables) -> Result<bool, DmaError>,
     ) -> Result<BusSgList, DmaError> {
         let page = self.mapper.page_size();
-        let memory = self.memory();
+        let mut tables = self.lock();
         let runs: Runs = match sg.segments() {
             [] => return Err(DmaError::EmptyRange { start: 0 }),
-            [seg] => smallvec::smallvec![seg.page_run(page)],
+            [seg] => {
+                let run = seg.page_run(page);
+                if run.len == page {
+                    if let Some(bus) = self.map_one_page(&mut tables, seg, run, access)? {
+                        return Ok(bus);
+                    }
+                }
+                smallvec::smallvec![run]
+            }
             _ => sg.page_runs(page).collect(),
         };
         // Translate everything before touching the allocator: a request reaching outside
@@ -123,12 +220,14 @@ impl<M: DmaMapper> RequestTable<M> {
         let mut mappings = Pieces::new();
         let mut total: u64 = 0;
         for run in &runs {
-            memory.walk(run.start, run.len, |piece| {
+            tables.memory.walk(run.start, run.len, |piece| {
                 append_piece(&mut mappings, &mut total, piece, access)
             })?;
         }
         let lease = match self.iovas.lease(total, page) {
-            Err(DmaError::IovaExhausted { .. }) if reclaim()? => self.iovas.lease(total, page)?,
+            Err(DmaError::IovaExhausted { .. }) if reclaim(&mut tables)? => {
+                self.iovas.lease(total, page)?
+            }
             other => other?,
         };
         let base = lease.range().start();
@@ -147,15 +246,52 @@ impl<M: DmaMapper> RequestTable<M> {
                 return Err(err);
             }
         };
-        self.live().insert(LiveMapping {
+        tables.live.insert(LiveMapping {
             lease,
             gpa_runs: runs,
         });
         Ok(bus)
     }
 
-    /// One mapping (a request in one host piece, the usual case) straight to the
-    /// mapper; more as one all-or-nothing batch.
+    /// Maps a one-segment request inside one page through a slot. `Ok(None)` when no
+    /// slot is free: the request takes the general path.
+    fn map_one_page(
+        &self,
+        tables: &mut Tables,
+        seg: &SgSegment<GuestPhysAddr>,
+        run: PageRun<GuestPhysAddr>,
+        access: DmaAccess,
+    ) -> Result<Option<BusSgList>, DmaError> {
+        // A page-aligned region holds a page whole or not at all.
+        let Some(vaddr) = tables.memory.host_addr(run.start, run.len) else {
+            return Err(DmaError::OutsideGuestMemory {
+                gpa: seg.addr.0,
+                len: seg.len,
+            });
+        };
+        let Some((slot, iova)) = tables.slots.reserve(&self.iovas, run.len) else {
+            return Ok(None);
+        };
+        let bus = BusSgList::single(Iova(iova.0 + (seg.addr.0 - run.start.0)), seg.len);
+        let mapped = bus.and_then(|bus| {
+            self.mapper
+                .map(&DmaMapping::new(iova, vaddr, run.len, access)?)
+                .map(|()| bus)
+        });
+        match mapped {
+            Ok(bus) => {
+                tables.slots.fill(slot, run.start);
+                Ok(Some(bus))
+            }
+            Err(err) => {
+                tables.slots.unreserve(slot);
+                Err(err)
+            }
+        }
+    }
+
+    /// One mapping (a request in one host piece) straight to the mapper; more as one
+    /// all-or-nothing batch.
     fn map_pieces(&self, mappings: &[DmaMapping]) -> Result<(), DmaError> {
         match mappings {
             [one] => self.mapper.map(one),
@@ -163,56 +299,59 @@ impl<M: DmaMapper> RequestTable<M> {
         }
     }
 
-    /// Removes from the table every mapping a bus segment falls in and passes their
-    /// leases to `dispose` (which unmaps them now or later), all under the region lock.
-    /// Nothing is removed if any segment is not within one live mapping.
+    /// Takes out of the table every request a bus segment falls in and passes them to
+    /// `dispose` (which unmaps them now or later), all under the lock. Nothing is taken
+    /// if any segment is not within one live request.
     pub(crate) fn unmap_sg(
         &self,
         bus: &BusSgList,
-        dispose: impl FnOnce(&mut Released) -> Result<(), DmaError>,
+        dispose: impl FnOnce(&mut Tables, &mut Released) -> Result<(), DmaError>,
     ) -> Result<(), DmaError> {
-        let _memory = self.memory();
+        let mut tables = self.lock();
         let mut taken = Released::new();
-        {
-            let mut live = self.live();
-            if let [seg] = bus.segments() {
-                // One buffer, the usual request: found and removed in one step.
-                let Some(m) = live.take_holding(seg.addr.0, seg.len) else {
+        if let [seg] = bus.segments() {
+            // One buffer, the usual request: a slot, or found and removed in one probe.
+            if let Some(slot) = tables.slots.holder(seg.addr.0, seg.len) {
+                if let Some(range) = tables.slots.take(slot) {
+                    taken.push(Held::Slot(slot, range));
+                }
+            } else {
+                let Some(m) = tables.live.take_holding(seg.addr.0, seg.len) else {
                     return Err(unknown(seg));
                 };
-                taken.push(m.lease);
-            } else {
-                let mut keys: SmallVec<[u64; 2]> = SmallVec::new();
-                for seg in bus.segments() {
-                    let Some(key) = live.holder(seg.addr.0, seg.len) else {
-                        return Err(unknown(seg));
-                    };
-                    if !keys.contains(&key) {
-                        keys.push(key);
-                    }
+                taken.push(Held::Lease(m.lease));
+            }
+        } else {
+            let mut owners: SmallVec<[Owner; 2]> = SmallVec::new();
+            for seg in bus.segments() {
+                let owner = tables.owner(seg)?;
+                if !owners.contains(&owner) {
+                    owners.push(owner);
                 }
-                taken.extend(keys.iter().filter_map(|k| live.remove(*k)).map(|m| m.lease));
+            }
+            for owner in owners {
+                taken.extend(tables.take(owner));
             }
         }
-        dispose(&mut taken)
+        dispose(&mut tables, &mut taken)
     }
 
-    /// Unmaps the leased ranges (merging adjacent ones into one call) and then returns
-    /// the leases, emptying `leases`. Leases are returned only after the unmap
-    /// succeeded: on failure they are dropped unreturned and their ranges stay
-    /// allocated, so a range the device might still reach is never handed out again.
-    pub(crate) fn release(&self, leases: &mut Released) -> Result<(), DmaError> {
-        if leases.len() <= 1 {
+    /// Unmaps the held ranges (merging adjacent ones into one call) and then gives
+    /// their IOVAs back, emptying `held`. IOVAs are given back only after the unmap
+    /// succeeded: on failure they are dropped without being given back and stay out
+    /// of use, so a range the device might still reach is never handed out again.
+    pub(crate) fn release(&self, tables: &mut Tables, held: &mut Released) -> Result<(), DmaError> {
+        if held.len() <= 1 {
             // One request, the usual case: nothing to sort or merge.
-            let Some(lease) = leases.pop() else {
+            let Some(one) = held.pop() else {
                 return Ok(());
             };
-            self.mapper.unmap(lease.range())?;
-            return self.iovas.free_lease(lease);
+            self.mapper.unmap(one.range())?;
+            return self.give_back(tables, one);
         }
-        leases.sort_unstable_by_key(IovaLease::range);
+        held.sort_unstable_by_key(Held::range);
         let mut merged: SmallVec<[IovaRange; 2]> = SmallVec::new();
-        for r in leases.iter().map(IovaLease::range) {
+        for r in held.iter().map(Held::range) {
             match merged.last_mut() {
                 Some(prev) if prev.end() == Some(r.start()) => {
                     *prev = IovaRange::new(prev.start(), prev.len() + r.len())?;
@@ -221,25 +360,24 @@ impl<M: DmaMapper> RequestTable<M> {
             }
         }
         if let Err(err) = self.mapper.unmap_batch(&merged) {
-            leases.clear();
+            held.clear();
             return Err(err);
         }
-        for lease in leases.drain(..) {
-            self.iovas.free_lease(lease)?;
+        for one in held.drain(..) {
+            self.give_back(tables, one)?;
         }
         Ok(())
     }
 
-    fn memory(&self) -> RwLockReadGuard<'_, GuestMemory> {
-        self.memory.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn memory_mut(&self) -> RwLockWriteGuard<'_, GuestMemory> {
-        self.memory.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn live(&self) -> MutexGuard<'_, LiveTable> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    /// Returns the IOVAs of a request whose unmap succeeded.
+    fn give_back(&self, tables: &mut Tables, held: Held) -> Result<(), DmaError> {
+        match held {
+            Held::Lease(lease) => self.iovas.free_lease(lease),
+            Held::Slot(slot, _) => {
+                tables.slots.free(slot);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -288,6 +426,10 @@ fn bus_addresses(
     runs: &[PageRun<GuestPhysAddr>],
     base: Iova,
 ) -> Result<BusSgList, DmaError> {
+    if let ([seg], [run]) = (sg.segments(), runs) {
+        // One buffer, the usual request: its run holds it (the run was made from it).
+        return BusSgList::single(Iova(base.0 + (seg.addr.0 - run.start.0)), seg.len);
+    }
     let mut bus = BusSgList::new();
     let mut run_iter = runs.iter();
     let mut run = run_iter.next();

@@ -34,7 +34,7 @@ impl<M: DmaMapper> StrictPolicy<M> {
 
     /// Number of live `map_sg` mappings.
     pub fn live_count(&self) -> usize {
-        self.table.live_count()
+        self.table.lock().live_count()
     }
 }
 
@@ -44,15 +44,15 @@ impl<M: DmaMapper> DmaPolicy for StrictPolicy<M> {
     }
 
     fn remove_region(&self, gpa: GuestPhysAddr) -> Result<GuestMemoryRegion, DmaError> {
-        self.table.remove_region(gpa, || Ok(()))
+        self.table.remove_region(gpa, |_| Ok(()))
     }
 
     fn map_sg(&self, sg: &GuestSgList, access: DmaAccess) -> Result<BusSgList, DmaError> {
-        self.table.map_sg(sg, access, || Ok(false))
+        self.table.map_sg(sg, access, |_| Ok(false))
     }
 
     fn unmap_sg(&self, bus: &BusSgList) -> Result<(), DmaError> {
         self.table
-            .unmap_sg(bus, |ranges| self.table.release(ranges))
+            .unmap_sg(bus, |tables, held| self.table.release(tables, held))
     }
 }

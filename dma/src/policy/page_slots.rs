@@ -1,0 +1,237 @@
+//! One-page requests on a short path.
+//!
+//! Most requests are one buffer inside one page (a network frame, a 4 KiB block). For
+//! those the table leases a window of IOVA pages from the shared allocator, once, and
+//! hands its pages out as slots: the next request takes the slot on top of a stack of
+//! free ones, and an unmap finds its request by arithmetic on the bus address. Neither
+//! takes the allocator's lock or probes a hash table, and the slots' state sits in two
+//! small arrays rather than in scattered table entries.
+//!
+//! A slot is free (on the stack), reserved (a map of it is under way), mapped, or taken
+//! (its unmap is under way or deferred). It returns to the stack only when its map
+//! failed (nothing was mapped) or its unmap succeeded, so, as with any IOVA, a page is
+//! never handed out again while the device may still reach the page it mapped before.
+//! A slot whose unmap failed is never returned: its page stays out of use.
+
+use crate::address::GuestPhysAddr;
+use crate::iova::{Iova, IovaRange};
+use crate::iova_allocator::{IovaAllocator, IovaLease};
+
+/// Pages in the window: a device queue's worth of one-page requests in flight (NIC
+/// rings and storage queues run to hundreds or a few thousand); 4 MiB of IOVA space
+/// with 4 KiB pages. Requests beyond it take the general path.
+pub(crate) const WINDOW_PAGES: u32 = 1024;
+
+/// The one-page slots of one policy; see the module documentation.
+#[derive(Debug, Default)]
+pub(crate) struct PageSlots {
+    window: Option<Window>,
+    /// The window was asked for (it is asked for once, at the first one-page request).
+    asked: bool,
+}
+
+#[derive(Debug)]
+struct Window {
+    lease: IovaLease,
+    base: u64,
+    page_shift: u32,
+    /// The guest page each slot maps; `None` unless the slot is mapped.
+    mapped: Vec<Option<GuestPhysAddr>>,
+    /// Free slots; the most recently freed on top.
+    free: Vec<u32>,
+    mapped_count: usize,
+}
+
+impl Window {
+    /// The slot holding `[addr, addr + len)` wholly inside its page, if it is mapped.
+    fn mapped_slot(&self, addr: u64, len: u64) -> Option<u32> {
+        let offset = addr.checked_sub(self.base)?;
+        let slot = offset >> self.page_shift;
+        let page_mask = (1u64 << self.page_shift) - 1;
+        let fits = len > 0 && (offset & page_mask).checked_add(len)? <= page_mask + 1;
+        let index = usize::try_from(slot).ok()?;
+        (fits && self.mapped.get(index)?.is_some()).then_some(slot as u32)
+    }
+
+    fn range_of(&self, slot: u32) -> IovaRange {
+        let page = 1u64 << self.page_shift;
+        // Inside the leased window, so neither overflows nor is empty.
+        IovaRange::new(Iova(self.base + (u64::from(slot) << self.page_shift)), page)
+            .unwrap_or(self.lease.range())
+    }
+}
+
+impl PageSlots {
+    /// A free slot of `page_size` bytes and its IOVA, marked reserved; `None` when the
+    /// window is full, could not be leased, or holds pages of another size.
+    pub(crate) fn reserve(&mut self, iovas: &IovaAllocator, page_size: u64) -> Option<(u32, Iova)> {
+        if !self.asked {
+            self.asked = true;
+            self.window = Self::lease_window(iovas, page_size);
+        }
+        let window = self.window.as_mut()?;
+        if 1u64 << window.page_shift != page_size {
+            return None;
+        }
+        let slot = window.free.pop()?;
+        let iova = Iova(window.base + (u64::from(slot) << window.page_shift));
+        Some((slot, iova))
+    }
+
+    fn lease_window(iovas: &IovaAllocator, page_size: u64) -> Option<Window> {
+        let bytes = u64::from(WINDOW_PAGES).checked_mul(page_size)?;
+        let lease = iovas.lease(bytes, page_size).ok()?;
+        Some(Window {
+            base: lease.range().start().0,
+            lease,
+            page_shift: page_size.trailing_zeros(),
+            mapped: vec![None; WINDOW_PAGES as usize],
+            free: (0..WINDOW_PAGES).rev().collect(),
+            mapped_count: 0,
+        })
+    }
+
+    /// A reserved slot whose map failed: nothing was mapped, so it is free again.
+    pub(crate) fn unreserve(&mut self, slot: u32) {
+        if let Some(window) = self.window.as_mut() {
+            window.free.push(slot);
+        }
+    }
+
+    /// A reserved slot now maps the guest page at `gpa`.
+    pub(crate) fn fill(&mut self, slot: u32, gpa: GuestPhysAddr) {
+        if let Some(window) = self.window.as_mut() {
+            window.mapped[slot as usize] = Some(gpa);
+            window.mapped_count += 1;
+        }
+    }
+
+    /// The mapped slot whose page wholly holds `[addr, addr + len)`.
+    pub(crate) fn holder(&self, addr: u64, len: u64) -> Option<u32> {
+        self.window.as_ref()?.mapped_slot(addr, len)
+    }
+
+    /// Takes a mapped slot out of use for its unmap; returns its IOVA range.
+    pub(crate) fn take(&mut self, slot: u32) -> Option<IovaRange> {
+        let window = self.window.as_mut()?;
+        window.mapped.get_mut(slot as usize)?.take()?;
+        window.mapped_count -= 1;
+        Some(window.range_of(slot))
+    }
+
+    /// A taken slot whose unmap succeeded: free for the next request.
+    pub(crate) fn free(&mut self, slot: u32) {
+        if let Some(window) = self.window.as_mut() {
+            window.free.push(slot);
+        }
+    }
+
+    /// Number of mapped slots.
+    pub(crate) fn mapped_count(&self) -> usize {
+        self.window.as_ref().map_or(0, |w| w.mapped_count)
+    }
+
+    /// The guest pages the mapped slots map.
+    pub(crate) fn mapped_pages(&self) -> impl Iterator<Item = GuestPhysAddr> + '_ {
+        self.window
+            .iter()
+            .flat_map(|w| w.mapped.iter().flatten().copied())
+    }
+
+    /// The window's lease, if every slot is free (none is mapped, reserved, or lost to a
+    /// failed unmap), so that its IOVAs can go back to the allocator.
+    pub(crate) fn into_idle_lease(self) -> Option<IovaLease> {
+        let window = self.window?;
+        (window.free.len() == WINDOW_PAGES as usize).then_some(window.lease)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: u64 = 0x1000;
+
+    fn allocator() -> IovaAllocator {
+        IovaAllocator::new(&[IovaRange::new(Iova(0x100_0000), 0x100_0000).unwrap()]).unwrap()
+    }
+
+    #[test]
+    fn a_slot_is_reused_only_after_it_was_freed() {
+        let iovas = allocator();
+        let mut slots = PageSlots::default();
+        let (a, iova_a) = slots.reserve(&iovas, PAGE).unwrap();
+        slots.fill(a, GuestPhysAddr(0x5000));
+        let (b, iova_b) = slots.reserve(&iovas, PAGE).unwrap();
+        assert_ne!(iova_a, iova_b);
+        slots.unreserve(b);
+        // The unreserved slot comes back first; the mapped one does not.
+        assert_eq!(slots.reserve(&iovas, PAGE).unwrap().1, iova_b);
+        assert_eq!(slots.holder(iova_a.0 + 0x10, 0x20), Some(a));
+        let range = slots.take(a).unwrap();
+        assert_eq!(range, IovaRange::new(iova_a, PAGE).unwrap());
+        assert_eq!(slots.holder(iova_a.0, 1), None, "taken: no longer found");
+        assert!(slots.take(a).is_none());
+        for _ in 0..(WINDOW_PAGES - 2) {
+            let got = slots.reserve(&iovas, PAGE).unwrap().1;
+            assert_ne!(got, iova_a, "handed out before its unmap finished");
+        }
+        assert!(slots.reserve(&iovas, PAGE).is_none(), "window full");
+        slots.free(a);
+        assert_eq!(slots.reserve(&iovas, PAGE).unwrap().1, iova_a);
+    }
+
+    #[test]
+    fn holder_needs_the_whole_segment_inside_a_mapped_page() {
+        let iovas = allocator();
+        let mut slots = PageSlots::default();
+        let (s, iova) = slots.reserve(&iovas, PAGE).unwrap();
+        assert_eq!(slots.holder(iova.0, 1), None, "reserved is not mapped");
+        slots.fill(s, GuestPhysAddr(0));
+        assert_eq!(slots.holder(iova.0, PAGE), Some(s));
+        assert_eq!(
+            slots.holder(iova.0 + 1, PAGE),
+            None,
+            "runs into the next page"
+        );
+        assert_eq!(slots.holder(iova.0, 0), None);
+        assert_eq!(slots.holder(iova.0 - 1, 1), None);
+        assert_eq!(slots.holder(iova.0 + PAGE, 1), None);
+        assert_eq!(slots.holder(u64::MAX, 1), None);
+        assert_eq!(slots.holder(iova.0 + 0xfff, u64::MAX), None);
+        assert_eq!(slots.mapped_count(), 1);
+        assert_eq!(
+            slots.mapped_pages().collect::<Vec<_>>(),
+            vec![GuestPhysAddr(0)]
+        );
+    }
+
+    #[test]
+    fn the_window_goes_back_only_when_idle() {
+        let iovas = allocator();
+        let mut slots = PageSlots::default();
+        let (s, _) = slots.reserve(&iovas, PAGE).unwrap();
+        slots.fill(s, GuestPhysAddr(0));
+        slots.take(s).unwrap();
+        // Taken but never freed (its unmap failed): the window is kept.
+        assert!(slots.into_idle_lease().is_none());
+        let mut slots = PageSlots::default();
+        let (s, _) = slots.reserve(&iovas, PAGE).unwrap();
+        slots.unreserve(s);
+        let lease = slots.into_idle_lease().unwrap();
+        iovas.free_lease(lease).unwrap();
+    }
+
+    #[test]
+    fn no_window_means_no_slots() {
+        let tiny =
+            IovaAllocator::new(&[IovaRange::new(Iova(0x10_0000), 8 * PAGE).unwrap()]).unwrap();
+        let mut slots = PageSlots::default();
+        assert!(slots.reserve(&tiny, PAGE).is_none());
+        assert_eq!(tiny.allocation_count(), 0);
+        let iovas = allocator();
+        let mut slots = PageSlots::default();
+        assert!(slots.reserve(&iovas, PAGE).is_some());
+        assert!(slots.reserve(&iovas, 2 * PAGE).is_none(), "other page size");
+    }
+}
