@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use dma::{
     Address, BatchConfig, BatchedPolicy, BusSgList, DmaAccess, DmaError, DmaMapper, DmaMapping,
-    DmaMemory, DmaPolicy, GuestMemoryRegion, GuestPhysAddr, GuestSgList, IdentityPolicy,
+    DmaMemory, DmaPolicy, GuestMemoryRegion, GuestPhysAddr, GuestSgList, IdentityPolicy, Iova,
     IovaAllocator, IovaRange, PagePreference, SgList, StrictPolicy,
 };
 use udriver::vfio::{Bar, VfioContainer, VfioDevice, VfioGroup};
@@ -807,40 +807,65 @@ impl SinglePages {
             .iter()
             .map(|o| GuestSgList::from_pieces([(ram.gpa(*o), PAGE)]))
             .collect::<Result<_, _>>()?;
-        // A fresh allocator hands out the same sequence as the policy's own (and each
-        // run returns it to its initial state), so both sides use the same IOVAs and
-        // page tables.
-        let probe = IovaAllocator::new(&windows)?;
-        let mappings = pages
+        let mut pages = SinglePages {
+            requests,
+            mappings: Vec::new(),
+            windows,
+        };
+        // A strict policy over a fresh allocator picks the same IOVAs every time (each
+        // run returns it to the same state): ask one which, so that every run maps the
+        // same pages at the same IOVAs, through the same IOMMU page tables.
+        let probe = pages.strict_unchecked(NoIommu, ram)?;
+        let bus: Vec<BusSgList> = pages
+            .requests
             .iter()
-            .map(|o| {
-                let iova = probe.alloc(PAGE, PAGE)?;
+            .map(|sg| probe.map_sg(sg, DmaAccess::DeviceReads))
+            .collect::<Result<_, _>>()?;
+        for b in &bus {
+            probe.unmap_sg(b)?;
+        }
+        pages.mappings = pages
+            .requests
+            .iter()
+            .zip(&bus)
+            .map(|(sg, b)| {
+                let offset = sg.segments()[0].addr.0 - GUEST_RAM_GPA;
                 DmaMapping::new(
-                    iova.start(),
-                    dma::HostVirtAddr(ram.region.vaddr.0 + o),
+                    b.segments()[0].addr,
+                    dma::HostVirtAddr(ram.region.vaddr.0 + offset),
                     PAGE,
                     DmaAccess::DeviceReads,
                 )
             })
             .collect::<Result<_, _>>()?;
-        Ok(SinglePages {
-            requests,
-            mappings,
-            windows,
-        })
+        Ok(pages)
     }
 
-    /// A strict policy over `mapper` with its own allocator on the same windows.
-    fn strict<M: DmaMapper>(&self, mapper: M, ram: &GuestRam) -> Result<StrictPolicy<M>> {
+    fn strict_unchecked<M: DmaMapper>(&self, mapper: M, ram: &GuestRam) -> Result<StrictPolicy<M>> {
         let policy = StrictPolicy::new(mapper, Arc::new(IovaAllocator::new(&self.windows)?));
         policy.add_region(ram.region)?;
-        let bus = policy.map_sg(&self.requests[0], DmaAccess::DeviceReads)?;
-        let first = bus.segments()[0].addr;
-        policy.unmap_sg(&bus)?;
+        Ok(policy)
+    }
+
+    /// A strict policy over `mapper` with its own allocator on the same windows, checked
+    /// to pick the IOVAs of `mappings`.
+    fn strict<M: DmaMapper>(&self, mapper: M, ram: &GuestRam) -> Result<StrictPolicy<M>> {
+        let policy = self.strict_unchecked(mapper, ram)?;
+        let bus: Vec<BusSgList> = self
+            .requests
+            .iter()
+            .map(|sg| policy.map_sg(sg, DmaAccess::DeviceReads))
+            .collect::<Result<_, _>>()?;
+        for b in &bus {
+            policy.unmap_sg(b)?;
+        }
+        let picked: Vec<Iova> = bus.iter().map(|b| b.segments()[0].addr).collect();
+        let planned: Vec<Iova> = self.mappings.iter().map(DmaMapping::iova).collect();
         ensure!(
-            first == self.mappings[0].iova(),
-            "strict picked {first:#x}, the plain mapper {:#x}: not the same IOVAs",
-            self.mappings[0].iova().0
+            picked == planned,
+            "strict picked IOVAs {:x?}.., the plain mapper uses {:x?}..: not the same IOVAs",
+            &picked[..picked.len().min(4)],
+            &planned[..planned.len().min(4)]
         );
         Ok(policy)
     }
@@ -891,12 +916,16 @@ fn paired_ratio(x: &[f64], y: &[f64]) -> String {
     )
 }
 
-/// N single-page requests, all mapped and then all unmapped: strict `map_sg` +
-/// `unmap_sg` against the same N VFIO_IOMMU_MAP_DMA + UNMAP_DMA (same pages, same
-/// IOVAs) through the container's `DmaMapper::map`/`unmap`; then both again over bare
-/// ioctls on the same fd, which is the ioctl's own cost; and where the time goes.
+/// N single-page requests, all mapped and then all unmapped, five ways in one set of
+/// interleaved rounds (so every ratio is paired within a round, and drift in the
+/// host's load cancels): bare VFIO_IOMMU_MAP_DMA + UNMAP_DMA ioctls on the container's
+/// fd (the ioctl's own cost, the baseline), the container's `DmaMapper::map`/`unmap`,
+/// strict `map_sg` + `unmap_sg` over the container (what a user runs: the issue's
+/// goal), strict over bare ioctls, and strict over no IOMMU (the policy's own cost).
+/// Same pages, same IOVAs, in every run.
 fn map_sg_vs_raw_ioctl() -> Result<()> {
     const N: u64 = 256;
+    const ROUNDS: usize = 101;
     let (container, _group) = bench_container()?;
     let ram = GuestRam::new((2 * N * PAGE) as usize)?;
     let pages = SinglePages::new(&ram, N, container.iommu_info()?.iova_ranges)?;
@@ -906,25 +935,19 @@ fn map_sg_vs_raw_ioctl() -> Result<()> {
     let strict_container = pages.strict(container.clone(), &ram)?;
     let strict_bare = pages.strict(&bare, &ram)?;
     let strict_alone = pages.strict(NoIommu, &ram)?;
-    let mut bus: Vec<BusSgList> = Vec::with_capacity(N as usize);
+    // One list of bus addresses per policy run, allocated once, outside the timing.
+    let mut bus: [Vec<BusSgList>; 3] = std::array::from_fn(|_| Vec::with_capacity(N as usize));
+    let [bus_c, bus_b, bus_a] = &mut bus;
 
-    // The container's runs are slow and noisy (they read /proc): many rounds.
-    let container_times = interleaved(
-        41,
-        &mut [&mut || pages.through_mapper(&container), &mut || {
-            pages.through_policy(&strict_container, &mut bus)
-        }],
-    )?;
-    // Bare ioctls: cheap, so more rounds.
-    let bare_times = interleaved(
-        41,
-        &mut [&mut || pages.through_mapper(&bare), &mut || {
-            pages.through_policy(&strict_bare, &mut bus)
-        }],
-    )?;
-    let alone_times = interleaved(
-        41,
-        &mut [&mut || pages.through_policy(&strict_alone, &mut bus)],
+    let times = interleaved(
+        ROUNDS,
+        &mut [
+            &mut || pages.through_mapper(&bare),
+            &mut || pages.through_mapper(&container),
+            &mut || pages.through_policy(&strict_container, bus_c),
+            &mut || pages.through_policy(&strict_bare, bus_b),
+            &mut || pages.through_policy(&strict_alone, bus_a),
+        ],
     )?;
     ensure!(
         container.mappings().is_empty(),
@@ -935,36 +958,40 @@ fn map_sg_vs_raw_ioctl() -> Result<()> {
         "requests left mapped after the runs"
     );
 
-    let [c_base, c_strict] = [0, 1].map(|i| per_request(&container_times[i], N));
-    let [b_base, b_strict] = [0, 1].map(|i| per_request(&bare_times[i], N));
-    let alone = median(per_request(&alone_times[0], N));
-    let (mc, mcs) = (median(c_base.clone()), median(c_strict.clone()));
-    let (mb, mbs) = (median(b_base.clone()), median(b_strict.clone()));
+    let [bare_t, container_t, strict_t, strict_bare_t, alone_t] =
+        [0, 1, 2, 3, 4].map(|i| per_request(&times[i], N));
+    let m = |t: &[f64]| median(t.to_vec());
     println!(
         "{N} single-page requests, all mapped then all unmapped; µs per request (one map + \
-         one unmap), medians over interleaved rounds; ratio = per-round paired median:"
+         one unmap), medians of {ROUNDS} interleaved rounds; ratios are per-round paired \
+         medians:"
     );
-    println!("  through udriver's VfioContainer (DmaMapper::map/unmap):");
-    println!("    container map+unmap (baseline)  {mc:>8.2}");
+    println!("  bare map+unmap ioctls (baseline)     {:>8.2}", m(&bare_t));
     println!(
-        "    strict map_sg+unmap_sg          {mcs:>8.2}   ratio {} (goal <= 1.05)",
-        paired_ratio(&c_strict, &c_base)
-    );
-    println!("  through bare ioctls on the same container fd:");
-    println!("    bare map+unmap ioctls (baseline){mb:>8.2}");
-    println!(
-        "    strict map_sg+unmap_sg          {mbs:>8.2}   ratio {} (goal <= 1.05)",
-        paired_ratio(&b_strict, &b_base)
+        "  strict map_sg+unmap_sg, VfioContainer{:>8.2}   vs bare {} (goal <= 1.05)",
+        m(&strict_t),
+        paired_ratio(&strict_t, &bare_t)
     );
     println!("  where the time goes:");
     println!(
-        "    strict policy alone (no IOMMU)  {alone:>8.2}   {:.1}% of a bare map+unmap",
-        100.0 * alone / mb
+        "    VfioContainer map+unmap            {:>8.2}   vs bare {}",
+        m(&container_t),
+        paired_ratio(&container_t, &bare_t)
     );
     println!(
-        "    container over bare ioctls      {:>8.2}   container/bare {:.2}",
-        mc - mb,
-        mc / mb
+        "    strict over VfioContainer          {:>8.2}   vs container {}",
+        m(&strict_t),
+        paired_ratio(&strict_t, &container_t)
+    );
+    println!(
+        "    strict over bare ioctls            {:>8.2}   vs bare {}",
+        m(&strict_bare_t),
+        paired_ratio(&strict_bare_t, &bare_t)
+    );
+    println!(
+        "    strict policy alone (no IOMMU)     {:>8.2}   {:.1}% of a bare map+unmap",
+        m(&alone_t),
+        100.0 * m(&alone_t) / m(&bare_t)
     );
     Ok(())
 }
