@@ -65,9 +65,9 @@ mod status;
 mod tests;
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -75,11 +75,11 @@ use std::thread::JoinHandle;
 
 use ::dma::DmaMapper;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use thiserror::Error;
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use self::backend::{Shared, UmlBackend};
 pub use self::status::FrontendStatus;
@@ -133,21 +133,14 @@ impl Control {
     }
 
     /// Wait until a guest connects (true) or the frontend stops (false).
-    fn wait_for_guest(&self, listener: &Listener) -> io::Result<bool> {
+    fn wait_for_guest(&self, socket: &GuestSocket) -> io::Result<bool> {
         loop {
             if self.stopping() {
                 return Ok(false);
             }
-            // SAFETY: both fds are owned by objects that outlive this call.
-            let (listen_fd, wake_fd) = unsafe {
-                (
-                    std::os::fd::BorrowedFd::borrow_raw(listener.as_raw_fd()),
-                    std::os::fd::BorrowedFd::borrow_raw(self.wake.as_raw_fd()),
-                )
-            };
             let mut fds = [
-                PollFd::new(listen_fd, PollFlags::POLLIN),
-                PollFd::new(wake_fd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(socket.watch.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
             ];
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
@@ -188,10 +181,12 @@ impl<D: PassthroughDevice + 'static> UmlFrontend<D> {
         let shared = Arc::new(Shared::new(function, mapper, socket.to_path_buf()));
         let control = Arc::new(Control {
             stopping: AtomicBool::new(false),
-            wake: EventFd::new(EFD_NONBLOCK).map_err(|source| FrontendError::Socket {
-                socket: socket.to_path_buf(),
-                action: "create its wake-up eventfd",
-                source,
+            wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK).map_err(|e| {
+                FrontendError::Socket {
+                    socket: socket.to_path_buf(),
+                    action: "create its wake-up eventfd",
+                    source: e.into(),
+                }
             })?,
             connection: Mutex::new(None),
         });
@@ -281,8 +276,22 @@ impl<D: PassthroughDevice + 'static> Drop for UmlFrontend<D> {
     }
 }
 
+/// The socket UML connects to: vhost-user's listener over it, a second handle to wait
+/// on with the stop eventfd, and its path, removed when this goes.
+struct GuestSocket {
+    listener: Listener,
+    watch: UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for GuestSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Bind `socket`, replacing a stale socket file but nothing else.
-fn listen(socket: &Path) -> Result<Listener, FrontendError> {
+fn listen(socket: &Path) -> Result<GuestSocket, FrontendError> {
     let path = socket.to_path_buf();
     match std::fs::symlink_metadata(socket) {
         Ok(meta) if !meta.file_type().is_socket() => {
@@ -307,22 +316,29 @@ fn listen(socket: &Path) -> Result<Listener, FrontendError> {
             })
         }
     }
-    Listener::new(socket, false).map_err(|e| FrontendError::Socket {
-        socket: path,
+    let listen_error = |source| FrontendError::Socket {
+        socket: path.clone(),
         action: "listen",
-        source: io::Error::other(e.to_string()),
+        source,
+    };
+    let bound = UnixListener::bind(socket).map_err(listen_error)?;
+    let watch = bound.try_clone().map_err(listen_error)?;
+    Ok(GuestSocket {
+        listener: Listener::from(bound),
+        watch,
+        path: path.clone(),
     })
 }
 
 /// The server thread: one guest after another until the frontend stops. Dropping the
-/// listener at the end removes the socket.
+/// socket at the end removes its file.
 fn serve<D: PassthroughDevice + 'static>(
-    mut listener: Listener,
+    mut socket: GuestSocket,
     shared: &Arc<Shared<D>>,
     control: &Control,
 ) {
     loop {
-        match control.wait_for_guest(&listener) {
+        match control.wait_for_guest(&socket) {
             Ok(true) => {}
             Ok(false) => break,
             Err(e) => {
@@ -341,7 +357,7 @@ fn serve<D: PassthroughDevice + 'static>(
             ));
             break;
         }
-        serve_guest(&mut listener, shared, control);
+        serve_guest(&mut socket.listener, shared, control);
         if control.stopping() {
             break;
         }
