@@ -154,6 +154,15 @@ pub trait DmaMapper: Send + Sync {
         }
         Ok(total)
     }
+
+    /// A hint: the caller will map and unmap single pages of `page_size` bytes inside
+    /// `window`, many times over (a policy's window of one-page slots). A backend that
+    /// keeps a record of its mappings may index the window directly. It changes nothing
+    /// about which maps and unmaps succeed; the default ignores it.
+    fn expect_pages(&self, _window: IovaRange, _page_size: u64) {}
+
+    /// Ends an [`DmaMapper::expect_pages`] hint for `window`.
+    fn forget_pages(&self, _window: IovaRange) {}
 }
 
 impl<M: DmaMapper + ?Sized> DmaMapper for &M {
@@ -172,6 +181,12 @@ impl<M: DmaMapper + ?Sized> DmaMapper for &M {
     fn unmap_batch(&self, ranges: &[IovaRange]) -> Result<u64, DmaError> {
         (**self).unmap_batch(ranges)
     }
+    fn expect_pages(&self, window: IovaRange, page_size: u64) {
+        (**self).expect_pages(window, page_size)
+    }
+    fn forget_pages(&self, window: IovaRange) {
+        (**self).forget_pages(window)
+    }
 }
 
 impl<M: DmaMapper + ?Sized> DmaMapper for Arc<M> {
@@ -189,5 +204,11 @@ impl<M: DmaMapper + ?Sized> DmaMapper for Arc<M> {
     }
     fn unmap_batch(&self, ranges: &[IovaRange]) -> Result<u64, DmaError> {
         (**self).unmap_batch(ranges)
+    }
+    fn expect_pages(&self, window: IovaRange, page_size: u64) {
+        (**self).expect_pages(window, page_size)
+    }
+    fn forget_pages(&self, window: IovaRange) {
+        (**self).forget_pages(window)
     }
 }

@@ -41,7 +41,7 @@ impl Default for BatchConfig {
 
 /// Maps each request's pages at fresh IOVAs; queues unmaps and issues them in batches.
 #[derive(Debug)]
-pub struct BatchedPolicy<M> {
+pub struct BatchedPolicy<M: DmaMapper> {
     table: RequestTable<M>,
     config: BatchConfig,
 }

@@ -63,11 +63,20 @@ impl Window {
 
 impl PageSlots {
     /// A free slot of `page_size` bytes and its IOVA, marked reserved; `None` when the
-    /// window is full, could not be leased, or holds pages of another size.
-    pub(crate) fn reserve(&mut self, iovas: &IovaAllocator, page_size: u64) -> Option<(u32, Iova)> {
+    /// window is full, could not be leased, or holds pages of another size. The first
+    /// call leases the window and passes it to `leased`.
+    pub(crate) fn reserve(
+        &mut self,
+        iovas: &IovaAllocator,
+        page_size: u64,
+        leased: impl FnOnce(IovaRange),
+    ) -> Option<(u32, Iova)> {
         if !self.asked {
             self.asked = true;
             self.window = Self::lease_window(iovas, page_size);
+            if let Some(window) = &self.window {
+                leased(window.lease.range());
+            }
         }
         let window = self.window.as_mut()?;
         if 1u64 << window.page_shift != page_size {
@@ -131,6 +140,11 @@ impl PageSlots {
         self.window.as_ref().map_or(0, |w| w.mapped_count)
     }
 
+    /// The leased window, if any.
+    pub(crate) fn window(&self) -> Option<IovaRange> {
+        self.window.as_ref().map(|w| w.lease.range())
+    }
+
     /// The guest pages the mapped slots map.
     pub(crate) fn mapped_pages(&self) -> impl Iterator<Item = GuestPhysAddr> + '_ {
         self.window
@@ -160,32 +174,32 @@ mod tests {
     fn a_slot_is_reused_only_after_it_was_freed() {
         let iovas = allocator();
         let mut slots = PageSlots::default();
-        let (a, iova_a) = slots.reserve(&iovas, PAGE).unwrap();
+        let (a, iova_a) = slots.reserve(&iovas, PAGE, |_| {}).unwrap();
         slots.fill(a, GuestPhysAddr(0x5000));
-        let (b, iova_b) = slots.reserve(&iovas, PAGE).unwrap();
+        let (b, iova_b) = slots.reserve(&iovas, PAGE, |_| {}).unwrap();
         assert_ne!(iova_a, iova_b);
         slots.unreserve(b);
         // The unreserved slot comes back first; the mapped one does not.
-        assert_eq!(slots.reserve(&iovas, PAGE).unwrap().1, iova_b);
+        assert_eq!(slots.reserve(&iovas, PAGE, |_| {}).unwrap().1, iova_b);
         assert_eq!(slots.holder(iova_a.0 + 0x10, 0x20), Some(a));
         let range = slots.take(a).unwrap();
         assert_eq!(range, IovaRange::new(iova_a, PAGE).unwrap());
         assert_eq!(slots.holder(iova_a.0, 1), None, "taken: no longer found");
         assert!(slots.take(a).is_none());
         for _ in 0..(WINDOW_PAGES - 2) {
-            let got = slots.reserve(&iovas, PAGE).unwrap().1;
+            let got = slots.reserve(&iovas, PAGE, |_| {}).unwrap().1;
             assert_ne!(got, iova_a, "handed out before its unmap finished");
         }
-        assert!(slots.reserve(&iovas, PAGE).is_none(), "window full");
+        assert!(slots.reserve(&iovas, PAGE, |_| {}).is_none(), "window full");
         slots.free(a);
-        assert_eq!(slots.reserve(&iovas, PAGE).unwrap().1, iova_a);
+        assert_eq!(slots.reserve(&iovas, PAGE, |_| {}).unwrap().1, iova_a);
     }
 
     #[test]
     fn holder_needs_the_whole_segment_inside_a_mapped_page() {
         let iovas = allocator();
         let mut slots = PageSlots::default();
-        let (s, iova) = slots.reserve(&iovas, PAGE).unwrap();
+        let (s, iova) = slots.reserve(&iovas, PAGE, |_| {}).unwrap();
         assert_eq!(slots.holder(iova.0, 1), None, "reserved is not mapped");
         slots.fill(s, GuestPhysAddr(0));
         assert_eq!(slots.holder(iova.0, PAGE), Some(s));
@@ -210,13 +224,13 @@ mod tests {
     fn the_window_goes_back_only_when_idle() {
         let iovas = allocator();
         let mut slots = PageSlots::default();
-        let (s, _) = slots.reserve(&iovas, PAGE).unwrap();
+        let (s, _) = slots.reserve(&iovas, PAGE, |_| {}).unwrap();
         slots.fill(s, GuestPhysAddr(0));
         slots.take(s).unwrap();
         // Taken but never freed (its unmap failed): the window is kept.
         assert!(slots.into_idle_lease().is_none());
         let mut slots = PageSlots::default();
-        let (s, _) = slots.reserve(&iovas, PAGE).unwrap();
+        let (s, _) = slots.reserve(&iovas, PAGE, |_| {}).unwrap();
         slots.unreserve(s);
         let lease = slots.into_idle_lease().unwrap();
         iovas.free_lease(lease).unwrap();
@@ -227,11 +241,14 @@ mod tests {
         let tiny =
             IovaAllocator::new(&[IovaRange::new(Iova(0x10_0000), 8 * PAGE).unwrap()]).unwrap();
         let mut slots = PageSlots::default();
-        assert!(slots.reserve(&tiny, PAGE).is_none());
+        assert!(slots.reserve(&tiny, PAGE, |_| {}).is_none());
         assert_eq!(tiny.allocation_count(), 0);
         let iovas = allocator();
         let mut slots = PageSlots::default();
-        assert!(slots.reserve(&iovas, PAGE).is_some());
-        assert!(slots.reserve(&iovas, 2 * PAGE).is_none(), "other page size");
+        assert!(slots.reserve(&iovas, PAGE, |_| {}).is_some());
+        assert!(
+            slots.reserve(&iovas, 2 * PAGE, |_| {}).is_none(),
+            "other page size"
+        );
     }
 }

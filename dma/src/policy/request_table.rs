@@ -109,18 +109,22 @@ impl Tables {
 
 /// Registered memory plus live per-request mappings, over a mapper and an allocator.
 #[derive(Debug)]
-pub(crate) struct RequestTable<M> {
+pub(crate) struct RequestTable<M: DmaMapper> {
     mapper: M,
     iovas: Arc<IovaAllocator>,
     tables: Mutex<Tables>,
 }
 
-impl<M> Drop for RequestTable<M> {
+impl<M: DmaMapper> Drop for RequestTable<M> {
     fn drop(&mut self) {
         // Live requests keep their IOVAs (dropped leases stay allocated): their
         // mappings outlive the table. An idle slot window goes back.
         let tables = self.tables.get_mut().unwrap_or_else(|p| p.into_inner());
-        if let Some(lease) = std::mem::take(&mut tables.slots).into_idle_lease() {
+        let slots = std::mem::take(&mut tables.slots);
+        if let Some(window) = slots.window() {
+            self.mapper.forget_pages(window);
+        }
+        if let Some(lease) = slots.into_idle_lease() {
             let _ = self.iovas.free_lease(lease);
         }
     }
@@ -269,7 +273,10 @@ impl<M: DmaMapper> RequestTable<M> {
                 len: seg.len,
             });
         };
-        let Some((slot, iova)) = tables.slots.reserve(&self.iovas, run.len) else {
+        let reserved = tables.slots.reserve(&self.iovas, run.len, |window| {
+            self.mapper.expect_pages(window, run.len)
+        });
+        let Some((slot, iova)) = reserved else {
             return Ok(None);
         };
         let bus = BusSgList::single(Iova(iova.0 + (seg.addr.0 - run.start.0)), seg.len);

@@ -14,7 +14,7 @@ use crate::sg_list::{BusSgList, GuestSgList};
 
 /// Maps each request's pages at fresh IOVAs; unmaps synchronously.
 #[derive(Debug)]
-pub struct StrictPolicy<M> {
+pub struct StrictPolicy<M: DmaMapper> {
     table: RequestTable<M>,
 }
 
