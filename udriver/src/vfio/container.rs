@@ -21,10 +21,10 @@ use vfio_bindings::bindings::vfio::{
 };
 
 use super::capability::parse_chain;
-use super::dma_map::MappingMirror;
 use super::error::{Result, VfioError};
 use super::group::{GroupInner, VfioGroup, VFIO_DEV_DIR};
 use super::ioctl;
+use super::mapping_mirror::MappingMirror;
 
 /// How the container programs the IOMMU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -13,7 +13,7 @@
 use std::io;
 use std::os::fd::AsFd;
 
-use dma::{AddressMap, DmaError, DmaMapper, DmaMapping, IovaRange, MemlockStatus};
+use dma::{DmaError, DmaMapper, DmaMapping, IovaRange, MemlockStatus};
 use vfio_bindings::bindings::vfio::{VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE};
 
 use super::container::VfioContainer;
@@ -25,88 +25,6 @@ fn backend(op: &'static str, range: IovaRange, e: impl Into<io::Error>) -> DmaEr
         op,
         range,
         source: e.into(),
-    }
-}
-
-/// The container's live mappings, as the kernel holds them: a mapping is recorded once
-/// the kernel made it and dropped once the kernel removed it. Keyed by first IOVA,
-/// which finds the usual unmap (exactly one mapping) in one lookup.
-#[derive(Debug, Default)]
-pub(crate) struct MappingMirror {
-    by_start: AddressMap<DmaMapping>,
-}
-
-impl MappingMirror {
-    pub(crate) fn len(&self) -> usize {
-        self.by_start.len()
-    }
-
-    pub(crate) fn clear(&mut self) {
-        self.by_start.clear();
-    }
-
-    /// Records a mapping the kernel made (so it overlaps none recorded).
-    pub(crate) fn insert(&mut self, mapping: DmaMapping) {
-        let previous = self.by_start.insert(mapping.iova().0, mapping);
-        debug_assert!(previous.is_none(), "the kernel made overlapping mappings");
-    }
-
-    /// Drops the mappings the kernel removed when it unmapped `range`, `unmapped` bytes
-    /// in all: under TYPE1v2 exactly those lying wholly inside it. Walks from the
-    /// range's start through mappings that follow each other (a request's pieces, or
-    /// adjacent requests unmapped together); only a range with holes in it needs a scan.
-    fn remove_unmapped(&mut self, range: IovaRange, unmapped: u64) {
-        let mut removed = 0;
-        let mut at = range.start().0;
-        while removed < unmapped {
-            // Removed first and put back in the rare miss: one probe per mapping.
-            let Some(m) = self.by_start.remove(&at) else {
-                break;
-            };
-            if !range.contains_range(&m.range) {
-                self.by_start.insert(at, m);
-                break;
-            }
-            removed += m.len();
-            match m.range.end() {
-                Some(next) => at = next.0,
-                None => break,
-            }
-        }
-        if removed < unmapped {
-            self.by_start.retain(|_, m| !range.contains_range(&m.range));
-        }
-    }
-
-    /// A recorded mapping that overlaps `range` (a scan: for explaining a refusal).
-    fn overlapping(&self, range: &IovaRange) -> Option<IovaRange> {
-        self.by_start
-            .values()
-            .map(|m| m.range)
-            .filter(|r| r.overlaps(range))
-            .min()
-    }
-
-    /// A recorded mapping that an unmap of `range` would split (a scan: for explaining
-    /// a refusal).
-    fn split_by(&self, range: &IovaRange) -> Option<IovaRange> {
-        self.by_start
-            .values()
-            .map(|m| m.range)
-            .filter(|r| r.overlaps(range) && !range.contains_range(r))
-            .min()
-    }
-
-    /// Bytes mapped.
-    fn bytes(&self) -> u64 {
-        self.by_start.values().map(DmaMapping::len).sum()
-    }
-
-    /// The mappings in IOVA order.
-    fn sorted(&self) -> Vec<DmaMapping> {
-        let mut all: Vec<DmaMapping> = self.by_start.values().copied().collect();
-        all.sort_unstable_by_key(DmaMapping::iova);
-        all
     }
 }
 
@@ -293,6 +211,14 @@ impl DmaMapper for VfioContainer {
             }),
         }
     }
+
+    fn expect_pages(&self, window: IovaRange, page_size: u64) {
+        self.lock().mappings.expect_pages(window, page_size);
+    }
+
+    fn forget_pages(&self, window: IovaRange) {
+        self.lock().mappings.forget_pages(window);
+    }
 }
 
 #[cfg(test)]
@@ -424,59 +350,5 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, DmaError::PartialUnmap { .. }), "{e}");
         assert_eq!(c.mapped_bytes(), 0x4000);
-    }
-
-    #[test]
-    fn mirror_drops_what_the_kernel_unmapped() {
-        let mut mirror = MappingMirror::default();
-        for (iova, len) in [
-            (0x10_0000, 0x1000),
-            (0x10_1000, 0x2000),
-            (0x10_3000, 0x1000),
-            (0x20_0000, 0x1000),
-            (0x20_4000, 0x1000),
-            (0x30_0000, 0x1000),
-        ] {
-            mirror.insert(mapping(iova, len));
-        }
-        let starts =
-            |m: &MappingMirror| -> Vec<u64> { m.sorted().iter().map(|x| x.iova().0).collect() };
-        // One mapping, exactly.
-        mirror.remove_unmapped(IovaRange::new(Iova(0x30_0000), 0x1000).unwrap(), 0x1000);
-        assert_eq!(starts(&mirror).len(), 5);
-        // Three that follow each other, in one unmap.
-        mirror.remove_unmapped(IovaRange::new(Iova(0x10_0000), 0x4000).unwrap(), 0x4000);
-        assert_eq!(starts(&mirror), vec![0x20_0000, 0x20_4000]);
-        // A range with a hole, starting in the hole: found by the scan.
-        mirror.remove_unmapped(IovaRange::new(Iova(0x1f_f000), 0x10000).unwrap(), 0x2000);
-        assert!(starts(&mirror).is_empty());
-        assert_eq!(mirror.bytes(), 0);
-        // Nothing there: nothing removed.
-        mirror.insert(mapping(0x40_0000, 0x1000));
-        mirror.remove_unmapped(IovaRange::new(Iova(0x50_0000), 0x1000).unwrap(), 0);
-        assert_eq!(mirror.len(), 1);
-    }
-
-    #[test]
-    fn mirror_names_the_mapping_in_the_way() {
-        let mut mirror = MappingMirror::default();
-        mirror.insert(mapping(0x10_0000, 0x4000));
-        mirror.insert(mapping(0x20_0000, 0x1000));
-        let r = |iova, len| IovaRange::new(Iova(iova), len).unwrap();
-        assert_eq!(
-            mirror.overlapping(&r(0x10_3000, 0x2000)),
-            Some(r(0x10_0000, 0x4000))
-        );
-        assert_eq!(mirror.overlapping(&r(0x10_4000, 0x1000)), None);
-        assert_eq!(
-            mirror.split_by(&r(0x10_1000, 0x1000)),
-            Some(r(0x10_0000, 0x4000))
-        );
-        assert_eq!(mirror.split_by(&r(0x10_0000, 0x20_0000)), None);
-        assert_eq!(
-            mirror.split_by(&r(0x1f_f000, 0x1000)),
-            None,
-            "a range touching no mapping splits none"
-        );
     }
 }

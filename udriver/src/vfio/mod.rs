@@ -25,6 +25,7 @@ mod eventfd;
 mod group;
 pub mod ioctl;
 mod irq;
+mod mapping_mirror;
 mod mmio;
 mod region;
 mod reset;
