@@ -18,7 +18,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use udriver::claim::{ClaimRecord, RestoreHow};
+use udriver::claim::{AttachReport, ClaimRecord, RestoreHow, Restored};
 use udriver::pci::PciAddress;
 
 use super::FrontendSpec;
@@ -414,6 +414,50 @@ pub struct AttachReply {
     pub warnings: Vec<String>,
     /// The device now served, with `serve`.
     pub served: Option<ServedDevice>,
+}
+
+impl RestoredDevice {
+    /// The wire form of the claimer's reports.
+    pub fn list(restored: &[Restored]) -> Vec<RestoredDevice> {
+        restored
+            .iter()
+            .map(|r| RestoredDevice {
+                address: r.address,
+                driver: r.driver.clone(),
+                how: (&r.how).into(),
+            })
+            .collect()
+    }
+}
+
+impl From<&AttachReport> for AttachReply {
+    /// What a claim did, as the service answers it (nothing served yet).
+    fn from(report: &AttachReport) -> Self {
+        AttachReply {
+            attached: report
+                .attached
+                .iter()
+                .map(|a| AttachedDevice {
+                    address: a.address,
+                    previous_driver: a.previous_driver.clone(),
+                    already: a.already,
+                    forced: a.forced.iter().map(ToString::to_string).collect(),
+                })
+                .collect(),
+            groups: report
+                .groups
+                .iter()
+                .map(|g| GroupReady {
+                    iommu_group: g.group,
+                    node: g.node.clone(),
+                    members: g.members.clone(),
+                })
+                .collect(),
+            repaired: RestoredDevice::list(&report.repaired),
+            warnings: report.warnings.clone(),
+            served: None,
+        }
+    }
 }
 
 /// A device udrv had not claimed, named in `detach`.

@@ -7,14 +7,12 @@ use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::{error, info, warn};
-use udriver::claim::{
-    AttachOptions, ClaimPhase, DetachReport, DetachTarget, Owner, Restored, StateFile,
-};
+use udriver::claim::{AttachOptions, ClaimPhase, DetachReport, DetachTarget, Owner, StateFile};
 use udriver::pci::{PciAddress, PciDevice};
 
 use super::control::{
-    AttachReply, AttachedDevice, DaemonInfo, DetachReply, DeviceFailure, GroupReady, NotClaimed,
-    Reply, Request, RestoredDevice, ServedDevice, StatusReply,
+    AttachReply, DaemonInfo, DetachReply, DeviceFailure, NotClaimed, Reply, Request,
+    RestoredDevice, ServedDevice, StatusReply,
 };
 use super::control_socket::Peer;
 use super::host::Host;
@@ -39,16 +37,6 @@ pub(crate) fn now_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn restored(list: &[Restored]) -> Vec<RestoredDevice> {
-    list.iter()
-        .map(|r| RestoredDevice {
-            address: r.address,
-            driver: r.driver.clone(),
-            how: (&r.how).into(),
-        })
-        .collect()
 }
 
 fn log_restored(report: &DetachReport) {
@@ -179,30 +167,7 @@ impl Service {
         for w in &report.warnings {
             warn!(warning = %w, "attach");
         }
-        let mut reply = AttachReply {
-            attached: report
-                .attached
-                .iter()
-                .map(|a| AttachedDevice {
-                    address: a.address,
-                    previous_driver: a.previous_driver.clone(),
-                    already: a.already,
-                    forced: a.forced.iter().map(ToString::to_string).collect(),
-                })
-                .collect(),
-            groups: report
-                .groups
-                .iter()
-                .map(|g| GroupReady {
-                    iommu_group: g.group,
-                    node: g.node.clone(),
-                    members: g.members.clone(),
-                })
-                .collect(),
-            repaired: restored(&report.repaired),
-            warnings: report.warnings.clone(),
-            served: None,
-        };
+        let mut reply = AttachReply::from(&report);
         let Some(spec) = serve else {
             return Ok(reply);
         };
@@ -392,8 +357,8 @@ impl Service {
             self.claimed_here.remove(&r.address);
             self.recovery_failures.retain(|f| f.address != r.address);
         }
-        reply.restored = restored(&report.restored);
-        reply.repaired = restored(&report.repaired);
+        reply.restored = RestoredDevice::list(&report.restored);
+        reply.repaired = RestoredDevice::list(&report.repaired);
         reply.not_claimed = report
             .not_claimed
             .iter()
@@ -519,8 +484,8 @@ impl Service {
         {
             Ok(r) => {
                 log_restored(&r);
-                report.restored = restored(&r.restored);
-                report.restored.extend(restored(&r.repaired));
+                report.restored = RestoredDevice::list(&r.restored);
+                report.restored.extend(RestoredDevice::list(&r.repaired));
                 report
                     .failed
                     .extend(r.failed.iter().map(|(address, e)| DeviceFailure {

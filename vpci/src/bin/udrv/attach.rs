@@ -103,16 +103,21 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
 }
 
 fn render_text(report: &AttachReport) -> String {
+    render_claims(&AttachReply::from(report))
+}
+
+/// What a claim did, whether made here or by the service.
+fn render_claims(reply: &AttachReply) -> String {
     let mut out = String::new();
-    for repaired in &report.repaired {
+    for r in &reply.repaired {
         let _ = writeln!(
             out,
             "{}: an interrupted claim was undone: back on {}",
-            repaired.address,
-            repaired.driver.as_deref().unwrap_or("no driver")
+            r.address,
+            r.driver.as_deref().unwrap_or("no driver")
         );
     }
-    for device in &report.attached {
+    for device in &reply.attached {
         let from = device.previous_driver.as_deref().unwrap_or("no driver");
         if device.already {
             let _ = writeln!(out, "{}: already on vfio-pci", device.address);
@@ -123,12 +128,15 @@ fn render_text(report: &AttachReport) -> String {
             let _ = writeln!(out, "    forced although: {reason}");
         }
     }
-    for group in &report.groups {
+    for warning in &reply.warnings {
+        let _ = writeln!(out, "warning: {warning}");
+    }
+    for group in &reply.groups {
         let members: Vec<String> = group.members.iter().map(ToString::to_string).collect();
         let _ = writeln!(
             out,
             "IOMMU group {}: {} is ready (members: {})",
-            group.group,
+            group.iommu_group,
             group.node.display(),
             members.join(", ")
         );
@@ -235,26 +243,7 @@ fn render_served_text(
     guest: &str,
     device_id: u32,
 ) -> String {
-    let mut out = String::new();
-    for r in &reply.repaired {
-        let _ = writeln!(
-            out,
-            "{}: an interrupted claim was undone: back on {}",
-            r.address,
-            r.driver.as_deref().unwrap_or("no driver")
-        );
-    }
-    for device in &reply.attached {
-        let from = device.previous_driver.as_deref().unwrap_or("no driver");
-        if device.already {
-            let _ = writeln!(out, "{}: already on vfio-pci", device.address);
-        } else {
-            let _ = writeln!(out, "{}: {from} -> vfio-pci", device.address);
-        }
-        for reason in &device.forced {
-            let _ = writeln!(out, "    forced although: {reason}");
-        }
-    }
+    let mut out = render_claims(reply);
     if let Some(served) = &reply.served {
         let _ = writeln!(
             out,
