@@ -14,21 +14,9 @@ for word in $(cat /proc/cmdline); do
 done
 case "$bench" in
   net)
-    eth=
-    i=0
-    while [ -z "$eth" ] && [ $i -lt 50 ]; do
-      for n in /sys/class/net/*; do
-        [ "$(readlink "$n/device/driver" 2>/dev/null | sed 's,.*/,,')" = e1000e ] && eth=${n##*/}
-      done
-      [ -n "$eth" ] || { sleep 0.1; i=$((i + 1)); }
-    done
-    [ -n "$eth" ] || { echo "uml: no e1000e interface"; exit 1; }
-    ip link set "$eth" up
-    ip address add 10.0.0.2/24 dev "$eth"
-    i=0
-    until [ "$(cat /sys/class/net/$eth/carrier 2>/dev/null)" = 1 ] || [ $i -ge 100 ]; do
-      sleep 0.1; i=$((i + 1))
-    done
+    . /tasks/net.sh
+    eth=$(e1000e_interface) || { echo "uml: no e1000e interface"; exit 1; }
+    bring_up "$eth" 10.0.0.2/24
     echo "uml: $eth carrier $(cat /sys/class/net/$eth/carrier 2>/dev/null)"
     uml-probe read-pair "/sys/class/net/$eth/statistics/rx_bytes" "/sys/class/net/$eth/mtu" \
       "$count" 9 || exit 1

@@ -11,22 +11,10 @@ for word in $(cat /proc/cmdline); do
     udrv_uml_flood=*) flood=${word#*=} ;;
   esac
 done
-eth=
-i=0
-while [ -z "$eth" ] && [ $i -lt 100 ]; do
-  for n in /sys/class/net/*; do
-    [ "$(readlink "$n/device/driver" 2>/dev/null | sed 's,.*/,,')" = e1000e ] && eth=${n##*/}
-  done
-  [ -n "$eth" ] || { sleep 0.1; i=$((i + 1)); }
-done
-[ -n "$eth" ] || { echo "uml: no e1000e interface"; exit 1; }
+. /tasks/net.sh
+eth=$(e1000e_interface) || { echo "uml: no e1000e interface"; exit 1; }
 echo "uml: eth $eth"
-ip link set "$eth" up
-ip address add 10.0.0.2/24 dev "$eth"
-i=0
-until [ "$(cat /sys/class/net/$eth/carrier 2>/dev/null)" = 1 ] || [ $i -ge 100 ]; do
-  sleep 0.1; i=$((i + 1))
-done
+bring_up "$eth" 10.0.0.2/24
 if ping -c 5 -W 3 10.0.0.1 > /tmp/udrv-ping.out 2>&1; then
   echo "uml: ping ok"
 else

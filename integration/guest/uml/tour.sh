@@ -9,13 +9,9 @@ echo "uml: PCI functions (served by udrv over virtio-pcidev):"
 for d in /sys/bus/pci/devices/*; do
   echo "uml:   ${d##*/} $(cat "$d/vendor"):$(cat "$d/device") driver=$(readlink "$d/driver" | sed 's,.*/,,')"
 done
-eth=eth0
-ip link set "$eth" up
-ip address add 10.0.0.2/24 dev "$eth"
-i=0
-until [ "$(cat /sys/class/net/$eth/carrier 2>/dev/null)" = 1 ] || [ $i -ge 100 ]; do
-  sleep 0.1; i=$((i + 1))
-done
+. /tasks/net.sh
+eth=$(e1000e_interface) || { echo "uml: no e1000e interface"; exit 1; }
+bring_up "$eth" 10.0.0.2/24
 echo "uml: \$ ping -c 3 10.0.0.1      (the rig kernel's e1000 across the hub)"
 ping -c 3 -W 2 10.0.0.1 | sed 's/^/uml: /'
 echo "uml: \$ dd if=/dev/sda bs=512 skip=5 count=1 | hexdump -C | head -3"
