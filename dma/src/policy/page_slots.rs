@@ -2,16 +2,20 @@
 //!
 //! Most requests are one buffer inside one page (a network frame, a 4 KiB block). For
 //! those the table leases a window of IOVA pages from the shared allocator, once, and
-//! hands its pages out as slots: the next request takes the slot on top of a stack of
-//! free ones, and an unmap finds its request by arithmetic on the bus address. Neither
-//! takes the allocator's lock or probes a hash table, and the slots' state sits in two
-//! small arrays rather than in scattered table entries.
+//! hands its pages out as slots: the next request takes the most recently freed slot,
+//! and an unmap finds its request by arithmetic on the bus address. Neither takes the
+//! allocator's lock or probes a hash table.
 //!
-//! A slot is free (on the stack), reserved (a map of it is under way), mapped, or taken
-//! (its unmap is under way or deferred). It returns to the stack only when its map
-//! failed (nothing was mapped) or its unmap succeeded, so, as with any IOVA, a page is
-//! never handed out again while the device may still reach the page it mapped before.
-//! A slot whose unmap failed is never returned: its page stays out of use.
+//! Each slot is one word, which says what the slot holds and, for a free slot, which
+//! free slot comes next: taking or returning a slot touches that word and the list
+//! head, nothing else. Under emulation (a TCG guest, where every cache line a request
+//! touches after the kernel's work costs a miss) that matters as much as instructions.
+//!
+//! A slot is free, reserved (a map of it is under way), mapped, or taken (its unmap is
+//! under way or deferred). It returns to the free list only when its map failed
+//! (nothing was mapped) or its unmap succeeded, so, as with any IOVA, a page is never
+//! handed out again while the device may still reach the page it mapped before. A slot
+//! whose unmap failed is never returned: its page stays out of use.
 
 use crate::address::GuestPhysAddr;
 use crate::iova::{Iova, IovaRange};
@@ -21,6 +25,15 @@ use crate::iova_allocator::{IovaAllocator, IovaLease};
 /// rings and storage queues run to hundreds or a few thousand); 4 MiB of IOVA space
 /// with 4 KiB pages. Requests beyond it take the general path.
 pub(crate) const WINDOW_PAGES: u32 = 1024;
+
+/// A slot's word: `gpa | MAPPED` for a mapped slot (guest pages are page-aligned, so
+/// the low bits are free), `next << 2 | FREE` for a free one, `OUT` for one reserved or
+/// taken.
+const MAPPED: u64 = 1;
+const FREE: u64 = 2;
+const OUT: u64 = 0;
+/// The end of the free list.
+const NO_SLOT: u32 = u32::MAX;
 
 /// The one-page slots of one policy; see the module documentation.
 #[derive(Debug, Default)]
@@ -32,25 +45,24 @@ pub(crate) struct PageSlots {
 
 #[derive(Debug)]
 struct Window {
-    lease: IovaLease,
     base: u64,
     page_shift: u32,
-    /// The guest page each slot maps; `None` unless the slot is mapped.
-    mapped: Vec<Option<GuestPhysAddr>>,
-    /// Free slots; the most recently freed on top.
-    free: Vec<u32>,
-    mapped_count: usize,
+    /// The first free slot, or `NO_SLOT`.
+    free_head: u32,
+    free_count: u32,
+    mapped_count: u32,
+    slots: Vec<u64>,
+    lease: IovaLease,
 }
 
 impl Window {
-    /// The slot holding `[addr, addr + len)` wholly inside its page, if it is mapped.
-    fn mapped_slot(&self, addr: u64, len: u64) -> Option<u32> {
+    /// The index of the slot whose page wholly holds `[addr, addr + len)`.
+    fn slot_of(&self, addr: u64, len: u64) -> Option<usize> {
         let offset = addr.checked_sub(self.base)?;
-        let slot = offset >> self.page_shift;
         let page_mask = (1u64 << self.page_shift) - 1;
         let fits = len > 0 && (offset & page_mask).checked_add(len)? <= page_mask + 1;
-        let index = usize::try_from(slot).ok()?;
-        (fits && self.mapped.get(index)?.is_some()).then_some(slot as u32)
+        let index = usize::try_from(offset >> self.page_shift).ok()?;
+        (fits && index < self.slots.len()).then_some(index)
     }
 
     fn range_of(&self, slot: u32) -> IovaRange {
@@ -58,6 +70,12 @@ impl Window {
         // Inside the leased window, so neither overflows nor is empty.
         IovaRange::new(Iova(self.base + (u64::from(slot) << self.page_shift)), page)
             .unwrap_or(self.lease.range())
+    }
+
+    fn push_free(&mut self, slot: u32) {
+        self.slots[slot as usize] = u64::from(self.free_head) << 2 | FREE;
+        self.free_head = slot;
+        self.free_count += 1;
     }
 }
 
@@ -79,51 +97,70 @@ impl PageSlots {
             }
         }
         let window = self.window.as_mut()?;
-        if 1u64 << window.page_shift != page_size {
+        if 1u64 << window.page_shift != page_size || window.free_head == NO_SLOT {
             return None;
         }
-        let slot = window.free.pop()?;
+        let slot = window.free_head;
+        let word = std::mem::replace(&mut window.slots[slot as usize], OUT);
+        window.free_head = (word >> 2) as u32;
+        window.free_count -= 1;
         let iova = Iova(window.base + (u64::from(slot) << window.page_shift));
         Some((slot, iova))
     }
 
     fn lease_window(iovas: &IovaAllocator, page_size: u64) -> Option<Window> {
+        // Slot words keep flags in the two low bits of a page-aligned address.
+        if page_size < 4 {
+            return None;
+        }
         let bytes = u64::from(WINDOW_PAGES).checked_mul(page_size)?;
         let lease = iovas.lease(bytes, page_size).ok()?;
-        Some(Window {
+        let mut window = Window {
             base: lease.range().start().0,
-            lease,
             page_shift: page_size.trailing_zeros(),
-            mapped: vec![None; WINDOW_PAGES as usize],
-            free: (0..WINDOW_PAGES).rev().collect(),
+            free_head: NO_SLOT,
+            free_count: 0,
             mapped_count: 0,
-        })
+            slots: vec![OUT; WINDOW_PAGES as usize],
+            lease,
+        };
+        // Slot 0 on top: the lowest IOVAs are used first.
+        for slot in (0..WINDOW_PAGES).rev() {
+            window.push_free(slot);
+        }
+        Some(window)
     }
 
     /// A reserved slot whose map failed: nothing was mapped, so it is free again.
     pub(crate) fn unreserve(&mut self, slot: u32) {
         if let Some(window) = self.window.as_mut() {
-            window.free.push(slot);
+            window.push_free(slot);
         }
     }
 
     /// A reserved slot now maps the guest page at `gpa`.
     pub(crate) fn fill(&mut self, slot: u32, gpa: GuestPhysAddr) {
         if let Some(window) = self.window.as_mut() {
-            window.mapped[slot as usize] = Some(gpa);
+            window.slots[slot as usize] = gpa.0 | MAPPED;
             window.mapped_count += 1;
         }
     }
 
     /// The mapped slot whose page wholly holds `[addr, addr + len)`.
     pub(crate) fn holder(&self, addr: u64, len: u64) -> Option<u32> {
-        self.window.as_ref()?.mapped_slot(addr, len)
+        let window = self.window.as_ref()?;
+        let index = window.slot_of(addr, len)?;
+        (window.slots[index] & MAPPED != 0).then_some(index as u32)
     }
 
     /// Takes a mapped slot out of use for its unmap; returns its IOVA range.
     pub(crate) fn take(&mut self, slot: u32) -> Option<IovaRange> {
         let window = self.window.as_mut()?;
-        window.mapped.get_mut(slot as usize)?.take()?;
+        let word = window.slots.get_mut(slot as usize)?;
+        if *word & MAPPED == 0 {
+            return None;
+        }
+        *word = OUT;
         window.mapped_count -= 1;
         Some(window.range_of(slot))
     }
@@ -131,13 +168,13 @@ impl PageSlots {
     /// A taken slot whose unmap succeeded: free for the next request.
     pub(crate) fn free(&mut self, slot: u32) {
         if let Some(window) = self.window.as_mut() {
-            window.free.push(slot);
+            window.push_free(slot);
         }
     }
 
     /// Number of mapped slots.
     pub(crate) fn mapped_count(&self) -> usize {
-        self.window.as_ref().map_or(0, |w| w.mapped_count)
+        self.window.as_ref().map_or(0, |w| w.mapped_count as usize)
     }
 
     /// The leased window, if any.
@@ -147,16 +184,19 @@ impl PageSlots {
 
     /// The guest pages the mapped slots map.
     pub(crate) fn mapped_pages(&self) -> impl Iterator<Item = GuestPhysAddr> + '_ {
-        self.window
-            .iter()
-            .flat_map(|w| w.mapped.iter().flatten().copied())
+        self.window.iter().flat_map(|w| {
+            w.slots
+                .iter()
+                .filter(|&&word| word & MAPPED != 0)
+                .map(|&word| GuestPhysAddr(word & !MAPPED))
+        })
     }
 
     /// The window's lease, if every slot is free (none is mapped, reserved, or lost to a
     /// failed unmap), so that its IOVAs can go back to the allocator.
     pub(crate) fn into_idle_lease(self) -> Option<IovaLease> {
         let window = self.window?;
-        (window.free.len() == WINDOW_PAGES as usize).then_some(window.lease)
+        (window.free_count == WINDOW_PAGES).then_some(window.lease)
     }
 }
 

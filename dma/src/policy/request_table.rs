@@ -204,17 +204,32 @@ impl<M: DmaMapper> RequestTable<M> {
     ) -> Result<BusSgList, DmaError> {
         let page = self.mapper.page_size();
         let mut tables = self.lock();
+        if let [seg] = sg.segments() {
+            let run = seg.page_run(page);
+            if run.len == page {
+                if let Some(bus) = self.map_one_page(&mut tables, seg, run, access)? {
+                    return Ok(bus);
+                }
+            }
+        }
+        self.map_general(&mut tables, sg, access, page, reclaim)
+    }
+
+    /// Maps any request at IOVAs of its own. Kept out of line: its locals (pieces,
+    /// runs) would otherwise spread the one-page path's stack frame over more cache
+    /// lines.
+    #[inline(never)]
+    fn map_general(
+        &self,
+        tables: &mut Tables,
+        sg: &GuestSgList,
+        access: DmaAccess,
+        page: u64,
+        reclaim: impl FnOnce(&mut Tables) -> Result<bool, DmaError>,
+    ) -> Result<BusSgList, DmaError> {
         let runs: Runs = match sg.segments() {
             [] => return Err(DmaError::EmptyRange { start: 0 }),
-            [seg] => {
-                let run = seg.page_run(page);
-                if run.len == page {
-                    if let Some(bus) = self.map_one_page(&mut tables, seg, run, access)? {
-                        return Ok(bus);
-                    }
-                }
-                smallvec::smallvec![run]
-            }
+            [seg] => smallvec::smallvec![seg.page_run(page)],
             _ => sg.page_runs(page).collect(),
         };
         // Translate everything before touching the allocator: a request reaching outside
@@ -229,7 +244,7 @@ impl<M: DmaMapper> RequestTable<M> {
             })?;
         }
         let lease = match self.iovas.lease(total, page) {
-            Err(DmaError::IovaExhausted { .. }) if reclaim(&mut tables)? => {
+            Err(DmaError::IovaExhausted { .. }) if reclaim(tables)? => {
                 self.iovas.lease(total, page)?
             }
             other => other?,
@@ -329,18 +344,29 @@ impl<M: DmaMapper> RequestTable<M> {
                 taken.push(Held::Lease(m.lease));
             }
         } else {
-            let mut owners: SmallVec<[Owner; 2]> = SmallVec::new();
-            for seg in bus.segments() {
-                let owner = tables.owner(seg)?;
-                if !owners.contains(&owner) {
-                    owners.push(owner);
-                }
-            }
-            for owner in owners {
-                taken.extend(tables.take(owner));
-            }
+            Self::take_owners(&mut tables, bus, &mut taken)?;
         }
         dispose(&mut tables, &mut taken)
+    }
+
+    /// Takes the requests of a list of several segments, or none if one is unknown.
+    #[inline(never)]
+    fn take_owners(
+        tables: &mut Tables,
+        bus: &BusSgList,
+        taken: &mut Released,
+    ) -> Result<(), DmaError> {
+        let mut owners: SmallVec<[Owner; 2]> = SmallVec::new();
+        for seg in bus.segments() {
+            let owner = tables.owner(seg)?;
+            if !owners.contains(&owner) {
+                owners.push(owner);
+            }
+        }
+        for owner in owners {
+            taken.extend(tables.take(owner));
+        }
+        Ok(())
     }
 
     /// Unmaps the held ranges (merging adjacent ones into one call) and then gives
@@ -356,6 +382,13 @@ impl<M: DmaMapper> RequestTable<M> {
             self.mapper.unmap(one.range())?;
             return self.give_back(tables, one);
         }
+        self.release_merged(tables, held)
+    }
+
+    /// [`RequestTable::release`] of several requests, out of line (its locals would
+    /// widen the one-request path's stack frame).
+    #[inline(never)]
+    fn release_merged(&self, tables: &mut Tables, held: &mut Released) -> Result<(), DmaError> {
         held.sort_unstable_by_key(Held::range);
         let mut merged: SmallVec<[IovaRange; 2]> = SmallVec::new();
         for r in held.iter().map(Held::range) {
