@@ -214,6 +214,7 @@ impl VfioContainer {
     }
 
     /// The IOMMU's smallest page size, once a group is attached.
+    #[inline]
     pub(crate) fn iommu_page_size(&self) -> Option<u64> {
         match self.0.page_size.load(Ordering::Relaxed) {
             0 => None,

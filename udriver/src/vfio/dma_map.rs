@@ -16,7 +16,7 @@ use std::os::fd::AsFd;
 use dma::{DmaError, DmaMapper, DmaMapping, IovaRange, MemlockStatus};
 use vfio_bindings::bindings::vfio::{VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE};
 
-use super::container::VfioContainer;
+use super::container::{ContainerState, IommuInfo, VfioContainer};
 use super::error::VfioError;
 use super::ioctl;
 
@@ -66,14 +66,6 @@ fn read_thread_memlock() -> Result<MemlockStatus, DmaError> {
     Ok(status)
 }
 
-/// The status to check a new mapping against: cheap for an exempt thread.
-fn thread_memlock() -> Result<MemlockStatus, DmaError> {
-    if EXEMPT_FROM_MEMLOCK.get() {
-        return Ok(NO_LIMIT);
-    }
-    read_thread_memlock()
-}
-
 /// The error for a map the kernel refused with ENOMEM: the limit error when the
 /// locked-memory limit explains it, the kernel's errno otherwise.
 fn memlock_refusal(range: IovaRange, errno: nix::errno::Errno) -> DmaError {
@@ -88,6 +80,59 @@ fn memlock_refusal(range: IovaRange, errno: nix::errno::Errno) -> DmaError {
     backend("VFIO_IOMMU_MAP_DMA", range, errno)
 }
 
+// The refusals below are built out of line and marked cold: their formatting and
+// scans would otherwise widen the map and unmap stack frames, and on the per-request
+// path every cache line touched counts.
+
+#[cold]
+#[inline(never)]
+fn outside_windows(info: &IommuInfo, range: IovaRange) -> DmaError {
+    backend(
+        "VFIO_IOMMU_MAP_DMA",
+        range,
+        io::Error::other(VfioError::DmaRefused {
+            iova: range.start().0,
+            len: range.len(),
+            reason: format!(
+                "outside the IOMMU's usable IOVA windows ({}); pick an IOVA inside one",
+                info.iova_ranges
+                    .iter()
+                    .map(|w| format!("{:#x}..={:#x}", w.start().0, w.last().0))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    )
+}
+
+/// A map refused before or by the kernel: an overlap with a recorded mapping if there
+/// is one (the kernel says only EEXIST), else `otherwise`.
+#[cold]
+#[inline(never)]
+fn map_refusal(state: &ContainerState, range: IovaRange, otherwise: DmaError) -> DmaError {
+    match state.mappings.overlapping(&range) {
+        Some(existing) => DmaError::MapOverlap {
+            requested: range,
+            existing,
+        },
+        None => otherwise,
+    }
+}
+
+/// An unmap the kernel refused: the mapping it would split if there is one (TYPE1v2
+/// says only EINVAL), else the kernel's errno.
+#[cold]
+#[inline(never)]
+fn unmap_refusal(state: &ContainerState, range: IovaRange, errno: nix::errno::Errno) -> DmaError {
+    match state.mappings.split_by(&range) {
+        Some(mapping) => DmaError::PartialUnmap {
+            requested: range,
+            mapping,
+        },
+        None => backend("VFIO_IOMMU_UNMAP_DMA", range, errno),
+    }
+}
+
 impl VfioContainer {
     /// Bytes mapped in this container now.
     pub fn mapped_bytes(&self) -> u64 {
@@ -99,48 +144,29 @@ impl VfioContainer {
         self.lock().mappings.sorted()
     }
 
-    fn map_checked(&self, mapping: &DmaMapping, memlock: MemlockStatus) -> Result<(), DmaError> {
-        const OP: &str = "VFIO_IOMMU_MAP_DMA";
+    #[inline]
+    fn map_checked(&self, mapping: &DmaMapping, memlock: &MemlockStatus) -> Result<(), DmaError> {
         let range = mapping.range;
         let mut state = self.lock();
         // Borrowed, not cloned: the windows are a Vec, and a clone per map was a heap
         // allocation on the per-request path.
         let Some(info) = state.info.as_ref() else {
-            return Err(backend(
-                OP,
-                range,
-                io::Error::other(self.no_group_error("map DMA")),
-            ));
+            return Err(self.no_group("map DMA", "VFIO_IOMMU_MAP_DMA", range));
         };
         mapping.check_alignment(info.min_page_size())?;
-        if !info.allows(&range) {
-            return Err(backend(
-                OP,
-                range,
-                io::Error::other(VfioError::DmaRefused {
-                    iova: range.start().0,
-                    len: range.len(),
-                    reason: format!(
-                        "outside the IOMMU's usable IOVA windows ({}); pick an IOVA inside one",
-                        info.iova_ranges
-                            .iter()
-                            .map(|w| format!("{:#x}..={:#x}", w.start().0, w.last().0))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                }),
-            ));
+        // A page of an announced window that lies in a usable IOVA window needs no
+        // search of the windows.
+        let slot = state.mappings.page_slot(&range);
+        if !slot.is_some_and(|s| s.usable) && !info.allows(&range) {
+            return Err(outside_windows(info, range));
         }
         if let Some(limit) = state.max_mappings {
             if state.mappings.len() >= limit {
-                // An overlap is the more useful thing to hear about.
-                return Err(match state.mappings.overlapping(&range) {
-                    Some(existing) => DmaError::MapOverlap {
-                        requested: range,
-                        existing,
-                    },
-                    None => DmaError::TooManyMappings { limit },
-                });
+                return Err(map_refusal(
+                    &state,
+                    range,
+                    DmaError::TooManyMappings { limit },
+                ));
             }
         }
         memlock.check(range.len(), "mapping")?;
@@ -164,56 +190,54 @@ impl VfioContainer {
             )
         };
         if let Err(errno) = mapped {
-            return Err(match state.mappings.overlapping(&range) {
-                Some(existing) => DmaError::MapOverlap {
-                    requested: range,
-                    existing,
-                },
-                None => memlock_refusal(range, errno),
-            });
+            return Err(map_refusal(&state, range, memlock_refusal(range, errno)));
         }
-        state.mappings.insert(*mapping);
+        state.mappings.insert_at(*mapping, slot);
         Ok(())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn no_group(&self, what: &str, op: &'static str, range: IovaRange) -> DmaError {
+        backend(op, range, io::Error::other(self.no_group_error(what)))
     }
 }
 
 impl DmaMapper for VfioContainer {
+    #[inline]
     fn page_size(&self) -> u64 {
         self.iommu_page_size().unwrap_or(dma::PAGE_SIZE)
     }
 
     fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
-        self.map_checked(mapping, thread_memlock()?)
+        let status;
+        let memlock = if EXEMPT_FROM_MEMLOCK.get() {
+            &NO_LIMIT
+        } else {
+            status = read_thread_memlock()?;
+            &status
+        };
+        self.map_checked(mapping, memlock)
     }
 
     fn unmap(&self, range: IovaRange) -> Result<u64, DmaError> {
-        const OP: &str = "VFIO_IOMMU_UNMAP_DMA";
         let mut state = self.lock();
         if !state.iommu_set {
-            return Err(backend(
-                OP,
-                range,
-                io::Error::other(self.no_group_error("unmap DMA")),
-            ));
+            return Err(self.no_group("unmap DMA", "VFIO_IOMMU_UNMAP_DMA", range));
         }
         match ioctl::iommu_unmap_dma(self.as_fd(), range.start().0, range.len(), 0) {
             Ok(unmapped) => {
                 state.mappings.remove_unmapped(range, unmapped);
                 Ok(unmapped)
             }
-            // Type1v2 refuses to split a mapping with a bare EINVAL; say which one.
-            Err(errno) => Err(match state.mappings.split_by(&range) {
-                Some(mapping) => DmaError::PartialUnmap {
-                    requested: range,
-                    mapping,
-                },
-                None => backend(OP, range, errno),
-            }),
+            Err(errno) => Err(unmap_refusal(&state, range, errno)),
         }
     }
 
     fn expect_pages(&self, window: IovaRange, page_size: u64) {
-        self.lock().mappings.expect_pages(window, page_size);
+        let mut state = self.lock();
+        let usable = state.info.as_ref().is_some_and(|i| i.allows(&window));
+        state.mappings.expect_pages(window, page_size, usable);
     }
 
     fn forget_pages(&self, window: IovaRange) {
@@ -262,7 +286,7 @@ mod tests {
     fn misaligned_requests_are_refused() {
         let c = rig_like(10);
         let e = c
-            .map_checked(&mapping(0x1800, 0x1000), unlimited())
+            .map_checked(&mapping(0x1800, 0x1000), &unlimited())
             .unwrap_err();
         assert!(
             matches!(e, DmaError::Misaligned { what: "iova", .. }),
@@ -274,7 +298,7 @@ mod tests {
     fn iova_outside_the_windows_is_refused_naming_them() {
         let c = rig_like(10);
         let e = c
-            .map_checked(&mapping(0xfee0_0000, 0x1000), unlimited())
+            .map_checked(&mapping(0xfee0_0000, 0x1000), &unlimited())
             .unwrap_err()
             .to_string();
         assert!(e.contains("outside the IOMMU's usable IOVA windows"), "{e}");
@@ -294,7 +318,7 @@ mod tests {
             "VmLck:\t4 kB\nCapEff:\t0000000000000000\n",
         );
         let e = c
-            .map_checked(&mapping(0x10_0000, 0x10_0000), tight)
+            .map_checked(&mapping(0x10_0000, 0x10_0000), &tight)
             .unwrap_err();
         assert!(matches!(e, DmaError::MemlockLimit { .. }), "{e}");
         let e = e.to_string();
@@ -308,7 +332,7 @@ mod tests {
             "VmLck:\t4 kB\nCapEff:\t0000000000004000\n",
         );
         let e = c
-            .map_checked(&mapping(0x10_0000, 0x10_0000), cap)
+            .map_checked(&mapping(0x10_0000, 0x10_0000), &cap)
             .unwrap_err();
         assert!(matches!(e, DmaError::Backend { .. }), "{e}");
     }
@@ -317,7 +341,7 @@ mod tests {
     fn a_request_that_passes_the_checks_reaches_the_kernel() {
         let c = rig_like(10);
         let e = c
-            .map_checked(&mapping(0x10_0000, 0x1000), unlimited())
+            .map_checked(&mapping(0x10_0000, 0x1000), &unlimited())
             .unwrap_err();
         match e {
             DmaError::Backend { op, source, .. } => {
@@ -334,11 +358,11 @@ mod tests {
         let c = rig_like(1);
         c.insert_mapping_for_test(mapping(0x10_0000, 0x4000));
         let e = c
-            .map_checked(&mapping(0x10_3000, 0x2000), unlimited())
+            .map_checked(&mapping(0x10_3000, 0x2000), &unlimited())
             .unwrap_err();
         assert!(matches!(e, DmaError::MapOverlap { .. }), "{e}");
         let e = c
-            .map_checked(&mapping(0x20_0000, 0x1000), unlimited())
+            .map_checked(&mapping(0x20_0000, 0x1000), &unlimited())
             .unwrap_err();
         assert!(matches!(e, DmaError::TooManyMappings { limit: 1 }), "{e}");
         let e = c

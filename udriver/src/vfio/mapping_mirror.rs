@@ -5,11 +5,13 @@
 //!
 //! Mappings are kept by first IOVA, which finds the usual unmap (exactly one mapping)
 //! in one lookup. Windows announced with `DmaMapper::expect_pages` (a policy's
-//! one-page slots) are indexed directly by page instead: their mappings are made and
-//! removed on every request, and an array slot costs less to fill and clear than a
-//! hash table entry.
+//! one-page slots) are indexed directly by page instead, one word per page: their
+//! mappings are made and removed on every request, and filling and clearing a word
+//! touches less memory than a hash table entry (under emulation, every cache line a
+//! request touches after the kernel's work costs a miss).
 
 use dma::{AddressMap, DmaAccess, DmaMapping, HostVirtAddr, Iova, IovaRange};
+use smallvec::SmallVec;
 
 /// The most pages one announced window may index (16 MiB of IOVA with 4 KiB pages);
 /// a larger announcement is ignored.
@@ -19,7 +21,17 @@ const MAX_WINDOW_PAGES: u64 = 4096;
 #[derive(Debug, Default)]
 pub(crate) struct MappingMirror {
     by_start: AddressMap<DmaMapping>,
-    windows: Vec<PageWindow>,
+    /// Inline: usually one policy's window, read on every map and unmap.
+    windows: SmallVec<[PageWindow; 1]>,
+}
+
+/// Where a one-page mapping goes in an announced window: (window, page).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PageSlot {
+    window: usize,
+    page: usize,
+    /// The window lies inside one usable IOVA window of the IOMMU.
+    pub(crate) usable: bool,
 }
 
 /// One announced window: the one-page mappings inside it, by page.
@@ -27,9 +39,32 @@ pub(crate) struct MappingMirror {
 struct PageWindow {
     range: IovaRange,
     page_shift: u32,
-    /// Where each page is mapped to, and how; `None` if it is not mapped as one page.
-    pages: Vec<Option<(HostVirtAddr, DmaAccess)>>,
+    /// Checked against the IOMMU's usable IOVA windows when announced.
+    usable: bool,
     count: usize,
+    /// Per page, `vaddr | access` (see [`pack`]) of a one-page mapping there, or 0.
+    pages: Vec<u64>,
+}
+
+/// A page's word: the host address (page-aligned, so its two low bits are free) with
+/// the access in those bits (never 0).
+fn pack(vaddr: HostVirtAddr, access: DmaAccess) -> u64 {
+    vaddr.0
+        | match access {
+            DmaAccess::DeviceReads => 1,
+            DmaAccess::DeviceWrites => 2,
+            DmaAccess::ReadWrite => 3,
+        }
+}
+
+fn unpack(word: u64) -> Option<(HostVirtAddr, DmaAccess)> {
+    let access = match word & 3 {
+        1 => DmaAccess::DeviceReads,
+        2 => DmaAccess::DeviceWrites,
+        3 => DmaAccess::ReadWrite,
+        _ => return None,
+    };
+    Some((HostVirtAddr(word & !3), access))
 }
 
 impl PageWindow {
@@ -42,21 +77,22 @@ impl PageWindow {
         (whole_page && offset < self.range.len()).then_some((offset >> self.page_shift) as usize)
     }
 
-    fn mapping(&self, index: usize, (vaddr, access): (HostVirtAddr, DmaAccess)) -> DmaMapping {
+    fn mapping(&self, index: usize, word: u64) -> Option<DmaMapping> {
+        let (vaddr, access) = unpack(word)?;
         let start = self.range.start().0 + ((index as u64) << self.page_shift);
-        DmaMapping {
+        Some(DmaMapping {
             // Inside the window, so neither empty nor wrapping.
             range: IovaRange::new(Iova(start), 1 << self.page_shift).unwrap_or(self.range),
             vaddr,
             access,
-        }
+        })
     }
 
     fn iter(&self) -> impl Iterator<Item = DmaMapping> + '_ {
         self.pages
             .iter()
             .enumerate()
-            .filter_map(|(i, p)| p.map(|target| self.mapping(i, target)))
+            .filter_map(|(i, &word)| self.mapping(i, word))
     }
 }
 
@@ -66,27 +102,49 @@ impl MappingMirror {
         self.by_start.len() + self.windows.iter().map(|w| w.count).sum::<usize>()
     }
 
-    /// Forgets every mapping (the IOMMU context is gone); announced windows stay.
+    /// Forgets every mapping (the IOMMU context is gone); announced windows stay, to
+    /// be checked against the next IOMMU's windows.
     pub(crate) fn clear(&mut self) {
         self.by_start.clear();
         for w in &mut self.windows {
-            w.pages.fill(None);
+            w.pages.fill(0);
             w.count = 0;
+            w.usable = false;
         }
     }
 
+    /// The window page a one-page mapping of `range` would occupy, if any.
+    pub(crate) fn page_slot(&self, range: &IovaRange) -> Option<PageSlot> {
+        self.windows.iter().enumerate().find_map(|(window, w)| {
+            let page = w.index(range.start().0, range.len())?;
+            Some(PageSlot {
+                window,
+                page,
+                usable: w.usable,
+            })
+        })
+    }
+
     /// Records a mapping the kernel made (so it overlaps none recorded).
+    #[cfg(test)]
     pub(crate) fn insert(&mut self, mapping: DmaMapping) {
-        let (start, len) = (mapping.iova().0, mapping.len());
-        for w in &mut self.windows {
-            if let Some(i) = w.index(start, len) {
-                let previous = w.pages[i].replace((mapping.vaddr, mapping.access));
-                debug_assert!(previous.is_none(), "the kernel made overlapping mappings");
-                w.count += 1;
-                return;
-            }
+        self.insert_at(mapping, self.page_slot(&mapping.range));
+    }
+
+    /// Records a mapping the kernel made (so it overlaps none recorded); `slot` is what
+    /// [`MappingMirror::page_slot`] said for its range (a one-page mapping inside a
+    /// window is always recorded in the window).
+    pub(crate) fn insert_at(&mut self, mapping: DmaMapping, slot: Option<PageSlot>) {
+        // A host address with its low bits set cannot be packed (no IOMMU maps one).
+        if let Some(slot) = slot.filter(|_| mapping.vaddr.0 & 3 == 0) {
+            let w = &mut self.windows[slot.window];
+            let previous =
+                std::mem::replace(&mut w.pages[slot.page], pack(mapping.vaddr, mapping.access));
+            debug_assert_eq!(previous, 0, "the kernel made overlapping mappings");
+            w.count += 1;
+            return;
         }
-        let previous = self.by_start.insert(start, mapping);
+        let previous = self.by_start.insert(mapping.iova().0, mapping);
         debug_assert!(previous.is_none(), "the kernel made overlapping mappings");
     }
 
@@ -96,12 +154,11 @@ impl MappingMirror {
         for w in &mut self.windows {
             let page = 1u64 << w.page_shift;
             if let Some(i) = w.index(start, page) {
-                if let Some(target) = w.pages[i] {
-                    let mapping = w.mapping(i, target);
+                if let Some(mapping) = w.mapping(i, w.pages[i]) {
                     if !within.contains_range(&mapping.range) {
                         return None;
                     }
-                    w.pages[i] = None;
+                    w.pages[i] = 0;
                     w.count -= 1;
                     return Some(mapping);
                 }
@@ -125,7 +182,7 @@ impl MappingMirror {
             if let Some(i) = w.index(range.start().0, range.len()) {
                 // Exactly one page of a window, the usual unmap: a one-page mapping
                 // there is always in the window, and nothing else fits in the range.
-                if w.pages[i].take().is_some() {
+                if std::mem::take(&mut w.pages[i]) != 0 {
                     w.count -= 1;
                 }
                 return;
@@ -147,11 +204,12 @@ impl MappingMirror {
             self.by_start.retain(|_, m| !range.contains_range(&m.range));
             for w in &mut self.windows {
                 for i in 0..w.pages.len() {
-                    if let Some(target) = w.pages[i] {
-                        if range.contains_range(&w.mapping(i, target).range) {
-                            w.pages[i] = None;
-                            w.count -= 1;
-                        }
+                    let inside = w
+                        .mapping(i, w.pages[i])
+                        .is_some_and(|m| range.contains_range(&m.range));
+                    if inside {
+                        w.pages[i] = 0;
+                        w.count -= 1;
                     }
                 }
             }
@@ -195,33 +253,37 @@ impl MappingMirror {
         all
     }
 
-    /// Indexes the one-page mappings inside `window` by page from now on. Ignored
-    /// unless the window is page-aligned, at most [`MAX_WINDOW_PAGES`] pages, and
-    /// clear of the windows already announced.
-    pub(crate) fn expect_pages(&mut self, window: IovaRange, page_size: u64) {
-        let usable = page_size.is_power_of_two()
+    /// Indexes the one-page mappings inside `window` by page from now on; `usable`
+    /// says the window lies inside one of the IOMMU's usable IOVA windows (so a map
+    /// of one of its pages needs no other window check). Ignored unless the window is
+    /// page-aligned, at most [`MAX_WINDOW_PAGES`] pages, and clear of the windows
+    /// already announced.
+    pub(crate) fn expect_pages(&mut self, window: IovaRange, page_size: u64, usable: bool) {
+        let fits = page_size.is_power_of_two()
             && window.check_alignment(page_size).is_ok()
             && window.len() / page_size <= MAX_WINDOW_PAGES
             && !self.windows.iter().any(|w| w.range.overlaps(&window));
-        if !usable {
+        if !fits {
             return;
         }
         let mut w = PageWindow {
             range: window,
             page_shift: page_size.trailing_zeros(),
-            pages: vec![None; (window.len() / page_size) as usize],
+            usable,
             count: 0,
+            pages: vec![0; (window.len() / page_size) as usize],
         };
         // One-page mappings already made there move into the window.
-        self.by_start
-            .retain(|&start, m| match w.index(start, m.len()) {
+        self.by_start.retain(|&start, m| {
+            match w.index(start, m.len()).filter(|_| m.vaddr.0 & 3 == 0) {
                 Some(i) => {
-                    w.pages[i] = Some((m.vaddr, m.access));
+                    w.pages[i] = pack(m.vaddr, m.access);
                     w.count += 1;
                     false
                 }
                 None => true,
-            });
+            }
+        });
         self.windows.push(w);
     }
 
@@ -264,7 +326,7 @@ mod tests {
     /// The same operations, with and without a window over [0x10_0000, +64 KiB).
     fn mirrors() -> [MappingMirror; 2] {
         let mut windowed = MappingMirror::default();
-        windowed.expect_pages(r(0x10_0000, 0x10000), PAGE);
+        windowed.expect_pages(r(0x10_0000, 0x10000), PAGE, true);
         [MappingMirror::default(), windowed]
     }
 
@@ -279,7 +341,8 @@ mod tests {
                 (0x20_4000, 0x1000),
                 (0x30_0000, 0x1000),
             ] {
-                mirror.insert(mapping(iova, len));
+                let m = mapping(iova, len);
+                mirror.insert(m);
             }
             assert_eq!(mirror.len(), 6);
             assert_eq!(mirror.bytes(), 0x7000);
@@ -295,7 +358,8 @@ mod tests {
             assert!(starts(&mirror).is_empty());
             assert_eq!(mirror.bytes(), 0);
             // Nothing there: nothing removed.
-            mirror.insert(mapping(0x40_0000, 0x1000));
+            let m = mapping(0x40_0000, 0x1000);
+            mirror.insert(m);
             mirror.remove_unmapped(r(0x50_0000, 0x1000), 0);
             assert_eq!(mirror.len(), 1);
         }
@@ -304,9 +368,13 @@ mod tests {
     #[test]
     fn names_the_mapping_in_the_way() {
         for mut mirror in mirrors() {
-            mirror.insert(mapping(0x10_0000, 0x4000));
-            mirror.insert(mapping(0x10_8000, 0x1000));
-            mirror.insert(mapping(0x20_0000, 0x1000));
+            for m in [
+                mapping(0x10_0000, 0x4000),
+                mapping(0x10_8000, 0x1000),
+                mapping(0x20_0000, 0x1000),
+            ] {
+                mirror.insert(m);
+            }
             assert_eq!(
                 mirror.overlapping(&r(0x10_3000, 0x2000)),
                 Some(r(0x10_0000, 0x4000))
@@ -330,8 +398,9 @@ mod tests {
     #[test]
     fn window_pages_are_listed_with_the_rest_and_survive_forgetting() {
         let [_, mut mirror] = mirrors();
-        mirror.insert(mapping(0x10_2000, 0x1000));
-        mirror.insert(mapping(0x8000, 0x1000));
+        for m in [mapping(0x10_2000, 0x1000), mapping(0x8000, 0x1000)] {
+            mirror.insert(m);
+        }
         let before = mirror.sorted();
         assert_eq!(
             before,
@@ -345,7 +414,7 @@ mod tests {
         assert!(mirror.windows.is_empty());
         assert_eq!(mirror.sorted(), before);
         // Announcing it again moves the page back in.
-        mirror.expect_pages(r(0x10_0000, 0x10000), PAGE);
+        mirror.expect_pages(r(0x10_0000, 0x10000), PAGE, true);
         assert_eq!(mirror.windows[0].count, 1);
         assert_eq!(mirror.by_start.len(), 1);
         assert_eq!(mirror.sorted(), before);
@@ -361,12 +430,12 @@ mod tests {
     #[test]
     fn unusable_announcements_are_ignored() {
         let mut mirror = MappingMirror::default();
-        mirror.expect_pages(r(0x10_0800, 0x10000), PAGE);
-        mirror.expect_pages(r(0x10_0000, (MAX_WINDOW_PAGES + 1) * PAGE), PAGE);
-        mirror.expect_pages(r(0x10_0000, 0x10000), 0x1800);
+        mirror.expect_pages(r(0x10_0800, 0x10000), PAGE, true);
+        mirror.expect_pages(r(0x10_0000, (MAX_WINDOW_PAGES + 1) * PAGE), PAGE, true);
+        mirror.expect_pages(r(0x10_0000, 0x10000), 0x1800, true);
         assert!(mirror.windows.is_empty());
-        mirror.expect_pages(r(0x10_0000, 0x10000), PAGE);
-        mirror.expect_pages(r(0x10_8000, 0x10000), PAGE);
+        mirror.expect_pages(r(0x10_0000, 0x10000), PAGE, true);
+        mirror.expect_pages(r(0x10_8000, 0x10000), PAGE, true);
         assert_eq!(mirror.windows.len(), 1, "overlapping announcement ignored");
     }
 }
