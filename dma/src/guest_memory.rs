@@ -10,8 +10,8 @@
 //! host memory next to it.
 //!
 //! A guest has a handful of regions, looked up on every request and changed rarely,
-//! so they are a sorted array (the first two inline, beside the rest of the policy's
-//! hot state) rather than a tree.
+//! so they are a sorted array (the first inline, beside the rest of the policy's hot
+//! state) rather than a tree.
 
 use smallvec::SmallVec;
 
@@ -57,7 +57,7 @@ pub struct HostPiece {
 /// The registered regions of one guest, in guest-physical order; never overlapping.
 #[derive(Clone, Debug, Default)]
 pub struct GuestMemory {
-    regions: SmallVec<[GuestMemoryRegion; 2]>,
+    regions: SmallVec<[GuestMemoryRegion; 1]>,
 }
 
 impl GuestMemory {

@@ -37,21 +37,24 @@ const NO_SLOT: u32 = u32::MAX;
 
 /// The one-page slots of one policy; see the module documentation.
 #[derive(Debug, Default)]
+#[repr(C)]
 pub(crate) struct PageSlots {
     window: Option<Window>,
     /// The window was asked for (it is asked for once, at the first one-page request).
     asked: bool,
 }
 
+/// The fields every request reads first (repr(C)), the lease last.
 #[derive(Debug)]
+#[repr(C)]
 struct Window {
+    slots: Vec<u64>,
     base: u64,
     page_shift: u32,
     /// The first free slot, or `NO_SLOT`.
     free_head: u32,
     free_count: u32,
     mapped_count: u32,
-    slots: Vec<u64>,
     lease: IovaLease,
 }
 
@@ -116,12 +119,12 @@ impl PageSlots {
         let bytes = u64::from(WINDOW_PAGES).checked_mul(page_size)?;
         let lease = iovas.lease(bytes, page_size).ok()?;
         let mut window = Window {
+            slots: vec![OUT; WINDOW_PAGES as usize],
             base: lease.range().start().0,
             page_shift: page_size.trailing_zeros(),
             free_head: NO_SLOT,
             free_count: 0,
             mapped_count: 0,
-            slots: vec![OUT; WINDOW_PAGES as usize],
             lease,
         };
         // Slot 0 on top: the lowest IOVAs are used first.

@@ -69,12 +69,16 @@ enum Owner {
     Live(u64),
 }
 
-/// Everything one lock guards; see the module documentation.
+/// Everything one lock guards; see the module documentation. What a one-page request
+/// reads comes first, in declaration order (repr(C)), so that it shares as few cache
+/// lines as possible: under emulation each line touched after the kernel's work is a
+/// miss.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Tables {
+    slots: PageSlots,
     memory: GuestMemory,
     live: LiveTable,
-    slots: PageSlots,
     /// Requests whose unmaps are deferred (the batched policy's queue).
     pub(crate) deferred: Released,
     /// When the oldest deferred unmap was queued.
@@ -109,10 +113,11 @@ impl Tables {
 
 /// Registered memory plus live per-request mappings, over a mapper and an allocator.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct RequestTable<M: DmaMapper> {
     mapper: M,
-    iovas: Arc<IovaAllocator>,
     tables: Mutex<Tables>,
+    iovas: Arc<IovaAllocator>,
 }
 
 impl<M: DmaMapper> Drop for RequestTable<M> {

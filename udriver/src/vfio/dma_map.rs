@@ -86,6 +86,19 @@ fn memlock_refusal(range: IovaRange, errno: nix::errno::Errno) -> DmaError {
 
 #[cold]
 #[inline(never)]
+fn misaligned(mapping: &DmaMapping, page_size: u64) -> DmaError {
+    match mapping.check_alignment(page_size) {
+        Err(e) => e,
+        Ok(()) => DmaError::Misaligned {
+            what: "mapping",
+            value: mapping.iova().0,
+            align: page_size,
+        },
+    }
+}
+
+#[cold]
+#[inline(never)]
 fn outside_windows(info: &IommuInfo, range: IovaRange) -> DmaError {
     backend(
         "VFIO_IOMMU_MAP_DMA",
@@ -144,21 +157,32 @@ impl VfioContainer {
         self.lock().mappings.sorted()
     }
 
+    /// Maps after the checks; `memlock` is `None` for a thread exempt from the
+    /// locked-memory limit. Every refusal is built out of line, which keeps this
+    /// function's stack frame (touched on every map) small.
     #[inline]
-    fn map_checked(&self, mapping: &DmaMapping, memlock: &MemlockStatus) -> Result<(), DmaError> {
+    fn map_checked(
+        &self,
+        mapping: &DmaMapping,
+        memlock: Option<&MemlockStatus>,
+    ) -> Result<(), DmaError> {
         let range = mapping.range;
         let mut state = self.lock();
-        // Borrowed, not cloned: the windows are a Vec, and a clone per map was a heap
-        // allocation on the per-request path.
-        let Some(info) = state.info.as_ref() else {
+        if !state.iommu_set {
             return Err(self.no_group("map DMA", "VFIO_IOMMU_MAP_DMA", range));
-        };
-        mapping.check_alignment(info.min_page_size())?;
+        }
+        let page_mask = self.page_size() - 1;
+        if (range.start().0 | range.len() | mapping.vaddr.0) & page_mask != 0 {
+            return Err(misaligned(mapping, page_mask + 1));
+        }
         // A page of an announced window that lies in a usable IOVA window needs no
         // search of the windows.
         let slot = state.mappings.page_slot(&range);
-        if !slot.is_some_and(|s| s.usable) && !info.allows(&range) {
-            return Err(outside_windows(info, range));
+        if !slot.is_some_and(|s| s.usable) {
+            // Borrowed, not cloned: a clone per map was a heap allocation.
+            if let Some(info) = state.info.as_ref().filter(|i| !i.allows(&range)) {
+                return Err(outside_windows(info, range));
+            }
         }
         if let Some(limit) = state.max_mappings {
             if state.mappings.len() >= limit {
@@ -169,7 +193,9 @@ impl VfioContainer {
                 ));
             }
         }
-        memlock.check(range.len(), "mapping")?;
+        if let Some(memlock) = memlock {
+            memlock.check(range.len(), "mapping")?;
+        }
         let mut flags = 0;
         if mapping.access.device_reads() {
             flags |= VFIO_DMA_MAP_FLAG_READ;
@@ -196,6 +222,13 @@ impl VfioContainer {
         Ok(())
     }
 
+    /// A map by a thread not known to be exempt from the locked-memory limit.
+    #[inline(never)]
+    fn map_counting_memlock(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
+        let status = read_thread_memlock()?;
+        self.map_checked(mapping, Some(&status))
+    }
+
     #[cold]
     #[inline(never)]
     fn no_group(&self, what: &str, op: &'static str, range: IovaRange) -> DmaError {
@@ -209,17 +242,16 @@ impl DmaMapper for VfioContainer {
         self.iommu_page_size().unwrap_or(dma::PAGE_SIZE)
     }
 
+    #[inline]
     fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
-        let status;
-        let memlock = if EXEMPT_FROM_MEMLOCK.get() {
-            &NO_LIMIT
+        if EXEMPT_FROM_MEMLOCK.get() {
+            self.map_checked(mapping, None)
         } else {
-            status = read_thread_memlock()?;
-            &status
-        };
-        self.map_checked(mapping, memlock)
+            self.map_counting_memlock(mapping)
+        }
     }
 
+    #[inline]
     fn unmap(&self, range: IovaRange) -> Result<u64, DmaError> {
         let mut state = self.lock();
         if !state.iommu_set {
@@ -286,7 +318,7 @@ mod tests {
     fn misaligned_requests_are_refused() {
         let c = rig_like(10);
         let e = c
-            .map_checked(&mapping(0x1800, 0x1000), &unlimited())
+            .map_checked(&mapping(0x1800, 0x1000), Some(&unlimited()))
             .unwrap_err();
         assert!(
             matches!(e, DmaError::Misaligned { what: "iova", .. }),
@@ -298,7 +330,7 @@ mod tests {
     fn iova_outside_the_windows_is_refused_naming_them() {
         let c = rig_like(10);
         let e = c
-            .map_checked(&mapping(0xfee0_0000, 0x1000), &unlimited())
+            .map_checked(&mapping(0xfee0_0000, 0x1000), Some(&unlimited()))
             .unwrap_err()
             .to_string();
         assert!(e.contains("outside the IOMMU's usable IOVA windows"), "{e}");
@@ -318,7 +350,7 @@ mod tests {
             "VmLck:\t4 kB\nCapEff:\t0000000000000000\n",
         );
         let e = c
-            .map_checked(&mapping(0x10_0000, 0x10_0000), &tight)
+            .map_checked(&mapping(0x10_0000, 0x10_0000), Some(&tight))
             .unwrap_err();
         assert!(matches!(e, DmaError::MemlockLimit { .. }), "{e}");
         let e = e.to_string();
@@ -332,7 +364,7 @@ mod tests {
             "VmLck:\t4 kB\nCapEff:\t0000000000004000\n",
         );
         let e = c
-            .map_checked(&mapping(0x10_0000, 0x10_0000), &cap)
+            .map_checked(&mapping(0x10_0000, 0x10_0000), Some(&cap))
             .unwrap_err();
         assert!(matches!(e, DmaError::Backend { .. }), "{e}");
     }
@@ -341,7 +373,7 @@ mod tests {
     fn a_request_that_passes_the_checks_reaches_the_kernel() {
         let c = rig_like(10);
         let e = c
-            .map_checked(&mapping(0x10_0000, 0x1000), &unlimited())
+            .map_checked(&mapping(0x10_0000, 0x1000), Some(&unlimited()))
             .unwrap_err();
         match e {
             DmaError::Backend { op, source, .. } => {
@@ -358,11 +390,11 @@ mod tests {
         let c = rig_like(1);
         c.insert_mapping_for_test(mapping(0x10_0000, 0x4000));
         let e = c
-            .map_checked(&mapping(0x10_3000, 0x2000), &unlimited())
+            .map_checked(&mapping(0x10_3000, 0x2000), Some(&unlimited()))
             .unwrap_err();
         assert!(matches!(e, DmaError::MapOverlap { .. }), "{e}");
         let e = c
-            .map_checked(&mapping(0x20_0000, 0x1000), &unlimited())
+            .map_checked(&mapping(0x20_0000, 0x1000), Some(&unlimited()))
             .unwrap_err();
         assert!(matches!(e, DmaError::TooManyMappings { limit: 1 }), "{e}");
         let e = c

@@ -466,6 +466,7 @@ pub(crate) fn iommu_get_info(container: BorrowedFd<'_>) -> nix::Result<InfoBuf> 
 /// for DMA: nothing else in the process may rely on its contents staying unchanged, and
 /// it must stay mapped for as long as the IOVA range is (the kernel keeps the pages
 /// pinned, so unmapping them first does not free them, but leaks them to the device).
+#[inline]
 pub(crate) unsafe fn iommu_map_dma(
     container: BorrowedFd<'_>,
     vaddr: u64,
@@ -486,6 +487,7 @@ pub(crate) unsafe fn iommu_map_dma(
 }
 
 /// `VFIO_IOMMU_UNMAP_DMA`: returns the number of bytes the kernel unmapped.
+#[inline]
 pub(crate) fn iommu_unmap_dma(
     container: BorrowedFd<'_>,
     iova: u64,

@@ -19,10 +19,11 @@ const MAX_WINDOW_PAGES: u64 = 4096;
 
 /// See the module documentation.
 #[derive(Debug, Default)]
+#[repr(C)]
 pub(crate) struct MappingMirror {
-    by_start: AddressMap<DmaMapping>,
-    /// Inline: usually one policy's window, read on every map and unmap.
+    /// Inline and first: usually one policy's window, read on every map and unmap.
     windows: SmallVec<[PageWindow; 1]>,
+    by_start: AddressMap<DmaMapping>,
 }
 
 /// Where a one-page mapping goes in an announced window: (window, page).
@@ -36,14 +37,15 @@ pub(crate) struct PageSlot {
 
 /// One announced window: the one-page mappings inside it, by page.
 #[derive(Debug)]
+#[repr(C)]
 struct PageWindow {
+    /// Per page, `vaddr | access` (see [`pack`]) of a one-page mapping there, or 0.
+    pages: Vec<u64>,
     range: IovaRange,
+    count: usize,
     page_shift: u32,
     /// Checked against the IOMMU's usable IOVA windows when announced.
     usable: bool,
-    count: usize,
-    /// Per page, `vaddr | access` (see [`pack`]) of a one-page mapping there, or 0.
-    pages: Vec<u64>,
 }
 
 /// A page's word: the host address (page-aligned, so its two low bits are free) with
@@ -114,6 +116,7 @@ impl MappingMirror {
     }
 
     /// The window page a one-page mapping of `range` would occupy, if any.
+    #[inline]
     pub(crate) fn page_slot(&self, range: &IovaRange) -> Option<PageSlot> {
         self.windows.iter().enumerate().find_map(|(window, w)| {
             let page = w.index(range.start().0, range.len())?;
@@ -134,6 +137,7 @@ impl MappingMirror {
     /// Records a mapping the kernel made (so it overlaps none recorded); `slot` is what
     /// [`MappingMirror::page_slot`] said for its range (a one-page mapping inside a
     /// window is always recorded in the window).
+    #[inline]
     pub(crate) fn insert_at(&mut self, mapping: DmaMapping, slot: Option<PageSlot>) {
         // A host address with its low bits set cannot be packed (no IOMMU maps one).
         if let Some(slot) = slot.filter(|_| mapping.vaddr.0 & 3 == 0) {
@@ -177,6 +181,7 @@ impl MappingMirror {
     /// in all: under TYPE1v2 exactly those lying wholly inside it. Walks from the
     /// range's start through mappings that follow each other (a request's pieces, or
     /// adjacent requests unmapped together); only a range with holes in it needs a scan.
+    #[inline]
     pub(crate) fn remove_unmapped(&mut self, range: IovaRange, unmapped: u64) {
         for w in &mut self.windows {
             if let Some(i) = w.index(range.start().0, range.len()) {
@@ -188,6 +193,12 @@ impl MappingMirror {
                 return;
             }
         }
+        self.remove_walking(range, unmapped);
+    }
+
+    /// [`MappingMirror::remove_unmapped`] of anything but one window page.
+    #[inline(never)]
+    fn remove_walking(&mut self, range: IovaRange, unmapped: u64) {
         let mut removed = 0;
         let mut at = range.start().0;
         while removed < unmapped {
