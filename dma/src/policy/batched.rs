@@ -71,7 +71,7 @@ impl<M: DmaMapper> BatchedPolicy<M> {
 
     /// Number of unmaps queued and not yet issued.
     pub fn pending_count(&self) -> usize {
-        self.table.lock().deferred.len()
+        self.table.lock().cold.deferred.len()
     }
 
     /// Flushes if the oldest queued unmap has waited `max_delay`; for a periodic timer.
@@ -85,18 +85,19 @@ impl<M: DmaMapper> BatchedPolicy<M> {
 
     fn due(&self, tables: &Tables) -> bool {
         tables
+            .cold
             .oldest
             .is_some_and(|t| t.elapsed() >= self.config.max_delay)
     }
 
     /// Issues the queue; returns whether there was anything to issue.
     fn drain(&self, tables: &mut Tables) -> Result<bool, DmaError> {
-        tables.oldest = None;
-        let mut held = std::mem::take(&mut tables.deferred);
+        tables.cold.oldest = None;
+        let mut held = std::mem::take(&mut tables.cold.deferred);
         let any = !held.is_empty();
         let released = self.table.release(tables, &mut held);
         // Give the emptied buffer back, so the queue does not regrow from nothing.
-        tables.deferred = held;
+        tables.cold.deferred = held;
         released.map(|()| any)
     }
 }
@@ -118,9 +119,9 @@ impl<M: DmaMapper> DmaPolicy for BatchedPolicy<M> {
 
     fn unmap_sg(&self, bus: &BusSgList) -> Result<(), DmaError> {
         self.table.unmap_sg(bus, |tables, held| {
-            tables.oldest.get_or_insert_with(Instant::now);
-            tables.deferred.extend(held.drain(..));
-            if tables.deferred.len() >= self.config.max_pending || self.due(tables) {
+            tables.cold.oldest.get_or_insert_with(Instant::now);
+            tables.cold.deferred.extend(held.drain(..));
+            if tables.cold.deferred.len() >= self.config.max_pending || self.due(tables) {
                 self.drain(tables)?;
             }
             Ok(())

@@ -44,18 +44,19 @@ pub(crate) struct PageSlots {
     asked: bool,
 }
 
-/// The fields every request reads first (repr(C)), the lease last.
+/// What every request reads, in one cache line (repr(C), 48 bytes); the lease, read
+/// only when the window is handed back, boxed.
 #[derive(Debug)]
 #[repr(C)]
 struct Window {
-    slots: Vec<u64>,
+    slots: Box<[u64]>,
     base: u64,
     page_shift: u32,
     /// The first free slot, or `NO_SLOT`.
     free_head: u32,
     free_count: u32,
     mapped_count: u32,
-    lease: IovaLease,
+    lease: Box<IovaLease>,
 }
 
 impl Window {
@@ -119,13 +120,13 @@ impl PageSlots {
         let bytes = u64::from(WINDOW_PAGES).checked_mul(page_size)?;
         let lease = iovas.lease(bytes, page_size).ok()?;
         let mut window = Window {
-            slots: vec![OUT; WINDOW_PAGES as usize],
+            slots: vec![OUT; WINDOW_PAGES as usize].into_boxed_slice(),
             base: lease.range().start().0,
             page_shift: page_size.trailing_zeros(),
             free_head: NO_SLOT,
             free_count: 0,
             mapped_count: 0,
-            lease,
+            lease: Box::new(lease),
         };
         // Slot 0 on top: the lowest IOVAs are used first.
         for slot in (0..WINDOW_PAGES).rev() {
@@ -199,7 +200,7 @@ impl PageSlots {
     /// failed unmap), so that its IOVAs can go back to the allocator.
     pub(crate) fn into_idle_lease(self) -> Option<IovaLease> {
         let window = self.window?;
-        (window.free_count == WINDOW_PAGES).then_some(window.lease)
+        (window.free_count == WINDOW_PAGES).then_some(*window.lease)
     }
 }
 
