@@ -377,6 +377,7 @@ impl VfioContainer {
 }
 
 impl AsFd for VfioContainer {
+    #[inline]
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.0.file.as_fd()
     }

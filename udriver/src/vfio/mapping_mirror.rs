@@ -100,6 +100,7 @@ impl PageWindow {
 
 impl MappingMirror {
     /// Number of mappings.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.by_start.len() + self.windows.iter().map(|w| w.count).sum::<usize>()
     }
