@@ -925,7 +925,7 @@ fn paired_ratio(x: &[f64], y: &[f64]) -> String {
 /// Same pages, same IOVAs, in every run.
 fn map_sg_vs_raw_ioctl() -> Result<()> {
     const N: u64 = 256;
-    const ROUNDS: usize = 101;
+    const ROUNDS: usize = 301;
     let (container, _group) = bench_container()?;
     let ram = GuestRam::new((2 * N * PAGE) as usize)?;
     let pages = SinglePages::new(&ram, N, container.iommu_info()?.iova_ranges)?;
