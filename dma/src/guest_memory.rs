@@ -133,6 +133,7 @@ impl GuestMemory {
     }
 
     /// The region holding the byte at `gpa`, if any.
+    #[inline]
     fn holding(&self, gpa: u64) -> Option<&GuestMemoryRegion> {
         let inside = |r: &&GuestMemoryRegion| r.gpa.0 <= gpa && gpa < r.gpa_end();
         if self.regions.len() <= 4 {
@@ -151,6 +152,7 @@ impl GuestMemory {
     /// The host address of `[gpa, gpa + len)` if it lies wholly inside one region
     /// (a range crossing into the next region is `None` here; [`GuestMemory::walk`]
     /// splits it).
+    #[inline]
     pub fn host_addr(&self, gpa: GuestPhysAddr, len: u64) -> Option<HostVirtAddr> {
         let region = self.holding(gpa.0)?;
         let end = gpa.0.checked_add(len)?;

@@ -69,6 +69,7 @@ impl Window {
         (fits && index < self.slots.len()).then_some(index)
     }
 
+    #[inline]
     fn range_of(&self, slot: u32) -> IovaRange {
         let page = 1u64 << self.page_shift;
         // Inside the leased window, so neither overflows nor is empty.
@@ -87,6 +88,7 @@ impl PageSlots {
     /// A free slot of `page_size` bytes and its IOVA, marked reserved; `None` when the
     /// window is full, could not be leased, or holds pages of another size. The first
     /// call leases the window and passes it to `leased`.
+    #[inline]
     pub(crate) fn reserve(
         &mut self,
         iovas: &IovaAllocator,
@@ -136,6 +138,7 @@ impl PageSlots {
     }
 
     /// A reserved slot whose map failed: nothing was mapped, so it is free again.
+    #[inline]
     pub(crate) fn unreserve(&mut self, slot: u32) {
         if let Some(window) = self.window.as_mut() {
             window.push_free(slot);
@@ -143,6 +146,7 @@ impl PageSlots {
     }
 
     /// A reserved slot now maps the guest page at `gpa`.
+    #[inline]
     pub(crate) fn fill(&mut self, slot: u32, gpa: GuestPhysAddr) {
         if let Some(window) = self.window.as_mut() {
             window.slots[slot as usize] = gpa.0 | MAPPED;
@@ -151,6 +155,7 @@ impl PageSlots {
     }
 
     /// The mapped slot whose page wholly holds `[addr, addr + len)`.
+    #[inline]
     pub(crate) fn holder(&self, addr: u64, len: u64) -> Option<u32> {
         let window = self.window.as_ref()?;
         let index = window.slot_of(addr, len)?;
@@ -158,6 +163,7 @@ impl PageSlots {
     }
 
     /// Takes a mapped slot out of use for its unmap; returns its IOVA range.
+    #[inline]
     pub(crate) fn take(&mut self, slot: u32) -> Option<IovaRange> {
         let window = self.window.as_mut()?;
         let word = window.slots.get_mut(slot as usize)?;
@@ -170,6 +176,7 @@ impl PageSlots {
     }
 
     /// A taken slot whose unmap succeeded: free for the next request.
+    #[inline]
     pub(crate) fn free(&mut self, slot: u32) {
         if let Some(window) = self.window.as_mut() {
             window.push_free(slot);

@@ -8,8 +8,8 @@
 //! `VfioContainer`, `IommuInfo` and `DmaMapper` surface.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::fs::OpenOptions;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -144,7 +144,9 @@ pub(crate) struct ContainerInner {
     /// The IOMMU's smallest page size once the IOMMU is set, 0 before: read on every
     /// `map_sg`, so it is kept out of the state lock.
     page_size: AtomicU64,
-    file: File,
+    /// The container fd. An `OwnedFd` rather than a `File`: its `as_fd` inlines into
+    /// the per-request ioctls.
+    fd: OwnedFd,
     backend: IommuBackend,
     state: Mutex<ContainerState>,
 }
@@ -207,7 +209,7 @@ impl VfioContainer {
         }
         Ok(VfioContainer(Arc::new(ContainerInner {
             page_size: AtomicU64::new(0),
-            file,
+            fd: file.into(),
             backend,
             state: Mutex::new(ContainerState::default()),
         })))
@@ -360,7 +362,7 @@ impl VfioContainer {
     pub(crate) fn with_state_for_test(info: IommuInfo, max_mappings: usize) -> VfioContainer {
         VfioContainer(Arc::new(ContainerInner {
             page_size: AtomicU64::new(info.min_page_size()),
-            file: tempfile::tempfile().expect("tempfile"),
+            fd: tempfile::tempfile().expect("tempfile").into(),
             backend: IommuBackend::Type1v2,
             state: Mutex::new(ContainerState {
                 iommu_set: true,
@@ -379,7 +381,7 @@ impl VfioContainer {
 impl AsFd for VfioContainer {
     #[inline]
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.0.file.as_fd()
+        self.0.fd.as_fd()
     }
 }
 

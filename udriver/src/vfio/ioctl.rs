@@ -133,16 +133,6 @@ mod raw {
         VFIO_IOMMU_GET_INFO,
         vfio_iommu_type1_info
     );
-    nix::ioctl_write_ptr_bad!(
-        raw_iommu_map_dma,
-        VFIO_IOMMU_MAP_DMA,
-        vfio_iommu_type1_dma_map
-    );
-    nix::ioctl_readwrite_bad!(
-        raw_iommu_unmap_dma,
-        VFIO_IOMMU_UNMAP_DMA,
-        vfio_iommu_type1_dma_unmap
-    );
 }
 use raw::*;
 
@@ -481,9 +471,18 @@ pub(crate) unsafe fn iommu_map_dma(
         iova,
         size,
     };
+    // libc directly, not a nix wrapper: this runs on every per-request map, and under
+    // emulation each call level costs (see dma_map).
     // SAFETY: `map` is a live struct of the size argsz says; the caller upholds the
     // contract about the memory it describes.
-    unsafe { raw_iommu_map_dma(container.as_raw_fd(), &map) }.map(drop)
+    let r = unsafe {
+        libc::ioctl(
+            container.as_raw_fd(),
+            VFIO_IOMMU_MAP_DMA as libc::Ioctl,
+            &map as *const vfio_iommu_type1_dma_map,
+        )
+    };
+    nix::errno::Errno::result(r).map(drop)
 }
 
 /// `VFIO_IOMMU_UNMAP_DMA`: returns the number of bytes the kernel unmapped.
@@ -503,7 +502,14 @@ pub(crate) fn iommu_unmap_dma(
     };
     // SAFETY: `unmap` is live and as large as argsz says; without the dirty-bitmap flag
     // the kernel reads and writes only the fixed struct.
-    unsafe { raw_iommu_unmap_dma(container.as_raw_fd(), &mut unmap) }?;
+    let r = unsafe {
+        libc::ioctl(
+            container.as_raw_fd(),
+            VFIO_IOMMU_UNMAP_DMA as libc::Ioctl,
+            &mut unmap as *mut vfio_iommu_type1_dma_unmap,
+        )
+    };
+    nix::errno::Errno::result(r)?;
     Ok(unmap.size)
 }
 
