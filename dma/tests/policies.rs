@@ -378,3 +378,63 @@ fn policies_work_as_trait_objects_over_a_shared_mapper() {
     assert!(bus.segments()[0].addr.0 >= 16 << 20);
     assert_eq!(mapper.page_size(), PAGE);
 }
+
+/// A recording mapper whose unmaps can be made to fail, as a kernel refusing would.
+struct FailingUnmaps {
+    inner: RecordingMapper,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl DmaMapper for FailingUnmaps {
+    fn map(&self, mapping: &dma::DmaMapping) -> Result<(), DmaError> {
+        self.inner.map(mapping)
+    }
+
+    fn unmap(&self, range: IovaRange) -> Result<u64, DmaError> {
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(DmaError::System {
+                op: "VFIO_IOMMU_UNMAP_DMA",
+                source: std::io::Error::from_raw_os_error(5),
+            });
+        }
+        self.inner.unmap(range)
+    }
+}
+
+#[test]
+fn strict_never_reuses_an_iova_whose_unmap_failed() {
+    let mapper = Arc::new(FailingUnmaps {
+        inner: RecordingMapper::new(),
+        fail: false.into(),
+    });
+    let policy = StrictPolicy::new(mapper.clone(), rig_iovas());
+    policy.add_region(ram()).unwrap();
+    // One-page requests (slots) and a multi-page one (its own IOVAs).
+    for pieces in [&[(0x1000u64, 0x10u64)][..], &[(0x8000, 3 * PAGE)][..]] {
+        let lost = policy.map_sg(&sg(pieces), DmaAccess::ReadWrite).unwrap();
+        mapper
+            .fail
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(policy.unmap_sg(&lost).is_err());
+        mapper
+            .fail
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        // Neither the slot nor the range comes back, however many requests follow.
+        let lost_page = lost.segments()[0].addr.0 & !(PAGE - 1);
+        let mut live = Vec::new();
+        for i in 0..1100u64 {
+            let bus = policy
+                .map_sg(&sg(&[(0x10_0000 + i * PAGE, PAGE)]), DmaAccess::ReadWrite)
+                .unwrap();
+            let page = bus.segments()[0].addr.0;
+            assert!(
+                page + PAGE <= lost_page || page >= lost_page + lost.total_len().max(PAGE),
+                "IOVA {page:#x} reused while the device may still reach it"
+            );
+            live.push(bus);
+        }
+        for bus in live {
+            policy.unmap_sg(&bus).unwrap();
+        }
+    }
+}

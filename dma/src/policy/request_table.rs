@@ -365,6 +365,23 @@ impl<M: DmaMapper> RequestTable<M> {
         dispose(&mut tables, &mut taken)
     }
 
+    /// Unmaps `bus` now (the strict policy's unmap). A one-page request, the usual
+    /// case, goes straight from its slot to the mapper and back to the free list.
+    pub(crate) fn unmap_sg_now(&self, bus: &BusSgList) -> Result<(), DmaError> {
+        if let [seg] = bus.segments() {
+            let mut tables = self.lock();
+            if let Some(slot) = tables.slots.holder(seg.addr.0, seg.len) {
+                if let Some(range) = tables.slots.take(slot) {
+                    // On failure the slot stays taken: never handed out again.
+                    self.mapper.unmap(range)?;
+                    tables.slots.free(slot);
+                }
+                return Ok(());
+            }
+        }
+        self.unmap_sg(bus, |tables, held| self.release(tables, held))
+    }
+
     /// Takes the requests of a list of several segments, or none if one is unknown.
     #[inline(never)]
     fn take_owners(

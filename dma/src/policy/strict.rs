@@ -52,7 +52,6 @@ impl<M: DmaMapper> DmaPolicy for StrictPolicy<M> {
     }
 
     fn unmap_sg(&self, bus: &BusSgList) -> Result<(), DmaError> {
-        self.table
-            .unmap_sg(bus, |tables, held| self.table.release(tables, held))
+        self.table.unmap_sg_now(bus)
     }
 }
