@@ -11,7 +11,7 @@ use std::fmt;
 use std::fs::OpenOptions;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use dma::{Iova, IovaRange};
@@ -144,6 +144,10 @@ pub(crate) struct ContainerInner {
     /// The IOMMU's smallest page size once the IOMMU is set, 0 before: read on every
     /// `map_sg`, so it is kept out of the state lock.
     page_size: AtomicU64,
+    /// A thread mapping through this container found no locked-memory limit
+    /// (RLIMIT_MEMLOCK infinite) or held CAP_IPC_LOCK: maps skip the check (see
+    /// dma_map). Beside `page_size`, in a cache line every map reads anyway.
+    pub(crate) memlock_exempt: AtomicBool,
     /// The container fd. An `OwnedFd` rather than a `File`: its `as_fd` inlines into
     /// the per-request ioctls.
     fd: OwnedFd,
@@ -209,6 +213,7 @@ impl VfioContainer {
         }
         Ok(VfioContainer(Arc::new(ContainerInner {
             page_size: AtomicU64::new(0),
+            memlock_exempt: AtomicBool::new(false),
             fd: file.into(),
             backend,
             state: Mutex::new(ContainerState::default()),
@@ -362,6 +367,7 @@ impl VfioContainer {
     pub(crate) fn with_state_for_test(info: IommuInfo, max_mappings: usize) -> VfioContainer {
         VfioContainer(Arc::new(ContainerInner {
             page_size: AtomicU64::new(info.min_page_size()),
+            memlock_exempt: AtomicBool::new(false),
             fd: tempfile::tempfile().expect("tempfile").into(),
             backend: IommuBackend::Type1v2,
             state: Mutex::new(ContainerState {

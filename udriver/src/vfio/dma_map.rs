@@ -12,6 +12,7 @@
 
 use std::io;
 use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
 
 use dma::{DmaError, DmaMapper, DmaMapping, IovaRange, MemlockStatus};
 use vfio_bindings::bindings::vfio::{VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE};
@@ -28,16 +29,6 @@ fn backend(op: &'static str, range: IovaRange, e: impl Into<io::Error>) -> DmaEr
     }
 }
 
-thread_local! {
-    /// Whether this thread had no locked-memory limit (RLIMIT_MEMLOCK infinite) or held
-    /// CAP_IPC_LOCK when it last looked. Reading `/proc/thread-self/status` costs more
-    /// than the map ioctl itself, and even getrlimit is a syscall per map, so a thread
-    /// known to be exempt skips both; if the limit was lowered or the capability
-    /// dropped since, the kernel refuses with ENOMEM and [`memlock_refusal`] still
-    /// gives the actionable error.
-    static EXEMPT_FROM_MEMLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
 /// A status that lets any mapping through.
 const NO_LIMIT: MemlockStatus = MemlockStatus {
     soft_limit: None,
@@ -46,9 +37,10 @@ const NO_LIMIT: MemlockStatus = MemlockStatus {
     unlimited_by_capability: true,
 };
 
-/// The calling thread's locked-memory status, read afresh. VFIO charges pinned pages
-/// to the process but checks CAP_IPC_LOCK on the calling thread, so the capability is
-/// read from this thread's status rather than the process's.
+/// The calling thread's locked-memory status, read afresh, and whether it is exempt
+/// from the limit. VFIO charges pinned pages to the process but checks CAP_IPC_LOCK on
+/// the calling thread, so the capability is read from this thread's status rather
+/// than the process's.
 fn read_thread_memlock() -> Result<MemlockStatus, DmaError> {
     let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
         .map_err(|e| DmaError::System {
@@ -56,28 +48,16 @@ fn read_thread_memlock() -> Result<MemlockStatus, DmaError> {
             source: e.into(),
         })?;
     if soft == nix::sys::resource::RLIM_INFINITY {
-        EXEMPT_FROM_MEMLOCK.set(true);
         return Ok(NO_LIMIT);
     }
     // Without /proc the kernel's own check is the only one.
     let status = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
-    let status = MemlockStatus::from_parts(soft, hard, &status);
-    EXEMPT_FROM_MEMLOCK.set(status.unlimited_by_capability);
-    Ok(status)
+    Ok(MemlockStatus::from_parts(soft, hard, &status))
 }
 
-/// The error for a map the kernel refused with ENOMEM: the limit error when the
-/// locked-memory limit explains it, the kernel's errno otherwise.
-fn memlock_refusal(range: IovaRange, errno: nix::errno::Errno) -> DmaError {
-    if errno == nix::errno::Errno::ENOMEM {
-        EXEMPT_FROM_MEMLOCK.set(false);
-        if let Ok(status) = read_thread_memlock() {
-            if status.check(range.len(), "mapping").is_err() {
-                return status.error(range.len(), "mapping");
-            }
-        }
-    }
-    backend("VFIO_IOMMU_MAP_DMA", range, errno)
+/// Whether a status lets any mapping through.
+fn exempt(status: &MemlockStatus) -> bool {
+    status.soft_limit.is_none() || status.unlimited_by_capability
 }
 
 // The refusals below are built out of line and marked cold: their formatting and
@@ -216,17 +196,48 @@ impl VfioContainer {
             )
         };
         if let Err(errno) = mapped {
-            return Err(map_refusal(&state, range, memlock_refusal(range, errno)));
+            return Err(map_refusal(
+                &state,
+                range,
+                self.memlock_refusal(range, errno),
+            ));
         }
         state.mappings.insert_at(*mapping, slot);
         Ok(())
     }
 
-    /// A map by a thread not known to be exempt from the locked-memory limit.
+    /// A map while no thread is known to be exempt from the locked-memory limit.
+    ///
+    /// Reading `/proc/thread-self/status` costs more than the map ioctl itself, and
+    /// even getrlimit is a syscall per map, so once a thread has been found exempt the
+    /// container skips both. The exemption is the container's, not each thread's (the
+    /// limit is the process's; only CAP_IPC_LOCK is per thread, and threads rarely
+    /// differ in it): a thread without it maps unchecked until the kernel refuses with
+    /// ENOMEM, and then `memlock_refusal` reads that thread's status,
+    /// gives the actionable error, and clears the exemption.
     #[inline(never)]
     fn map_counting_memlock(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
         let status = read_thread_memlock()?;
+        if exempt(&status) {
+            self.0.memlock_exempt.store(true, Ordering::Relaxed);
+        }
         self.map_checked(mapping, Some(&status))
+    }
+
+    /// The error for a map the kernel refused with ENOMEM: the limit error when the
+    /// calling thread's locked-memory limit explains it, the kernel's errno otherwise.
+    #[cold]
+    #[inline(never)]
+    fn memlock_refusal(&self, range: IovaRange, errno: nix::errno::Errno) -> DmaError {
+        if errno == nix::errno::Errno::ENOMEM {
+            self.0.memlock_exempt.store(false, Ordering::Relaxed);
+            if let Ok(status) = read_thread_memlock() {
+                if status.check(range.len(), "mapping").is_err() {
+                    return status.error(range.len(), "mapping");
+                }
+            }
+        }
+        backend("VFIO_IOMMU_MAP_DMA", range, errno)
     }
 
     #[cold]
@@ -244,7 +255,7 @@ impl DmaMapper for VfioContainer {
 
     #[inline]
     fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
-        if EXEMPT_FROM_MEMLOCK.get() {
+        if self.0.memlock_exempt.load(Ordering::Relaxed) {
             self.map_checked(mapping, None)
         } else {
             self.map_counting_memlock(mapping)
