@@ -72,13 +72,7 @@ pub struct PageRun<A> {
 }
 
 /// A scatter-gather list in address space `A`.
-///
-/// Aligned to a cache line (it is 56 bytes): in a queue or ring of requests each list
-/// then sits in one line instead of straddling two, and every request reads or writes
-/// one. Under emulation, where each line touched after the kernel's work costs a miss,
-/// that is visible per request.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-#[repr(align(64))]
 pub struct SgList<A> {
     /// Inline up to two segments: most requests are one buffer, and a list built per
     /// request should not cost a heap allocation.

@@ -88,7 +88,7 @@ impl PageSlots {
     /// A free slot of `page_size` bytes and its IOVA, marked reserved; `None` when the
     /// window is full, could not be leased, or holds pages of another size. The first
     /// call leases the window and passes it to `leased`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn reserve(
         &mut self,
         iovas: &IovaAllocator,
@@ -96,11 +96,7 @@ impl PageSlots {
         leased: impl FnOnce(IovaRange),
     ) -> Option<(u32, Iova)> {
         if !self.asked {
-            self.asked = true;
-            self.window = Self::lease_window(iovas, page_size);
-            if let Some(window) = &self.window {
-                leased(window.lease.range());
-            }
+            self.ask(iovas, page_size, leased);
         }
         let window = self.window.as_mut()?;
         if 1u64 << window.page_shift != page_size || window.free_head == NO_SLOT {
@@ -112,6 +108,17 @@ impl PageSlots {
         window.free_count -= 1;
         let iova = Iova(window.base + (u64::from(slot) << window.page_shift));
         Some((slot, iova))
+    }
+
+    /// Leases the window, once; out of line, so that the per-request path stays small.
+    #[cold]
+    #[inline(never)]
+    fn ask(&mut self, iovas: &IovaAllocator, page_size: u64, leased: impl FnOnce(IovaRange)) {
+        self.asked = true;
+        self.window = Self::lease_window(iovas, page_size);
+        if let Some(window) = &self.window {
+            leased(window.lease.range());
+        }
     }
 
     fn lease_window(iovas: &IovaAllocator, page_size: u64) -> Option<Window> {
@@ -138,7 +145,7 @@ impl PageSlots {
     }
 
     /// A reserved slot whose map failed: nothing was mapped, so it is free again.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn unreserve(&mut self, slot: u32) {
         if let Some(window) = self.window.as_mut() {
             window.push_free(slot);
@@ -146,7 +153,7 @@ impl PageSlots {
     }
 
     /// A reserved slot now maps the guest page at `gpa`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn fill(&mut self, slot: u32, gpa: GuestPhysAddr) {
         if let Some(window) = self.window.as_mut() {
             window.slots[slot as usize] = gpa.0 | MAPPED;
@@ -155,7 +162,7 @@ impl PageSlots {
     }
 
     /// The mapped slot whose page wholly holds `[addr, addr + len)`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn holder(&self, addr: u64, len: u64) -> Option<u32> {
         let window = self.window.as_ref()?;
         let index = window.slot_of(addr, len)?;
@@ -163,7 +170,7 @@ impl PageSlots {
     }
 
     /// Takes a mapped slot out of use for its unmap; returns its IOVA range.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn take(&mut self, slot: u32) -> Option<IovaRange> {
         let window = self.window.as_mut()?;
         let word = window.slots.get_mut(slot as usize)?;
@@ -176,7 +183,7 @@ impl PageSlots {
     }
 
     /// A taken slot whose unmap succeeded: free for the next request.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn free(&mut self, slot: u32) {
         if let Some(window) = self.window.as_mut() {
             window.push_free(slot);
