@@ -149,6 +149,13 @@ impl MappingMirror {
             w.count += 1;
             return;
         }
+        self.insert_keyed(mapping);
+    }
+
+    /// Records a mapping outside the windows; out of line, so that the window path's
+    /// callers keep small stack frames.
+    #[inline(never)]
+    fn insert_keyed(&mut self, mapping: DmaMapping) {
         let previous = self.by_start.insert(mapping.iova().0, mapping);
         debug_assert!(previous.is_none(), "the kernel made overlapping mappings");
     }
