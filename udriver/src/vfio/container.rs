@@ -136,10 +136,10 @@ impl IommuInfo {
 pub struct VfioContainer(pub(crate) Arc<ContainerInner>);
 
 // The fields that every map and unmap reads come first, in declaration order (repr(C)),
-// so that they share as few cache lines as possible: under emulation each line touched
-// after the kernel's work is a miss.
+// and the allocation starts on a cache line, so that they fill two lines: under
+// emulation each line touched after the kernel's work is a miss.
 #[derive(Debug)]
-#[repr(C)]
+#[repr(C, align(64))]
 pub(crate) struct ContainerInner {
     /// The IOMMU's smallest page size once the IOMMU is set, 0 before: read on every
     /// `map_sg`, so it is kept out of the state lock.

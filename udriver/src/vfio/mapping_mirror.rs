@@ -8,10 +8,10 @@
 //! one-page slots) are indexed directly by page instead, one word per page: their
 //! mappings are made and removed on every request, and filling and clearing a word
 //! touches less memory than a hash table entry (under emulation, every cache line a
-//! request touches after the kernel's work costs a miss).
+//! request touches after the kernel's work costs a miss). For the same reason the
+//! count and the first window, which every map reads, come first and fit one line.
 
 use dma::{AddressMap, DmaAccess, DmaMapping, HostVirtAddr, Iova, IovaRange};
-use smallvec::SmallVec;
 
 /// The most pages one announced window may index (16 MiB of IOVA with 4 KiB pages);
 /// a larger announcement is ignored.
@@ -21,8 +21,11 @@ const MAX_WINDOW_PAGES: u64 = 4096;
 #[derive(Debug, Default)]
 #[repr(C)]
 pub(crate) struct MappingMirror {
-    /// Inline and first: usually one policy's window, read on every map and unmap.
-    windows: SmallVec<[PageWindow; 1]>,
+    /// Mappings recorded, in the windows and by key.
+    count: usize,
+    /// The first announced window (usually the only one: one policy's).
+    first: Option<PageWindow>,
+    more: Vec<PageWindow>,
     by_start: AddressMap<DmaMapping>,
 }
 
@@ -40,9 +43,8 @@ pub(crate) struct PageSlot {
 #[repr(C)]
 struct PageWindow {
     /// Per page, `vaddr | access` (see [`pack`]) of a one-page mapping there, or 0.
-    pages: Vec<u64>,
+    pages: Box<[u64]>,
     range: IovaRange,
-    count: usize,
     page_shift: u32,
     /// Checked against the IOMMU's usable IOVA windows when announced.
     usable: bool,
@@ -72,6 +74,7 @@ fn unpack(word: u64) -> Option<(HostVirtAddr, DmaAccess)> {
 impl PageWindow {
     /// The index of the page a one-page mapping at `start` of `len` bytes occupies, if
     /// it is one of this window's pages.
+    #[inline]
     fn index(&self, start: u64, len: u64) -> Option<usize> {
         let offset = start.checked_sub(self.range.start().0)?;
         let page = 1u64 << self.page_shift;
@@ -96,33 +99,71 @@ impl PageWindow {
             .enumerate()
             .filter_map(|(i, &word)| self.mapping(i, word))
     }
+
+    /// Clears every page inside `range`; returns how many were mapped.
+    fn clear_within(&mut self, range: &IovaRange) -> usize {
+        let mut cleared = 0;
+        for i in 0..self.pages.len() {
+            let inside = self
+                .mapping(i, self.pages[i])
+                .is_some_and(|m| range.contains_range(&m.range));
+            if inside {
+                self.pages[i] = 0;
+                cleared += 1;
+            }
+        }
+        cleared
+    }
 }
 
 impl MappingMirror {
     /// Number of mappings.
     #[inline]
     pub(crate) fn len(&self) -> usize {
-        self.by_start.len() + self.windows.iter().map(|w| w.count).sum::<usize>()
+        self.count
+    }
+
+    fn windows(&self) -> impl Iterator<Item = &PageWindow> {
+        self.first.iter().chain(&self.more)
+    }
+
+    fn windows_mut(&mut self) -> impl Iterator<Item = &mut PageWindow> {
+        self.first.iter_mut().chain(&mut self.more)
     }
 
     /// Forgets every mapping (the IOMMU context is gone); announced windows stay, to
     /// be checked against the next IOMMU's windows.
     pub(crate) fn clear(&mut self) {
         self.by_start.clear();
-        for w in &mut self.windows {
+        for w in self.windows_mut() {
             w.pages.fill(0);
-            w.count = 0;
             w.usable = false;
+        }
+        self.count = 0;
+    }
+
+    /// The window page a one-page mapping of `range` would occupy, if any. The first
+    /// window is tried inline (`more` is empty unless `first` is set).
+    #[inline]
+    pub(crate) fn page_slot(&self, range: &IovaRange) -> Option<PageSlot> {
+        let first = self.first.as_ref()?;
+        match first.index(range.start().0, range.len()) {
+            Some(page) => Some(PageSlot {
+                window: 0,
+                page,
+                usable: first.usable,
+            }),
+            None if self.more.is_empty() => None,
+            None => self.page_slot_beyond_first(range),
         }
     }
 
-    /// The window page a one-page mapping of `range` would occupy, if any.
-    #[inline]
-    pub(crate) fn page_slot(&self, range: &IovaRange) -> Option<PageSlot> {
-        self.windows.iter().enumerate().find_map(|(window, w)| {
+    #[inline(never)]
+    fn page_slot_beyond_first(&self, range: &IovaRange) -> Option<PageSlot> {
+        self.more.iter().enumerate().find_map(|(i, w)| {
             let page = w.index(range.start().0, range.len())?;
             Some(PageSlot {
-                window,
+                window: i + 1,
                 page,
                 usable: w.usable,
             })
@@ -141,15 +182,21 @@ impl MappingMirror {
     #[inline]
     pub(crate) fn insert_at(&mut self, mapping: DmaMapping, slot: Option<PageSlot>) {
         // A host address with its low bits set cannot be packed (no IOMMU maps one).
-        if let Some(slot) = slot.filter(|_| mapping.vaddr.0 & 3 == 0) {
-            let w = &mut self.windows[slot.window];
-            let previous =
-                std::mem::replace(&mut w.pages[slot.page], pack(mapping.vaddr, mapping.access));
-            debug_assert_eq!(previous, 0, "the kernel made overlapping mappings");
-            w.count += 1;
-            return;
+        let slot = slot.filter(|_| mapping.vaddr.0 & 3 == 0);
+        let w = match slot {
+            Some(PageSlot { window: 0, .. }) => self.first.as_mut(),
+            Some(PageSlot { window, .. }) => self.more.get_mut(window - 1),
+            None => None,
+        };
+        match (w, slot) {
+            (Some(w), Some(slot)) => {
+                let word = pack(mapping.vaddr, mapping.access);
+                let previous = std::mem::replace(&mut w.pages[slot.page], word);
+                debug_assert_eq!(previous, 0, "the kernel made overlapping mappings");
+            }
+            _ => self.insert_keyed(mapping),
         }
-        self.insert_keyed(mapping);
+        self.count += 1;
     }
 
     /// Records a mapping outside the windows; out of line, so that the window path's
@@ -163,7 +210,8 @@ impl MappingMirror {
     /// Removes and returns the mapping that starts at `start`, if it lies inside
     /// `within`.
     fn remove_at(&mut self, start: u64, within: &IovaRange) -> Option<DmaMapping> {
-        for w in &mut self.windows {
+        let mut found = None;
+        for w in self.windows_mut() {
             let page = 1u64 << w.page_shift;
             if let Some(i) = w.index(start, page) {
                 if let Some(mapping) = w.mapping(i, w.pages[i]) {
@@ -171,18 +219,22 @@ impl MappingMirror {
                         return None;
                     }
                     w.pages[i] = 0;
-                    w.count -= 1;
-                    return Some(mapping);
+                    found = Some(mapping);
+                    break;
                 }
             }
         }
-        // Removed first and put back in the rare miss: one probe per mapping.
-        let mapping = self.by_start.remove(&start)?;
-        if !within.contains_range(&mapping.range) {
-            self.by_start.insert(start, mapping);
-            return None;
+        if found.is_none() {
+            // Removed first and put back in the rare miss: one probe per mapping.
+            let mapping = self.by_start.remove(&start)?;
+            if !within.contains_range(&mapping.range) {
+                self.by_start.insert(start, mapping);
+                return None;
+            }
+            found = Some(mapping);
         }
-        Some(mapping)
+        self.count -= 1;
+        found
     }
 
     /// Drops the mappings the kernel removed when it unmapped `range`, `unmapped` bytes
@@ -191,13 +243,16 @@ impl MappingMirror {
     /// adjacent requests unmapped together); only a range with holes in it needs a scan.
     #[inline]
     pub(crate) fn remove_unmapped(&mut self, range: IovaRange, unmapped: u64) {
-        for w in &mut self.windows {
-            if let Some(i) = w.index(range.start().0, range.len()) {
-                // Exactly one page of a window, the usual unmap: a one-page mapping
-                // there is always in the window, and nothing else fits in the range.
-                if std::mem::take(&mut w.pages[i]) != 0 {
-                    w.count -= 1;
-                }
+        // Exactly one page of a window, the usual unmap: a one-page mapping there is
+        // always in the window, and nothing else fits in the range.
+        if let Some(slot) = self.page_slot(&range) {
+            let w = match slot.window {
+                0 => self.first.as_mut(),
+                i => self.more.get_mut(i - 1),
+            };
+            if let Some(w) = w {
+                let removed = std::mem::take(&mut w.pages[slot.page]) != 0;
+                self.count -= usize::from(removed);
                 return;
             }
         }
@@ -220,18 +275,13 @@ impl MappingMirror {
             }
         }
         if removed < unmapped {
+            let before = self.by_start.len();
             self.by_start.retain(|_, m| !range.contains_range(&m.range));
-            for w in &mut self.windows {
-                for i in 0..w.pages.len() {
-                    let inside = w
-                        .mapping(i, w.pages[i])
-                        .is_some_and(|m| range.contains_range(&m.range));
-                    if inside {
-                        w.pages[i] = 0;
-                        w.count -= 1;
-                    }
-                }
+            let mut dropped = before - self.by_start.len();
+            for w in self.windows_mut() {
+                dropped += w.clear_within(&range);
             }
+            self.count -= dropped;
         }
     }
 
@@ -240,7 +290,7 @@ impl MappingMirror {
         self.by_start
             .values()
             .copied()
-            .chain(self.windows.iter().flat_map(PageWindow::iter))
+            .chain(self.windows().flat_map(PageWindow::iter))
     }
 
     /// A recorded mapping that overlaps `range` (a scan: for explaining a refusal).
@@ -281,38 +331,46 @@ impl MappingMirror {
         let fits = page_size.is_power_of_two()
             && window.check_alignment(page_size).is_ok()
             && window.len() / page_size <= MAX_WINDOW_PAGES
-            && !self.windows.iter().any(|w| w.range.overlaps(&window));
+            && !self.windows().any(|w| w.range.overlaps(&window));
         if !fits {
             return;
         }
         let mut w = PageWindow {
+            pages: vec![0; (window.len() / page_size) as usize].into_boxed_slice(),
             range: window,
             page_shift: page_size.trailing_zeros(),
             usable,
-            count: 0,
-            pages: vec![0; (window.len() / page_size) as usize],
         };
         // One-page mappings already made there move into the window.
         self.by_start.retain(|&start, m| {
             match w.index(start, m.len()).filter(|_| m.vaddr.0 & 3 == 0) {
                 Some(i) => {
                     w.pages[i] = pack(m.vaddr, m.access);
-                    w.count += 1;
                     false
                 }
                 None => true,
             }
         });
-        self.windows.push(w);
+        if self.first.is_none() {
+            self.first = Some(w);
+        } else {
+            self.more.push(w);
+        }
     }
 
     /// Stops indexing `window` by page; its mappings stay recorded.
     pub(crate) fn forget_pages(&mut self, window: IovaRange) {
-        let Some(at) = self.windows.iter().position(|w| w.range == window) else {
-            return;
+        let w = if self.first.as_ref().is_some_and(|w| w.range == window) {
+            // The next window, if any, moves up.
+            let next = (!self.more.is_empty()).then(|| self.more.remove(0));
+            std::mem::replace(&mut self.first, next)
+        } else {
+            self.more
+                .iter()
+                .position(|w| w.range == window)
+                .map(|at| self.more.remove(at))
         };
-        let w = self.windows.swap_remove(at);
-        for m in w.iter() {
+        for m in w.iter().flat_map(PageWindow::iter) {
             self.by_start.insert(m.iova().0, m);
         }
     }
@@ -426,16 +484,19 @@ mod tests {
             vec![mapping(0x8000, 0x1000), mapping(0x10_2000, 0x1000)]
         );
         assert_eq!(
-            mirror.windows[0].count, 1,
+            mirror.by_start.len(),
+            1,
             "the window page is indexed by page"
         );
         mirror.forget_pages(r(0x10_0000, 0x10000));
-        assert!(mirror.windows.is_empty());
+        assert!(mirror.first.is_none());
+        assert_eq!(mirror.by_start.len(), 2);
         assert_eq!(mirror.sorted(), before);
         // Announcing it again moves the page back in.
         mirror.expect_pages(r(0x10_0000, 0x10000), PAGE, true);
-        assert_eq!(mirror.windows[0].count, 1);
+        assert!(mirror.first.is_some());
         assert_eq!(mirror.by_start.len(), 1);
+        assert_eq!(mirror.len(), 2);
         assert_eq!(mirror.sorted(), before);
         // Unmapping exactly that page drops it; unmapping an unmapped page, nothing.
         mirror.remove_unmapped(r(0x10_2000, 0x1000), 0x1000);
@@ -452,9 +513,30 @@ mod tests {
         mirror.expect_pages(r(0x10_0800, 0x10000), PAGE, true);
         mirror.expect_pages(r(0x10_0000, (MAX_WINDOW_PAGES + 1) * PAGE), PAGE, true);
         mirror.expect_pages(r(0x10_0000, 0x10000), 0x1800, true);
-        assert!(mirror.windows.is_empty());
+        assert!(mirror.first.is_none());
         mirror.expect_pages(r(0x10_0000, 0x10000), PAGE, true);
         mirror.expect_pages(r(0x10_8000, 0x10000), PAGE, true);
-        assert_eq!(mirror.windows.len(), 1, "overlapping announcement ignored");
+        assert!(mirror.more.is_empty(), "overlapping announcement ignored");
+        // A second, separate window is indexed too, and outlives the first.
+        mirror.expect_pages(r(0x20_0000, 0x10000), PAGE, true);
+        assert_eq!(mirror.more.len(), 1);
+        for iova in [0x10_1000, 0x20_1000] {
+            mirror.insert(mapping(iova, PAGE));
+        }
+        assert!(
+            mirror.by_start.is_empty(),
+            "both pages indexed in their windows"
+        );
+        mirror.forget_pages(r(0x10_0000, 0x10000));
+        assert_eq!(
+            mirror.first.as_ref().map(|w| w.range),
+            Some(r(0x20_0000, 0x10000))
+        );
+        assert_eq!(mirror.by_start.len(), 1);
+        assert_eq!(mirror.len(), 2);
+        mirror.remove_unmapped(r(0x20_1000, PAGE), PAGE);
+        mirror.remove_unmapped(r(0x10_1000, PAGE), PAGE);
+        assert_eq!(mirror.len(), 0);
+        assert!(mirror.sorted().is_empty());
     }
 }
