@@ -14,22 +14,14 @@
 //! read, divided by the MMIO reads one statistics read makes (counted by the frontend
 //! over two served runs of different lengths), is one MMIO read as the guest sees it.
 
-use std::path::Path;
-use std::sync::Arc;
-
 use anyhow::{bail, ensure, Context, Result};
-use vpci::frontend::UmlFrontend;
-use vpci::passthrough::{PassthroughFunction, VfioPassthroughDevice};
 
 use super::drivers::kernel;
 use super::uml::{ensure_clean_boot, nonce, run_uml, UmlRun};
+use super::uml_served::{bring_up_peer, Served, NO_THROTTLING, PEER};
 use crate::harness::RigTest;
 use crate::rig;
 
-/// UML's virtio-pcidev device ID, as the rig built it (integration/guest/uml/kernel.config).
-const VIRTIO_PCIDEV_ID: &str = "/rig/uml/virtio-pcidev-id";
-/// The rig kernel's end of the ping: e1000 A on the hub.
-const PEER_ADDRESS: &str = "10.0.0.1/24";
 /// Reads of each file per round inside UML (integration/guest/uml/bench.sh runs 9
 /// rounds).
 const READS: u32 = 300;
@@ -38,9 +30,6 @@ const ROUNDS: u32 = 9;
 const DISK_BYTES: u64 = rig::AHCI_DISK_SECTORS * 512;
 /// The read sizes of both disk paths (integration/guest/uml/bench.sh reads the same).
 const DISK_CHUNKS: [usize; 2] = [64 * 1024, 1024 * 1024];
-/// The QEMU 7.2 e1000e aborts if a throttling timer outlives MSI-X (see
-/// [`rig::let_e1000e_throttling_expire`]); UML's driver then arms none.
-const NO_THROTTLING: &str = "e1000e.InterruptThrottleRate=0";
 
 pub fn benches() -> Vec<RigTest> {
     vec![RigTest::new("uml_bench_served_vs_direct", served_vs_direct).with_timeout(900)]
@@ -128,39 +117,9 @@ fn bench_run(bench: &str, reads: u32, args: &[&str]) -> Result<UmlRun> {
     Ok(run)
 }
 
-/// Serves `bdf` on a fresh frontend and runs `body` with UML's `virtio_uml.device=`
-/// argument; the frontend is stopped afterwards.
-fn with_served<T>(
-    bdf: &str,
-    socket: &Path,
-    body: impl FnOnce(&str, &UmlFrontend) -> Result<T>,
-) -> Result<T> {
-    let (container, mut devices) = rig::open_in_one_container(&[bdf])?;
-    let device = devices.pop().context("no device opened")?;
-    let function = PassthroughFunction::new(VfioPassthroughDevice::new(device)?)?;
-    let frontend = UmlFrontend::start(function, Arc::new(container), socket)?;
-    let id = std::fs::read_to_string(VIRTIO_PCIDEV_ID)
-        .with_context(|| format!("reading {VIRTIO_PCIDEV_ID}"))?;
-    let arg = format!("virtio_uml.device={}:{}", socket.display(), id.trim());
-    let result = body(&arg, &frontend);
-    frontend.stop()?;
-    result
-}
-
-/// The rig kernel's end of the ping: e1000 A up with [`PEER_ADDRESS`].
-fn bring_up_peer() -> Result<String> {
-    rig::bind_to_host(rig::E1000_A, "e1000")?;
-    let ifname = kernel::interface_of(rig::E1000_A)?;
-    kernel::bring_up(&ifname)?;
-    rig::sh(&format!(
-        "ip address flush dev {ifname} && ip address add {PEER_ADDRESS} dev {ifname}"
-    ))?;
-    Ok(ifname)
-}
-
 fn served_vs_direct() -> Result<()> {
     let peer = bring_up_peer()?;
-    println!("rig side: {peer} ({}) holds {PEER_ADDRESS}", rig::E1000_A);
+    println!("rig side: {peer} ({}) holds {PEER}/24", rig::E1000_A);
 
     // Direct: UML's vfio_uml on the e1000e.
     rig::bind_to_vfio(rig::E1000E)?;
@@ -170,24 +129,23 @@ fn served_vs_direct() -> Result<()> {
 
     // Served: the same task over udrv's frontend, twice with different read counts to
     // count the MMIO reads one statistics read makes.
-    let socket = Path::new("/tmp/udrv-bench-e1000e.sock");
-    let (served, reads_per_stat) = with_served(rig::E1000E, socket, |arg, frontend| {
-        let before = frontend.status().mmio_reads;
-        bench_run("net", READS / 4, &[arg])?;
-        let middle = frontend.status().mmio_reads;
-        let long = bench_run("net", READS, &[arg])?;
-        let after = frontend.status().mmio_reads;
-        let extra = (after - middle).saturating_sub(middle - before);
-        let per = extra as f64 / f64::from((READS - READS / 4) * ROUNDS);
-        ensure!(
-            per >= 1.0,
-            "statistics reads made {per:.2} MMIO reads each (short run {}, long run {}): \
-             the latency figure would be meaningless",
-            middle - before,
-            after - middle
-        );
-        Ok((net_figures(&long)?, per))
-    })?;
+    let nic = Served::start(rig::E1000E, "bench-e1000e")?;
+    let before = nic.status().mmio_reads;
+    bench_run("net", READS / 4, &[&nic.arg])?;
+    let middle = nic.status().mmio_reads;
+    let long = bench_run("net", READS, &[&nic.arg])?;
+    let after = nic.status().mmio_reads;
+    nic.stop()?;
+    let extra = (after - middle).saturating_sub(middle - before);
+    let reads_per_stat = extra as f64 / f64::from((READS - READS / 4) * ROUNDS);
+    ensure!(
+        reads_per_stat >= 1.0,
+        "statistics reads made {reads_per_stat:.2} MMIO reads each (short run {}, long run \
+         {}): the latency figure would be meaningless",
+        middle - before,
+        after - middle
+    );
+    let served = net_figures(&long)?;
     println!("served (udrv UML frontend): {served:?}");
     println!("MMIO reads per statistics read: {reads_per_stat:.1}");
 
@@ -211,21 +169,20 @@ fn served_vs_direct() -> Result<()> {
         "rig kernel ahci: {} O_DIRECT reads: {native_mbs:.2?} MB/s for {DISK_CHUNKS:?}-byte reads",
         dev.display()
     );
-    let socket = Path::new("/tmp/udrv-bench-ahci.sock");
-    let served_mbs = with_served(rig::ICH9_AHCI, socket, |arg, _| {
-        let run = bench_run("disk", 0, &[arg])?;
-        DISK_CHUNKS
-            .iter()
-            .map(|chunk| {
-                let block = ("block", &*chunk.to_string());
-                let bytes = probe_value(&run, "read-disk", block, "bytes")?;
-                if bytes < DISK_BYTES as f64 {
-                    bail!("UML read {bytes} bytes of the {DISK_BYTES}-byte disk");
-                }
-                probe_value(&run, "read-disk", block, "mb_per_s")
-            })
-            .collect::<Result<Vec<f64>>>()
-    })?;
+    let disk = Served::start(rig::ICH9_AHCI, "bench-ahci")?;
+    let run = bench_run("disk", 0, &[&disk.arg])?;
+    disk.stop()?;
+    let served_mbs = DISK_CHUNKS
+        .iter()
+        .map(|chunk| {
+            let block = ("block", &*chunk.to_string());
+            let bytes = probe_value(&run, "read-disk", block, "bytes")?;
+            if bytes < DISK_BYTES as f64 {
+                bail!("UML read {bytes} bytes of the {DISK_BYTES}-byte disk");
+            }
+            probe_value(&run, "read-disk", block, "mb_per_s")
+        })
+        .collect::<Result<Vec<f64>>>()?;
     println!("served ahci in UML: {served_mbs:.2?} MB/s");
 
     for (path, f) in [("direct", &direct), ("served", &served)] {

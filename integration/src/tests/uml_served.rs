@@ -36,9 +36,9 @@ const VIRTIO_PCIDEV_ID: &str = "/rig/uml/virtio-pcidev-id";
 /// UML's /tmp, seen from the rig (UML's root is /rig/uml/root over hostfs).
 const UML_TMP: &str = "/rig/uml/root/tmp";
 /// The rig kernel's end of the ping: e1000 A on the hub.
-const PEER: &str = "10.0.0.1";
+pub(super) const PEER: &str = "10.0.0.1";
 const UML_ADDRESS: &str = "10.0.0.2";
-const NO_THROTTLING: &str = "e1000e.InterruptThrottleRate=0";
+pub(super) const NO_THROTTLING: &str = "e1000e.InterruptThrottleRate=0";
 /// A served boot, probe and task take a few seconds under TCG; past this is a hang.
 const SERVED_TIMEOUT: Duration = Duration::from_secs(120);
 /// The sector UML overwrites on the AHCI disk (restored afterwards).
@@ -54,15 +54,15 @@ pub fn tests() -> Vec<RigTest> {
 }
 
 /// A rig device served on a UML socket.
-struct Served {
+pub(super) struct Served {
     frontend: UmlFrontend,
     socket: PathBuf,
     /// UML's `virtio_uml.device=SOCKET:ID`.
-    arg: String,
+    pub(super) arg: String,
 }
 
 impl Served {
-    fn start(bdf: &str, name: &str) -> Result<Self> {
+    pub(super) fn start(bdf: &str, name: &str) -> Result<Self> {
         let (container, mut devices) = rig::open_in_one_container(&[bdf])?;
         let device = devices.pop().context("no device opened")?;
         let function = PassthroughFunction::new(VfioPassthroughDevice::new(device)?)?;
@@ -79,7 +79,7 @@ impl Served {
         })
     }
 
-    fn status(&self) -> FrontendStatus {
+    pub(super) fn status(&self) -> FrontendStatus {
         self.frontend.status()
     }
 
@@ -91,7 +91,7 @@ impl Served {
         })
     }
 
-    fn stop(self) -> Result<()> {
+    pub(super) fn stop(self) -> Result<()> {
         let status = self.status();
         println!(
             "frontend: {} guest(s), {} config accesses, {} MMIO reads, {} MMIO writes, {} interrupts; last error {:?}",
@@ -121,7 +121,7 @@ fn command_register(bdf: &str) -> Result<u16> {
 }
 
 /// The rig kernel's end of the ping: e1000 A up with [`PEER`]/24.
-fn bring_up_peer() -> Result<String> {
+pub(super) fn bring_up_peer() -> Result<String> {
     rig::bind_to_host(rig::E1000_A, "e1000")?;
     let ifname = kernel::interface_of(rig::E1000_A)?;
     kernel::bring_up(&ifname)?;
