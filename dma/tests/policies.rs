@@ -216,6 +216,48 @@ fn strict_will_not_remove_a_region_in_use() {
     policy.remove_region(GuestPhysAddr(0)).unwrap();
 }
 
+/// Large scattered requests reuse the table's bookkeeping from one request to the
+/// next; nothing of an earlier request (mapped, refused or unmapped) may show through
+/// in a later one's mappings or in the region-in-use check.
+#[test]
+fn strict_large_requests_after_others_map_exactly_their_own_pages() {
+    let mapper = Arc::new(RecordingMapper::new());
+    let policy = StrictPolicy::new(mapper.clone(), rig_iovas());
+    let small = GuestMemoryRegion {
+        len: 0x100_0000 - 0x1000,
+        ..ram()
+    };
+    policy.add_region(small).unwrap();
+    let scattered = |first: u64, n: u64| -> Vec<(u64, u64)> {
+        (0..n).map(|i| (first + 2 * i * PAGE, PAGE)).collect()
+    };
+    for (first, n) in [
+        (0x10_0000, 40),
+        (0x20_0000, 3),
+        (0x30_0000, 70),
+        (0x40_0000, 40),
+    ] {
+        // A refused request first: its last page lies past the region.
+        let mut refused = scattered(first, n);
+        refused.push((small.len, PAGE));
+        assert!(matches!(
+            policy.map_sg(&sg(&refused), DmaAccess::ReadWrite),
+            Err(DmaError::OutsideGuestMemory { .. })
+        ));
+        assert_eq!(mapper.mapping_count(), 0, "a refused request maps nothing");
+
+        let list = sg(&scattered(first, n));
+        let bus = policy.map_sg(&list, DmaAccess::ReadWrite).unwrap();
+        assert_eq!(mapper.mapping_count(), n as usize, "one mapping per page");
+        assert_eq!(mapper.mapped_bytes(), n * PAGE);
+        assert_translates(&mapper, &list, &bus);
+        policy.unmap_sg(&bus).unwrap();
+        assert_eq!(mapper.mapping_count(), 0);
+    }
+    // No stale page runs claim the region.
+    policy.remove_region(GuestPhysAddr(0)).unwrap();
+}
+
 #[test]
 fn strict_splits_requests_across_regions_by_host_address() {
     let mapper = Arc::new(RecordingMapper::new());

@@ -38,8 +38,11 @@ use crate::policy::live_table::{LiveMapping, LiveTable, Runs};
 use crate::policy::page_slots::PageSlots;
 use crate::sg_list::{BusSgList, GuestSgList, PageRun, SgSegment};
 
-/// The host pieces of one request, each one mapping.
-type Pieces = SmallVec<[DmaMapping; 2]>;
+/// Spilled page-run lists kept for reuse; more than this are freed.
+const SPARE_RUNS: usize = 8;
+/// Scratch lists longer than this are freed after use rather than kept: one very
+/// large request should not pin its bookkeeping for the table's life.
+const KEPT_CAPACITY: usize = 1024;
 
 /// The IOVAs of a request taken out of the table, held until its unmap succeeded.
 #[derive(Debug)]
@@ -89,6 +92,43 @@ pub(crate) struct ColdTables {
     pub(crate) deferred: Released,
     /// When the oldest deferred unmap was queued.
     pub(crate) oldest: Option<Instant>,
+    /// Scratch for the host pieces of a request being mapped, and page-run lists of
+    /// unmapped requests, both kept for the next request. A request of many pages
+    /// would otherwise allocate and free kilobytes each time, and some allocators
+    /// (musl's) hand such blocks back to the kernel on free: two syscalls and page
+    /// faults per request, more than the request's own work.
+    pieces: Vec<DmaMapping>,
+    spare_runs: Vec<Runs>,
+}
+
+impl ColdTables {
+    /// A run list for a new request: a spare one if there is one.
+    fn runs(&mut self) -> Runs {
+        self.spare_runs.pop().unwrap_or_default()
+    }
+
+    /// Keeps the run list of a request that left the table, if it is worth keeping.
+    fn recycle(&mut self, mut runs: Runs) {
+        if runs.spilled() && runs.capacity() <= KEPT_CAPACITY && self.spare_runs.len() < SPARE_RUNS
+        {
+            runs.clear();
+            self.spare_runs.push(runs);
+        }
+    }
+
+    /// Takes the live request starting at `start` out of the table.
+    fn remove_live(&mut self, start: u64) -> Option<IovaLease> {
+        let m = self.live.remove(start)?;
+        self.recycle(m.gpa_runs);
+        Some(m.lease)
+    }
+
+    /// Takes the live request wholly holding `[addr, addr + len)` out of the table.
+    fn take_live_holding(&mut self, addr: u64, len: u64) -> Option<IovaLease> {
+        let m = self.live.take_holding(addr, len)?;
+        self.recycle(m.gpa_runs);
+        Some(m.lease)
+    }
 }
 
 impl Tables {
@@ -112,7 +152,7 @@ impl Tables {
     fn take(&mut self, owner: Owner) -> Option<Held> {
         match owner {
             Owner::Slot(slot) => self.slots.take(slot).map(|r| Held::Slot(slot, r)),
-            Owner::Live(start) => self.cold.live.remove(start).map(|m| Held::Lease(m.lease)),
+            Owner::Live(start) => self.cold.remove_live(start).map(Held::Lease),
         }
     }
 }
@@ -154,6 +194,8 @@ impl<M: DmaMapper> RequestTable<M> {
                     live: LiveTable::new(iovas.granularity()),
                     deferred: Released::new(),
                     oldest: None,
+                    pieces: Vec::new(),
+                    spare_runs: Vec::new(),
                 }),
             }),
             iovas,
@@ -243,20 +285,56 @@ impl<M: DmaMapper> RequestTable<M> {
         page: u64,
         reclaim: impl FnOnce(&mut Tables) -> Result<bool, DmaError>,
     ) -> Result<BusSgList, DmaError> {
-        let runs: Runs = match sg.segments() {
-            [] => return Err(DmaError::EmptyRange { start: 0 }),
-            [seg] => smallvec::smallvec![seg.page_run(page)],
-            _ => sg.page_runs(page).collect(),
-        };
+        if sg.segments().is_empty() {
+            return Err(DmaError::EmptyRange { start: 0 });
+        }
+        let mut runs = tables.cold.runs();
+        match sg.segments() {
+            [seg] => runs.push(seg.page_run(page)),
+            _ => runs.extend(sg.page_runs(page)),
+        }
+        let mut pieces = std::mem::take(&mut tables.cold.pieces);
+        pieces.clear();
+        let mapped = self.map_runs(tables, sg, &runs, &mut pieces, access, page, reclaim);
+        if pieces.capacity() <= KEPT_CAPACITY {
+            tables.cold.pieces = pieces;
+        }
+        match mapped {
+            Ok((lease, bus)) => {
+                tables.cold.live.insert(LiveMapping {
+                    lease,
+                    gpa_runs: runs,
+                });
+                Ok(bus)
+            }
+            Err(err) => {
+                tables.cold.recycle(runs);
+                Err(err)
+            }
+        }
+    }
+
+    /// Translates `runs` (the page runs of `sg`) into host pieces, leases IOVAs for
+    /// them and maps them: all or nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn map_runs(
+        &self,
+        tables: &mut Tables,
+        sg: &GuestSgList,
+        runs: &[PageRun<GuestPhysAddr>],
+        pieces: &mut Vec<DmaMapping>,
+        access: DmaAccess,
+        page: u64,
+        reclaim: impl FnOnce(&mut Tables) -> Result<bool, DmaError>,
+    ) -> Result<(IovaLease, BusSgList), DmaError> {
         // Translate everything before touching the allocator: a request reaching outside
         // registered memory must fail with nothing changed. Each host piece extends the
         // previous mapping when host-contiguous, so contiguous pages cost one mapping.
         // IOVAs are filled in once the allocation is known (they are offsets until then).
-        let mut mappings = Pieces::new();
         let mut total: u64 = 0;
-        for run in &runs {
+        for run in runs {
             tables.memory.walk(run.start, run.len, |piece| {
-                append_piece(&mut mappings, &mut total, piece, access)
+                append_piece(pieces, &mut total, piece, access)
             })?;
         }
         let lease = match self.iovas.lease(total, page) {
@@ -266,26 +344,21 @@ impl<M: DmaMapper> RequestTable<M> {
             other => other?,
         };
         let base = lease.range().start();
-        let placed = mappings
+        let placed = pieces
             .iter_mut()
             .try_for_each(|m| {
                 m.range = IovaRange::new(Iova(base.0 + m.iova().0), m.len())?;
                 Ok(())
             })
-            .and_then(|()| bus_addresses(sg, &runs, base));
+            .and_then(|()| bus_addresses(sg, runs, base));
         // Mapping is all or nothing, so on any failure the IOVAs are unused.
-        let bus = match placed.and_then(|bus| self.map_pieces(&mappings).map(|()| bus)) {
-            Ok(bus) => bus,
+        match placed.and_then(|bus| self.map_pieces(pieces).map(|()| bus)) {
+            Ok(bus) => Ok((lease, bus)),
             Err(err) => {
                 let _ = self.iovas.free_lease(lease);
-                return Err(err);
+                Err(err)
             }
-        };
-        tables.cold.live.insert(LiveMapping {
-            lease,
-            gpa_runs: runs,
-        });
-        Ok(bus)
+        }
     }
 
     /// Maps a one-segment request inside one page through a slot. `Ok(None)` when no
@@ -356,10 +429,10 @@ impl<M: DmaMapper> RequestTable<M> {
                     taken.push(Held::Slot(slot, range));
                 }
             } else {
-                let Some(m) = tables.cold.live.take_holding(seg.addr.0, seg.len) else {
+                let Some(lease) = tables.cold.take_live_holding(seg.addr.0, seg.len) else {
                     return Err(unknown(seg));
                 };
-                taken.push(Held::Lease(m.lease));
+                taken.push(Held::Lease(lease));
             }
         } else {
             Self::take_owners(&mut tables, bus, &mut taken)?;
@@ -474,7 +547,7 @@ fn unknown(seg: &SgSegment<Iova>) -> DmaError {
 /// Appends a host piece at IOVA offset `*total`, growing the previous mapping when the
 /// piece continues it in host memory.
 fn append_piece(
-    mappings: &mut Pieces,
+    mappings: &mut Vec<DmaMapping>,
     total: &mut u64,
     piece: HostPiece,
     access: DmaAccess,
