@@ -146,8 +146,18 @@ impl VfioContainer {
         mapping: &DmaMapping,
         memlock: Option<&MemlockStatus>,
     ) -> Result<(), DmaError> {
+        self.map_locked(&mut self.lock(), mapping, memlock)
+    }
+
+    /// [`VfioContainer::map_checked`] with the state already locked.
+    #[inline]
+    fn map_locked(
+        &self,
+        state: &mut ContainerState,
+        mapping: &DmaMapping,
+        memlock: Option<&MemlockStatus>,
+    ) -> Result<(), DmaError> {
         let range = mapping.range;
-        let mut state = self.lock();
         if !state.iommu_set {
             return Err(self.no_group("map DMA", "VFIO_IOMMU_MAP_DMA", range));
         }
@@ -167,7 +177,7 @@ impl VfioContainer {
         if let Some(limit) = state.max_mappings {
             if state.mappings.len() >= limit {
                 return Err(map_refusal(
-                    &state,
+                    state,
                     range,
                     DmaError::TooManyMappings { limit },
                 ));
@@ -197,7 +207,7 @@ impl VfioContainer {
         };
         if let Err(errno) = mapped {
             return Err(map_refusal(
-                &state,
+                state,
                 range,
                 self.memlock_refusal(range, errno),
             ));
@@ -247,6 +257,23 @@ impl VfioContainer {
     }
 }
 
+impl VfioContainer {
+    /// [`DmaMapper::unmap`] with the state already locked.
+    #[inline]
+    fn unmap_locked(&self, state: &mut ContainerState, range: IovaRange) -> Result<u64, DmaError> {
+        if !state.iommu_set {
+            return Err(self.no_group("unmap DMA", "VFIO_IOMMU_UNMAP_DMA", range));
+        }
+        match ioctl::iommu_unmap_dma(self.as_fd(), range.start().0, range.len(), 0) {
+            Ok(unmapped) => {
+                state.mappings.remove_unmapped(range, unmapped);
+                Ok(unmapped)
+            }
+            Err(errno) => Err(unmap_refusal(state, range, errno)),
+        }
+    }
+}
+
 impl DmaMapper for VfioContainer {
     #[inline]
     fn page_size(&self) -> u64 {
@@ -264,17 +291,35 @@ impl DmaMapper for VfioContainer {
 
     #[inline]
     fn unmap(&self, range: IovaRange) -> Result<u64, DmaError> {
+        self.unmap_locked(&mut self.lock(), range)
+    }
+
+    /// All of `mappings` under one hold of the container's lock (a request of many
+    /// pieces otherwise takes and releases it per piece). All or nothing, as the trait
+    /// asks: on a refusal the pieces already mapped are unmapped again.
+    fn map_batch(&self, mappings: &[DmaMapping]) -> Result<(), DmaError> {
         let mut state = self.lock();
-        if !state.iommu_set {
-            return Err(self.no_group("unmap DMA", "VFIO_IOMMU_UNMAP_DMA", range));
-        }
-        match ioctl::iommu_unmap_dma(self.as_fd(), range.start().0, range.len(), 0) {
-            Ok(unmapped) => {
-                state.mappings.remove_unmapped(range, unmapped);
-                Ok(unmapped)
+        for (done, mapping) in mappings.iter().enumerate() {
+            // A thread not known to be exempt has its limit read per map, as `map`
+            // does (outside the lock: it reads /proc).
+            let mapped = if self.0.memlock_exempt.load(Ordering::Relaxed) {
+                self.map_locked(&mut state, mapping, None)
+            } else {
+                drop(state);
+                let mapped = self.map_counting_memlock(mapping);
+                state = self.lock();
+                mapped
+            };
+            if let Err(err) = mapped {
+                for undo in &mappings[..done] {
+                    // Best effort: the refusal is the error worth reporting, and these
+                    // ranges were mapped by this call a moment ago.
+                    let _ = self.unmap_locked(&mut state, undo.range);
+                }
+                return Err(err);
             }
-            Err(errno) => Err(unmap_refusal(&state, range, errno)),
         }
+        Ok(())
     }
 
     fn expect_pages(&self, window: IovaRange, page_size: u64) {
