@@ -4,10 +4,11 @@
 //!
 //! Two threads touch a guest's state: vhost-user-backend's request thread (memory
 //! tables, resets) and its vring worker (kicks and vector eventfds). Both go through
-//! [`Shared::served`]; the worker takes it once per batch of commands.
+//! [`Shared::served`]; the worker takes it once per batch of commands, and a polling
+//! worker (see [`polling`](super::polling)) holds no lock between looks at the queue.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -16,7 +17,7 @@ use std::time::Duration;
 use dma::DmaMapper;
 use udriver::vfio::IrqIndex;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringMutex, VringT};
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringMutex, VringState, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -27,7 +28,9 @@ use vmm_sys_util::event::{
 use super::chain::{self, Writable};
 use super::dma::GuestDma;
 use super::interrupts::{Interrupts, Watcher};
+use super::polling::PendingEvents;
 use super::status::Counters;
+use super::WorkerOptions;
 use crate::access_width::AccessWidth;
 use crate::config_regs::{command, header};
 use crate::frontend::virtio_pcidev::{self, Command};
@@ -53,6 +56,7 @@ pub(super) struct Shared<D: PassthroughDevice> {
     pub(super) mapper: Arc<dyn DmaMapper>,
     pub(super) served: Mutex<Served<D>>,
     pub(super) counters: Counters,
+    pub(super) worker: WorkerOptions,
 }
 
 impl<D: PassthroughDevice> Shared<D> {
@@ -60,6 +64,7 @@ impl<D: PassthroughDevice> Shared<D> {
         function: PassthroughFunction<D>,
         mapper: Arc<dyn DmaMapper>,
         socket: PathBuf,
+        worker: WorkerOptions,
     ) -> Self {
         Self {
             socket,
@@ -67,6 +72,7 @@ impl<D: PassthroughDevice> Shared<D> {
             mapper,
             served: Mutex::new(Served::new(function)),
             counters: Counters::default(),
+            worker,
         }
     }
 
@@ -76,7 +82,7 @@ impl<D: PassthroughDevice> Shared<D> {
         self.served.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn error(&self, what: impl std::fmt::Display) {
+    pub(super) fn error(&self, what: impl std::fmt::Display) {
         self.counters.error(format!(
             "{} ({}): {what}",
             self.socket.display(),
@@ -224,20 +230,29 @@ impl<T: VhostUserBackend> Watcher for VringEpollHandler<T> {
 
 /// What one batch of commands did.
 #[derive(Default)]
-struct Batch {
+pub(super) struct Batch {
     config: u64,
     reads: u64,
     writes: u64,
     refused: u64,
     /// The last command was posted (UML is not polling for it), so UML needs a call to
     /// reclaim its buffers.
-    ends_posted: bool,
+    pub(super) ends_posted: bool,
+}
+
+impl Batch {
+    /// Commands taken off the queue, served or refused.
+    pub(super) fn commands(&self) -> u64 {
+        self.config + self.reads + self.writes + self.refused
+    }
 }
 
 /// One guest connection's back-end.
 pub(super) struct UmlBackend<D: PassthroughDevice + 'static> {
     shared: Arc<Shared<D>>,
     epoll: OnceLock<Weak<VringEpollHandler<Arc<UmlBackend<D>>>>>,
+    /// The worker's epoll set as a polling worker looks at it.
+    pending: OnceLock<PendingEvents>,
 }
 
 impl<D: PassthroughDevice + 'static> UmlBackend<D> {
@@ -245,16 +260,42 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         Self {
             shared,
             epoll: OnceLock::new(),
+            pending: OnceLock::new(),
         }
     }
 
     /// The worker's epoll, once the daemon made it (weak: it holds this back-end).
     pub(super) fn set_epoll(&self, epoll: &Arc<VringEpollHandler<Arc<UmlBackend<D>>>>) {
         let _ = self.epoll.set(Arc::downgrade(epoll));
+        if self.shared.worker.poll.is_zero() {
+            return;
+        }
+        match PendingEvents::new(epoll.as_raw_fd()) {
+            Ok(pending) => {
+                let _ = self.pending.set(pending);
+            }
+            Err(e) => self.shared.error(format!(
+                "watching the worker's events for polling: {e}; the worker does not poll"
+            )),
+        }
     }
 
     fn watcher(&self) -> Option<Arc<VringEpollHandler<Arc<UmlBackend<D>>>>> {
         self.epoll.get().and_then(Weak::upgrade)
+    }
+
+    /// The worker's events as a polling worker looks at them (with a poll window).
+    pub(super) fn pending_events(&self) -> Option<&PendingEvents> {
+        self.pending.get()
+    }
+
+    pub(super) fn shared(&self) -> &Shared<D> {
+        &self.shared
+    }
+
+    /// The guest's memory, once a memory table was accepted.
+    pub(super) fn memory(&self) -> Option<Memory> {
+        self.shared.served().memory.clone()
     }
 
     /// The guest went away (`keep_memory` false) or reset the device: quiesce, unmap
@@ -272,12 +313,20 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         }
     }
 
-    fn serve_commands(&self, cmd: &VringMutex, irq: &VringMutex) {
+    /// Serve every command UML posted. A batch ending with a posted write is
+    /// signalled (so UML reclaims its buffers) if `signal_posted`; a polling worker
+    /// signals once, when its window ends, instead.
+    pub(super) fn serve_commands(
+        &self,
+        cmd: &VringMutex,
+        irq: &VringMutex,
+        signal_posted: bool,
+    ) -> Batch {
         let mut guard = self.shared.served();
         let served = &mut *guard;
         let (Some(function), Some(memory)) = (served.function.as_mut(), served.memory.as_ref())
         else {
-            return;
+            return Batch::default();
         };
         let mem = memory.memory();
         let mut batch = Batch::default();
@@ -314,17 +363,8 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
                     break;
                 }
             }
-            if batch.ends_posted {
-                match vring.needs_notification() {
-                    Ok(true) => {
-                        if let Err(e) = vring.signal_used_queue() {
-                            self.shared
-                                .error(format!("signalling the command queue: {e}"));
-                        }
-                    }
-                    Ok(false) => {}
-                    Err(e) => self.shared.error(format!("command queue: {e}")),
-                }
+            if batch.ends_posted && signal_posted {
+                self.signal_commands(&mut vring);
             }
         }
         let c = &self.shared.counters;
@@ -357,6 +397,45 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
             }
         }
         deliver(served, irq, &mem, &self.shared);
+        batch
+    }
+
+    /// Tell UML that commands were used (it reclaims posted writes' buffers).
+    pub(super) fn signal_commands(&self, vring: &mut VringState) {
+        match vring.needs_notification() {
+            Ok(true) => {
+                if let Err(e) = vring.signal_used_queue() {
+                    self.shared
+                        .error(format!("signalling the command queue: {e}"));
+                }
+            }
+            Ok(false) => {}
+            Err(e) => self.shared.error(format!("command queue: {e}")),
+        }
+    }
+
+    /// Deliver what is waiting for UML's interrupt buffers, after taking the messages
+    /// of every vector that fired if `fired` (for a worker that reads the vectors'
+    /// eventfds itself instead of being called for each).
+    pub(super) fn poll_interrupts(&self, irq: &VringMutex, fired: bool) {
+        let mut guard = self.shared.served();
+        let served = &mut *guard;
+        let (Some(function), Some(memory)) = (served.function.as_mut(), served.memory.as_ref())
+        else {
+            return;
+        };
+        if fired {
+            for message in function.take_messages() {
+                served.interrupts.push(message);
+            }
+            for e in function.take_errors() {
+                self.shared.error(e);
+            }
+        }
+        if served.interrupts.waiting() {
+            let mem = memory.memory();
+            deliver(served, irq, &mem, &self.shared);
+        }
     }
 
     fn vector_fired(&self, id: u64, irq: &VringMutex) {
@@ -376,7 +455,7 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         deliver(served, irq, &mem, &self.shared);
     }
 
-    fn buffers_posted(&self, irq: &VringMutex) {
+    pub(super) fn buffers_posted(&self, irq: &VringMutex) {
         let mut guard = self.shared.served();
         let served = &mut *guard;
         let Some(memory) = served.memory.as_ref() else {
@@ -583,7 +662,13 @@ impl<D: PassthroughDevice + 'static> VhostUserBackend for UmlBackend<D> {
         vrings: &[VringMutex],
         _thread_id: usize,
     ) -> io::Result<()> {
-        super::realtime::raise_once(&self.shared.socket);
+        let window = self.shared.worker.poll;
+        if window.is_zero() {
+            super::realtime::raise_once(&self.shared.socket);
+        }
+        super::affinity::pin_once(self.shared.worker.cpu, &self.shared.socket, |e| {
+            self.shared.error(e)
+        });
         let (Some(cmd), Some(irq)) = (
             vrings.get(usize::from(CMD_QUEUE)),
             vrings.get(usize::from(IRQ_QUEUE)),
@@ -591,7 +676,13 @@ impl<D: PassthroughDevice + 'static> VhostUserBackend for UmlBackend<D> {
             return Ok(());
         };
         match device_event {
-            CMD_QUEUE => self.serve_commands(cmd, irq),
+            CMD_QUEUE if window.is_zero() => {
+                self.serve_commands(cmd, irq, true);
+            }
+            CMD_QUEUE => {
+                let batch = self.serve_commands(cmd, irq, false);
+                super::polling::poll_commands(self, cmd, irq, window, batch.ends_posted);
+            }
             IRQ_QUEUE => self.buffers_posted(irq),
             id => self.vector_fired(u64::from(id), irq),
         }

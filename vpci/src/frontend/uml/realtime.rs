@@ -4,8 +4,9 @@
 //! used ring, up to 40 ms). On a machine with fewer free CPUs than that spinning guest
 //! needs — one vCPU is enough to show it — an ordinary thread woken by UML's kick waits
 //! for the scheduler to preempt the spinner: hundreds of microseconds per read. A
-//! SCHED_FIFO thread preempts it at once. The worker blocks in epoll between commands
-//! and never spins, so it cannot starve the machine.
+//! SCHED_FIFO thread preempts it at once. Such a worker blocks in epoll between
+//! commands and never spins, so it cannot starve the machine; a worker with a poll
+//! window spins, and stays at normal priority (see [`polling`](super::polling)).
 
 use std::cell::Cell;
 

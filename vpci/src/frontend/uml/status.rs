@@ -24,6 +24,11 @@ pub struct FrontendStatus {
     pub mmio_writes: u64,
     /// MSI/MSI-X messages delivered to the guest.
     pub interrupts: u64,
+    /// Commands the worker found by polling the queue, with no kick from UML (see
+    /// [`WorkerOptions::poll`](super::WorkerOptions::poll)).
+    pub polled_commands: u64,
+    /// The worker is polling the command queue now.
+    pub polling: bool,
     /// Guest memory mapped for the device's DMA now.
     pub dma_mapped_bytes: u64,
     /// The latest error met serving a guest (a refused message, a failed mapping, a
@@ -39,6 +44,8 @@ pub(super) struct Counters {
     pub(super) mmio_reads: AtomicU64,
     pub(super) mmio_writes: AtomicU64,
     pub(super) interrupts: AtomicU64,
+    pub(super) polled_commands: AtomicU64,
+    pub(super) polling: AtomicBool,
     pub(super) dma_mapped_bytes: AtomicU64,
     errors: AtomicU64,
     last_error: Mutex<Option<String>>,
@@ -73,6 +80,8 @@ impl Counters {
             mmio_reads: self.mmio_reads.load(Relaxed),
             mmio_writes: self.mmio_writes.load(Relaxed),
             interrupts: self.interrupts.load(Relaxed),
+            polled_commands: self.polled_commands.load(Relaxed),
+            polling: self.polling.load(Relaxed),
             dma_mapped_bytes: self.dma_mapped_bytes.load(Relaxed),
             last_error: self
                 .last_error
