@@ -129,7 +129,7 @@ pub enum FrontendError {
 /// The default (no polling, any CPU) suits a machine where the guest and the worker
 /// share CPUs. With a CPU to spare, `poll` and `cpu` together make served reads much
 /// faster: see the [module](self) documentation.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct WorkerOptions {
     /// After serving commands, keep polling the command queue (UML's kicks suppressed)
     /// until this long passes without a command, then sleep until UML's next kick.
