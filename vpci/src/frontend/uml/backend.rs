@@ -662,10 +662,7 @@ impl<D: PassthroughDevice + 'static> VhostUserBackend for UmlBackend<D> {
         vrings: &[VringMutex],
         _thread_id: usize,
     ) -> io::Result<()> {
-        let window = self.shared.worker.poll;
-        if window.is_zero() {
-            super::realtime::raise_once(&self.shared.socket);
-        }
+        super::realtime::raise_once(&self.shared.socket);
         super::affinity::pin_once(self.shared.worker.cpu, &self.shared.socket, |e| {
             self.shared.error(e)
         });
@@ -675,6 +672,7 @@ impl<D: PassthroughDevice + 'static> VhostUserBackend for UmlBackend<D> {
         ) else {
             return Ok(());
         };
+        let window = self.shared.worker.poll;
         match device_event {
             CMD_QUEUE if window.is_zero() => {
                 self.serve_commands(cmd, irq, true);

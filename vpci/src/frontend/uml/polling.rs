@@ -22,10 +22,12 @@
 //! once more, so a command UML posted while it still saw kicks suppressed is served
 //! rather than left waiting for a kick that never comes.
 //!
-//! A polling worker stays at normal priority (see [`realtime`](super::realtime)): the
-//! kernel throttles a real-time thread that runs without pause (50 ms of every second
-//! by default), which would stall UML's reads past its 40 ms limit. On a CPU the guest
-//! needs, polling only delays the guest it waits for; it is off by default.
+//! The worker polls at normal priority, back at real-time priority (if it has it) when
+//! it sleeps again (see [`realtime`](super::realtime)): the kernel throttles a
+//! real-time thread that runs without pause (50 ms of every second by default), which
+//! would stall UML's reads past their 40 ms limit, and on a CPU shared with UML a
+//! real-time spinner would shut UML out. On a CPU the guest needs, polling only delays
+//! the guest it waits for; it is off by default.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -96,7 +98,7 @@ pub(super) fn poll_commands<D: PassthroughDevice + 'static>(
     if let (Some(memory), Some(events)) = (backend.memory(), backend.pending_events()) {
         let counters = &backend.shared().counters;
         counters.polling.store(true, Ordering::Relaxed);
-        poll.run(&memory, events, window);
+        super::realtime::at_normal_priority(|| poll.run(&memory, events, window));
         counters.polling.store(false, Ordering::Relaxed);
     }
     if poll.unsignalled {
