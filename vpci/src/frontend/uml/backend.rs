@@ -17,7 +17,7 @@ use std::time::Duration;
 use dma::DmaMapper;
 use udriver::vfio::IrqIndex;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringMutex, VringState, VringT};
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringMutex, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -230,21 +230,11 @@ impl<T: VhostUserBackend> Watcher for VringEpollHandler<T> {
 
 /// What one batch of commands did.
 #[derive(Default)]
-pub(super) struct Batch {
+struct Batch {
     config: u64,
     reads: u64,
     writes: u64,
     refused: u64,
-    /// The last command was posted (UML is not polling for it), so UML needs a call to
-    /// reclaim its buffers.
-    pub(super) ends_posted: bool,
-}
-
-impl Batch {
-    /// Commands taken off the queue, served or refused.
-    pub(super) fn commands(&self) -> u64 {
-        self.config + self.reads + self.writes + self.refused
-    }
 }
 
 /// One guest connection's back-end.
@@ -313,20 +303,14 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         }
     }
 
-    /// Serve every command UML posted. A batch ending with a posted write is
-    /// signalled (so UML reclaims its buffers) if `signal_posted`; a polling worker
-    /// signals once, when its window ends, instead.
-    pub(super) fn serve_commands(
-        &self,
-        cmd: &VringMutex,
-        irq: &VringMutex,
-        signal_posted: bool,
-    ) -> Batch {
+    /// Serve every command UML posted; `polled`: found by polling, not by UML's kick.
+    /// The command queue is never signalled (see the [module](super) documentation).
+    pub(super) fn serve_commands(&self, cmd: &VringMutex, irq: &VringMutex, polled: bool) {
         let mut guard = self.shared.served();
         let served = &mut *guard;
         let (Some(function), Some(memory)) = (served.function.as_mut(), served.memory.as_ref())
         else {
-            return Batch::default();
+            return;
         };
         let mem = memory.memory();
         let mut batch = Batch::default();
@@ -358,13 +342,14 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
                         served.writable.fill(&mem, 0xff, &mut served.reply)
                     }
                 };
+                if polled {
+                    // Before the answer, so whoever sees the answer sees the count.
+                    self.shared.counters.polled_commands.fetch_add(1, Relaxed);
+                }
                 if let Err(e) = vring.add_used(head, written as u32) {
                     self.shared.error(format!("command queue: {e}"));
                     break;
                 }
-            }
-            if batch.ends_posted && signal_posted {
-                self.signal_commands(&mut vring);
             }
         }
         let c = &self.shared.counters;
@@ -397,21 +382,6 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
             }
         }
         deliver(served, irq, &mem, &self.shared);
-        batch
-    }
-
-    /// Tell UML that commands were used (it reclaims posted writes' buffers).
-    pub(super) fn signal_commands(&self, vring: &mut VringState) {
-        match vring.needs_notification() {
-            Ok(true) => {
-                if let Err(e) = vring.signal_used_queue() {
-                    self.shared
-                        .error(format!("signalling the command queue: {e}"));
-                }
-            }
-            Ok(false) => {}
-            Err(e) => self.shared.error(format!("command queue: {e}")),
-        }
     }
 
     /// Deliver what is waiting for UML's interrupt buffers, after taking the messages
@@ -488,7 +458,6 @@ fn execute<D: PassthroughDevice + 'static>(
     batch: &mut Batch,
     shared: &Shared<D>,
 ) -> usize {
-    batch.ends_posted = !command.is_read();
     let want = command.reply_len();
     if want > writable.len() {
         batch.refused += 1;
@@ -674,12 +643,11 @@ impl<D: PassthroughDevice + 'static> VhostUserBackend for UmlBackend<D> {
         };
         let window = self.shared.worker.poll;
         match device_event {
-            CMD_QUEUE if window.is_zero() => {
-                self.serve_commands(cmd, irq, true);
-            }
             CMD_QUEUE => {
-                let batch = self.serve_commands(cmd, irq, false);
-                super::polling::poll_commands(self, cmd, irq, window, batch.ends_posted);
+                self.serve_commands(cmd, irq, false);
+                if !window.is_zero() {
+                    super::polling::poll_commands(self, cmd, irq, window);
+                }
             }
             IRQ_QUEUE => self.buffers_posted(irq),
             id => self.vector_fired(u64::from(id), irq),

@@ -20,8 +20,12 @@
 //! Config reads and writes go to [`PciFunction::config_read`]/`config_write`, BAR
 //! accesses to `bar_read`/`bar_write` (the MSI-X table and PBA are emulated there,
 //! everything else reaches the real BAR). Reads are answered in the same chain; UML
-//! busy-waits for them, so the command queue is only signalled when a batch ends with
-//! a posted write (UML then reclaims its buffers). By default the worker blocks in
+//! busy-waits for them. The command queue is never signalled: UML reclaims the
+//! buffers of posted writes itself, as it waits for its next read or when its 20 write
+//! buffers run out. A call would run UML 7.2's reclaim in interrupt context, which
+//! takes no lock against `virtio_pcidev_send_cmd` adding to the same ring: a worker
+//! answering on another CPU then corrupts UML's ring (reads time out, the device stops
+//! working). By default the worker blocks in
 //! epoll between batches and is woken by UML's kick: UML needs a CPU to send its next
 //! command, and where it has the worker's CPU (one CPU, as in the test rig) that is the
 //! fast path. Where the worker can have a CPU of its own, [`WorkerOptions`] make it

@@ -14,9 +14,7 @@
 //! interrupt messages waiting for a buffer go out as soon as UML posts one. Anything
 //! else pending — the exit event (the guest went, the frontend stops), a vring being
 //! enabled, a kick UML sent before it saw kicks suppressed — ends the window, and the
-//! event loop handles it. A batch ending with a posted write is signalled once, when
-//! the window ends, if the last command was one: UML's busy-wait for a read reclaims
-//! the buffers of every command used before it.
+//! event loop handles it.
 //!
 //! Kicks are turned back on before the worker returns to epoll, and the ring looked at
 //! once more, so a command UML posted while it still saw kicks suppressed is served
@@ -39,7 +37,7 @@ use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::backend::{Batch, Memory, UmlBackend};
+use super::backend::{Memory, UmlBackend};
 use crate::passthrough::PassthroughDevice;
 
 /// How often a polling worker looks at its other events between looks at the ring.
@@ -81,41 +79,31 @@ enum End {
 }
 
 /// Poll the command queue of `backend` after a batch, for up to `window` after each
-/// command found; `ends_posted`: the batch that started it ended with a posted write.
+/// command found.
 pub(super) fn poll_commands<D: PassthroughDevice + 'static>(
     backend: &UmlBackend<D>,
     cmd: &VringMutex,
     irq: &VringMutex,
     window: Duration,
-    ends_posted: bool,
 ) {
-    let mut poll = Poll {
-        backend,
-        cmd,
-        irq,
-        unsignalled: ends_posted,
+    let (Some(memory), Some(events)) = (backend.memory(), backend.pending_events()) else {
+        return;
     };
-    if let (Some(memory), Some(events)) = (backend.memory(), backend.pending_events()) {
-        let counters = &backend.shared().counters;
-        counters.polling.store(true, Ordering::Relaxed);
-        super::realtime::at_normal_priority(|| poll.run(&memory, events, window));
-        counters.polling.store(false, Ordering::Relaxed);
-    }
-    if poll.unsignalled {
-        backend.signal_commands(&mut cmd.get_mut());
-    }
+    let poll = Poll { backend, cmd, irq };
+    let counters = &backend.shared().counters;
+    counters.polling.store(true, Ordering::Relaxed);
+    super::realtime::at_normal_priority(|| poll.run(&memory, events, window));
+    counters.polling.store(false, Ordering::Relaxed);
 }
 
 struct Poll<'a, D: PassthroughDevice + 'static> {
     backend: &'a UmlBackend<D>,
     cmd: &'a VringMutex,
     irq: &'a VringMutex,
-    /// The last command used was a posted write UML has not been told about.
-    unsignalled: bool,
 }
 
 impl<D: PassthroughDevice + 'static> Poll<'_, D> {
-    fn run(&mut self, memory: &Memory, events: &PendingEvents, window: Duration) {
+    fn run(&self, memory: &Memory, events: &PendingEvents, window: Duration) {
         loop {
             self.set_kicks(false);
             let end = self.window(memory, events, window);
@@ -137,7 +125,7 @@ impl<D: PassthroughDevice + 'static> Poll<'_, D> {
 
     /// Poll until a whole `window` passes without a command, or something else needs
     /// the event loop.
-    fn window(&mut self, memory: &Memory, events: &PendingEvents, window: Duration) -> End {
+    fn window(&self, memory: &Memory, events: &PendingEvents, window: Duration) -> End {
         let mut deadline = Instant::now() + window;
         let mut next_check = Instant::now() + EVENT_CHECK;
         loop {
@@ -164,14 +152,8 @@ impl<D: PassthroughDevice + 'static> Poll<'_, D> {
         }
     }
 
-    fn serve(&mut self) {
-        let batch: Batch = self.backend.serve_commands(self.cmd, self.irq, false);
-        let n = batch.commands();
-        if n > 0 {
-            let counters = &self.backend.shared().counters;
-            counters.polled_commands.fetch_add(n, Ordering::Relaxed);
-            self.unsignalled = batch.ends_posted;
-        }
+    fn serve(&self) {
+        self.backend.serve_commands(self.cmd, self.irq, true);
     }
 
     /// UML's kicks on both queues on or off. Turning them on returns whether commands
