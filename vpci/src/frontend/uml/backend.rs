@@ -11,7 +11,7 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dma::DmaMapper;
 use udriver::vfio::IrqIndex;
@@ -94,6 +94,9 @@ pub(super) struct Served<D: PassthroughDevice> {
     dma: GuestDma,
     interrupts: Interrupts,
     memory: Option<Memory>,
+    /// Posted commands answered since UML last had reason to reclaim its buffers (see
+    /// [`UNRECLAIMED_BEFORE_SIGNAL`]).
+    unreclaimed: u32,
     readable: Vec<u8>,
     writable: Writable,
     reply: Vec<u8>,
@@ -146,6 +149,7 @@ impl<D: PassthroughDevice> Served<D> {
             dma: GuestDma::default(),
             interrupts: Interrupts::default(),
             memory: None,
+            unreclaimed: 0,
             readable: Vec::new(),
             writable: Writable::default(),
             reply: Vec::new(),
@@ -166,6 +170,7 @@ impl<D: PassthroughDevice> Served<D> {
     ) -> Vec<String> {
         let mut errors = Vec::new();
         self.interrupts.clear(watcher.unwrap_or(&NoWatcher));
+        self.unreclaimed = 0;
         if let Some(function) = self.function.as_mut() {
             errors.extend(stop_device(function).err());
         }
@@ -225,14 +230,26 @@ impl<T: VhostUserBackend> Watcher for VringEpollHandler<T> {
 /// What one batch of commands did.
 #[derive(Default)]
 struct Batch {
+    commands: u64,
     config: u64,
     reads: u64,
     writes: u64,
     refused: u64,
-    /// The last command was posted (UML is not polling for it), so UML needs a call to
-    /// reclaim its buffers.
-    ends_posted: bool,
+    /// Used-buffer notifications sent.
+    signals: u64,
+    /// Time in the device's BAR accesses.
+    bar_access: Duration,
 }
+
+/// Posted commands answered in a row before the command queue is signalled.
+///
+/// UML sends posted writes from 20 buffers and frees a used one in two places: its
+/// command-queue interrupt, and the busy-wait for any read (which takes every used
+/// buffer off the ring until it finds its own). So a signal after every posted write —
+/// an interrupt in UML each time — is needed only when writes come without reads in
+/// between; a signal once UML has 16 of its 20 buffers out keeps posted writes from
+/// stalling (with none left, UML sends the next one synchronously and reclaims then).
+pub(super) const UNRECLAIMED_BEFORE_SIGNAL: u32 = 16;
 
 /// One guest connection's back-end.
 pub(super) struct UmlBackend<D: PassthroughDevice + 'static> {
@@ -273,6 +290,7 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
     }
 
     fn serve_commands(&self, cmd: &VringMutex, irq: &VringMutex) {
+        let started = Instant::now();
         let mut guard = self.shared.served();
         let served = &mut *guard;
         let (Some(function), Some(memory)) = (served.function.as_mut(), served.memory.as_ref())
@@ -284,6 +302,7 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         {
             let mut vring = cmd.get_mut();
             while let Some(chain) = vring.get_queue_mut().pop_descriptor_chain(&*mem) {
+                batch.commands += 1;
                 let (head, split) =
                     chain::split(chain, &mem, &mut served.readable, &mut served.writable);
                 let written = match split {
@@ -309,14 +328,23 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
                         served.writable.fill(&mem, 0xff, &mut served.reply)
                     }
                 };
+                // UML polls for the answer to a read, taking every used buffer off the
+                // ring on the way.
+                if served.writable.len() > 0 {
+                    served.unreclaimed = 0;
+                } else {
+                    served.unreclaimed += 1;
+                }
                 if let Err(e) = vring.add_used(head, written as u32) {
                     self.shared.error(format!("command queue: {e}"));
                     break;
                 }
             }
-            if batch.ends_posted {
+            if served.unreclaimed >= UNRECLAIMED_BEFORE_SIGNAL {
+                served.unreclaimed = 0;
                 match vring.needs_notification() {
                     Ok(true) => {
+                        batch.signals += 1;
                         if let Err(e) = vring.signal_used_queue() {
                             self.shared
                                 .error(format!("signalling the command queue: {e}"));
@@ -331,6 +359,12 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         Counters::add(&c.config_accesses, batch.config);
         Counters::add(&c.mmio_reads, batch.reads);
         Counters::add(&c.mmio_writes, batch.writes);
+        Counters::add(&c.command_batches, u64::from(batch.commands > 0));
+        Counters::add(&c.command_signals, batch.signals);
+        Counters::add(
+            &c.bar_access_ns,
+            u64::try_from(batch.bar_access.as_nanos()).unwrap_or(u64::MAX),
+        );
         tracing::debug!(
             config = batch.config,
             reads = batch.reads,
@@ -357,9 +391,11 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
             }
         }
         deliver(served, irq, &mem, &self.shared);
+        Counters::add_elapsed(&self.shared.counters.command_ns, started);
     }
 
     fn vector_fired(&self, id: u64, irq: &VringMutex) {
+        let started = Instant::now();
         let mut guard = self.shared.served();
         let served = &mut *guard;
         let (Some(function), Some(memory)) = (served.function.as_mut(), served.memory.as_ref())
@@ -374,9 +410,11 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         }
         let mem = memory.memory();
         deliver(served, irq, &mem, &self.shared);
+        Counters::add_elapsed(&self.shared.counters.interrupt_ns, started);
     }
 
     fn buffers_posted(&self, irq: &VringMutex) {
+        Counters::add(&self.shared.counters.irq_buffer_kicks, 1);
         let mut guard = self.shared.served();
         let served = &mut *guard;
         let Some(memory) = served.memory.as_ref() else {
@@ -409,7 +447,6 @@ fn execute<D: PassthroughDevice + 'static>(
     batch: &mut Batch,
     shared: &Shared<D>,
 ) -> usize {
-    batch.ends_posted = !command.is_read();
     let want = command.reply_len();
     if want > writable.len() {
         batch.refused += 1;
@@ -438,7 +475,10 @@ fn execute<D: PassthroughDevice + 'static>(
             batch.reads += 1;
             reply.clear();
             reply.resize(len as usize, 0);
-            if let Err(e) = function.bar_read(bar, offset, reply) {
+            let started = Instant::now();
+            let result = function.bar_read(bar, offset, reply);
+            batch.bar_access += started.elapsed();
+            if let Err(e) = result {
                 shared.error(format!("{command}: {e}"));
                 reply.fill(0xff);
             }
@@ -446,7 +486,10 @@ fn execute<D: PassthroughDevice + 'static>(
         }
         Command::MmioWrite { bar, offset, data } => {
             batch.writes += 1;
-            if let Err(e) = function.bar_write(bar, offset, data) {
+            let started = Instant::now();
+            let result = function.bar_write(bar, offset, data);
+            batch.bar_access += started.elapsed();
+            if let Err(e) = result {
                 shared.error(format!("{command}: {e}"));
             }
             0

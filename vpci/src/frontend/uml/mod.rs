@@ -18,8 +18,9 @@
 //! Config reads and writes go to [`PciFunction::config_read`]/`config_write`, BAR
 //! accesses to `bar_read`/`bar_write` (the MSI-X table and PBA are emulated there,
 //! everything else reaches the real BAR). Reads are answered in the same chain; UML
-//! busy-waits for them, so the command queue is only signalled when a batch ends with
-//! a posted write (UML then reclaims its buffers). The worker does not busy-poll the
+//! busy-waits for them and frees posted writes' buffers on the way, so the command
+//! queue is signalled only after a long run of posted writes, and UML kicks the irq
+//! queue only when a message waits for a buffer. The worker does not busy-poll the
 //! queue after a batch: UML needs the CPU to send its next command, and where it has
 //! one CPU (the rig) a polling worker only delays it; blocking in epoll and being woken
 //! by UML's kick is the fast path there. UML has no usable INTx: the guest's MSI/MSI-X

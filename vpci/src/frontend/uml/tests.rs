@@ -21,6 +21,7 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::backend::UNRECLAIMED_BEFORE_SIGNAL;
 use super::*;
 use crate::bar::BarIndex;
 use crate::config_regs::command;
@@ -587,6 +588,86 @@ fn msi_x_vectors_are_delivered_as_uml_msi_messages() {
     assert_eq!(
         guest.next_interrupt(&buffers),
         (op::MSI, 4, UML_MSI_ADDRESS, 37)
+    );
+}
+
+#[test]
+fn posted_writes_are_signalled_only_after_a_run_of_them() {
+    let rig = Rig::start();
+    let mut guest = Guest::connect(&rig.socket);
+    // Reads in between: UML frees the writes' buffers while it polls for each read.
+    for i in 0..40 {
+        guest.mmio_write32(0, 0x100, i);
+        if i % 8 == 7 {
+            guest.mmio_read(0, 8, 4);
+        }
+    }
+    assert!(
+        guest.calls[0].read().is_err(),
+        "command queue signalled although reads kept coming"
+    );
+    // A run of posted writes: one signal once UML may be short of buffers.
+    for i in 0..UNRECLAIMED_BEFORE_SIGNAL + 4 {
+        guest.mmio_write32(0, 0x100, i);
+    }
+    assert_eq!(guest.calls[0].read().unwrap(), 1);
+    let status = rig.frontend().status();
+    assert_eq!(status.command_signals, 1);
+    assert_eq!(status.mmio_writes, 40 + 20);
+    assert_eq!(status.command_batches, 40 + 5 + 20, "one batch per kick");
+    assert!(
+        status.command_ns > 0 && status.bar_access_ns > 0,
+        "{status:?}"
+    );
+    assert!(status.bar_access_ns <= status.command_ns, "{status:?}");
+}
+
+/// `VRING_USED_F_NO_NOTIFY` in the flags of `queue`'s used ring.
+fn kicks_off(guest: &Guest, queue: &TestQueue) -> bool {
+    fence(Ordering::SeqCst);
+    guest.mem.read_obj::<u16>(GuestAddress(queue.used)).unwrap() & 1 != 0
+}
+
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < TIMEOUT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn uml_kicks_the_irq_queue_only_while_a_message_waits_for_a_buffer() {
+    let rig = Rig::start();
+    let mut guest = Guest::connect(&rig.socket);
+    let buffers = guest.post_irq_buffers(1);
+    wait_until("kicks turned off", || kicks_off(&guest, &guest.irq));
+    guest.enable_msix(0, 37);
+    assert!(rig.fake.fire(IrqIndex::Msix, 0));
+    assert_eq!(
+        guest.next_interrupt(&buffers),
+        (op::MSI, 4, UML_MSI_ADDRESS, 37)
+    );
+    assert!(
+        kicks_off(&guest, &guest.irq),
+        "nothing waits: no kick wanted"
+    );
+    // No buffer left: the next message waits, and UML's kick is wanted again.
+    assert!(rig.fake.fire(IrqIndex::Msix, 0));
+    wait_until("kicks turned on", || !kicks_off(&guest, &guest.irq));
+    let status = rig.frontend().status();
+    assert_eq!(status.interrupts, 1);
+    let buffers = guest.post_irq_buffers(1);
+    assert_eq!(
+        guest.next_interrupt(&buffers),
+        (op::MSI, 4, UML_MSI_ADDRESS, 37)
+    );
+    wait_until("kicks turned off again", || kicks_off(&guest, &guest.irq));
+    // The command queue always wants its kicks.
+    assert!(!kicks_off(&guest, &guest.cmd));
+    assert_eq!(
+        rig.frontend().status().irq_buffer_kicks,
+        status.irq_buffer_kicks + 1
     );
 }
 
