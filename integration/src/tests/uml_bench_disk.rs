@@ -37,7 +37,7 @@ const DISK_BYTES: u64 = rig::AHCI_DISK_SECTORS * 512;
 /// The read sizes, in UML and in the rig kernel alike.
 const BLOCKS: [usize; 2] = [64 * 1024, 1024 * 1024];
 /// Measurements of each UML path and read size; the median counts.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 /// A UML boot, its reads and power-off; past this is a hang.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// UML's /tmp, seen from the rig (UML's root is /rig/uml/root over hostfs): the gate
