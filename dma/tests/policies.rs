@@ -216,6 +216,81 @@ fn strict_will_not_remove_a_region_in_use() {
     policy.remove_region(GuestPhysAddr(0)).unwrap();
 }
 
+/// Large scattered requests reuse the table's bookkeeping from one request to the
+/// next; nothing of an earlier request (mapped, refused or unmapped) may show through
+/// in a later one's mappings or in the region-in-use check.
+#[test]
+fn strict_large_requests_after_others_map_exactly_their_own_pages() {
+    let mapper = Arc::new(RecordingMapper::new());
+    let policy = StrictPolicy::new(mapper.clone(), rig_iovas());
+    let small = GuestMemoryRegion {
+        len: 0x100_0000 - 0x1000,
+        ..ram()
+    };
+    policy.add_region(small).unwrap();
+    let scattered = |first: u64, n: u64| -> Vec<(u64, u64)> {
+        (0..n).map(|i| (first + 2 * i * PAGE, PAGE)).collect()
+    };
+    for (first, n) in [
+        (0x10_0000, 40),
+        (0x20_0000, 3),
+        (0x30_0000, 70),
+        (0x40_0000, 40),
+    ] {
+        // A refused request first: its last page lies past the region.
+        let mut refused = scattered(first, n);
+        refused.push((small.len, PAGE));
+        assert!(matches!(
+            policy.map_sg(&sg(&refused), DmaAccess::ReadWrite),
+            Err(DmaError::OutsideGuestMemory { .. })
+        ));
+        assert_eq!(mapper.mapping_count(), 0, "a refused request maps nothing");
+
+        let list = sg(&scattered(first, n));
+        let bus = policy.map_sg(&list, DmaAccess::ReadWrite).unwrap();
+        assert_eq!(mapper.mapping_count(), n as usize, "one mapping per page");
+        assert_eq!(mapper.mapped_bytes(), n * PAGE);
+        assert_translates(&mapper, &list, &bus);
+        policy.unmap_sg(&bus).unwrap();
+        assert_eq!(mapper.mapping_count(), 0);
+    }
+    // No stale page runs claim the region.
+    policy.remove_region(GuestPhysAddr(0)).unwrap();
+}
+
+/// A guest may give back the bus ranges of several requests as one list, in which
+/// requests lying next to each other in IOVA space merge into one segment.
+#[test]
+fn strict_unmaps_a_segment_spanning_requests_next_to_each_other() {
+    let mapper = Arc::new(RecordingMapper::new());
+    let policy = StrictPolicy::new(mapper.clone(), rig_iovas());
+    policy.add_region(ram()).unwrap();
+    // One-page requests (slots) and whole-page requests of several pages.
+    for shape in [[(0x1000, PAGE)], [(0x8000, 3 * PAGE)]] {
+        let a = policy.map_sg(&sg(&shape), DmaAccess::ReadWrite).unwrap();
+        let b = policy.map_sg(&sg(&shape), DmaAccess::ReadWrite).unwrap();
+        let (a, b) = (a.segments()[0], b.segments()[0]);
+        let (lo, hi) = if a.addr < b.addr { (a, b) } else { (b, a) };
+        assert_eq!(
+            lo.addr.0 + lo.len,
+            hi.addr.0,
+            "requests lie next to each other"
+        );
+        let both = BusSgList::from_pieces([(lo.addr, lo.len), (hi.addr, hi.len)]).unwrap();
+        assert_eq!(both.len(), 1, "the list merges them");
+        // A segment reaching past them is refused, with nothing unmapped.
+        let past = BusSgList::from_pieces([(lo.addr, lo.len + hi.len + PAGE)]).unwrap();
+        assert!(matches!(
+            policy.unmap_sg(&past),
+            Err(DmaError::UnknownBusAddress { .. })
+        ));
+        assert_eq!(mapper.mapping_count(), 2 * shape.len());
+        policy.unmap_sg(&both).unwrap();
+        assert_eq!(mapper.mapping_count(), 0);
+        assert_eq!(policy.live_count(), 0);
+    }
+}
+
 #[test]
 fn strict_splits_requests_across_regions_by_host_address() {
     let mapper = Arc::new(RecordingMapper::new());

@@ -71,9 +71,13 @@ fn op() -> impl Strategy<Value = Op> {
     // Mostly requests inside the first region, some anywhere.
     let near = (0u64..0x70, 0u64..PAGE, 1u64..0x2000)
         .prop_map(|(page, off, len)| (page * PAGE + off, len));
+    // Whole pages, the usual shape of a guest's buffers (mapped in one pass), running
+    // into the hole and across region ends; lists of them repeat, overlap and abut.
+    let whole = (0u64..0x148, 1u64..4).prop_map(|(page, n)| (page * PAGE, n * PAGE));
     prop_oneof![
         4 => (prop::collection::vec(prop_oneof![4 => near, 1 => segment], 1..8), access())
             .prop_map(|(s, a)| Op::Map(s, a)),
+        2 => (prop::collection::vec(whole, 1..8), access()).prop_map(|(s, a)| Op::Map(s, a)),
         3 => any::<usize>().prop_map(Op::Unmap),
         1 => (any::<usize>(), any::<usize>()).prop_map(|(i, j)| Op::UnmapPair(i, j)),
         1 => (0u64..0x1_0000_0000, 1u64..0x2000).prop_map(|(a, l)| Op::UnmapForged(a, l)),

@@ -292,6 +292,18 @@ fn attach_serve_refuses_a_spec_it_cannot_use_before_asking_anyone() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "--uml-device-id needs --serve");
+    let out = Command::new(UDRV)
+        .args(["attach", "00:04.0", "--poll-us", "100"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "--poll-us needs --serve");
+    let out = Command::new(UDRV)
+        .args(["attach", "00:04.0", "--serve", "uml:/x.sock,poll-us=soon"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("microseconds"), "{stderr}");
     let _ = Path::new(UDRV).metadata().unwrap();
     let mut help = String::new();
     Command::new(UDRV)
@@ -306,6 +318,10 @@ fn attach_serve_refuses_a_spec_it_cannot_use_before_asking_anyone() {
         .unwrap();
     assert!(
         help.contains("virtio_uml.device=/run/udrv/nic.sock:1234"),
+        "{help}"
+    );
+    assert!(
+        help.contains("--poll-us") && help.contains("starves the guest"),
         "{help}"
     );
 }

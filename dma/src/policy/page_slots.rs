@@ -169,6 +169,13 @@ impl PageSlots {
         (window.slots[index] & MAPPED != 0).then_some(index as u32)
     }
 
+    /// The IOVA range of a mapped slot.
+    pub(crate) fn mapped_range(&self, slot: u32) -> Option<IovaRange> {
+        let window = self.window.as_ref()?;
+        let word = window.slots.get(slot as usize)?;
+        (*word & MAPPED != 0).then(|| window.range_of(slot))
+    }
+
     /// Takes a mapped slot out of use for its unmap; returns its IOVA range.
     #[inline(always)]
     pub(crate) fn take(&mut self, slot: u32) -> Option<IovaRange> {

@@ -38,8 +38,11 @@ use crate::policy::live_table::{LiveMapping, LiveTable, Runs};
 use crate::policy::page_slots::PageSlots;
 use crate::sg_list::{BusSgList, GuestSgList, PageRun, SgSegment};
 
-/// The host pieces of one request, each one mapping.
-type Pieces = SmallVec<[DmaMapping; 2]>;
+/// Spilled page-run lists kept for reuse; more than this are freed.
+const SPARE_RUNS: usize = 8;
+/// Scratch lists longer than this are freed after use rather than kept: one very
+/// large request should not pin its bookkeeping for the table's life.
+const KEPT_CAPACITY: usize = 1024;
 
 /// The IOVAs of a request taken out of the table, held until its unmap succeeded.
 #[derive(Debug)]
@@ -89,6 +92,43 @@ pub(crate) struct ColdTables {
     pub(crate) deferred: Released,
     /// When the oldest deferred unmap was queued.
     pub(crate) oldest: Option<Instant>,
+    /// Scratch for the host pieces of a request being mapped, and page-run lists of
+    /// unmapped requests, both kept for the next request. A request of many pages
+    /// would otherwise allocate and free kilobytes each time, and some allocators
+    /// (musl's) hand such blocks back to the kernel on free: two syscalls and page
+    /// faults per request, more than the request's own work.
+    pieces: Vec<DmaMapping>,
+    spare_runs: Vec<Runs>,
+}
+
+impl ColdTables {
+    /// A run list for a new request: a spare one if there is one.
+    fn runs(&mut self) -> Runs {
+        self.spare_runs.pop().unwrap_or_default()
+    }
+
+    /// Keeps the run list of a request that left the table, if it is worth keeping.
+    fn recycle(&mut self, mut runs: Runs) {
+        if runs.spilled() && runs.capacity() <= KEPT_CAPACITY && self.spare_runs.len() < SPARE_RUNS
+        {
+            runs.clear();
+            self.spare_runs.push(runs);
+        }
+    }
+
+    /// Takes the live request starting at `start` out of the table.
+    fn remove_live(&mut self, start: u64) -> Option<IovaLease> {
+        let m = self.live.remove(start)?;
+        self.recycle(m.gpa_runs);
+        Some(m.lease)
+    }
+
+    /// Takes the live request wholly holding `[addr, addr + len)` out of the table.
+    fn take_live_holding(&mut self, addr: u64, len: u64) -> Option<IovaLease> {
+        let m = self.live.take_holding(addr, len)?;
+        self.recycle(m.gpa_runs);
+        Some(m.lease)
+    }
 }
 
 impl Tables {
@@ -97,22 +137,57 @@ impl Tables {
         self.cold.live.len() + self.slots.mapped_count()
     }
 
-    /// The live request that wholly holds `seg`.
-    fn owner(&self, seg: &SgSegment<Iova>) -> Result<Owner, DmaError> {
+    /// Adds to `owners` the live requests `seg` lies in: the one that wholly holds
+    /// it, or else the requests that cover it end to end (a list given back may merge
+    /// the bus ranges of requests lying next to each other in IOVA space). Every byte
+    /// of `seg` must be a live request's.
+    fn owners_of(
+        &self,
+        seg: &SgSegment<Iova>,
+        owners: &mut SmallVec<[Owner; 2]>,
+    ) -> Result<(), DmaError> {
+        let mut add = |owner| {
+            if !owners.contains(&owner) {
+                owners.push(owner);
+            }
+        };
         if let Some(slot) = self.slots.holder(seg.addr.0, seg.len) {
-            return Ok(Owner::Slot(slot));
+            add(Owner::Slot(slot));
+            return Ok(());
         }
-        match self.cold.live.holder(seg.addr.0, seg.len) {
-            Some(start) => Ok(Owner::Live(start)),
-            None => Err(unknown(seg)),
+        if let Some(start) = self.cold.live.holder(seg.addr.0, seg.len) {
+            add(Owner::Live(start));
+            return Ok(());
         }
+        let mut at = seg.addr.0;
+        let end = seg
+            .addr
+            .0
+            .checked_add(seg.len)
+            .ok_or_else(|| unknown(seg))?;
+        while at < end {
+            let (owner, range) = self.owner_at(at).ok_or_else(|| unknown(seg))?;
+            add(owner);
+            // A request ending at the top of the address space ends the walk.
+            at = range.end().map_or(end, |e| e.0);
+        }
+        Ok(())
+    }
+
+    /// The live request holding the byte at `addr`, and its IOVA range.
+    fn owner_at(&self, addr: u64) -> Option<(Owner, IovaRange)> {
+        if let Some(slot) = self.slots.holder(addr, 1) {
+            return Some((Owner::Slot(slot), self.slots.mapped_range(slot)?));
+        }
+        let (start, m) = self.cold.live.find(addr)?;
+        Some((Owner::Live(start), m.iova()))
     }
 
     /// Takes a live request out of the table.
     fn take(&mut self, owner: Owner) -> Option<Held> {
         match owner {
             Owner::Slot(slot) => self.slots.take(slot).map(|r| Held::Slot(slot, r)),
-            Owner::Live(start) => self.cold.live.remove(start).map(|m| Held::Lease(m.lease)),
+            Owner::Live(start) => self.cold.remove_live(start).map(Held::Lease),
         }
     }
 }
@@ -154,6 +229,8 @@ impl<M: DmaMapper> RequestTable<M> {
                     live: LiveTable::new(iovas.granularity()),
                     deferred: Released::new(),
                     oldest: None,
+                    pieces: Vec::new(),
+                    spare_runs: Vec::new(),
                 }),
             }),
             iovas,
@@ -243,22 +320,63 @@ impl<M: DmaMapper> RequestTable<M> {
         page: u64,
         reclaim: impl FnOnce(&mut Tables) -> Result<bool, DmaError>,
     ) -> Result<BusSgList, DmaError> {
-        let runs: Runs = match sg.segments() {
-            [] => return Err(DmaError::EmptyRange { start: 0 }),
-            [seg] => smallvec::smallvec![seg.page_run(page)],
-            _ => sg.page_runs(page).collect(),
-        };
-        // Translate everything before touching the allocator: a request reaching outside
-        // registered memory must fail with nothing changed. Each host piece extends the
-        // previous mapping when host-contiguous, so contiguous pages cost one mapping.
-        // IOVAs are filled in once the allocation is known (they are offsets until then).
-        let mut mappings = Pieces::new();
-        let mut total: u64 = 0;
-        for run in &runs {
-            tables.memory.walk(run.start, run.len, |piece| {
-                append_piece(&mut mappings, &mut total, piece, access)
-            })?;
+        if sg.segments().is_empty() {
+            return Err(DmaError::EmptyRange { start: 0 });
         }
+        let mut runs = tables.cold.runs();
+        let mut pieces = std::mem::take(&mut tables.cold.pieces);
+        pieces.clear();
+        let mapped = self.map_translated(tables, sg, &mut runs, &mut pieces, access, page, reclaim);
+        if pieces.capacity() <= KEPT_CAPACITY {
+            tables.cold.pieces = pieces;
+        }
+        match mapped {
+            Ok((lease, bus)) => {
+                tables.cold.live.insert(LiveMapping {
+                    lease,
+                    gpa_runs: runs,
+                });
+                Ok(bus)
+            }
+            Err(err) => {
+                tables.cold.recycle(runs);
+                Err(err)
+            }
+        }
+    }
+
+    /// Translates `sg` into its page runs and host pieces, leases IOVAs for them and
+    /// maps them: all or nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn map_translated(
+        &self,
+        tables: &mut Tables,
+        sg: &GuestSgList,
+        runs: &mut Runs,
+        pieces: &mut Vec<DmaMapping>,
+        access: DmaAccess,
+        page: u64,
+        reclaim: impl FnOnce(&mut Tables) -> Result<bool, DmaError>,
+    ) -> Result<(IovaLease, BusSgList), DmaError> {
+        // Translate everything before touching the allocator: a request reaching outside
+        // registered memory must fail with nothing changed. IOVAs are offsets until the
+        // allocation is known.
+        let whole_pages = whole_pages(&tables.memory, sg, page, runs, pieces, access);
+        let total = match whole_pages {
+            Some(total) => total,
+            None => {
+                runs.clear();
+                pieces.clear();
+                runs.extend(sg.page_runs(page));
+                let mut total: u64 = 0;
+                for run in runs.iter() {
+                    tables.memory.walk(run.start, run.len, |piece| {
+                        append_piece(pieces, &mut total, piece, access)
+                    })?;
+                }
+                total
+            }
+        };
         let lease = match self.iovas.lease(total, page) {
             Err(DmaError::IovaExhausted { .. }) if reclaim(tables)? => {
                 self.iovas.lease(total, page)?
@@ -266,26 +384,25 @@ impl<M: DmaMapper> RequestTable<M> {
             other => other?,
         };
         let base = lease.range().start();
-        let placed = mappings
+        let placed = pieces
             .iter_mut()
             .try_for_each(|m| {
                 m.range = IovaRange::new(Iova(base.0 + m.iova().0), m.len())?;
                 Ok(())
             })
-            .and_then(|()| bus_addresses(sg, &runs, base));
+            .and_then(|()| match whole_pages {
+                // Whole pages laid end to end: the device sees one range.
+                Some(_) => BusSgList::single(base, total),
+                None => bus_addresses(sg, runs, base),
+            });
         // Mapping is all or nothing, so on any failure the IOVAs are unused.
-        let bus = match placed.and_then(|bus| self.map_pieces(&mappings).map(|()| bus)) {
-            Ok(bus) => bus,
+        match placed.and_then(|bus| self.map_pieces(pieces).map(|()| bus)) {
+            Ok(bus) => Ok((lease, bus)),
             Err(err) => {
                 let _ = self.iovas.free_lease(lease);
-                return Err(err);
+                Err(err)
             }
-        };
-        tables.cold.live.insert(LiveMapping {
-            lease,
-            gpa_runs: runs,
-        });
-        Ok(bus)
+        }
     }
 
     /// Maps a one-segment request inside one page through a slot. `Ok(None)` when no
@@ -355,11 +472,11 @@ impl<M: DmaMapper> RequestTable<M> {
                 if let Some(range) = tables.slots.take(slot) {
                     taken.push(Held::Slot(slot, range));
                 }
+            } else if let Some(lease) = tables.cold.take_live_holding(seg.addr.0, seg.len) {
+                taken.push(Held::Lease(lease));
             } else {
-                let Some(m) = tables.cold.live.take_holding(seg.addr.0, seg.len) else {
-                    return Err(unknown(seg));
-                };
-                taken.push(Held::Lease(m.lease));
+                // Several requests lying next to each other, or none.
+                Self::take_owners(&mut tables, bus, &mut taken)?;
             }
         } else {
             Self::take_owners(&mut tables, bus, &mut taken)?;
@@ -400,10 +517,7 @@ impl<M: DmaMapper> RequestTable<M> {
     ) -> Result<(), DmaError> {
         let mut owners: SmallVec<[Owner; 2]> = SmallVec::new();
         for seg in bus.segments() {
-            let owner = tables.owner(seg)?;
-            if !owners.contains(&owner) {
-                owners.push(owner);
-            }
+            tables.owners_of(seg, &mut owners)?;
         }
         for owner in owners {
             taken.extend(tables.take(owner));
@@ -471,10 +585,64 @@ fn unknown(seg: &SgSegment<Iova>) -> DmaError {
     }
 }
 
+/// Translates a list whose segments are all whole, page-aligned pages (what a guest
+/// usually hands over: page-cache and ring pages) in one pass over its segments: the
+/// page runs, the host pieces at IOVA offsets (host-contiguous pages merged), and the
+/// total. `None` for any other shape, and for a list reaching outside one region or
+/// outside memory, which the general path splits or reports precisely; what was
+/// pushed is then the caller's to clear.
+fn whole_pages(
+    memory: &GuestMemory,
+    sg: &GuestSgList,
+    page: u64,
+    runs: &mut Runs,
+    pieces: &mut Vec<DmaMapping>,
+    access: DmaAccess,
+) -> Option<u64> {
+    let mask = page - 1;
+    let mut total: u64 = 0;
+    // The page run being built, as [start, end).
+    let mut run: Option<(u64, u64)> = None;
+    for seg in sg.segments() {
+        let (start, len) = (seg.addr.0, seg.len);
+        if (start | len) & mask != 0 {
+            return None;
+        }
+        let end = start.checked_add(len)?;
+        run = match run {
+            Some((s, e)) if start == e => Some((s, end)),
+            // Pages shared with the run: the general path gives them one IOVA.
+            Some((s, e)) if s <= start && start < e => return None,
+            Some((s, e)) => {
+                runs.push(PageRun {
+                    start: GuestPhysAddr(s),
+                    len: e - s,
+                });
+                Some((start, end))
+            }
+            None => Some((start, end)),
+        };
+        let vaddr = memory.host_addr(seg.addr, len)?;
+        match pieces.last_mut() {
+            Some(prev) if prev.vaddr.0.checked_add(prev.len()) == Some(vaddr.0) => {
+                prev.range = IovaRange::new(prev.iova(), prev.len() + len).ok()?;
+            }
+            _ => pieces.push(DmaMapping::new(Iova(total), vaddr, len, access).ok()?),
+        }
+        total = total.checked_add(len)?;
+    }
+    let (s, e) = run?;
+    runs.push(PageRun {
+        start: GuestPhysAddr(s),
+        len: e - s,
+    });
+    Some(total)
+}
+
 /// Appends a host piece at IOVA offset `*total`, growing the previous mapping when the
 /// piece continues it in host memory.
 fn append_piece(
-    mappings: &mut Pieces,
+    mappings: &mut Vec<DmaMapping>,
     total: &mut u64,
     piece: HostPiece,
     access: DmaAccess,

@@ -67,7 +67,17 @@ pub(super) fn nonce() -> String {
 /// TASK.sh) run by its init; waits for it to power off, killing its whole process
 /// group after [`UML_TIMEOUT`].
 pub(super) fn run_uml(nonce: &str, task: Option<&str>, args: &[&str]) -> Result<UmlRun> {
-    RunningUml::start(nonce, task, args)?.finish(UML_TIMEOUT)
+    run_uml_on(None, nonce, task, args)
+}
+
+/// [`run_uml`], with UML and every process it forks on CPU `cpu` only (when given).
+pub(super) fn run_uml_on(
+    cpu: Option<usize>,
+    nonce: &str,
+    task: Option<&str>,
+    args: &[&str],
+) -> Result<UmlRun> {
+    RunningUml::start_on(cpu, nonce, task, args)?.finish(UML_TIMEOUT)
 }
 
 /// Where UML keeps its RAM file: a tmpfs with transparent huge pages when the rig
@@ -113,6 +123,19 @@ pub(super) struct RunningUml {
 impl RunningUml {
     /// Boots UML as [`run_uml`] does, without waiting for it.
     pub(super) fn start(nonce: &str, task: Option<&str>, args: &[&str]) -> Result<Self> {
+        Self::start_on(None, nonce, task, args)
+    }
+
+    /// [`start`](Self::start), pinned to CPU `cpu` when given. UML is a kernel process
+    /// and a ptraced process per guest process, switching between them at every guest
+    /// system call: on a machine with several CPUs they keep those switches on one CPU
+    /// only when pinned (the pinning is inherited by everything UML forks).
+    pub(super) fn start_on(
+        cpu: Option<usize>,
+        nonce: &str,
+        task: Option<&str>,
+        args: &[&str],
+    ) -> Result<Self> {
         let mut cmdline = vec![
             UML_MEMORY.to_string(),
             "rootfstype=hostfs".into(),
@@ -130,7 +153,16 @@ impl RunningUml {
         let started = Instant::now();
         // Its own process group: UML forks helper and user-space processes that must
         // die with it.
-        let mut child = Command::new(UML_KERNEL)
+        let mut command = match cpu {
+            // busybox's taskset sets the affinity and execs UML in the same process.
+            Some(cpu) => {
+                let mut c = Command::new("/bin/busybox");
+                c.args(["taskset", "-c", &cpu.to_string(), UML_KERNEL]);
+                c
+            }
+            None => Command::new(UML_KERNEL),
+        };
+        let mut child = command
             .args(&cmdline)
             .env("TMPDIR", uml_memory_dir())
             .stdin(Stdio::piped())

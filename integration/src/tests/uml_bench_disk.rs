@@ -158,14 +158,13 @@ fn ubd_read(dev: &Path, block: usize) -> Result<(UmlRead, u64)> {
 }
 
 /// The frontend's counters kept per run.
-const COUNTERS: usize = 10;
+const COUNTERS: usize = 9;
 const COUNTER_NAMES: [&str; COUNTERS] = [
     "MMIO reads",
     "MMIO writes",
     "config accesses",
     "interrupts",
     "command batches",
-    "command-queue signals",
     "irq-buffer kicks",
     "µs serving commands",
     "µs of them in BAR accesses",
@@ -181,7 +180,6 @@ fn counters_between(a: &FrontendStatus, b: &FrontendStatus) -> [f64; COUNTERS] {
         (b.config_accesses - a.config_accesses) as f64,
         (b.interrupts - a.interrupts) as f64,
         (b.command_batches - a.command_batches) as f64,
-        (b.command_signals - a.command_signals) as f64,
         (b.irq_buffer_kicks - a.irq_buffer_kicks) as f64,
         us(b.command_ns - a.command_ns),
         us(b.bar_access_ns - a.bar_access_ns),

@@ -4,6 +4,9 @@
 //!
 //! - `uml_served_e1000e_pings`: UML's eth up, pinging the rig kernel's e1000 A across
 //!   QEMU's hub, and answering the rig's pings.
+//! - `uml_served_e1000e_pings_polling`: the same with a worker that polls the command
+//!   queue after each batch (UML's kicks suppressed meanwhile), as `rig bench uml` runs
+//!   it on a CPU of its own.
 //! - `uml_served_ahci_disk`: UML reads the whole patterned disk and writes a sector the
 //!   rig then finds on the disk.
 //! - `uml_guest_restart`: UML killed mid-traffic; the device is quiesced (bus mastering
@@ -23,7 +26,7 @@ use anyhow::{bail, ensure, Context, Result};
 use udrv_examples::ahci::{Ahci, Config};
 use udrv_examples::block::BlockDevice;
 use udrv_examples::disk_pattern;
-use vpci::frontend::{FrontendStatus, UmlFrontend};
+use vpci::frontend::{FrontendStatus, UmlFrontend, WorkerOptions};
 use vpci::passthrough::{PassthroughFunction, VfioPassthroughDevice};
 
 use super::drivers::kernel;
@@ -47,6 +50,11 @@ const MARKED_SECTOR: u64 = 100;
 pub fn tests() -> Vec<RigTest> {
     vec![
         RigTest::new("uml_served_e1000e_pings", served_e1000e_pings).with_timeout(400),
+        RigTest::new(
+            "uml_served_e1000e_pings_polling",
+            served_e1000e_pings_polling,
+        )
+        .with_timeout(400),
         RigTest::new("uml_served_ahci_disk", served_ahci_disk).with_timeout(400),
         RigTest::new("uml_guest_restart", guest_restart).with_timeout(400),
         RigTest::new("uml_malformed_messages", malformed_messages).with_timeout(400),
@@ -63,11 +71,16 @@ pub(super) struct Served {
 
 impl Served {
     pub(super) fn start(bdf: &str, name: &str) -> Result<Self> {
+        Self::start_with(bdf, name, WorkerOptions::default())
+    }
+
+    /// [`start`](Self::start), its worker waiting and placed as `worker` says.
+    pub(super) fn start_with(bdf: &str, name: &str, worker: WorkerOptions) -> Result<Self> {
         let (container, mut devices) = rig::open_in_one_container(&[bdf])?;
         let device = devices.pop().context("no device opened")?;
         let function = PassthroughFunction::new(VfioPassthroughDevice::new(device)?)?;
         let socket = PathBuf::from(format!("/tmp/udrv-uml-{name}.sock"));
-        let frontend = UmlFrontend::start(function, Arc::new(container), &socket)?;
+        let frontend = UmlFrontend::start_with(function, Arc::new(container), &socket, worker)?;
         let id = std::fs::read_to_string(VIRTIO_PCIDEV_ID)
             .with_context(|| format!("reading {VIRTIO_PCIDEV_ID}"))?;
         let arg = format!("virtio_uml.device={}:{}", socket.display(), id.trim());
@@ -94,12 +107,13 @@ impl Served {
     pub(super) fn stop(self) -> Result<()> {
         let status = self.status();
         println!(
-            "frontend: {} guest(s), {} config accesses, {} MMIO reads, {} MMIO writes, {} interrupts; last error {:?}",
+            "frontend: {} guest(s), {} config accesses, {} MMIO reads, {} MMIO writes, {} interrupts, {} commands found by polling; last error {:?}",
             status.guests_served,
             status.config_accesses,
             status.mmio_reads,
             status.mmio_writes,
             status.interrupts,
+            status.polled_commands,
             status.last_error
         );
         drop(self.frontend.stop()?);
@@ -221,6 +235,55 @@ fn served_e1000e_pings() -> Result<()> {
         ensure!(
             status.dma_mapped_bytes == 0,
             "UML's memory still mapped after it left: {status:?}"
+        );
+        served.stop()
+    })();
+    take_down_peer(&peer);
+    result
+}
+
+/// The poll window of `uml_served_e1000e_pings_polling`. On the rig's one CPU, UML (which
+/// sends the commands) runs only when the scheduler preempts the polling worker, so
+/// commands are found by polling only in windows a preemption cut; a window shorter
+/// than a scheduler slice (0.75 ms) keeps the worker from starving UML's busy-waits.
+const CI_POLL_WINDOW: Duration = Duration::from_micros(200);
+
+/// UML's e1000e on a served e1000e whose worker polls the command queue: UML sends
+/// commands without kicking while the worker polls, interrupts still arrive (the pings
+/// need them), and the worker stops polling when UML goes.
+fn served_e1000e_pings_polling() -> Result<()> {
+    let peer = bring_up_peer()?;
+    let result = (|| {
+        let worker = WorkerOptions {
+            poll: CI_POLL_WINDOW,
+            cpu: None,
+        };
+        let served = Served::start_with(rig::E1000E, "e1000e-poll", worker)?;
+        let run = ping_both_ways(&served)?;
+        let timeouts = run.output.matches("um virt-pci delay").count();
+        ensure!(
+            timeouts == 0,
+            "UML gave up on {timeouts} served read(s) (40 ms) while the worker polled"
+        );
+        let status = served.wait_guest_gone()?;
+        ensure!(
+            status.polled_commands > 0,
+            "no command was found by polling (UML kicked for every one): {status:?}"
+        );
+        ensure!(
+            status.interrupts > 0,
+            "no interrupt was delivered: {status:?}"
+        );
+        ensure!(
+            !status.polling && status.dma_mapped_bytes == 0,
+            "the worker still polls, or UML's memory is still mapped, after UML left: {status:?}"
+        );
+        ensure!(status.last_error.is_none(), "{status:?}");
+        let commands = status.config_accesses + status.mmio_reads + status.mmio_writes;
+        println!(
+            "{} of {commands} commands found by polling ({} µs window)",
+            status.polled_commands,
+            CI_POLL_WINDOW.as_micros()
         );
         served.stop()
     })();

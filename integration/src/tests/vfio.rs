@@ -870,6 +870,17 @@ fn bad_requests_are_errors() -> Result<()> {
     o.container.map(&at(0x10_0000, 4096)?)?;
     let e = o.container.map(&at(0x10_0000, 4096)?).unwrap_err();
     ensure!(matches!(e, DmaError::MapOverlap { .. }), "{e}");
+    // A batch is all or nothing: its second piece overlaps, so its first is undone.
+    let e = o
+        .container
+        .map_batch(&[at(0x20_0000, 4096)?, at(0x10_0000, 4096)?])
+        .unwrap_err();
+    ensure!(matches!(e, DmaError::MapOverlap { .. }), "{e}");
+    let left: Vec<u64> = o.container.mappings().iter().map(|m| m.iova().0).collect();
+    ensure!(
+        left == [0x10_0000],
+        "after a refused batch the container holds {left:#x?}, not only the earlier mapping"
+    );
     let e = o.container.map(&DmaMapping::new(
         Iova(0x30_0000),
         HostVirtAddr(0x1000),

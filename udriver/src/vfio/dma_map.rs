@@ -20,6 +20,7 @@ use vfio_bindings::bindings::vfio::{VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WR
 use super::container::{ContainerState, IommuInfo, VfioContainer};
 use super::error::VfioError;
 use super::ioctl;
+use super::mapping_mirror::PageSlot;
 
 fn backend(op: &'static str, range: IovaRange, e: impl Into<io::Error>) -> DmaError {
     DmaError::Backend {
@@ -146,8 +147,42 @@ impl VfioContainer {
         mapping: &DmaMapping,
         memlock: Option<&MemlockStatus>,
     ) -> Result<(), DmaError> {
+        self.map_locked(&mut self.lock(), mapping, memlock)
+    }
+
+    /// [`VfioContainer::map_checked`] with the state already locked.
+    #[inline]
+    fn map_locked(
+        &self,
+        state: &mut ContainerState,
+        mapping: &DmaMapping,
+        memlock: Option<&MemlockStatus>,
+    ) -> Result<(), DmaError> {
+        let slot = self.check_map(state, mapping, 0)?;
+        if let Some(memlock) = memlock {
+            memlock.check(mapping.len(), "mapping")?;
+        }
+        if let Err(errno) = self.map_ioctl(mapping) {
+            return Err(map_refusal(
+                state,
+                mapping.range,
+                self.memlock_refusal(mapping.range, errno),
+            ));
+        }
+        state.mappings.insert_at(*mapping, slot);
+        Ok(())
+    }
+
+    /// The checks before a map, with `pending` mappings made but not yet recorded;
+    /// returns the window page the mapping will be recorded in, if any.
+    #[inline(always)]
+    fn check_map(
+        &self,
+        state: &ContainerState,
+        mapping: &DmaMapping,
+        pending: usize,
+    ) -> Result<Option<PageSlot>, DmaError> {
         let range = mapping.range;
-        let mut state = self.lock();
         if !state.iommu_set {
             return Err(self.no_group("map DMA", "VFIO_IOMMU_MAP_DMA", range));
         }
@@ -165,17 +200,20 @@ impl VfioContainer {
             }
         }
         if let Some(limit) = state.max_mappings {
-            if state.mappings.len() >= limit {
+            if state.mappings.len() + pending >= limit {
                 return Err(map_refusal(
-                    &state,
+                    state,
                     range,
                     DmaError::TooManyMappings { limit },
                 ));
             }
         }
-        if let Some(memlock) = memlock {
-            memlock.check(range.len(), "mapping")?;
-        }
+        Ok(slot)
+    }
+
+    /// VFIO_IOMMU_MAP_DMA of a checked mapping.
+    #[inline(always)]
+    fn map_ioctl(&self, mapping: &DmaMapping) -> Result<(), nix::errno::Errno> {
         let mut flags = 0;
         if mapping.access.device_reads() {
             flags |= VFIO_DMA_MAP_FLAG_READ;
@@ -186,23 +224,49 @@ impl VfioContainer {
         // SAFETY: the DmaMapper contract puts the choice of memory with the caller: the
         // layers above map only memory set aside for the device (DMA buffers, a guest's
         // RAM). The kernel pins the pages, so the mapping never points at freed memory.
-        let mapped = unsafe {
+        unsafe {
             ioctl::iommu_map_dma(
                 self.as_fd(),
                 mapping.vaddr.0,
-                range.start().0,
-                range.len(),
+                mapping.range.start().0,
+                mapping.len(),
                 flags,
             )
-        };
-        if let Err(errno) = mapped {
-            return Err(map_refusal(
-                &state,
-                range,
-                self.memlock_refusal(range, errno),
-            ));
         }
-        state.mappings.insert_at(*mapping, slot);
+    }
+
+    /// [`DmaMapper::map_batch`] for a container exempt from the locked-memory limit,
+    /// under one hold of the lock. The mappings are recorded after the last ioctl,
+    /// together: recording each one straight after its ioctl finds the mirror's lines
+    /// evicted by the kernel's work every time.
+    fn map_batch_exempt(
+        &self,
+        state: &mut ContainerState,
+        mappings: &[DmaMapping],
+    ) -> Result<(), DmaError> {
+        for (done, mapping) in mappings.iter().enumerate() {
+            let mapped = self.check_map(state, mapping, done).and_then(|_| {
+                self.map_ioctl(mapping).map_err(|errno| {
+                    map_refusal(
+                        state,
+                        mapping.range,
+                        self.memlock_refusal(mapping.range, errno),
+                    )
+                })
+            });
+            if let Err(err) = mapped {
+                for undo in &mappings[..done] {
+                    // Best effort: the refusal is the error worth reporting, and these
+                    // ranges were mapped by this call a moment ago (and not recorded).
+                    let _ = ioctl::iommu_unmap_dma(self.as_fd(), undo.iova().0, undo.len(), 0);
+                }
+                return Err(err);
+            }
+        }
+        for mapping in mappings {
+            let slot = state.mappings.page_slot(&mapping.range);
+            state.mappings.insert_at(*mapping, slot);
+        }
         Ok(())
     }
 
@@ -247,6 +311,23 @@ impl VfioContainer {
     }
 }
 
+impl VfioContainer {
+    /// [`DmaMapper::unmap`] with the state already locked.
+    #[inline]
+    fn unmap_locked(&self, state: &mut ContainerState, range: IovaRange) -> Result<u64, DmaError> {
+        if !state.iommu_set {
+            return Err(self.no_group("unmap DMA", "VFIO_IOMMU_UNMAP_DMA", range));
+        }
+        match ioctl::iommu_unmap_dma(self.as_fd(), range.start().0, range.len(), 0) {
+            Ok(unmapped) => {
+                state.mappings.remove_unmapped(range, unmapped);
+                Ok(unmapped)
+            }
+            Err(errno) => Err(unmap_refusal(state, range, errno)),
+        }
+    }
+}
+
 impl DmaMapper for VfioContainer {
     #[inline]
     fn page_size(&self) -> u64 {
@@ -264,17 +345,38 @@ impl DmaMapper for VfioContainer {
 
     #[inline]
     fn unmap(&self, range: IovaRange) -> Result<u64, DmaError> {
+        self.unmap_locked(&mut self.lock(), range)
+    }
+
+    /// All of `mappings` under one hold of the container's lock (a request of many
+    /// pieces otherwise takes and releases it per piece). All or nothing, as the trait
+    /// asks: on a refusal the pieces already mapped are unmapped again.
+    fn map_batch(&self, mappings: &[DmaMapping]) -> Result<(), DmaError> {
         let mut state = self.lock();
-        if !state.iommu_set {
-            return Err(self.no_group("unmap DMA", "VFIO_IOMMU_UNMAP_DMA", range));
+        if self.0.memlock_exempt.load(Ordering::Relaxed) {
+            return self.map_batch_exempt(&mut state, mappings);
         }
-        match ioctl::iommu_unmap_dma(self.as_fd(), range.start().0, range.len(), 0) {
-            Ok(unmapped) => {
-                state.mappings.remove_unmapped(range, unmapped);
-                Ok(unmapped)
+        for (done, mapping) in mappings.iter().enumerate() {
+            // A thread not known to be exempt has its limit read per map, as `map`
+            // does (outside the lock: it reads /proc).
+            let mapped = if self.0.memlock_exempt.load(Ordering::Relaxed) {
+                self.map_locked(&mut state, mapping, None)
+            } else {
+                drop(state);
+                let mapped = self.map_counting_memlock(mapping);
+                state = self.lock();
+                mapped
+            };
+            if let Err(err) = mapped {
+                for undo in &mappings[..done] {
+                    // Best effort: the refusal is the error worth reporting, and these
+                    // ranges were mapped by this call a moment ago.
+                    let _ = self.unmap_locked(&mut state, undo.range);
+                }
+                return Err(err);
             }
-            Err(errno) => Err(unmap_refusal(&state, range, errno)),
         }
+        Ok(())
     }
 
     fn expect_pages(&self, window: IovaRange, page_size: u64) {

@@ -17,4 +17,4 @@
 pub mod uml;
 pub mod virtio_pcidev;
 
-pub use uml::{FrontendError, FrontendStatus, UmlFrontend};
+pub use uml::{FrontendError, FrontendStatus, UmlFrontend, WorkerOptions};

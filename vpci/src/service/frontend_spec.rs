@@ -1,11 +1,16 @@
-//! Which frontend serves a device, written as `KIND:ARGUMENT` on the command line, in
-//! control requests and in the claim state file (`uml:/run/udrv/nic.sock`).
+//! Which frontend serves a device, written as `KIND:ARGUMENT[,OPTION=VALUE...]` on the
+//! command line, in control requests and in the claim state file
+//! (`uml:/run/udrv/nic.sock`, `uml:/run/udrv/nic.sock,poll-us=200,worker-cpu=1`), so a
+//! restarted service serves each device as it was served before.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::frontend::WorkerOptions;
 
 /// The longest socket path a Unix socket address holds (`sun_path` is 108 bytes with
 /// its terminating NUL).
@@ -20,14 +25,43 @@ pub enum FrontendSpec {
     Uml {
         /// The vhost-user socket the frontend creates.
         socket: PathBuf,
+        /// How the worker serving the guest's commands waits and where it runs
+        /// (options `poll-us=MICROSECONDS`, `worker-cpu=CPU`).
+        worker: WorkerOptions,
     },
 }
 
+/// The `uml:` options, as written after the socket path.
+const POLL_US: &str = "poll-us";
+const WORKER_CPU: &str = "worker-cpu";
+
 impl FrontendSpec {
+    /// A UML frontend on `socket` with the default worker (no polling, any CPU).
+    pub fn uml(socket: impl Into<PathBuf>) -> Self {
+        FrontendSpec::Uml {
+            socket: socket.into(),
+            worker: WorkerOptions::default(),
+        }
+    }
+
     /// The socket the frontend listens on.
     pub fn socket(&self) -> &Path {
         match self {
-            FrontendSpec::Uml { socket } => socket,
+            FrontendSpec::Uml { socket, .. } => socket,
+        }
+    }
+
+    /// How the frontend's worker waits for commands and where it runs.
+    pub fn worker(&self) -> WorkerOptions {
+        match self {
+            FrontendSpec::Uml { worker, .. } => *worker,
+        }
+    }
+
+    /// The same frontend with its worker options replaced.
+    pub fn with_worker(self, worker: WorkerOptions) -> Self {
+        match self {
+            FrontendSpec::Uml { socket, .. } => FrontendSpec::Uml { socket, worker },
         }
     }
 
@@ -66,6 +100,59 @@ pub enum FrontendSpecError {
         /// Its length.
         len: usize,
     },
+    /// An option after the socket path that is unknown or has a bad value.
+    #[error("frontend option {option:?} in {spec:?}: {why} (options: {POLL_US}=MICROSECONDS, {WORKER_CPU}=CPU, as in uml:/run/udrv/nic.sock,{POLL_US}=200,{WORKER_CPU}=1)")]
+    BadOption {
+        /// The option as written.
+        option: String,
+        /// The whole spec.
+        spec: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+}
+
+/// Splits `,KEY=VALUE` options off the end of a UML socket argument: trailing
+/// comma-separated segments with an `=` and no `/` in them are options, the rest is the
+/// path (which may hold commas).
+fn uml_options<'a>(
+    argument: &'a str,
+    spec: &str,
+) -> Result<(&'a str, WorkerOptions), FrontendSpecError> {
+    let mut worker = WorkerOptions::default();
+    let mut path = argument;
+    let mut options = Vec::new();
+    while let Some((head, option)) = path.rsplit_once(',') {
+        if !option.contains('=') || option.contains('/') {
+            break;
+        }
+        options.push(option);
+        path = head;
+    }
+    for option in options.into_iter().rev() {
+        let bad = |why| FrontendSpecError::BadOption {
+            option: option.to_string(),
+            spec: spec.to_string(),
+            why,
+        };
+        let (key, value) = option.split_once('=').unwrap_or((option, ""));
+        match key {
+            POLL_US => {
+                let us: u64 = value
+                    .parse()
+                    .map_err(|_| bad("the poll window is a number of microseconds"))?;
+                worker.poll = Duration::from_micros(us);
+            }
+            WORKER_CPU => {
+                let cpu = value
+                    .parse()
+                    .map_err(|_| bad("the worker's CPU is a CPU number, as in taskset"))?;
+                worker.cpu = Some(cpu);
+            }
+            _ => return Err(bad("unknown option")),
+        }
+    }
+    Ok((path, worker))
 }
 
 impl FromStr for FrontendSpec {
@@ -77,17 +164,19 @@ impl FromStr for FrontendSpec {
         };
         match kind {
             "uml" => {
-                if !argument.starts_with('/') {
-                    return Err(FrontendSpecError::RelativePath(argument.to_string()));
+                let (path, worker) = uml_options(argument, spec)?;
+                if !path.starts_with('/') {
+                    return Err(FrontendSpecError::RelativePath(path.to_string()));
                 }
-                if argument.len() > MAX_SOCKET_PATH {
+                if path.len() > MAX_SOCKET_PATH {
                     return Err(FrontendSpecError::TooLong {
-                        path: argument.to_string(),
-                        len: argument.len(),
+                        path: path.to_string(),
+                        len: path.len(),
                     });
                 }
                 Ok(FrontendSpec::Uml {
-                    socket: PathBuf::from(argument),
+                    socket: PathBuf::from(path),
+                    worker,
                 })
             }
             _ => Err(FrontendSpecError::UnknownKind {
@@ -100,7 +189,15 @@ impl FromStr for FrontendSpec {
 
 impl fmt::Display for FrontendSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.kind(), self.socket().display())
+        write!(f, "{}:{}", self.kind(), self.socket().display())?;
+        let worker = self.worker();
+        if !worker.poll.is_zero() {
+            write!(f, ",{POLL_US}={}", worker.poll.as_micros())?;
+        }
+        if let Some(cpu) = worker.cpu {
+            write!(f, ",{WORKER_CPU}={cpu}")?;
+        }
+        Ok(())
     }
 }
 
@@ -131,6 +228,37 @@ mod tests {
         let json = serde_json::to_string(&spec).unwrap();
         assert_eq!(json, "\"uml:/run/udrv/nic.sock\"");
         assert_eq!(serde_json::from_str::<FrontendSpec>(&json).unwrap(), spec);
+        assert_eq!(spec.worker(), WorkerOptions::default());
+        assert_eq!(spec, FrontendSpec::uml("/run/udrv/nic.sock"));
+    }
+
+    #[test]
+    fn worker_options_survive_the_text_form() {
+        let spec: FrontendSpec = "uml:/run/udrv/nic.sock,poll-us=200,worker-cpu=1"
+            .parse()
+            .unwrap();
+        assert_eq!(spec.socket(), Path::new("/run/udrv/nic.sock"));
+        assert_eq!(
+            spec.worker(),
+            WorkerOptions {
+                poll: Duration::from_micros(200),
+                cpu: Some(1),
+            }
+        );
+        let text = spec.to_string();
+        assert_eq!(text, "uml:/run/udrv/nic.sock,poll-us=200,worker-cpu=1");
+        assert_eq!(text.parse::<FrontendSpec>().unwrap(), spec);
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<FrontendSpec>(&json).unwrap(), spec);
+        // Options replaced; commas that start no option are part of the path.
+        let spec: FrontendSpec = "uml:/run/nic,1.sock".parse().unwrap();
+        assert_eq!(spec, FrontendSpec::uml("/run/nic,1.sock"));
+        let spec = FrontendSpec::uml("/run/a,b=c/nic.sock").with_worker(WorkerOptions {
+            poll: Duration::from_micros(50),
+            cpu: None,
+        });
+        assert_eq!(spec.to_string(), "uml:/run/a,b=c/nic.sock,poll-us=50");
+        assert_eq!(spec.to_string().parse::<FrontendSpec>().unwrap(), spec);
     }
 
     #[test]
@@ -146,6 +274,14 @@ mod tests {
         assert!(err("uml:nic.sock").contains("not an absolute path"));
         let long = format!("uml:/{}", "a".repeat(120));
         assert!(err(&long).contains("at most 107"), "{}", err(&long));
+        let typo = err("uml:/run/nic.sock,pol-us=5");
+        assert!(
+            typo.contains("\"pol-us=5\"") && typo.contains("unknown option"),
+            "{typo}"
+        );
+        assert!(err("uml:/run/nic.sock,poll-us=fast").contains("microseconds"));
+        assert!(err("uml:/run/nic.sock,worker-cpu=-1").contains("CPU number"));
+        assert!(err("uml:/run/nic.sock,poll-us=").contains("microseconds"));
         // Through serde too: a bad spec in a request is an error, not a panic.
         let bad = serde_json::from_str::<FrontendSpec>("\"uml:relative\"").unwrap_err();
         assert!(bad.to_string().contains("not an absolute path"), "{bad}");

@@ -680,7 +680,11 @@ fn stopping_gives_back_what_the_daemon_claimed_and_leaves_other_claims() {
 fn kept_claims_are_served_again_by_the_next_daemon() {
     let host = host();
     let launches = Launches::default();
-    let spec = sock(&host, "n.sock");
+    // Served with a polling worker on CPU 1: the next daemon serves it the same way.
+    let spec = sock(&host, "n.sock").with_worker(crate::frontend::WorkerOptions {
+        poll: Duration::from_micros(200),
+        cpu: Some(1),
+    });
     let daemon = start(&host, &launches, true);
     daemon.request(attach_serve("00:04.0", &spec)).unwrap();
     let report = daemon.stop();
@@ -695,6 +699,11 @@ fn kept_claims_are_served_again_by_the_next_daemon() {
     assert!(status.served[0].recovered);
     assert_eq!(status.served[0].frontend, spec);
     assert_eq!(launches.log().len(), 3, "{:?}", launches.log());
+    assert!(
+        launches.log()[2].contains("n.sock,poll-us=200,worker-cpu=1 recorded="),
+        "{:?}",
+        launches.log()
+    );
     daemon.stop();
     assert_eq!(host.driver_of("0000:00:04.0").as_deref(), Some("e1000e"));
 }

@@ -86,12 +86,12 @@ impl FrontendLauncher for UmlLauncher {
         iommu_group: u32,
         spec: &FrontendSpec,
     ) -> Result<Box<dyn RunningFrontend>, LaunchError> {
-        let FrontendSpec::Uml { socket } = spec;
+        let FrontendSpec::Uml { socket, worker } = spec;
         let lease = self.lease(iommu_group)?;
         let vfio = lease.group.open_device(&device.to_string())?;
         let function = PassthroughFunction::new(VfioPassthroughDevice::new(vfio)?)?;
         let mapper = Arc::new(lease.container.clone());
-        let frontend = UmlFrontend::start(function, mapper, socket)?;
+        let frontend = UmlFrontend::start_with(function, mapper, socket, *worker)?;
         Ok(Box::new(UmlServed {
             frontend,
             lease: Some(lease),

@@ -30,7 +30,9 @@ use crate::serve::ControlArgs;
 ///
 /// With --serve, the running `udrv serve` claims the device (same checks, same state
 /// file) and serves it to User-Mode Linux guests on a vhost-user socket, then this
-/// prints how to start such a guest. Start `udrv serve` first.
+/// prints how to start such a guest. Start `udrv serve` first. With a CPU the guest
+/// does not need, --poll-us and --worker-cpu make the guest's register reads several
+/// times faster; on a machine where the guest needs every CPU they slow it down.
 ///
 /// Examples:
 ///   udrv attach 0000:00:03.0
@@ -39,6 +41,9 @@ use crate::serve::ControlArgs;
 ///   udrv attach 00:04.0 --serve uml:/run/udrv/nic.sock
 ///                                         claim it and serve it to a UML guest:
 ///                                         linux ... virtio_uml.device=/run/udrv/nic.sock:1234
+///   udrv attach 00:04.0 --serve uml:/run/udrv/nic.sock --poll-us 500 --worker-cpu 3
+///                                         the same, served by a worker on CPU 3 that
+///                                         polls for the guest's next command
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct AttachArgs {
@@ -65,6 +70,17 @@ pub struct AttachArgs {
     /// must equal the guest kernel's CONFIG_UML_PCI_OVER_VIRTIO_DEVICE_ID.
     #[arg(long, value_name = "ID", default_value_t = UML_DEVICE_ID, requires = "serve")]
     pub uml_device_id: u32,
+    /// With --serve: after serving the guest's commands, the worker keeps polling for
+    /// the next one until this many microseconds pass without one (the guest's kicks
+    /// suppressed meanwhile), then sleeps until the guest kicks. Worth it only on a CPU
+    /// the guest does not need (see --worker-cpu): on a CPU the guest needs, polling
+    /// starves the guest it waits for. Default: no polling.
+    #[arg(long, value_name = "MICROSECONDS", requires = "serve")]
+    pub poll_us: Option<u64>,
+    /// With --serve: run the worker that serves the guest's commands on this CPU only
+    /// (numbered as in taskset); keep the guest off it.
+    #[arg(long, value_name = "CPU", requires = "serve")]
+    pub worker_cpu: Option<usize>,
     #[command(flatten)]
     pub control: ControlArgs,
     /// Print what was done as JSON.
@@ -77,7 +93,14 @@ pub struct AttachArgs {
 /// Runs `udrv attach`.
 pub fn run(args: AttachArgs) -> anyhow::Result<()> {
     if let Some(spec) = args.serve.clone() {
-        return run_served(&args, spec);
+        let mut worker = spec.worker();
+        if let Some(us) = args.poll_us {
+            worker.poll = std::time::Duration::from_micros(us);
+        }
+        if let Some(cpu) = args.worker_cpu {
+            worker.cpu = Some(cpu);
+        }
+        return run_served(&args, spec.with_worker(worker));
     }
     let options = AttachOptions {
         force: args.force,
@@ -251,6 +274,15 @@ fn render_served_text(
             served.address,
             spec.socket().display()
         );
+        let worker = spec.worker();
+        if !worker.poll.is_zero() || worker.cpu.is_some() {
+            let cpu = worker.cpu.map_or("any CPU".into(), |c| format!("CPU {c}"));
+            let _ = writeln!(
+                out,
+                "    its worker runs on {cpu} and polls for {} µs after each command",
+                worker.poll.as_micros()
+            );
+        }
     }
     let _ = writeln!(
         out,

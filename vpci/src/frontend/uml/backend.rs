@@ -4,10 +4,11 @@
 //!
 //! Two threads touch a guest's state: vhost-user-backend's request thread (memory
 //! tables, resets) and its vring worker (kicks and vector eventfds). Both go through
-//! [`Shared::served`]; the worker takes it once per batch of commands.
+//! [`Shared::served`]; the worker takes it once per batch of commands, and a polling
+//! worker (see [`polling`](super::polling)) holds no lock between looks at the queue.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -27,7 +28,9 @@ use vmm_sys_util::event::{
 use super::chain::{self, Writable};
 use super::dma::GuestDma;
 use super::interrupts::{Interrupts, Watcher};
+use super::polling::PendingEvents;
 use super::status::Counters;
+use super::WorkerOptions;
 use crate::access_width::AccessWidth;
 use crate::config_regs::{command, header};
 use crate::frontend::virtio_pcidev::{self, Command};
@@ -53,6 +56,7 @@ pub(super) struct Shared<D: PassthroughDevice> {
     pub(super) mapper: Arc<dyn DmaMapper>,
     pub(super) served: Mutex<Served<D>>,
     pub(super) counters: Counters,
+    pub(super) worker: WorkerOptions,
 }
 
 impl<D: PassthroughDevice> Shared<D> {
@@ -60,6 +64,7 @@ impl<D: PassthroughDevice> Shared<D> {
         function: PassthroughFunction<D>,
         mapper: Arc<dyn DmaMapper>,
         socket: PathBuf,
+        worker: WorkerOptions,
     ) -> Self {
         Self {
             socket,
@@ -67,6 +72,7 @@ impl<D: PassthroughDevice> Shared<D> {
             mapper,
             served: Mutex::new(Served::new(function)),
             counters: Counters::default(),
+            worker,
         }
     }
 
@@ -76,7 +82,7 @@ impl<D: PassthroughDevice> Shared<D> {
         self.served.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn error(&self, what: impl std::fmt::Display) {
+    pub(super) fn error(&self, what: impl std::fmt::Display) {
         self.counters.error(format!(
             "{} ({}): {what}",
             self.socket.display(),
@@ -94,9 +100,6 @@ pub(super) struct Served<D: PassthroughDevice> {
     dma: GuestDma,
     interrupts: Interrupts,
     memory: Option<Memory>,
-    /// Posted commands answered since UML last had reason to reclaim its buffers (see
-    /// [`UNRECLAIMED_BEFORE_SIGNAL`]).
-    unreclaimed: u32,
     readable: Vec<u8>,
     writable: Writable,
     reply: Vec<u8>,
@@ -149,7 +152,6 @@ impl<D: PassthroughDevice> Served<D> {
             dma: GuestDma::default(),
             interrupts: Interrupts::default(),
             memory: None,
-            unreclaimed: 0,
             readable: Vec::new(),
             writable: Writable::default(),
             reply: Vec::new(),
@@ -170,7 +172,6 @@ impl<D: PassthroughDevice> Served<D> {
     ) -> Vec<String> {
         let mut errors = Vec::new();
         self.interrupts.clear(watcher.unwrap_or(&NoWatcher));
-        self.unreclaimed = 0;
         if let Some(function) = self.function.as_mut() {
             errors.extend(stop_device(function).err());
         }
@@ -235,26 +236,16 @@ struct Batch {
     reads: u64,
     writes: u64,
     refused: u64,
-    /// Used-buffer notifications sent.
-    signals: u64,
     /// Time in the device's BAR accesses.
     bar_access: Duration,
 }
-
-/// Posted commands answered in a row before the command queue is signalled.
-///
-/// UML sends posted writes from 20 buffers and frees a used one in two places: its
-/// command-queue interrupt, and the busy-wait for any read (which takes every used
-/// buffer off the ring until it finds its own). So a signal after every posted write —
-/// an interrupt in UML each time — is needed only when writes come without reads in
-/// between; a signal once UML has 16 of its 20 buffers out keeps posted writes from
-/// stalling (with none left, UML sends the next one synchronously and reclaims then).
-pub(super) const UNRECLAIMED_BEFORE_SIGNAL: u32 = 16;
 
 /// One guest connection's back-end.
 pub(super) struct UmlBackend<D: PassthroughDevice + 'static> {
     shared: Arc<Shared<D>>,
     epoll: OnceLock<Weak<VringEpollHandler<Arc<UmlBackend<D>>>>>,
+    /// The worker's epoll set as a polling worker looks at it.
+    pending: OnceLock<PendingEvents>,
 }
 
 impl<D: PassthroughDevice + 'static> UmlBackend<D> {
@@ -262,16 +253,42 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         Self {
             shared,
             epoll: OnceLock::new(),
+            pending: OnceLock::new(),
         }
     }
 
     /// The worker's epoll, once the daemon made it (weak: it holds this back-end).
     pub(super) fn set_epoll(&self, epoll: &Arc<VringEpollHandler<Arc<UmlBackend<D>>>>) {
         let _ = self.epoll.set(Arc::downgrade(epoll));
+        if self.shared.worker.poll.is_zero() {
+            return;
+        }
+        match PendingEvents::new(epoll.as_raw_fd()) {
+            Ok(pending) => {
+                let _ = self.pending.set(pending);
+            }
+            Err(e) => self.shared.error(format!(
+                "watching the worker's events for polling: {e}; the worker does not poll"
+            )),
+        }
     }
 
     fn watcher(&self) -> Option<Arc<VringEpollHandler<Arc<UmlBackend<D>>>>> {
         self.epoll.get().and_then(Weak::upgrade)
+    }
+
+    /// The worker's events as a polling worker looks at them (with a poll window).
+    pub(super) fn pending_events(&self) -> Option<&PendingEvents> {
+        self.pending.get()
+    }
+
+    pub(super) fn shared(&self) -> &Shared<D> {
+        &self.shared
+    }
+
+    /// The guest's memory, once a memory table was accepted.
+    pub(super) fn memory(&self) -> Option<Memory> {
+        self.shared.served().memory.clone()
     }
 
     /// The guest went away (`keep_memory` false) or reset the device: quiesce, unmap
@@ -289,7 +306,9 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         }
     }
 
-    fn serve_commands(&self, cmd: &VringMutex, irq: &VringMutex) {
+    /// Serve every command UML posted; `polled`: found by polling, not by UML's kick.
+    /// The command queue is never signalled (see the [module](super) documentation).
+    pub(super) fn serve_commands(&self, cmd: &VringMutex, irq: &VringMutex, polled: bool) {
         let started = Instant::now();
         let mut guard = self.shared.served();
         let served = &mut *guard;
@@ -328,30 +347,13 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
                         served.writable.fill(&mem, 0xff, &mut served.reply)
                     }
                 };
-                // UML polls for the answer to a read, taking every used buffer off the
-                // ring on the way.
-                if served.writable.len() > 0 {
-                    served.unreclaimed = 0;
-                } else {
-                    served.unreclaimed += 1;
+                if polled {
+                    // Before the answer, so whoever sees the answer sees the count.
+                    self.shared.counters.polled_commands.fetch_add(1, Relaxed);
                 }
                 if let Err(e) = vring.add_used(head, written as u32) {
                     self.shared.error(format!("command queue: {e}"));
                     break;
-                }
-            }
-            if served.unreclaimed >= UNRECLAIMED_BEFORE_SIGNAL {
-                served.unreclaimed = 0;
-                match vring.needs_notification() {
-                    Ok(true) => {
-                        batch.signals += 1;
-                        if let Err(e) = vring.signal_used_queue() {
-                            self.shared
-                                .error(format!("signalling the command queue: {e}"));
-                        }
-                    }
-                    Ok(false) => {}
-                    Err(e) => self.shared.error(format!("command queue: {e}")),
                 }
             }
         }
@@ -360,7 +362,6 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         Counters::add(&c.mmio_reads, batch.reads);
         Counters::add(&c.mmio_writes, batch.writes);
         Counters::add(&c.command_batches, u64::from(batch.commands > 0));
-        Counters::add(&c.command_signals, batch.signals);
         Counters::add(
             &c.bar_access_ns,
             u64::try_from(batch.bar_access.as_nanos()).unwrap_or(u64::MAX),
@@ -392,6 +393,30 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         }
         deliver(served, irq, &mem, &self.shared);
         Counters::add_elapsed(&self.shared.counters.command_ns, started);
+    }
+
+    /// Deliver what is waiting for UML's interrupt buffers, after taking the messages
+    /// of every vector that fired if `fired` (for a worker that reads the vectors'
+    /// eventfds itself instead of being called for each).
+    pub(super) fn poll_interrupts(&self, irq: &VringMutex, fired: bool) {
+        let mut guard = self.shared.served();
+        let served = &mut *guard;
+        let (Some(function), Some(memory)) = (served.function.as_mut(), served.memory.as_ref())
+        else {
+            return;
+        };
+        if fired {
+            for message in function.take_messages() {
+                served.interrupts.push(message);
+            }
+            for e in function.take_errors() {
+                self.shared.error(e);
+            }
+        }
+        if served.interrupts.waiting() {
+            let mem = memory.memory();
+            deliver(served, irq, &mem, &self.shared);
+        }
     }
 
     fn vector_fired(&self, id: u64, irq: &VringMutex) {
@@ -627,14 +652,23 @@ impl<D: PassthroughDevice + 'static> VhostUserBackend for UmlBackend<D> {
         _thread_id: usize,
     ) -> io::Result<()> {
         super::realtime::raise_once(&self.shared.socket);
+        super::affinity::pin_once(self.shared.worker.cpu, &self.shared.socket, |e| {
+            self.shared.error(e)
+        });
         let (Some(cmd), Some(irq)) = (
             vrings.get(usize::from(CMD_QUEUE)),
             vrings.get(usize::from(IRQ_QUEUE)),
         ) else {
             return Ok(());
         };
+        let window = self.shared.worker.poll;
         match device_event {
-            CMD_QUEUE => self.serve_commands(cmd, irq),
+            CMD_QUEUE => {
+                self.serve_commands(cmd, irq, false);
+                if !window.is_zero() {
+                    super::polling::poll_commands(self, cmd, irq, window);
+                }
+            }
             IRQ_QUEUE => self.buffers_posted(irq),
             id => self.vector_fired(u64::from(id), irq),
         }

@@ -117,6 +117,11 @@ impl Interrupts {
         self.watched.get(i).map(|w| (w.kind, w.vector))
     }
 
+    /// Whether messages wait for a buffer.
+    pub(super) fn waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
     /// Queue `message` for UML.
     pub(super) fn push(&mut self, message: MsiMessage) {
         if self.waiting.contains(&message) {

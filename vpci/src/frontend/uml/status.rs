@@ -28,9 +28,6 @@ pub struct FrontendStatus {
     /// Batches of commands served: one per wake-up of the worker that found commands
     /// (one kick may bring several).
     pub command_batches: u64,
-    /// Used-buffer notifications sent on the command queue (each is an interrupt in
-    /// UML).
-    pub command_signals: u64,
     /// Times the worker woke because UML posted interrupt buffers.
     pub irq_buffer_kicks: u64,
     /// Time the worker spent serving command batches, in nanoseconds.
@@ -41,6 +38,11 @@ pub struct FrontendStatus {
     /// Time the worker spent delivering fired vectors (from taking the eventfd's count
     /// to signalling UML), in nanoseconds.
     pub interrupt_ns: u64,
+    /// Commands the worker found by polling the queue, with no kick from UML (see
+    /// [`WorkerOptions::poll`](super::WorkerOptions::poll)).
+    pub polled_commands: u64,
+    /// The worker is polling the command queue now.
+    pub polling: bool,
     /// Guest memory mapped for the device's DMA now.
     pub dma_mapped_bytes: u64,
     /// The latest error met serving a guest (a refused message, a failed mapping, a
@@ -57,11 +59,12 @@ pub(super) struct Counters {
     pub(super) mmio_writes: AtomicU64,
     pub(super) interrupts: AtomicU64,
     pub(super) command_batches: AtomicU64,
-    pub(super) command_signals: AtomicU64,
     pub(super) irq_buffer_kicks: AtomicU64,
     pub(super) command_ns: AtomicU64,
     pub(super) bar_access_ns: AtomicU64,
     pub(super) interrupt_ns: AtomicU64,
+    pub(super) polled_commands: AtomicU64,
+    pub(super) polling: AtomicBool,
     pub(super) dma_mapped_bytes: AtomicU64,
     errors: AtomicU64,
     last_error: Mutex<Option<String>>,
@@ -103,11 +106,12 @@ impl Counters {
             mmio_writes: self.mmio_writes.load(Relaxed),
             interrupts: self.interrupts.load(Relaxed),
             command_batches: self.command_batches.load(Relaxed),
-            command_signals: self.command_signals.load(Relaxed),
             irq_buffer_kicks: self.irq_buffer_kicks.load(Relaxed),
             command_ns: self.command_ns.load(Relaxed),
             bar_access_ns: self.bar_access_ns.load(Relaxed),
             interrupt_ns: self.interrupt_ns.load(Relaxed),
+            polled_commands: self.polled_commands.load(Relaxed),
+            polling: self.polling.load(Relaxed),
             dma_mapped_bytes: self.dma_mapped_bytes.load(Relaxed),
             last_error: self
                 .last_error

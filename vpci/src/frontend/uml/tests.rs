@@ -21,7 +21,6 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::backend::UNRECLAIMED_BEFORE_SIGNAL;
 use super::*;
 use crate::bar::BarIndex;
 use crate::config_regs::command;
@@ -40,6 +39,10 @@ const MSIX_CONTROL: u64 = 0xa2;
 const MSIX_BAR: u8 = 3;
 const UML_MSI_ADDRESS: u64 = 0xa0000;
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// `VRING_USED_F_NO_NOTIFY`: the back-end asks the driver not to kick.
+const VRING_USED_F_NO_NOTIFY: u16 = 1;
+/// A poll window no test waits out: polling must end for other reasons.
+const LONG_POLL: Duration = Duration::from_secs(60);
 
 /// The fake, shared so the test can fire its vectors while the frontend owns it.
 #[derive(Clone)]
@@ -100,13 +103,22 @@ struct Rig {
 
 impl Rig {
     fn start() -> Self {
+        Self::start_with(WorkerOptions::default())
+    }
+
+    fn start_with(worker: WorkerOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("uml.sock");
         let fake = Arc::new(e1000e());
         let function = PassthroughFunction::new(SharedFake(fake.clone())).unwrap();
         let mapper = Arc::new(RecordingMapper::new());
-        let frontend =
-            UmlFrontend::start(function, mapper.clone() as Arc<dyn DmaMapper>, &socket).unwrap();
+        let frontend = UmlFrontend::start_with(
+            function,
+            mapper.clone() as Arc<dyn DmaMapper>,
+            &socket,
+            worker,
+        )
+        .unwrap();
         Self {
             _dir: dir,
             socket,
@@ -183,6 +195,12 @@ impl TestQueue {
             .unwrap();
         fence(Ordering::SeqCst);
         head
+    }
+
+    /// The used ring's flags: `VRING_USED_F_NO_NOTIFY` while the back-end wants no kicks.
+    fn used_flags(&self, mem: &GuestMemoryMmap) -> u16 {
+        fence(Ordering::SeqCst);
+        mem.read_obj(GuestAddress(self.used)).unwrap()
     }
 
     fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
@@ -315,6 +333,14 @@ impl Guest {
     /// Post a chain on the command queue, kick, and wait for it to be used; returns the
     /// bytes written into each writable buffer.
     fn command(&mut self, chain: &[Piece<'_>]) -> Vec<Vec<u8>> {
+        let posted = self.post_command(chain);
+        self.kicks[0].write(1).unwrap();
+        self.finish_command(posted)
+    }
+
+    /// Post a chain on the command queue without kicking; returns its head and where
+    /// its answers go.
+    fn post_command(&mut self, chain: &[Piece<'_>]) -> (u16, Vec<(u64, usize)>) {
         let mut bufs = Vec::new();
         let mut answers = Vec::new();
         for piece in chain {
@@ -328,7 +354,12 @@ impl Guest {
             }
         }
         let head = self.cmd.post(&self.mem, &bufs);
-        self.kicks[0].write(1).unwrap();
+        (head, answers)
+    }
+
+    /// Wait for a posted chain to be used; returns the bytes written into each
+    /// writable buffer.
+    fn finish_command(&mut self, (head, answers): (u16, Vec<(u64, usize)>)) -> Vec<Vec<u8>> {
         let (id, _) = self.cmd.wait_used(&self.mem);
         assert_eq!(id, u32::from(head), "used out of order");
         answers
@@ -368,6 +399,13 @@ impl Guest {
 
     /// Post `count` interrupt buffers as virtio_pcidev_init_vqs does, and kick.
     fn post_irq_buffers(&mut self, count: usize) -> Vec<u64> {
+        let addrs = self.post_irq_buffers_without_kick(count);
+        self.kicks[1].write(1).unwrap();
+        addrs
+    }
+
+    /// Post `count` interrupt buffers, as UML does when the back-end suppressed kicks.
+    fn post_irq_buffers_without_kick(&mut self, count: usize) -> Vec<u64> {
         let mut addrs = Vec::new();
         for _ in 0..count {
             let at = self.buffer(&[0u8; IRQ_MESSAGE_LEN]);
@@ -375,8 +413,26 @@ impl Guest {
                 .post(&self.mem, &[(at, IRQ_MESSAGE_LEN as u32, true)]);
             addrs.push(at);
         }
-        self.kicks[1].write(1).unwrap();
         addrs
+    }
+
+    /// Wait until the back-end asks for kicks on the command queue (`true`) or for
+    /// none. The irq queue wants none either way while no interrupt message waits.
+    fn wait_kicks_wanted(&self, wanted: bool) {
+        let started = Instant::now();
+        let want = if wanted { 0 } else { VRING_USED_F_NO_NOTIFY };
+        while self.cmd.used_flags(&self.mem) != want
+            || self.irq.used_flags(&self.mem) != VRING_USED_F_NO_NOTIFY
+        {
+            assert!(
+                started.elapsed() < TIMEOUT,
+                "the back-end never turned kicks {}: flags {:#x} and {:#x}",
+                if wanted { "on" } else { "off" },
+                self.cmd.used_flags(&self.mem),
+                self.irq.used_flags(&self.mem)
+            );
+            std::thread::yield_now();
+        }
     }
 
     /// The next interrupt message delivered: (op, size, addr, data).
@@ -470,6 +526,11 @@ fn config_and_bar_accesses_reach_the_function() {
     assert_eq!(status.config_accesses, 4);
     assert_eq!((status.mmio_reads, status.mmio_writes), (2, 3));
     assert_eq!(status.last_error, None);
+    // Posted writes are not signalled: UML reclaims their buffers as it waits for a read.
+    assert!(
+        guest.calls[0].read().is_err(),
+        "the command queue was signalled"
+    );
 }
 
 #[test]
@@ -592,29 +653,27 @@ fn msi_x_vectors_are_delivered_as_uml_msi_messages() {
 }
 
 #[test]
-fn posted_writes_are_signalled_only_after_a_run_of_them() {
+fn the_command_queue_is_never_signalled_and_its_batches_are_counted() {
     let rig = Rig::start();
     let mut guest = Guest::connect(&rig.socket);
-    // Reads in between: UML frees the writes' buffers while it polls for each read.
+    // Reads in between, then a run of writes longer than UML's 20 write buffers: UML
+    // reclaims them itself (while it polls for a read, or when they run out).
     for i in 0..40 {
         guest.mmio_write32(0, 0x100, i);
         if i % 8 == 7 {
             guest.mmio_read(0, 8, 4);
         }
     }
-    assert!(
-        guest.calls[0].read().is_err(),
-        "command queue signalled although reads kept coming"
-    );
-    // A run of posted writes: one signal once UML may be short of buffers.
-    for i in 0..UNRECLAIMED_BEFORE_SIGNAL + 4 {
+    for i in 0..24 {
         guest.mmio_write32(0, 0x100, i);
     }
-    assert_eq!(guest.calls[0].read().unwrap(), 1);
+    assert!(
+        guest.calls[0].read().is_err(),
+        "the command queue was signalled"
+    );
     let status = rig.frontend().status();
-    assert_eq!(status.command_signals, 1);
-    assert_eq!(status.mmio_writes, 40 + 20);
-    assert_eq!(status.command_batches, 40 + 5 + 20, "one batch per kick");
+    assert_eq!(status.mmio_writes, 40 + 24);
+    assert_eq!(status.command_batches, 40 + 5 + 24, "one batch per kick");
     assert!(
         status.command_ns > 0 && status.bar_access_ns > 0,
         "{status:?}"
@@ -896,4 +955,185 @@ fn dropping_the_frontend_quiesces_the_device() {
     assert!(!rig.fake.fire(IrqIndex::Msix, 0));
     assert_eq!(rig.mapper.mapping_count(), 0);
     assert!(!rig.socket.exists());
+}
+
+fn polling(window: Duration) -> WorkerOptions {
+    WorkerOptions {
+        poll: window,
+        cpu: None,
+    }
+}
+
+#[test]
+fn a_polling_worker_suppresses_kicks_and_turns_them_on_when_idle() {
+    let rig = Rig::start_with(polling(Duration::from_millis(300)));
+    let mut guest = Guest::connect(&rig.socket);
+    assert_eq!(guest.config_read(0, 4), 0x10d3_8086);
+    guest.wait_kicks_wanted(false);
+    let before = rig.frontend().status();
+    assert!(before.polling);
+    // A posted write while polling: served.
+    let write = message(op::MMIO_WRITE, 0, 4, 0x100, &0xfeed_f00du32.to_le_bytes());
+    let posted = guest.post_command(&[Piece::Out(&write)]);
+    guest.finish_command(posted);
+    assert_eq!(
+        rig.fake.region_bytes(0, 0x100, 4),
+        0xfeed_f00du32.to_le_bytes()
+    );
+    // No command for the window: kicks back on.
+    guest.wait_kicks_wanted(true);
+    let status = rig.wait_for("the window to end", |s| !s.polling);
+    assert_eq!(status.polled_commands, before.polled_commands + 1);
+    // The command queue is never signalled: UML reclaims its write buffers itself (a
+    // call would race with UML adding commands).
+    assert!(
+        guest.calls[0].read().is_err(),
+        "the command queue was signalled"
+    );
+    // And a kick starts a window again.
+    assert_eq!(guest.config_read(0, 2), 0x8086);
+    guest.wait_kicks_wanted(false);
+    assert_eq!(rig.frontend().status().last_error, None);
+}
+
+#[test]
+fn commands_posted_while_polling_are_served_without_a_kick() {
+    let rig = Rig::start_with(polling(LONG_POLL));
+    let mut guest = Guest::connect(&rig.socket);
+    assert_eq!(guest.config_read(0, 4), 0x10d3_8086);
+    guest.wait_kicks_wanted(false);
+    let before = rig.frontend().status().polled_commands;
+    for _ in 0..3 {
+        let read = message(op::MMIO_READ, 0, 4, 8, &[]);
+        let posted = guest.post_command(&[Piece::Out(&read), Piece::In(4)]);
+        let answer = guest.finish_command(posted);
+        assert_eq!(answer, vec![E1000E_STATUS.to_le_bytes().to_vec()]);
+    }
+    let header = message(op::CFG_READ, 0, 2, 2, &[]);
+    let posted = guest.post_command(&[Piece::Out(&header), Piece::In(2)]);
+    assert_eq!(guest.finish_command(posted), vec![vec![0xd3, 0x10]]);
+    let status = rig.frontend().status();
+    assert_eq!(status.polled_commands, before + 4);
+    assert_eq!((status.mmio_reads, status.config_accesses), (3, 2));
+    assert!(status.polling);
+}
+
+#[test]
+fn interrupts_are_delivered_while_the_worker_polls() {
+    let rig = Rig::start_with(polling(LONG_POLL));
+    let mut guest = Guest::connect(&rig.socket);
+    let mut buffers = guest.post_irq_buffers(1);
+    guest.enable_msix(0, 37);
+    guest.enable_msix(2, 39);
+    guest.wait_kicks_wanted(false);
+    assert!(rig.fake.fire(IrqIndex::Msix, 2));
+    assert_eq!(
+        guest.next_interrupt(&buffers),
+        (op::MSI, 4, UML_MSI_ADDRESS, 39)
+    );
+    assert!(guest.calls[1].read().unwrap() > 0, "UML was not told");
+    // No buffer left: the message waits, and goes out when UML posts one, unkicked.
+    assert!(rig.fake.fire(IrqIndex::Msix, 0));
+    rig.wait_for("the vector to be read", |s| s.interrupts == 1);
+    buffers.extend(guest.post_irq_buffers_without_kick(1));
+    assert_eq!(
+        guest.next_interrupt(&buffers),
+        (op::MSI, 4, UML_MSI_ADDRESS, 37)
+    );
+    let status = rig.wait_for("the interrupt count", |s| s.interrupts == 2);
+    assert!(status.polling, "the worker stopped polling: {status:?}");
+    // Still polling: a command needs no kick.
+    let read = message(op::MMIO_READ, 0, 4, 8, &[]);
+    let posted = guest.post_command(&[Piece::Out(&read), Piece::In(4)]);
+    assert_eq!(
+        guest.finish_command(posted),
+        vec![E1000E_STATUS.to_le_bytes().to_vec()]
+    );
+}
+
+#[test]
+fn a_departing_guest_or_a_stop_ends_polling() {
+    let mut rig = Rig::start_with(polling(LONG_POLL));
+    let mut guest = Guest::connect(&rig.socket);
+    assert_eq!(guest.config_read(0, 2), 0x8086);
+    guest.wait_kicks_wanted(false);
+    drop(guest);
+    let status = rig.wait_for("the guest to go and polling to end", |s| {
+        !s.guest_connected && !s.polling
+    });
+    assert_eq!(status.last_error, None);
+
+    // The next guest is served (the worker of the first one is gone), and a stop in
+    // the middle of its window ends it: stopping waits for the worker.
+    let mut guest = Guest::connect(&rig.socket);
+    assert_eq!(guest.config_read(0, 2), 0x8086);
+    guest.wait_kicks_wanted(false);
+    let frontend = rig.frontend.take().unwrap();
+    let (done, stopped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(frontend.stop().is_ok());
+    });
+    assert_eq!(
+        stopped.recv_timeout(TIMEOUT),
+        Ok(true),
+        "stopping a frontend whose worker polls did not finish"
+    );
+    drop(guest);
+}
+
+#[test]
+fn the_worker_runs_on_the_cpu_asked_for() {
+    let cpus = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    let cpu = (0..nix::sched::CpuSet::count())
+        .rev()
+        .find(|&c| cpus.is_set(c).unwrap_or(false))
+        .unwrap();
+    let rig = Rig::start_with(WorkerOptions {
+        poll: Duration::ZERO,
+        cpu: Some(cpu),
+    });
+    let mut guest = Guest::connect(&rig.socket);
+    assert_eq!(guest.config_read(0, 2), 0x8086);
+    let workers = vring_workers();
+    assert!(
+        workers.iter().any(|allowed| *allowed == cpu.to_string()),
+        "no vring worker pinned to CPU {cpu}: {workers:?}"
+    );
+    assert_eq!(rig.frontend().status().last_error, None);
+
+    // A CPU that cannot be used: said so, and served anyway.
+    let rig = Rig::start_with(WorkerOptions {
+        poll: Duration::ZERO,
+        cpu: Some(nix::sched::CpuSet::count()),
+    });
+    let mut guest = Guest::connect(&rig.socket);
+    assert_eq!(guest.config_read(0, 2), 0x8086);
+    let error = rig.frontend().status().last_error.unwrap_or_default();
+    assert!(
+        error.contains(&format!(
+            "pinning the worker to CPU {}",
+            nix::sched::CpuSet::count()
+        )),
+        "{error}"
+    );
+}
+
+/// The CPUs each of this process's vring worker threads may run on, as the kernel
+/// lists them (`Cpus_allowed_list`).
+fn vring_workers() -> Vec<String> {
+    let mut workers = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "vring_worker" {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        if let Some(list) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        {
+            workers.push(list.trim().to_string());
+        }
+    }
+    workers
 }
