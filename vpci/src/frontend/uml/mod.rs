@@ -35,6 +35,12 @@
 //! number; UML is asked to kick the irq queue only while a message waits for one of
 //! its buffers.
 //!
+//! A limit of UML 7.2 no back-end can lift: `virtio_pcidev_send_cmd` is not safe against
+//! the device's interrupts. When an interrupt arrives while UML waits for a read and
+//! its handler reads a register, the handler's wait takes the first read's answer too,
+//! and the first read gives up after 40 ms with all-ones (`um virt-pci delay`). A
+//! worker on another CPU than UML, or one that polls, makes it likelier.
+//!
 //! When a guest disconnects or dies, the device is quiesced (bus mastering and vectors
 //! off), its memory unmapped, and the function rebuilt from the device, so the next
 //! guest on the same socket finds it freshly reset. VHOST_USER_RESET_DEVICE does the
