@@ -8,7 +8,9 @@
 //!                                  COUNT reads of file A, then of B, ROUNDS times: µs per
 //!                                  read of each and of A minus B (medians over rounds)
 //! uml-probe read-disk DEV BYTES [BLOCK]
-//!                                  O_DIRECT sequential reads of DEV (default 64 KiB blocks): MB/s
+//!                                  O_DIRECT sequential reads of DEV (default 64 KiB blocks): MB/s,
+//!                                  and the requests UML's block layer sent the disk and
+//!                                  their total time from issue to completion
 //! ```
 //!
 //! Reading an e1000e's `statistics/rx_bytes` makes the driver read its statistics
@@ -110,6 +112,25 @@ fn read_pair(a: &str, b: &str, count: u64, rounds: u64) -> Result<String, String
     ))
 }
 
+/// Reads completed and milliseconds spent on them (issue to completion, summed over
+/// requests) by the disk `dev`, from /sys/block/NAME/stat.
+fn disk_reads(dev: &str) -> Result<(u64, u64), String> {
+    let name = dev.rsplit('/').next().unwrap_or(dev);
+    let path = format!("/sys/block/{name}/stat");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    let fields: Vec<u64> = text
+        .split_whitespace()
+        .map(|f| {
+            f.parse()
+                .map_err(|_| format!("{path}: {f:?} is not a number"))
+        })
+        .collect::<Result<_, _>>()?;
+    match fields[..] {
+        [reads, _merged, _sectors, ms, ..] => Ok((reads, ms)),
+        _ => Err(format!("{path}: {} fields, want at least 4", fields.len())),
+    }
+}
+
 fn read_disk(dev: &str, bytes: u64, block: usize) -> Result<String, String> {
     let mut file = std::fs::OpenOptions::new()
         .read(true)
@@ -121,6 +142,7 @@ fn read_disk(dev: &str, bytes: u64, block: usize) -> Result<String, String> {
     let skip = storage.as_ptr().align_offset(ALIGN);
     let buf = &mut storage[skip..skip + block];
     let mut done: u64 = 0;
+    let (reads_before, ms_before) = disk_reads(dev)?;
     let started = Instant::now();
     while done < bytes {
         let n = file
@@ -132,8 +154,12 @@ fn read_disk(dev: &str, bytes: u64, block: usize) -> Result<String, String> {
         done += n as u64;
     }
     let secs = started.elapsed().as_secs_f64();
+    let (reads_after, ms_after) = disk_reads(dev)?;
     Ok(format!(
-        "read-disk dev={dev} block={block} bytes={done} seconds={secs:.6} mb_per_s={:.3}",
-        done as f64 / secs / 1e6
+        "read-disk dev={dev} block={block} bytes={done} seconds={secs:.6} mb_per_s={:.3} \
+         requests={} request_ms={}",
+        done as f64 / secs / 1e6,
+        reads_after.saturating_sub(reads_before),
+        ms_after.saturating_sub(ms_before)
     ))
 }

@@ -9,6 +9,7 @@ mod service;
 mod smoke;
 mod uml;
 mod uml_bench;
+mod uml_bench_disk;
 mod uml_served;
 mod vfio;
 mod vpci;
@@ -43,6 +44,7 @@ pub fn benches() -> Vec<RigTest> {
         drivers::benches(),
         vpci::benches(),
         uml_bench::benches(),
+        uml_bench_disk::benches(),
     ]
     .into_iter()
     .flatten()

@@ -10,9 +10,8 @@
 //!   the polling worker to CPU 1, and the worker woken by kicks to CPU 0 (it preempts
 //!   UML there, as on one CPU); with one CPU, the polling worker shares UML's CPU and
 //!   the figure shows what polling costs there.
-//! - Disk (ich9-ahci): vfio_uml drives MSI-X only and the AHCI has MSI, so UML cannot
-//!   use it directly; the direct path is the rig kernel's own ahci driver reading the
-//!   same disk with O_DIRECT in the same block size.
+//! - Disk (ich9-ahci): a bench of its own, against UML's ubd on the same disk
+//!   (uml_bench_disk.rs).
 //!
 //! MMIO read latency is measured inside UML (integration/guest/uml/bench.sh, the
 //! `uml-probe` binary): reading the e1000e's `statistics/rx_bytes` makes the driver read
@@ -22,10 +21,9 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use vpci::frontend::WorkerOptions;
 
-use super::drivers::kernel;
 use super::uml::{ensure_clean_boot, nonce, run_uml_on, UmlRun};
 use super::uml_served::{bring_up_peer, Served, NO_THROTTLING, PEER};
 use crate::harness::RigTest;
@@ -35,10 +33,6 @@ use crate::rig;
 /// rounds).
 const READS: u32 = 300;
 const ROUNDS: u32 = 9;
-/// The AHCI disk on port 0: 16 MiB of the sector pattern.
-const DISK_BYTES: u64 = rig::AHCI_DISK_SECTORS * 512;
-/// The read sizes of both disk paths (integration/guest/uml/bench.sh reads the same).
-const DISK_CHUNKS: [usize; 2] = [64 * 1024, 1024 * 1024];
 /// The polling worker's window: longer than the gaps between the MMIO reads of one
 /// statistics read, and between statistics reads.
 const POLL_WINDOW: Duration = Duration::from_millis(2);
@@ -181,12 +175,8 @@ fn net_run(
         .context(format!("{NET_ATTEMPTS} net runs in UML failed")))
 }
 
-/// Boots UML with the bench task and `args`; checks it booted and the task succeeded.
-fn bench_run(bench: &str, reads: u32, args: &[&str]) -> Result<UmlRun> {
-    bench_run_on(None, bench, reads, args)
-}
-
-/// [`bench_run`] with UML pinned to CPU `cpu` when given.
+/// Boots UML, pinned to CPU `cpu` when given, with the bench task and `args`; checks
+/// it booted and the task succeeded.
 fn bench_run_on(cpu: Option<usize>, bench: &str, reads: u32, args: &[&str]) -> Result<UmlRun> {
     let nonce = nonce();
     let bench_arg = format!("udrv_uml_bench={bench}");
@@ -271,34 +261,6 @@ fn served_vs_direct() -> Result<()> {
          {served:?}, polling {polled:?}): no MMIO cost to measure"
     );
 
-    // Disk: the served AHCI in UML against the rig kernel's ahci on the same disk.
-    rig::bind_to_host(rig::ICH9_AHCI, "ahci")?;
-    let dev = kernel::block_device_of(rig::ICH9_AHCI, rig::AHCI_DISK_SECTORS)?;
-    let mut native_mbs = Vec::new();
-    for chunk in DISK_CHUNKS {
-        let (bytes, secs) = kernel::read_direct(&dev, rig::AHCI_DISK_SECTORS, chunk, 1)?;
-        native_mbs.push(bytes as f64 / secs.as_secs_f64() / 1e6);
-    }
-    println!(
-        "rig kernel ahci: {} O_DIRECT reads: {native_mbs:.2?} MB/s for {DISK_CHUNKS:?}-byte reads",
-        dev.display()
-    );
-    let disk = Served::start(rig::ICH9_AHCI, "bench-ahci")?;
-    let run = bench_run("disk", 0, &[&disk.arg])?;
-    disk.stop()?;
-    let served_mbs = DISK_CHUNKS
-        .iter()
-        .map(|chunk| {
-            let block = ("block", &*chunk.to_string());
-            let bytes = probe_value(&run, "read-disk", block, "bytes")?;
-            if bytes < DISK_BYTES as f64 {
-                bail!("UML read {bytes} bytes of the {DISK_BYTES}-byte disk");
-            }
-            probe_value(&run, "read-disk", block, "mb_per_s")
-        })
-        .collect::<Result<Vec<f64>>>()?;
-    println!("served ahci in UML: {served_mbs:.2?} MB/s");
-
     for (path, f) in [
         ("direct", &direct),
         ("served, woken", &served),
@@ -323,13 +285,6 @@ fn served_vs_direct() -> Result<()> {
             served.rtt_ms,
             direct.rtt_ms,
             served.rtt_ms / direct.rtt_ms
-        );
-    }
-    for ((chunk, served), native) in DISK_CHUNKS.iter().zip(&served_mbs).zip(&native_mbs) {
-        println!(
-            "  disk read MB/s     {served:>8.2} / {native:>8.2} (rig kernel ahci, {} KiB reads) = {:.2} (goal >= 0.8)",
-            chunk / 1024,
-            served / native
         );
     }
     Ok(())

@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dma::DmaMapper;
 use udriver::vfio::IrqIndex;
@@ -231,10 +231,13 @@ impl<T: VhostUserBackend> Watcher for VringEpollHandler<T> {
 /// What one batch of commands did.
 #[derive(Default)]
 struct Batch {
+    commands: u64,
     config: u64,
     reads: u64,
     writes: u64,
     refused: u64,
+    /// Time in the device's BAR accesses.
+    bar_access: Duration,
 }
 
 /// One guest connection's back-end.
@@ -306,6 +309,7 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
     /// Serve every command UML posted; `polled`: found by polling, not by UML's kick.
     /// The command queue is never signalled (see the [module](super) documentation).
     pub(super) fn serve_commands(&self, cmd: &VringMutex, irq: &VringMutex, polled: bool) {
+        let started = Instant::now();
         let mut guard = self.shared.served();
         let served = &mut *guard;
         let (Some(function), Some(memory)) = (served.function.as_mut(), served.memory.as_ref())
@@ -317,6 +321,7 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         {
             let mut vring = cmd.get_mut();
             while let Some(chain) = vring.get_queue_mut().pop_descriptor_chain(&*mem) {
+                batch.commands += 1;
                 let (head, split) =
                     chain::split(chain, &mem, &mut served.readable, &mut served.writable);
                 let written = match split {
@@ -356,6 +361,11 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         Counters::add(&c.config_accesses, batch.config);
         Counters::add(&c.mmio_reads, batch.reads);
         Counters::add(&c.mmio_writes, batch.writes);
+        Counters::add(&c.command_batches, u64::from(batch.commands > 0));
+        Counters::add(
+            &c.bar_access_ns,
+            u64::try_from(batch.bar_access.as_nanos()).unwrap_or(u64::MAX),
+        );
         tracing::debug!(
             config = batch.config,
             reads = batch.reads,
@@ -382,6 +392,7 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
             }
         }
         deliver(served, irq, &mem, &self.shared);
+        Counters::add_elapsed(&self.shared.counters.command_ns, started);
     }
 
     /// Deliver what is waiting for UML's interrupt buffers, after taking the messages
@@ -409,6 +420,7 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
     }
 
     fn vector_fired(&self, id: u64, irq: &VringMutex) {
+        let started = Instant::now();
         let mut guard = self.shared.served();
         let served = &mut *guard;
         let (Some(function), Some(memory)) = (served.function.as_mut(), served.memory.as_ref())
@@ -423,9 +435,11 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         }
         let mem = memory.memory();
         deliver(served, irq, &mem, &self.shared);
+        Counters::add_elapsed(&self.shared.counters.interrupt_ns, started);
     }
 
-    pub(super) fn buffers_posted(&self, irq: &VringMutex) {
+    fn buffers_posted(&self, irq: &VringMutex) {
+        Counters::add(&self.shared.counters.irq_buffer_kicks, 1);
         let mut guard = self.shared.served();
         let served = &mut *guard;
         let Some(memory) = served.memory.as_ref() else {
@@ -486,7 +500,10 @@ fn execute<D: PassthroughDevice + 'static>(
             batch.reads += 1;
             reply.clear();
             reply.resize(len as usize, 0);
-            if let Err(e) = function.bar_read(bar, offset, reply) {
+            let started = Instant::now();
+            let result = function.bar_read(bar, offset, reply);
+            batch.bar_access += started.elapsed();
+            if let Err(e) = result {
                 shared.error(format!("{command}: {e}"));
                 reply.fill(0xff);
             }
@@ -494,7 +511,10 @@ fn execute<D: PassthroughDevice + 'static>(
         }
         Command::MmioWrite { bar, offset, data } => {
             batch.writes += 1;
-            if let Err(e) = function.bar_write(bar, offset, data) {
+            let started = Instant::now();
+            let result = function.bar_write(bar, offset, data);
+            batch.bar_access += started.elapsed();
+            if let Err(e) = result {
                 shared.error(format!("{command}: {e}"));
             }
             0

@@ -5,6 +5,9 @@
 //! UML posts ten buffers and recycles each one after handling it. A message that finds
 //! no buffer waits here (identical waiting messages are one: an MSI is an edge, and the
 //! driver's handler looks at all the device's work) and goes out when UML posts again.
+//! UML's kick for a recycled buffer is wanted only then: while no message waits, the
+//! irq queue asks UML not to kick (VRING_USED_F_NO_NOTIFY), which spares a wake-up of
+//! the worker for every interrupt.
 
 use std::collections::VecDeque;
 use std::io;
@@ -46,6 +49,9 @@ pub(super) struct Interrupts {
     waiting: VecDeque<MsiMessage>,
     /// Messages dropped because too many were waiting.
     pub(super) dropped: u64,
+    /// UML was asked not to kick the irq queue (it may still kick: the flag is a hint
+    /// and a new queue starts without it).
+    kicks_off: bool,
     writable: Writable,
     scratch: Vec<u8>,
 }
@@ -102,6 +108,7 @@ impl Interrupts {
     pub(super) fn clear(&mut self, watcher: &dyn Watcher) {
         self.unwatch_all(watcher);
         self.waiting.clear();
+        self.kicks_off = false;
     }
 
     /// The vector watched with epoll id `id`.
@@ -132,19 +139,33 @@ impl Interrupts {
     }
 
     /// Write waiting messages into the buffers UML posted on `vring` and signal it;
-    /// returns how many were delivered.
+    /// returns how many were delivered. UML is asked to kick when it posts a buffer
+    /// only while a message waits for one.
     pub(super) fn deliver(&mut self, vring: &VringMutex, mem: &GuestMemoryMmap) -> io::Result<u64> {
-        if self.waiting.is_empty() {
+        if self.waiting.is_empty() && self.kicks_off {
             return Ok(0);
         }
         let mut state = vring.get_mut();
         if !state.is_enabled() || !state.get_queue().ready() {
             return Ok(0);
         }
+        let queue_error = |e| io::Error::other(format!("irq queue: {e}"));
         let mut delivered = 0;
         let mut used = false;
+        let mut looked_again = false;
         while let Some(message) = self.waiting.front().copied() {
             let Some(head) = state.get_queue_mut().pop_descriptor_chain(mem) else {
+                // Out of buffers: ask for UML's kick, then look once more, since UML may
+                // have posted one before it could see the request.
+                self.kicks_off = false;
+                let posted = state
+                    .get_queue_mut()
+                    .enable_notification(mem)
+                    .map_err(queue_error)?;
+                if posted && !looked_again {
+                    looked_again = true;
+                    continue;
+                }
                 break;
             };
             let (index, split) = chain::split(head, mem, &mut self.scratch, &mut self.writable);
@@ -157,9 +178,7 @@ impl Interrupts {
                 Ok(()) => self.writable.write(mem, &bytes).unwrap_or(0),
                 Err(_) => 0,
             };
-            state
-                .add_used(index, written as u32)
-                .map_err(|e| io::Error::other(format!("irq queue: {e}")))?;
+            state.add_used(index, written as u32).map_err(queue_error)?;
             used = true;
             if written >= HEADER_LEN + 4 {
                 self.waiting.pop_front();
@@ -171,11 +190,14 @@ impl Interrupts {
                 );
             }
         }
-        if used
-            && state
-                .needs_notification()
-                .map_err(|e| io::Error::other(format!("irq queue: {e}")))?
-        {
+        if self.waiting.is_empty() && !self.kicks_off {
+            state
+                .get_queue_mut()
+                .disable_notification(mem)
+                .map_err(queue_error)?;
+            self.kicks_off = true;
+        }
+        if used && state.needs_notification().map_err(queue_error)? {
             state.signal_used_queue()?;
         }
         Ok(delivered)

@@ -32,7 +32,8 @@
 //! poll the queue for a while after each batch (and pin it to that CPU), which saves
 //! each read UML's kick and the worker's wake-up. UML has no usable INTx: the guest's
 //! MSI/MSI-X vectors are delivered as `MSI` messages, whose data UML takes as its IRQ
-//! number.
+//! number; UML is asked to kick the irq queue only while a message waits for one of
+//! its buffers.
 //!
 //! A limit of UML 7.2 no back-end can lift: `virtio_pcidev_send_cmd` is not safe against
 //! the device's interrupts. When an interrupt arrives while UML waits for a read and

@@ -5,9 +5,11 @@
 //! wakes from epoll, answers and sleeps again): most of a served read when the device
 //! access itself is one pread. With a poll window the worker keeps looking at the
 //! avail ring after a batch, until a window has passed since the last command it
-//! found, with UML's kicks suppressed on both queues (`VRING_USED_F_NO_NOTIFY`): a
-//! command that comes within the window is answered with no kick and no wake-up, as
-//! the vhost-user back-ends of SPDK and DPDK do.
+//! found, with UML's kicks on the command queue suppressed (`VRING_USED_F_NO_NOTIFY`;
+//! those on the irq queue are off anyway while no interrupt message waits, see
+//! [`interrupts`](super::interrupts)): a command that comes within the window is
+//! answered with no kick and no wake-up, as the vhost-user back-ends of SPDK and DPDK
+//! do.
 //!
 //! While polling, the worker looks at the rest of its epoll set every
 //! [`EVENT_CHECK`]: vectors that fired are read and delivered from here, and
@@ -109,11 +111,7 @@ impl<D: PassthroughDevice + 'static> Poll<'_, D> {
             let end = self.window(memory, events, window);
             // Kicks back on, then one more look: UML may have posted a command after
             // the last look while it still saw kicks suppressed.
-            let (commands, buffers) = self.set_kicks(true);
-            if buffers {
-                self.backend.buffers_posted(self.irq);
-            }
-            if !commands {
+            if !self.set_kicks(true) {
                 return;
             }
             self.serve();
@@ -156,31 +154,26 @@ impl<D: PassthroughDevice + 'static> Poll<'_, D> {
         self.backend.serve_commands(self.cmd, self.irq, true);
     }
 
-    /// UML's kicks on both queues on or off. Turning them on returns whether commands
-    /// and interrupt buffers were posted meanwhile.
-    fn set_kicks(&self, on: bool) -> (bool, bool) {
-        let shared = self.backend.shared();
-        let mut waiting = [false; 2];
-        for (queue, waits) in [self.cmd, self.irq].into_iter().zip(&mut waiting) {
-            let mut state = queue.get_mut();
-            // A queue being torn down: its ring addresses may no longer be the guest's.
-            if !state.is_enabled() || !state.get_queue().ready() {
-                continue;
-            }
-            let result = if on {
-                state.enable_notification()
-            } else {
-                state.disable_notification().map(|()| false)
-            };
-            match result {
-                Ok(w) => *waits = w,
-                Err(e) => shared.error(format!(
-                    "turning UML's kicks {}: {e}",
-                    if on { "on" } else { "off" }
-                )),
-            }
+    /// UML's kicks on the command queue on or off. Turning them on returns whether
+    /// commands were posted meanwhile.
+    fn set_kicks(&self, on: bool) -> bool {
+        let mut state = self.cmd.get_mut();
+        // A queue being torn down: its ring addresses may no longer be the guest's.
+        if !state.is_enabled() || !state.get_queue().ready() {
+            return false;
         }
-        (waiting[0], waiting[1])
+        let result = if on {
+            state.enable_notification()
+        } else {
+            state.disable_notification().map(|()| false)
+        };
+        result.unwrap_or_else(|e| {
+            self.backend.shared().error(format!(
+                "turning UML's kicks {}: {e}",
+                if on { "on" } else { "off" }
+            ));
+            false
+        })
     }
 }
 

@@ -416,13 +416,13 @@ impl Guest {
         addrs
     }
 
-    /// Wait until the back-end asks for kicks on both queues (`true`) or for none.
+    /// Wait until the back-end asks for kicks on the command queue (`true`) or for
+    /// none. The irq queue wants none either way while no interrupt message waits.
     fn wait_kicks_wanted(&self, wanted: bool) {
         let started = Instant::now();
         let want = if wanted { 0 } else { VRING_USED_F_NO_NOTIFY };
-        while [&self.cmd, &self.irq]
-            .iter()
-            .any(|q| q.used_flags(&self.mem) != want)
+        while self.cmd.used_flags(&self.mem) != want
+            || self.irq.used_flags(&self.mem) != VRING_USED_F_NO_NOTIFY
         {
             assert!(
                 started.elapsed() < TIMEOUT,
@@ -649,6 +649,84 @@ fn msi_x_vectors_are_delivered_as_uml_msi_messages() {
     assert_eq!(
         guest.next_interrupt(&buffers),
         (op::MSI, 4, UML_MSI_ADDRESS, 37)
+    );
+}
+
+#[test]
+fn the_command_queue_is_never_signalled_and_its_batches_are_counted() {
+    let rig = Rig::start();
+    let mut guest = Guest::connect(&rig.socket);
+    // Reads in between, then a run of writes longer than UML's 20 write buffers: UML
+    // reclaims them itself (while it polls for a read, or when they run out).
+    for i in 0..40 {
+        guest.mmio_write32(0, 0x100, i);
+        if i % 8 == 7 {
+            guest.mmio_read(0, 8, 4);
+        }
+    }
+    for i in 0..24 {
+        guest.mmio_write32(0, 0x100, i);
+    }
+    assert!(
+        guest.calls[0].read().is_err(),
+        "the command queue was signalled"
+    );
+    let status = rig.frontend().status();
+    assert_eq!(status.mmio_writes, 40 + 24);
+    assert_eq!(status.command_batches, 40 + 5 + 24, "one batch per kick");
+    assert!(
+        status.command_ns > 0 && status.bar_access_ns > 0,
+        "{status:?}"
+    );
+    assert!(status.bar_access_ns <= status.command_ns, "{status:?}");
+}
+
+/// `VRING_USED_F_NO_NOTIFY` in the flags of `queue`'s used ring.
+fn kicks_off(guest: &Guest, queue: &TestQueue) -> bool {
+    fence(Ordering::SeqCst);
+    guest.mem.read_obj::<u16>(GuestAddress(queue.used)).unwrap() & 1 != 0
+}
+
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < TIMEOUT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn uml_kicks_the_irq_queue_only_while_a_message_waits_for_a_buffer() {
+    let rig = Rig::start();
+    let mut guest = Guest::connect(&rig.socket);
+    let buffers = guest.post_irq_buffers(1);
+    wait_until("kicks turned off", || kicks_off(&guest, &guest.irq));
+    guest.enable_msix(0, 37);
+    assert!(rig.fake.fire(IrqIndex::Msix, 0));
+    assert_eq!(
+        guest.next_interrupt(&buffers),
+        (op::MSI, 4, UML_MSI_ADDRESS, 37)
+    );
+    assert!(
+        kicks_off(&guest, &guest.irq),
+        "nothing waits: no kick wanted"
+    );
+    // No buffer left: the next message waits, and UML's kick is wanted again.
+    assert!(rig.fake.fire(IrqIndex::Msix, 0));
+    wait_until("kicks turned on", || !kicks_off(&guest, &guest.irq));
+    let status = rig.frontend().status();
+    assert_eq!(status.interrupts, 1);
+    let buffers = guest.post_irq_buffers(1);
+    assert_eq!(
+        guest.next_interrupt(&buffers),
+        (op::MSI, 4, UML_MSI_ADDRESS, 37)
+    );
+    wait_until("kicks turned off again", || kicks_off(&guest, &guest.irq));
+    // The command queue always wants its kicks.
+    assert!(!kicks_off(&guest, &guest.cmd));
+    assert_eq!(
+        rig.frontend().status().irq_buffer_kicks,
+        status.irq_buffer_kicks + 1
     );
 }
 
