@@ -68,6 +68,20 @@ pub fn iommu_group_of(bdf: &str) -> Result<u32> {
         .with_context(|| format!("{bdf}: iommu group `{name}` is not a number"))
 }
 
+/// A binary the rig installs next to rig-tests (/rig/bin in the guest): `udrv` and the
+/// examples.
+pub fn installed_binary(name: &str) -> Result<std::path::PathBuf> {
+    let exe = std::env::current_exe().context("finding rig-tests")?;
+    let path = exe.with_file_name(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: the rig installs it next to rig-tests",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// Runs a shell command in the guest and returns its stdout; fails with its stderr.
 pub fn sh(cmd: &str) -> Result<String> {
     let out = std::process::Command::new("/bin/sh")

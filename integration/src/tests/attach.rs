@@ -3,7 +3,6 @@
 //! a clean exit or a kill.
 
 use std::io::Read;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
@@ -41,14 +40,6 @@ pub fn tests() -> Vec<RigTest> {
     ]
 }
 
-/// The udrv binary next to rig-tests in /rig/bin.
-fn udrv_path() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("finding rig-tests")?;
-    let udrv = exe.with_file_name("udrv");
-    ensure!(udrv.exists(), "{} is missing from the rig", udrv.display());
-    Ok(udrv)
-}
-
 /// A state file of this test's own, so that tests never see each other's claims.
 fn state_file(test: &str) -> String {
     let path = format!("/run/udrv-rig/{test}.json");
@@ -57,7 +48,7 @@ fn state_file(test: &str) -> String {
 }
 
 fn udrv(args: &[&str]) -> Result<Output> {
-    let out = Command::new(udrv_path()?)
+    let out = Command::new(rig::installed_binary("udrv")?)
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -482,7 +473,7 @@ fn killed_midway_then_detach() -> Result<()> {
     udrv_ok(&["detach", bdf, "--state", &state])?;
     println!("a whole attach takes {whole:?}");
 
-    let udrv = udrv_path()?;
+    let udrv = rig::installed_binary("udrv")?;
     let mut midway = 0;
     for attempt in 0..60u32 {
         // Sweep the kill across the run: 5% .. 95% of its length, round after round.

@@ -792,6 +792,33 @@ impl DmaMapper for NoIommu {
     }
 }
 
+/// A strict policy over `mapper` with its own allocator on `windows`, over `ram`.
+fn strict_policy<M: DmaMapper>(
+    mapper: M,
+    windows: &[IovaRange],
+    ram: &GuestRam,
+) -> Result<StrictPolicy<M>> {
+    let policy = StrictPolicy::new(mapper, Arc::new(IovaAllocator::new(windows)?));
+    policy.add_region(ram.region)?;
+    Ok(policy)
+}
+
+/// The first bus address `policy` gives each of `requests`, all mapped and then all
+/// unmapped again.
+fn picked_iovas<M: DmaMapper>(
+    policy: &StrictPolicy<M>,
+    requests: &[GuestSgList],
+) -> Result<Vec<Iova>> {
+    let bus: Vec<BusSgList> = requests
+        .iter()
+        .map(|sg| policy.map_sg(sg, DmaAccess::DeviceReads))
+        .collect::<Result<_, _>>()?;
+    for b in &bus {
+        policy.unmap_sg(b)?;
+    }
+    Ok(bus.iter().map(|b| b.segments()[0].addr).collect())
+}
+
 /// N single-page requests and the mappings a plain mapper makes for the same pages at
 /// the IOVAs the strict policy will pick.
 struct SinglePages {
@@ -816,23 +843,15 @@ impl SinglePages {
         // A strict policy over a fresh allocator picks the same IOVAs every time (each
         // run returns it to the same state): ask one which, so that every run maps the
         // same pages at the same IOVAs, through the same IOMMU page tables.
-        let probe = pages.strict_unchecked(NoIommu, ram)?;
-        let bus: Vec<BusSgList> = pages
-            .requests
-            .iter()
-            .map(|sg| probe.map_sg(sg, DmaAccess::DeviceReads))
-            .collect::<Result<_, _>>()?;
-        for b in &bus {
-            probe.unmap_sg(b)?;
-        }
+        let picked = picked_iovas(&pages.strict_unchecked(NoIommu, ram)?, &pages.requests)?;
         pages.mappings = pages
             .requests
             .iter()
-            .zip(&bus)
-            .map(|(sg, b)| {
+            .zip(picked)
+            .map(|(sg, iova)| {
                 let offset = sg.segments()[0].addr.0 - GUEST_RAM_GPA;
                 DmaMapping::new(
-                    b.segments()[0].addr,
+                    iova,
                     dma::HostVirtAddr(ram.region.vaddr.0 + offset),
                     PAGE,
                     DmaAccess::DeviceReads,
@@ -843,24 +862,14 @@ impl SinglePages {
     }
 
     fn strict_unchecked<M: DmaMapper>(&self, mapper: M, ram: &GuestRam) -> Result<StrictPolicy<M>> {
-        let policy = StrictPolicy::new(mapper, Arc::new(IovaAllocator::new(&self.windows)?));
-        policy.add_region(ram.region)?;
-        Ok(policy)
+        strict_policy(mapper, &self.windows, ram)
     }
 
     /// A strict policy over `mapper` with its own allocator on the same windows, checked
     /// to pick the IOVAs of `mappings`.
     fn strict<M: DmaMapper>(&self, mapper: M, ram: &GuestRam) -> Result<StrictPolicy<M>> {
         let policy = self.strict_unchecked(mapper, ram)?;
-        let bus: Vec<BusSgList> = self
-            .requests
-            .iter()
-            .map(|sg| policy.map_sg(sg, DmaAccess::DeviceReads))
-            .collect::<Result<_, _>>()?;
-        for b in &bus {
-            policy.unmap_sg(b)?;
-        }
-        let picked: Vec<Iova> = bus.iter().map(|b| b.segments()[0].addr).collect();
+        let picked = picked_iovas(&policy, &self.requests)?;
         let planned: Vec<Iova> = self.mappings.iter().map(DmaMapping::iova).collect();
         ensure!(
             picked == planned,
@@ -1030,16 +1039,9 @@ fn map_sg_list_vs_raw_ioctls() -> Result<()> {
     for n in [1u64, 8, 64] {
         let ram = GuestRam::new((2 * n * PAGE) as usize)?;
         let list = GuestSgList::from_pieces((0..n).map(|i| (ram.gpa(2 * i * PAGE), PAGE)))?;
-        let strict_over = |mapper| -> Result<_> {
-            let policy = StrictPolicy::new(mapper, Arc::new(IovaAllocator::new(&windows)?));
-            policy.add_region(ram.region)?;
-            Ok(policy)
-        };
-        let strict_container = strict_over(container.clone())?;
-        let strict_bare = StrictPolicy::new(&bare, Arc::new(IovaAllocator::new(&windows)?));
-        strict_bare.add_region(ram.region)?;
-        let strict_alone = StrictPolicy::new(NoIommu, Arc::new(IovaAllocator::new(&windows)?));
-        strict_alone.add_region(ram.region)?;
+        let strict_container = strict_policy(container.clone(), &windows, &ram)?;
+        let strict_bare = strict_policy(&bare, &windows, &ram)?;
+        let strict_alone = strict_policy(NoIommu, &windows, &ram)?;
         // The IOVAs strict picks for this list (the same every round: each round gives
         // them back), so that the plain mappers map the same pages at the same IOVAs.
         let probe = strict_container.map_sg(&list, DmaAccess::DeviceReads)?;

@@ -18,7 +18,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use udriver::claim::{ClaimPhase, ClaimRecord, StateFile};
 
-use super::uml::{ensure_clean_boot, nonce, RunningUml};
+use super::uml_served::e1000e_bound_in_uml;
 use crate::harness::RigTest;
 use crate::rig;
 
@@ -28,9 +28,6 @@ const SOCKET: &str = "/run/udrv/e1000e.sock";
 const SPEC: &str = "uml:/run/udrv/e1000e.sock";
 /// UML's virtio-pcidev device ID, as the rig built its kernel.
 const VIRTIO_PCIDEV_ID: &str = "/rig/uml/virtio-pcidev-id";
-/// QEMU 7.2's e1000e aborts if a throttling timer outlives MSI-X (see
-/// [`rig::let_e1000e_throttling_expire`]): UML's driver runs without throttling.
-const NO_THROTTLING: &str = "e1000e.InterruptThrottleRate=0";
 /// Where each test keeps the service's log.
 const LOG_DIR: &str = "/run/udrv-service-rig";
 /// A user that is not root.
@@ -52,16 +49,8 @@ pub fn tests() -> Vec<RigTest> {
     ]
 }
 
-/// The udrv binary next to rig-tests in /rig/bin.
-fn udrv_path() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("finding rig-tests")?;
-    let udrv = exe.with_file_name("udrv");
-    ensure!(udrv.exists(), "{} is missing from the rig", udrv.display());
-    Ok(udrv)
-}
-
 fn udrv_as(uid: Option<u32>, args: &[&str]) -> Result<Output> {
-    let mut command = Command::new(udrv_path()?);
+    let mut command = Command::new(rig::installed_binary("udrv")?);
     command.args(args).stdin(Stdio::null());
     if let Some(uid) = uid {
         command.uid(uid).gid(uid);
@@ -114,7 +103,7 @@ impl Service {
     fn start(name: &str) -> Result<Service> {
         fs::create_dir_all(LOG_DIR)?;
         let log = PathBuf::from(format!("{LOG_DIR}/{name}.log"));
-        let child = Command::new(udrv_path()?)
+        let child = Command::new(rig::installed_binary("udrv")?)
             .arg("serve")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -198,7 +187,7 @@ impl Drop for Service {
 /// Whether a `udrv serve` answers at the control socket (without one, `udrv status`
 /// shows the state file's claims and `"daemon": null`).
 fn service_answers() -> Result<bool> {
-    let out = Command::new(udrv_path()?)
+    let out = Command::new(rig::installed_binary("udrv")?)
         .args(["status", "--json"])
         .output()?;
     if !out.status.success() {
@@ -423,25 +412,7 @@ fn kill9_recovers_and_serves_uml() -> Result<()> {
     let id = fs::read_to_string(VIRTIO_PCIDEV_ID)
         .with_context(|| format!("reading {VIRTIO_PCIDEV_ID}"))?;
     let device = format!("virtio_uml.device={SOCKET}:{}", id.trim());
-    let nonce = nonce();
-    let run = RunningUml::start(&nonce, Some("netdev"), &[&device, NO_THROTTLING])?
-        .finish(Duration::from_secs(180))?;
-    ensure_clean_boot(&run, &nonce)?;
-    ensure!(
-        run.output.lines().any(|l| l == "uml: task netdev exit 0"),
-        "the netdev task failed in UML; console:\n{}",
-        run.tail()
-    );
-    let Some(line) = run
-        .output
-        .lines()
-        .find(|l| l.starts_with("uml: netdev") && l.contains("driver=e1000e"))
-    else {
-        bail!(
-            "UML's e1000e driver did not bind the served device; console:\n{}",
-            run.tail()
-        );
-    };
+    let line = e1000e_bound_in_uml(&device, Duration::from_secs(180))?;
     ensure!(
         line.contains("vendor=0x8086") && line.contains("device=0x10d3"),
         "UML's e1000e device is not the rig's 82574: {line}"

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use udrv_examples::ahci::{Ahci, Config};
 use udrv_examples::block::BlockDevice;
 use udrv_examples::disk_pattern;
@@ -157,7 +157,26 @@ fn uml_file(name: &str) -> PathBuf {
 
 /// Checks a served run: clean boot and power-off, the task succeeded. UML's console
 /// comes back as target/rig/files/uml-TASK-NONCE.log.
-fn ensure_task_ok(run: &UmlRun, nonce: &str, task: &str) -> Result<()> {
+/// Boots UML with `device` (a `virtio_uml.device=` argument) to run its netdev task;
+/// returns the task's line for the PCI function UML's e1000e driver bound.
+pub(super) fn e1000e_bound_in_uml(device: &str, timeout: Duration) -> Result<String> {
+    let nonce = nonce();
+    let run =
+        RunningUml::start(&nonce, Some("netdev"), &[device, NO_THROTTLING])?.finish(timeout)?;
+    ensure_task_ok(&run, &nonce, "netdev")?;
+    let line = run
+        .output
+        .lines()
+        .find(|l| l.starts_with("uml: netdev") && l.contains("driver=e1000e"));
+    line.map(str::to_owned).with_context(|| {
+        format!(
+            "UML's e1000e driver did not bind the served device; console:\n{}",
+            run.tail()
+        )
+    })
+}
+
+pub(super) fn ensure_task_ok(run: &UmlRun, nonce: &str, task: &str) -> Result<()> {
     let _ = crate::harness::send_file(&format!("uml-{task}-{nonce}.log"), run.output.as_bytes());
     // virtio_pcidev_send_cmd gave up on an answer (40 ms) and read all-ones.
     let timeouts = run.output.matches("um virt-pci delay").count();
@@ -455,20 +474,7 @@ fn malformed_messages() -> Result<()> {
     );
     println!("last error: {:?}", served.status().last_error);
 
-    let nonce = nonce();
-    let run = RunningUml::start(&nonce, Some("netdev"), &[&served.arg, NO_THROTTLING])?
-        .finish(SERVED_TIMEOUT)?;
-    ensure_task_ok(&run, &nonce, "netdev")?;
-    let Some(line) = run
-        .output
-        .lines()
-        .find(|l| l.starts_with("uml: netdev") && l.contains("driver=e1000e"))
-    else {
-        bail!(
-            "UML's e1000e driver did not register the served device; console:\n{}",
-            run.tail()
-        );
-    };
+    let line = e1000e_bound_in_uml(&served.arg, SERVED_TIMEOUT)?;
     println!("uml| {line}");
     served.wait_guest_gone()?;
     served.stop()

@@ -14,7 +14,7 @@ use udriver::claim::{AttachOptions, ClaimPhase, ClaimRecord, Claimer, ModuleLoad
 use udriver::pci::fixture::{DeviceSpec, FakeHost};
 use udriver::pci::PciAddress;
 
-use super::control::{decode_response, FrontendReport, Reply, Request, StatusReply};
+use super::control::{decode_response, DetachReply, FrontendReport, Reply, Request, StatusReply};
 use super::*;
 
 fn addr(s: &str) -> PciAddress {
@@ -169,6 +169,18 @@ impl Running {
         }
     }
 
+    fn detach(&self, devices: &[&str]) -> DetachReply {
+        let request = Request::Detach {
+            devices: devices.iter().map(|d| addr(d)).collect(),
+            all: false,
+            force: false,
+        };
+        match self.request(request).unwrap() {
+            Reply::Detached(reply) => reply,
+            other => panic!("detach answered {other:?}"),
+        }
+    }
+
     fn stop(mut self) -> ShutdownReport {
         self.stop.take().expect("a stop handle").stop();
         self.thread.join().unwrap().unwrap()
@@ -176,6 +188,16 @@ impl Running {
 }
 
 fn start(host: &FakeHost, launches: &Launches, keep_claims: bool) -> Running {
+    start_on(host, fake_host(host), launches, keep_claims)
+}
+
+/// [`start`] over `service_host`, a view of `host` the test may have altered.
+fn start_on(
+    host: &FakeHost,
+    service_host: Host,
+    launches: &Launches,
+    keep_claims: bool,
+) -> Running {
     let config = DaemonConfig {
         control: control_path(host),
         keep_claims,
@@ -185,7 +207,7 @@ fn start(host: &FakeHost, launches: &Launches, keep_claims: bool) -> Running {
         state_path: state_path(host),
         launches: launches.clone(),
     };
-    let daemon = Daemon::start(config, fake_host(host), Box::new(launcher)).unwrap();
+    let daemon = Daemon::start(config, service_host, Box::new(launcher)).unwrap();
     let stop = daemon.stop_handle();
     let control = daemon.control_path().to_path_buf();
     Running {
@@ -458,16 +480,7 @@ fn detach_of_a_served_device_stops_its_frontend_and_gives_it_back() {
     daemon
         .request(attach_serve("00:04.0", &sock(&host, "n.sock")))
         .unwrap();
-    let Reply::Detached(reply) = daemon
-        .request(Request::Detach {
-            devices: vec![addr("00:04.0"), addr("00:02.0")],
-            all: false,
-            force: false,
-        })
-        .unwrap()
-    else {
-        panic!("not a detach reply")
-    };
+    let reply = daemon.detach(&["00:04.0", "00:02.0"]);
     assert_eq!(reply.stopped.len(), 1);
     assert_eq!(reply.restored.len(), 1);
     assert_eq!(reply.restored[0].driver.as_deref(), Some("e1000e"));
@@ -486,38 +499,14 @@ fn detach_of_a_served_device_stops_its_frontend_and_gives_it_back() {
 fn a_served_device_that_cannot_go_back_stays_claimed_but_unserved() {
     let host = host();
     let launches = Launches::default();
-    let config = DaemonConfig {
-        control: control_path(&host),
-        keep_claims: false,
-        handle_signals: false,
-    };
     let mut service_host = fake_host(&host);
     // e1000e's probe fails: the device cannot be given back.
     service_host.writer = Box::new(host.kernel().failing_probe("e1000e"));
-    let launcher = FakeLauncher {
-        state_path: state_path(&host),
-        launches: launches.clone(),
-    };
-    let daemon = Daemon::start(config, service_host, Box::new(launcher)).unwrap();
-    let stop = daemon.stop_handle();
-    let daemon = Running {
-        control: control_path(&host),
-        stop: Some(stop),
-        thread: std::thread::spawn(move || daemon.run()),
-    };
+    let daemon = start_on(&host, service_host, &launches, false);
     daemon
         .request(attach_serve("00:04.0", &sock(&host, "n.sock")))
         .unwrap();
-    let Reply::Detached(reply) = daemon
-        .request(Request::Detach {
-            devices: vec![addr("00:04.0")],
-            all: false,
-            force: false,
-        })
-        .unwrap()
-    else {
-        panic!("not a detach reply")
-    };
+    let reply = daemon.detach(&["00:04.0"]);
     assert_eq!(reply.stopped.len(), 1);
     assert_eq!(reply.failed.len(), 1);
     assert!(

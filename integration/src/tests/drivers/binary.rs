@@ -2,7 +2,6 @@
 //! Ctrl-C (SIGINT) part way through.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -24,23 +23,10 @@ impl Finished {
     }
 }
 
-/// The example binary `name`, installed next to rig-tests (/rig/bin in the guest).
-fn path(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("finding rig-tests")?;
-    let path = exe.with_file_name(name);
-    if !path.exists() {
-        bail!(
-            "{} is missing: the rig installs the example binaries next to rig-tests",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
 /// Runs `name args` to completion and echoes what it printed.
 pub fn run(name: &str, args: &[&str]) -> Result<Finished> {
     println!("$ {name} {}", args.join(" "));
-    let out = Command::new(path(name)?)
+    let out = Command::new(crate::rig::installed_binary(name)?)
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -61,7 +47,7 @@ pub fn interrupt(name: &str, args: &[&str], ready: &str, after: Duration) -> Res
         "$ {name} {}   (Ctrl-C after \"{ready}\" + {after:?})",
         args.join(" ")
     );
-    let mut child = Command::new(path(name)?)
+    let mut child = Command::new(crate::rig::installed_binary(name)?)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
