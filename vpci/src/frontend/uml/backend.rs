@@ -29,6 +29,7 @@ use super::chain::{self, Writable};
 use super::dma::GuestDma;
 use super::interrupts::{Interrupts, Watcher};
 use super::polling::PendingEvents;
+use super::ring::Ring;
 use super::status::Counters;
 use super::WorkerOptions;
 use crate::access_width::AccessWidth;
@@ -307,82 +308,125 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
     }
 
     /// Serve every command UML posted; `polled`: found by polling, not by UML's kick.
-    /// The command queue is never signalled (see the [module](super) documentation).
-    pub(super) fn serve_commands(&self, cmd: &VringMutex, irq: &VringMutex, polled: bool) {
+    /// Returns how many commands the queue has had taken in all (its next avail
+    /// index), or `None` while it is not being served. The command queue is never
+    /// signalled (see the [module](super) documentation).
+    pub(super) fn serve_commands(
+        &self,
+        cmd: &VringMutex,
+        irq: &VringMutex,
+        polled: bool,
+    ) -> Option<u16> {
         let started = Instant::now();
         let mut guard = self.shared.served();
         let served = &mut *guard;
         let (Some(function), Some(memory)) = (served.function.as_mut(), served.memory.as_ref())
         else {
-            return;
+            return None;
         };
         let mem = memory.memory();
         let mut batch = Batch::default();
-        {
+        let taken = {
             let mut vring = cmd.get_mut();
-            while let Some(chain) = vring.get_queue_mut().pop_descriptor_chain(&*mem) {
-                batch.commands += 1;
-                let (head, split) =
-                    chain::split(chain, &mem, &mut served.readable, &mut served.writable);
-                let written = match split {
-                    Ok(()) => match virtio_pcidev::parse(&served.readable) {
-                        Ok(command) => execute(
-                            function,
-                            command,
-                            &served.writable,
-                            &mem,
-                            &mut served.reply,
-                            &mut batch,
-                            &self.shared,
-                        ),
-                        Err(e) => {
-                            batch.refused += 1;
-                            self.shared.error(format!("refused a command: {e}"));
-                            served.writable.fill(&mem, 0xff, &mut served.reply)
-                        }
-                    },
+            let queue = vring.get_queue_mut();
+            if !queue.ready() {
+                return None;
+            }
+            let ring = match Ring::new(queue, &mem) {
+                Ok(ring) => ring,
+                Err(e) => {
+                    self.shared.error(format!("command queue: {e}"));
+                    return None;
+                }
+            };
+            let (mut taken, mut used) = (queue.next_avail(), queue.next_used());
+            'ring: loop {
+                let waiting = match ring.waiting(taken) {
+                    Ok(0) => break,
+                    Ok(n) => n,
                     Err(e) => {
-                        batch.refused += 1;
-                        self.shared.error(format!("refused a command chain: {e}"));
-                        served.writable.fill(&mem, 0xff, &mut served.reply)
+                        self.shared.error(format!("command queue: {e}"));
+                        break;
                     }
                 };
-                if polled {
-                    // Before the answer, so whoever sees the answer sees the count.
-                    self.shared.counters.polled_commands.fetch_add(1, Relaxed);
-                }
-                if let Err(e) = vring.add_used(head, written as u32) {
-                    self.shared.error(format!("command queue: {e}"));
-                    break;
+                for _ in 0..waiting {
+                    let head = ring.head(taken);
+                    taken = taken.wrapping_add(1);
+                    batch.commands += 1;
+                    let split = chain::gather(
+                        ring.chain(head),
+                        &mem,
+                        &mut served.readable,
+                        &mut served.writable,
+                    );
+                    let written = match split {
+                        Ok(()) => match virtio_pcidev::parse(&served.readable) {
+                            Ok(command) => execute(
+                                function,
+                                command,
+                                &served.writable,
+                                &mem,
+                                &mut served.reply,
+                                &mut batch,
+                                &self.shared,
+                            ),
+                            Err(e) => {
+                                batch.refused += 1;
+                                self.shared.error(format!("refused a command: {e}"));
+                                served.writable.fill(&mem, 0xff, &mut served.reply)
+                            }
+                        },
+                        Err(e) => {
+                            batch.refused += 1;
+                            self.shared.error(format!("refused a command chain: {e}"));
+                            served.writable.fill(&mem, 0xff, &mut served.reply)
+                        }
+                    };
+                    if polled {
+                        // Before the answer, so whoever sees the answer sees the count.
+                        self.shared.counters.polled_commands.fetch_add(1, Relaxed);
+                    }
+                    if let Err(e) = ring.put_used(used, head, written as u32) {
+                        self.shared.error(format!("command queue: {e}"));
+                        break 'ring;
+                    }
+                    used = used.wrapping_add(1);
                 }
             }
+            queue.set_next_avail(taken);
+            queue.set_next_used(used);
+            taken
+        };
+        if batch.commands > 0 {
+            let c = &self.shared.counters;
+            Counters::add(&c.config_accesses, batch.config);
+            Counters::add(&c.mmio_reads, batch.reads);
+            Counters::add(&c.mmio_writes, batch.writes);
+            Counters::add(&c.command_batches, 1);
+            Counters::add(
+                &c.bar_access_ns,
+                u64::try_from(batch.bar_access.as_nanos()).unwrap_or(u64::MAX),
+            );
+            tracing::debug!(
+                config = batch.config,
+                reads = batch.reads,
+                writes = batch.writes,
+                refused = batch.refused,
+                "command batch"
+            );
         }
-        let c = &self.shared.counters;
-        Counters::add(&c.config_accesses, batch.config);
-        Counters::add(&c.mmio_reads, batch.reads);
-        Counters::add(&c.mmio_writes, batch.writes);
-        Counters::add(&c.command_batches, u64::from(batch.commands > 0));
-        Counters::add(
-            &c.bar_access_ns,
-            u64::try_from(batch.bar_access.as_nanos()).unwrap_or(u64::MAX),
-        );
-        tracing::debug!(
-            config = batch.config,
-            reads = batch.reads,
-            writes = batch.writes,
-            refused = batch.refused,
-            "command batch"
-        );
         for e in function.take_errors() {
             self.shared.error(e);
         }
 
         // Any config or MSI-X table write may have reprogrammed the vectors.
         let routing_changed = !function.take_msi_routing().is_empty();
-        if let Some(watcher) = self.watcher() {
-            if let Err(e) = served.interrupts.sync(function, routing_changed, &*watcher) {
-                self.shared
-                    .error(format!("watching the guest's vectors: {e}"));
+        if served.interrupts.stale(function, routing_changed) {
+            if let Some(watcher) = self.watcher() {
+                if let Err(e) = served.interrupts.sync(function, routing_changed, &*watcher) {
+                    self.shared
+                        .error(format!("watching the guest's vectors: {e}"));
+                }
             }
         }
         if routing_changed {
@@ -393,6 +437,7 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         }
         deliver(served, irq, &mem, &self.shared);
         Counters::add_elapsed(&self.shared.counters.command_ns, started);
+        Some(taken)
     }
 
     /// Deliver what is waiting for UML's interrupt buffers, after taking the messages

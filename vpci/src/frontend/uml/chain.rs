@@ -7,8 +7,11 @@
 use std::ops::Deref;
 
 use thiserror::Error;
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
+
+use super::ring::RingError;
 
 /// Largest message taken from the command queue: a BAR write of up to 64 KiB
 /// (memcpy_toio of a whole page run) and its header. Larger ones are refused.
@@ -21,6 +24,14 @@ pub(super) enum ChainError {
     OutsideMemory { addr: u64, len: u32 },
     #[error("readable part is over {MAX_MESSAGE} bytes")]
     TooLong,
+    #[error(transparent)]
+    Ring(#[from] RingError),
+}
+
+impl From<std::convert::Infallible> for ChainError {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
 }
 
 /// Where a chain's writable part lies, in order.
@@ -79,25 +90,38 @@ where
     M::Target: GuestMemory,
 {
     let head = chain.head_index();
+    let descriptors = chain.map(Ok::<_, std::convert::Infallible>);
+    (head, gather(descriptors, mem, readable, writable))
+}
+
+/// Gather the descriptors of one chain: readable bytes into `readable`, writable
+/// pieces into `writable`.
+pub(super) fn gather<E>(
+    descriptors: impl Iterator<Item = Result<Descriptor, E>>,
+    mem: &GuestMemoryMmap,
+    readable: &mut Vec<u8>,
+    writable: &mut Writable,
+) -> Result<(), ChainError>
+where
+    ChainError: From<E>,
+{
     readable.clear();
     writable.pieces.clear();
-    for desc in chain {
+    for desc in descriptors {
+        let desc = desc?;
         let (addr, len) = (desc.addr(), desc.len());
         if desc.is_write_only() {
             writable.pieces.push((addr, len));
             continue;
         }
         let start = readable.len();
-        let Some(end) = start
+        let end = start
             .checked_add(len as usize)
             .filter(|e| *e <= MAX_MESSAGE)
-        else {
-            return (head, Err(ChainError::TooLong));
-        };
+            .ok_or(ChainError::TooLong)?;
         readable.resize(end, 0);
-        if mem.read_slice(&mut readable[start..end], addr).is_err() {
-            return (head, Err(ChainError::OutsideMemory { addr: addr.0, len }));
-        }
+        mem.read_slice(&mut readable[start..end], addr)
+            .map_err(|_| ChainError::OutsideMemory { addr: addr.0, len })?;
     }
-    (head, Ok(()))
+    Ok(())
 }

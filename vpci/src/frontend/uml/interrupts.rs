@@ -57,6 +57,15 @@ pub(super) struct Interrupts {
 }
 
 impl Interrupts {
+    /// Whether [`sync`](Self::sync) has anything to do.
+    pub(super) fn stale<D: PassthroughDevice>(
+        &self,
+        function: &PassthroughFunction<D>,
+        routing_changed: bool,
+    ) -> bool {
+        routing_changed || function.live_irqs() != self.live
+    }
+
     /// Watch exactly the function's live vectors. Cheap when nothing changed; called
     /// after every batch of commands, since any config or MSI-X table write may have
     /// reprogrammed them.
@@ -66,10 +75,10 @@ impl Interrupts {
         routing_changed: bool,
         watcher: &dyn Watcher,
     ) -> io::Result<()> {
-        let live = function.live_irqs();
-        if !routing_changed && live == self.live {
+        if !self.stale(function, routing_changed) {
             return Ok(());
         }
+        let live = function.live_irqs();
         let vectors = function.vectors();
         let same = vectors.len() == self.watched.len()
             && vectors.iter().zip(&self.watched).all(|(v, w)| {

@@ -8,6 +8,7 @@
 //! ```text
 //! UmlFrontend             listens, one guest at a time, on a thread of its own
 //!   backend::UmlBackend   vhost-user-backend back-end of one guest connection
+//!     ring                the command queue's split ring, read and written in place
 //!     chain               descriptor chains -> message bytes, answers -> writable part
 //!     dma::GuestDma       UML's memory mapped for DMA, IOVA = UML physical address
 //!     interrupts          vector eventfds watched, MSI messages -> irq queue
@@ -78,6 +79,7 @@ mod dma;
 mod interrupts;
 mod polling;
 mod realtime;
+mod ring;
 mod status;
 #[cfg(test)]
 mod tests;

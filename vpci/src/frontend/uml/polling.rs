@@ -36,14 +36,19 @@ use std::time::{Duration, Instant};
 
 use vhost_user_backend::{VringMutex, VringT};
 use virtio_queue::QueueT;
-use vm_memory::GuestAddressSpace;
+use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::backend::{Memory, UmlBackend};
+use super::ring::Ring;
 use crate::passthrough::PassthroughDevice;
 
 /// How often a polling worker looks at its other events between looks at the ring.
 const EVENT_CHECK: Duration = Duration::from_micros(10);
+/// Idle looks at the avail index per clock read and spin-loop hint. A look is one
+/// load; a clock read costs several, and under emulation (TCG, as in the test rig) a
+/// `pause` leaves the CPU's translated code, which costs more than many looks.
+const LOOKS_PER_CLOCK: u32 = 16;
 
 /// The worker's epoll set, watched from a second epoll: one look is one `epoll_wait`
 /// that returns at once and consumes nothing.
@@ -98,6 +103,12 @@ pub(super) fn poll_commands<D: PassthroughDevice + 'static>(
     counters.polling.store(false, Ordering::Relaxed);
 }
 
+/// What a window compares UML's avail index with.
+struct Look<'m> {
+    ring: Ring<'m>,
+    taken: u16,
+}
+
 struct Poll<'a, D: PassthroughDevice + 'static> {
     backend: &'a UmlBackend<D>,
     cmd: &'a VringMutex,
@@ -124,16 +135,27 @@ impl<D: PassthroughDevice + 'static> Poll<'_, D> {
     /// Poll until a whole `window` passes without a command, or something else needs
     /// the event loop.
     fn window(&self, memory: &Memory, events: &PendingEvents, window: Duration) -> End {
+        let mem = memory.memory();
+        let Some(mut look) = self.look(&mem) else {
+            return End::Leave;
+        };
         let mut deadline = Instant::now() + window;
         let mut next_check = Instant::now() + EVENT_CHECK;
+        let mut idle_looks = 0u32;
         loop {
-            match commands_waiting(self.cmd, memory) {
-                None => return End::Leave,
-                Some(true) => {
-                    self.serve();
-                    deadline = Instant::now() + window;
+            if look.ring.avail_idx() != look.taken {
+                let Some(taken) = self.serve() else {
+                    return End::Leave;
+                };
+                look.taken = taken;
+                idle_looks = 0;
+                deadline = Instant::now() + window;
+            } else {
+                idle_looks += 1;
+                if !idle_looks.is_multiple_of(LOOKS_PER_CLOCK) {
+                    continue;
                 }
-                Some(false) => std::hint::spin_loop(),
+                std::hint::spin_loop();
             }
             let now = Instant::now();
             if now >= next_check {
@@ -141,6 +163,11 @@ impl<D: PassthroughDevice + 'static> Poll<'_, D> {
                 self.backend.poll_interrupts(self.irq, fired);
                 if fired && events.any() {
                     return End::Leave;
+                }
+                // The queue may have been stopped, or set up anew, meanwhile.
+                match self.look(&mem) {
+                    Some(again) => look = again,
+                    None => return End::Leave,
                 }
                 next_check = now + EVENT_CHECK;
             }
@@ -150,8 +177,22 @@ impl<D: PassthroughDevice + 'static> Poll<'_, D> {
         }
     }
 
-    fn serve(&self) {
-        self.backend.serve_commands(self.cmd, self.irq, true);
+    /// The command queue's ring as the window looks at it, and how many commands were
+    /// taken from it; `None` if the queue is not running.
+    fn look<'m>(&self, mem: &'m GuestMemoryMmap) -> Option<Look<'m>> {
+        let state = self.cmd.get_ref();
+        let queue = state.get_queue();
+        if !state.is_enabled() || !queue.ready() {
+            return None;
+        }
+        Some(Look {
+            ring: Ring::new(queue, mem).ok()?,
+            taken: queue.next_avail(),
+        })
+    }
+
+    fn serve(&self) -> Option<u16> {
+        self.backend.serve_commands(self.cmd, self.irq, true)
     }
 
     /// UML's kicks on the command queue on or off. Turning them on returns whether
@@ -175,16 +216,4 @@ impl<D: PassthroughDevice + 'static> Poll<'_, D> {
             false
         })
     }
-}
-
-/// Whether UML posted commands not taken yet; `None` if the queue is not running.
-fn commands_waiting(cmd: &VringMutex, memory: &Memory) -> Option<bool> {
-    let state = cmd.get_ref();
-    let queue = state.get_queue();
-    if !state.is_enabled() || !queue.ready() {
-        return None;
-    }
-    let mem = memory.memory();
-    let avail = queue.avail_idx(&*mem, Ordering::Acquire).ok()?;
-    Some(avail.0 != queue.next_avail())
 }

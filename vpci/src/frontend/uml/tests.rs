@@ -803,6 +803,16 @@ fn malformed_commands_are_answered_and_the_queue_goes_on() {
     let head = guest.cmd.post(&guest.mem, &[(0x7000_0000, 16, false)]);
     guest.kicks[0].write(1).unwrap();
     assert_eq!(guest.cmd.wait_used(&guest.mem).0, u32::from(head));
+    // A chain that loops back on itself (made so before the kick that serves it).
+    let header = guest.buffer(&message(op::CFG_READ, 0, 2, 0, &[]));
+    let head = guest.cmd.post(&guest.mem, &[(header, 16, false)]);
+    let at = GuestAddress(guest.cmd.desc + u64::from(head) * 16);
+    guest.mem.write_obj(1u16, at.unchecked_add(12)).unwrap();
+    guest.mem.write_obj(head, at.unchecked_add(14)).unwrap();
+    guest.kicks[0].write(1).unwrap();
+    assert_eq!(guest.cmd.wait_used(&guest.mem), (u32::from(head), 0));
+    let error = rig.frontend().status().last_error.unwrap_or_default();
+    assert!(error.contains("a loop"), "{error}");
     // The memset length beyond the BAR.
     guest.command(&[Piece::Out(&message(op::MMIO_MEMSET, 0, u32::MAX, 0, &[0]))]);
     assert!(rig.frontend().status().last_error.is_some());
