@@ -35,7 +35,7 @@ const READS: u32 = 300;
 const ROUNDS: u32 = 9;
 /// The polling worker's window: longer than the gaps between the MMIO reads of one
 /// statistics read, and between statistics reads.
-const POLL_WINDOW: Duration = Duration::from_millis(2);
+pub(super) const POLL_WINDOW: Duration = Duration::from_millis(2);
 
 pub fn benches() -> Vec<RigTest> {
     vec![RigTest::new("uml_bench_served_vs_direct", served_vs_direct).with_timeout(900)]
@@ -110,13 +110,13 @@ fn net_figures(run: &UmlRun) -> Result<NetFigures> {
 /// worker woken by kicks beside it (it preempts UML there, as on one CPU), the polling
 /// worker on CPU 1. With one, anywhere.
 #[derive(Clone, Copy, Debug)]
-struct Placement {
-    uml: Option<usize>,
-    polling_worker: Option<usize>,
+pub(super) struct Placement {
+    pub(super) uml: Option<usize>,
+    pub(super) polling_worker: Option<usize>,
 }
 
 impl Placement {
-    fn of_this_rig() -> Self {
+    pub(super) fn of_this_rig() -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         if cpus >= 2 {
             Placement {
@@ -250,12 +250,17 @@ fn served_vs_direct() -> Result<()> {
             let polled = net_figures(&net_run(place.uml, READS, &nic.arg, Some(&nic))?.0)?;
             let status = nic.status();
             nic.stop()?;
+            let commands = status.config_accesses + status.mmio_reads + status.mmio_writes;
             println!(
-                "served (udrv UML frontend, worker polling {} µs): {polled:?}; {} of {} \
-                 commands found by polling",
+                "served (udrv UML frontend, worker polling {} µs): {polled:?}; {} of \
+                 {commands} commands found by polling",
                 POLL_WINDOW.as_micros(),
                 status.polled_commands,
-                status.config_accesses + status.mmio_reads + status.mmio_writes
+            );
+            println!(
+                "polling worker's time: {:.2} µs per command batch ({:.2} commands each)",
+                status.command_ns as f64 / 1000.0 / status.command_batches.max(1) as f64,
+                commands as f64 / status.command_batches.max(1) as f64,
             );
             Some(polled)
         }

@@ -33,7 +33,7 @@ pub struct FrontendStatus {
     /// Time the worker spent serving command batches, in nanoseconds.
     pub command_ns: u64,
     /// Of that, time in the device's BAR reads and writes (where an emulated device's
-    /// model runs), in nanoseconds.
+    /// model runs), in nanoseconds; batches a polling worker found are not timed.
     pub bar_access_ns: u64,
     /// Time the worker spent delivering fired vectors (from taking the eventfd's count
     /// to signalling UML), in nanoseconds.
