@@ -35,7 +35,7 @@ const READS: u32 = 300;
 const ROUNDS: u32 = 9;
 /// The polling worker's window: longer than the gaps between the MMIO reads of one
 /// statistics read, and between statistics reads.
-pub(super) const POLL_WINDOW: Duration = Duration::from_millis(2);
+const POLL_WINDOW: Duration = Duration::from_millis(2);
 
 pub fn benches() -> Vec<RigTest> {
     vec![RigTest::new("uml_bench_served_vs_direct", served_vs_direct).with_timeout(900)]
@@ -110,13 +110,13 @@ fn net_figures(run: &UmlRun) -> Result<NetFigures> {
 /// worker woken by kicks beside it (it preempts UML there, as on one CPU), the polling
 /// worker on CPU 1. With one, anywhere.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Placement {
-    pub(super) uml: Option<usize>,
-    pub(super) polling_worker: Option<usize>,
+struct Placement {
+    uml: Option<usize>,
+    polling_worker: Option<usize>,
 }
 
 impl Placement {
-    pub(super) fn of_this_rig() -> Self {
+    fn of_this_rig() -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         if cpus >= 2 {
             Placement {

@@ -13,10 +13,6 @@
 //!   readahead: that cache is dropped before every ubd run, and the rig kernel's disk
 //!   counters must show the whole disk read from the device.
 //!
-//! With two CPUs (`UDRV_RIG_SMP=2 integration/rig bench uml`) every UML run is pinned
-//! to CPU 0 and the disk is served a second way, by a worker polling the command queue
-//! on CPU 1 (as in the NIC bench, [`Placement`]).
-//!
 //! The rig kernel reading the disk itself with O_DIRECT (no UML at all) is printed as
 //! context, measured once before any UML run (see [`bind_ahci_to_host`] for why). The
 //! UML paths are measured [`ROUNDS`] times, alternating, and the medians compared. In
@@ -28,11 +24,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use vpci::frontend::{FrontendStatus, WorkerOptions};
+use vpci::frontend::FrontendStatus;
 
 use super::drivers::kernel;
-use super::uml::{nonce, run_uml_on, RunningUml, UmlRun};
-use super::uml_bench::{Placement, POLL_WINDOW};
+use super::uml::{nonce, run_uml, RunningUml, UmlRun};
 use super::uml_served::{self, Served};
 use crate::harness::RigTest;
 use crate::rig;
@@ -108,8 +103,6 @@ fn task_args(disk: &str, block: usize, gate: bool) -> Vec<String> {
     args
 }
 
-const TIMED_OUT: &str = "UML timed out waiting for";
-
 /// The bench task succeeded, and no served read timed out (a 40 ms wait would skew
 /// the figures).
 fn ensure_task_ok(run: &UmlRun, nonce: &str) -> Result<()> {
@@ -117,7 +110,7 @@ fn ensure_task_ok(run: &UmlRun, nonce: &str) -> Result<()> {
     let timeouts = run.output.matches("um virt-pci delay").count();
     ensure!(
         timeouts == 0,
-        "{TIMED_OUT} {timeouts} served read(s); console:\n{}",
+        "UML timed out waiting for {timeouts} served read(s); console:\n{}",
         run.tail()
     );
     Ok(())
@@ -136,17 +129,16 @@ fn device_reads(dev: &Path) -> Result<(u64, u64)> {
     Ok((fields[2], fields[0]))
 }
 
-/// One ubd run: the rig kernel's page cache dropped, UML (on CPU `cpu` if given)
-/// reading `dev` through ubd. Returns UML's figures and the read requests the rig
-/// kernel's disk served.
-fn ubd_read(dev: &Path, block: usize, cpu: Option<usize>) -> Result<(UmlRead, u64)> {
+/// One ubd run: the rig kernel's page cache dropped, UML reading `dev` through ubd.
+/// Returns UML's figures and the read requests the rig kernel's disk served.
+fn ubd_read(dev: &Path, block: usize) -> Result<(UmlRead, u64)> {
     std::fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the page cache")?;
     let (sectors_before, requests_before) = device_reads(dev)?;
     let nonce = nonce();
     let mut args = task_args("ubd", block, false);
     args.push(format!("ubd0r={}", dev.display()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let run = run_uml_on(cpu, &nonce, Some("bench"), &args)?;
+    let run = run_uml(&nonce, Some("bench"), &args)?;
     ensure_task_ok(&run, &nonce)?;
     let read = UmlRead::parse(&run.output)?;
     let (sectors_after, requests_after) = device_reads(dev)?;
@@ -191,13 +183,9 @@ fn counters_between(a: &FrontendStatus, b: &FrontendStatus) -> [f64; COUNTERS] {
     ]
 }
 
-/// One served run: UML's ahci (on CPU `cpu` if given) on the frontend, the frontend's
-/// counters read just before and just after UML's reads.
-fn served_read(
-    disk: &Served,
-    block: usize,
-    cpu: Option<usize>,
-) -> Result<(UmlRead, [f64; COUNTERS])> {
+/// One served run: UML's ahci on the frontend, the frontend's counters read just
+/// before and just after UML's reads.
+fn served_read(disk: &Served, block: usize) -> Result<(UmlRead, [f64; COUNTERS])> {
     for gate in [GO, RELEASE] {
         let _ = std::fs::remove_file(gate);
     }
@@ -205,7 +193,7 @@ fn served_read(
     let mut args = task_args("sd", block, true);
     args.push(disk.arg.clone());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut uml = RunningUml::start_on(cpu, &nonce, Some("bench"), &args)?;
+    let mut uml = RunningUml::start(&nonce, Some("bench"), &args)?;
     uml.wait_for_line("uml: disk /dev/", RUN_TIMEOUT)?;
     let before = disk.status();
     std::fs::write(GO, b"").with_context(|| format!("creating {GO}"))?;
@@ -244,80 +232,17 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The reads of one served way, and the frontend's counters during each.
-#[derive(Default)]
-struct ServedRounds {
-    reads: Vec<UmlRead>,
-    counters: Vec<[f64; COUNTERS]>,
-}
-
 /// All rounds of one read size.
 #[derive(Default)]
 struct Rounds {
-    /// Served by a worker woken by UML's kicks.
-    served: ServedRounds,
-    /// Served by a worker polling on a CPU of its own (two CPUs or more).
-    polled: ServedRounds,
+    served: Vec<UmlRead>,
+    served_counters: Vec<[f64; COUNTERS]>,
     ubd: Vec<UmlRead>,
     ubd_device_requests: Vec<f64>,
     kernel_mbs: f64,
 }
 
-/// Serve the disk with `worker` for one round of every read size, UML on `uml`.
-fn served_round(
-    name: &str,
-    worker: WorkerOptions,
-    uml: Option<usize>,
-    pick: fn(&mut Rounds) -> &mut ServedRounds,
-    rounds: &mut [Rounds],
-) -> Result<()> {
-    let disk = Served::start_with(rig::ICH9_AHCI, name, worker)?;
-    for (block, r) in BLOCKS.iter().zip(rounds) {
-        let (read, counters) = served_read_again(&disk, *block, uml)?;
-        pick(r).reads.push(read);
-        pick(r).counters.push(counters);
-    }
-    disk.stop()
-}
-
-/// Attempts at one served read. UML 7.2 lets an interrupt handler's register read take
-/// the answer of a read UML is already waiting for (see vpci's UML frontend); the first
-/// read then waits 40 ms and fails, which skews the figure and may fail the bench's
-/// reads. A worker on another CPU than UML, or a polling one, makes it likelier. Such a
-/// run is repeated, and says so.
-const SERVED_ATTEMPTS: u32 = 3;
-
-fn served_read_again(
-    disk: &Served,
-    block: usize,
-    cpu: Option<usize>,
-) -> Result<(UmlRead, [f64; COUNTERS])> {
-    let mut attempt = 1;
-    loop {
-        match served_read(disk, block, cpu) {
-            Err(e) if attempt < SERVED_ATTEMPTS && e.to_string().contains(TIMED_OUT) => {
-                println!(
-                    "note: served {} KiB run, attempt {attempt} of {SERVED_ATTEMPTS}: {}; \
-                     repeating it",
-                    block / 1024,
-                    e.to_string().lines().next().unwrap_or_default()
-                );
-                attempt += 1;
-            }
-            result => return result,
-        }
-    }
-}
-
 fn served_vs_ubd() -> Result<()> {
-    let place = Placement::of_this_rig();
-    if let (Some(uml), Some(worker)) = (place.uml, place.polling_worker) {
-        println!(
-            "{} CPUs: every UML on CPU {uml}; served by a worker woken by kicks beside it, \
-             and by a worker polling on CPU {worker}",
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
-        );
-    }
     let dev = bind_ahci_to_host()?;
     let name = dev.file_name().unwrap_or_default().to_string_lossy();
     let read_ahead = rig::sh(&format!("cat /sys/block/{name}/queue/read_ahead_kb"))?;
@@ -337,7 +262,7 @@ fn served_vs_ubd() -> Result<()> {
         let dev = bind_ahci_to_host()?;
         let failed = failed_commands()?;
         for (block, r) in BLOCKS.iter().zip(&mut rounds) {
-            let (read, device_requests) = ubd_read(&dev, *block, place.uml)?;
+            let (read, device_requests) = ubd_read(&dev, *block)?;
             r.ubd.push(read);
             r.ubd_device_requests.push(device_requests as f64);
         }
@@ -348,30 +273,13 @@ fn served_vs_ubd() -> Result<()> {
                  the ubd runs (see bind_ahci_to_host); they include libata's retries"
             );
         }
-        let woken = WorkerOptions {
-            poll: Duration::ZERO,
-            cpu: place.uml,
-        };
-        served_round(
-            "bench-ahci",
-            woken,
-            place.uml,
-            |r| &mut r.served,
-            &mut rounds,
-        )?;
-        if let Some(cpu) = place.polling_worker {
-            let polling = WorkerOptions {
-                poll: POLL_WINDOW,
-                cpu: Some(cpu),
-            };
-            served_round(
-                "bench-ahci-poll",
-                polling,
-                place.uml,
-                |r| &mut r.polled,
-                &mut rounds,
-            )?;
+        let disk = Served::start(rig::ICH9_AHCI, "bench-ahci")?;
+        for (block, r) in BLOCKS.iter().zip(&mut rounds) {
+            let (read, counters) = served_read(&disk, *block)?;
+            r.served.push(read);
+            r.served_counters.push(counters);
         }
+        disk.stop()?;
     }
 
     let mut ratios = Vec::new();
@@ -379,16 +287,14 @@ fn served_vs_ubd() -> Result<()> {
         let kib = block / 1024;
         let pick =
             |reads: &[UmlRead], f: fn(&UmlRead) -> f64| median(reads.iter().map(f).collect());
+        let served_mbs = pick(&r.served, |x| x.mb_per_s);
+        let ubd_mbs = pick(&r.ubd, |x| x.mb_per_s);
         println!(
             "{kib} KiB reads of the whole {} MiB disk:",
             DISK_BYTES >> 20
         );
         let reads_per_disk = DISK_BYTES as f64 / *block as f64;
-        let mut paths = vec![("served", &r.served.reads), ("ubd", &r.ubd)];
-        if !r.polled.reads.is_empty() {
-            paths.insert(1, ("polled", &r.polled.reads));
-        }
-        for (path, reads) in paths {
+        for (path, reads) in [("served", &r.served), ("ubd", &r.ubd)] {
             println!(
                 "  {path:<6} {:>8.2} MB/s (rounds {:.2?}); {:.0} block requests, {:.3} ms each \
                  in UML's block layer; {:.3} ms per read()",
@@ -415,44 +321,26 @@ fn served_vs_ubd() -> Result<()> {
                 String::new()
             }
         );
-        let ubd_mbs = pick(&r.ubd, |x| x.mb_per_s);
-        for (how, served) in [
-            ("worker woken by kicks", &r.served),
-            ("polling worker", &r.polled),
-        ] {
-            if served.reads.is_empty() {
-                continue;
-            }
-            let per_request: Vec<String> = COUNTER_NAMES
-                .iter()
-                .enumerate()
-                .map(|(i, name)| {
-                    let each = served
-                        .counters
-                        .iter()
-                        .zip(&served.reads)
-                        .map(|(c, read)| c[i] / read.requests.max(1.0));
-                    format!("{:.2} {name}", median(each.collect()))
-                })
-                .collect();
-            println!(
-                "  served ({how}), per block request: {}",
-                per_request.join(", ")
-            );
-            ratios.push((
-                kib,
-                how,
-                pick(&served.reads, |x| x.mb_per_s),
-                ubd_mbs,
-                r.kernel_mbs,
-            ));
-        }
+        let per_request: Vec<String> = COUNTER_NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let each = r
+                    .served_counters
+                    .iter()
+                    .zip(&r.served)
+                    .map(|(c, read)| c[i] / read.requests.max(1.0));
+                format!("{:.2} {name}", median(each.collect()))
+            })
+            .collect();
+        println!("  served, per block request: {}", per_request.join(", "));
+        ratios.push((kib, served_mbs, ubd_mbs, r.kernel_mbs));
     }
     println!("ratios, served / direct:");
-    for (kib, how, served, ubd, kernel) in ratios {
+    for (kib, served, ubd, kernel) in ratios {
         println!(
             "  disk read MB/s {kib:>5} KiB reads {served:>8.2} / {ubd:>8.2} (ubd) = {:.2} \
-             (goal >= 0.8; {how}); / {kernel:.2} (rig kernel ahci, context) = {:.2}",
+             (goal >= 0.8); / {kernel:.2} (rig kernel ahci, context) = {:.2}",
             served / ubd,
             served / kernel
         );
