@@ -258,9 +258,11 @@ fn served_vs_direct() -> Result<()> {
                 status.polled_commands,
             );
             println!(
-                "polling worker's time: {:.2} µs per command batch ({:.2} commands each)",
-                status.command_ns as f64 / 1000.0 / status.command_batches.max(1) as f64,
+                "polling worker's time: {:.2} µs per command batch ({:.2} commands each; \
+                 {} batches timed)",
+                status.command_ns as f64 / 1000.0 / status.timed_batches.max(1) as f64,
                 commands as f64 / status.command_batches.max(1) as f64,
+                status.timed_batches,
             );
             Some(polled)
         }

@@ -101,9 +101,33 @@ pub(super) struct Served<D: PassthroughDevice> {
     dma: GuestDma,
     interrupts: Interrupts,
     memory: Option<Memory>,
+    /// Changes whenever `memory` does: a polling window's snapshot of the memory is
+    /// used only while it is current.
+    generation: u64,
+    /// Batches a polling worker served, for timing one in [`TIMED_EVERY`].
+    polled_batches: u32,
     readable: Vec<u8>,
     writable: Writable,
     reply: Vec<u8>,
+}
+
+/// A polling worker times one batch in this many: a clock read costs about 120 ns
+/// under emulation (TCG), and a served read a few µs.
+const TIMED_EVERY: u32 = 16;
+
+/// UML's memory as one polling window uses it.
+pub(super) struct Snapshot {
+    pub(super) mem: Arc<GuestMemoryMmap>,
+    generation: u64,
+}
+
+/// What a polling window knows of the command queue: its ring in the window's
+/// snapshot of UML's memory, and how many commands were taken from it.
+pub(super) struct Look<'m> {
+    pub(super) ring: Ring<'m>,
+    pub(super) taken: u16,
+    mem: &'m GuestMemoryMmap,
+    generation: u64,
 }
 
 /// How long vectors stay wired after bus mastering went off, so interrupt moderation
@@ -153,6 +177,8 @@ impl<D: PassthroughDevice> Served<D> {
             dma: GuestDma::default(),
             interrupts: Interrupts::default(),
             memory: None,
+            generation: 0,
+            polled_batches: 0,
             readable: Vec::new(),
             writable: Writable::default(),
             reply: Vec::new(),
@@ -184,6 +210,7 @@ impl<D: PassthroughDevice> Served<D> {
                 .dma_mapped_bytes
                 .store(self.dma.mapped_bytes(), Relaxed);
             self.memory = None;
+            self.generation += 1;
         }
         if let Some(function) = self.function.take() {
             match PassthroughFunction::new(function.into_device()) {
@@ -216,6 +243,7 @@ impl<D: PassthroughDevice> Served<D> {
             .dma_mapped_bytes
             .store(self.dma.mapped_bytes(), Relaxed);
         self.memory = None;
+        self.generation += 1;
         errors
     }
 }
@@ -237,8 +265,7 @@ struct Batch {
     reads: u64,
     writes: u64,
     refused: u64,
-    /// Whether BAR accesses are timed: not in batches a polling worker found, where
-    /// the two clock reads cost about a fifth of a served read under emulation (TCG).
+    /// Whether the batch is timed (see [`TIMED_EVERY`]).
     timed: bool,
     /// Time in the device's BAR accesses.
     bar_access: Duration,
@@ -290,9 +317,34 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         &self.shared
     }
 
-    /// The guest's memory, once a memory table was accepted.
-    pub(super) fn memory(&self) -> Option<Memory> {
-        self.shared.served().memory.clone()
+    /// The guest's memory as it is now, once a memory table was accepted.
+    pub(super) fn snapshot(&self) -> Option<Snapshot> {
+        let served = self.shared.served();
+        let memory = served.memory.as_ref()?;
+        Some(Snapshot {
+            mem: memory.memory().into_inner(),
+            generation: served.generation,
+        })
+    }
+
+    /// Whether `snapshot` is still the guest's memory.
+    pub(super) fn is_current(&self, snapshot: &Snapshot) -> bool {
+        self.shared.served().generation == snapshot.generation
+    }
+
+    /// The command queue's ring in `snapshot`; `None` if the queue is not running.
+    pub(super) fn look<'m>(&self, cmd: &VringMutex, snapshot: &'m Snapshot) -> Option<Look<'m>> {
+        let state = cmd.get_ref();
+        let queue = state.get_queue();
+        if !state.is_enabled() || !queue.ready() {
+            return None;
+        }
+        Some(Look {
+            ring: Ring::new(queue, &snapshot.mem).ok()?,
+            taken: queue.next_avail(),
+            mem: &snapshot.mem,
+            generation: snapshot.generation,
+        })
     }
 
     /// The guest went away (`keep_memory` false) or reset the device: quiesce, unmap
@@ -310,7 +362,8 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         }
     }
 
-    /// Serve every command UML posted; `polled`: found by polling, not by UML's kick.
+    /// Serve every command UML posted. `window`: found by a polling window, which
+    /// lends its look at the ring (used if still current), not by UML's kick.
     /// Returns how many commands the queue has had taken in all (its next avail
     /// index), or `None` while it is not being served. The command queue is never
     /// signalled (see the [module](super) documentation).
@@ -318,18 +371,32 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         &self,
         cmd: &VringMutex,
         irq: &VringMutex,
-        polled: bool,
+        window: Option<&Look<'_>>,
     ) -> Option<u16> {
-        let started = Instant::now();
+        let polled = window.is_some();
         let mut guard = self.shared.served();
         let served = &mut *guard;
+        let timed = !polled || {
+            served.polled_batches = served.polled_batches.wrapping_add(1);
+            served.polled_batches.is_multiple_of(TIMED_EVERY)
+        };
+        let started = timed.then(Instant::now);
+        let generation = served.generation;
         let (Some(function), Some(memory)) = (served.function.as_mut(), served.memory.as_ref())
         else {
             return None;
         };
-        let mem = memory.memory();
+        let window = window.filter(|look| look.generation == generation);
+        let loaded;
+        let mem: &GuestMemoryMmap = match window {
+            Some(look) => look.mem,
+            None => {
+                loaded = memory.memory();
+                &loaded
+            }
+        };
         let mut batch = Batch {
-            timed: !polled,
+            timed,
             ..Batch::default()
         };
         let taken = {
@@ -338,12 +405,19 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
             if !queue.ready() {
                 return None;
             }
-            let ring = match Ring::new(queue, &mem) {
-                Ok(ring) => ring,
-                Err(e) => {
-                    self.shared.error(format!("command queue: {e}"));
-                    return None;
-                }
+            let built;
+            let ring = match window.filter(|look| look.ring.is_of(queue)) {
+                Some(look) => &look.ring,
+                None => match Ring::new(queue, mem) {
+                    Ok(ring) => {
+                        built = ring;
+                        &built
+                    }
+                    Err(e) => {
+                        self.shared.error(format!("command queue: {e}"));
+                        return None;
+                    }
+                },
             };
             let (mut taken, mut used) = (queue.next_avail(), queue.next_used());
             'ring: loop {
@@ -361,7 +435,7 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
                     batch.commands += 1;
                     let split = chain::gather(
                         ring.chain(head),
-                        &mem,
+                        mem,
                         &mut served.readable,
                         &mut served.writable,
                     );
@@ -371,7 +445,7 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
                                 function,
                                 command,
                                 &served.writable,
-                                &mem,
+                                mem,
                                 &mut served.reply,
                                 &mut batch,
                                 &self.shared,
@@ -379,13 +453,13 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
                             Err(e) => {
                                 batch.refused += 1;
                                 self.shared.error(format!("refused a command: {e}"));
-                                served.writable.fill(&mem, 0xff, &mut served.reply)
+                                served.writable.fill(mem, 0xff, &mut served.reply)
                             }
                         },
                         Err(e) => {
                             batch.refused += 1;
                             self.shared.error(format!("refused a command chain: {e}"));
-                            served.writable.fill(&mem, 0xff, &mut served.reply)
+                            served.writable.fill(mem, 0xff, &mut served.reply)
                         }
                     };
                     if polled {
@@ -409,10 +483,6 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
             Counters::add(&c.mmio_reads, batch.reads);
             Counters::add(&c.mmio_writes, batch.writes);
             Counters::add(&c.command_batches, 1);
-            Counters::add(
-                &c.bar_access_ns,
-                u64::try_from(batch.bar_access.as_nanos()).unwrap_or(u64::MAX),
-            );
             tracing::debug!(
                 config = batch.config,
                 reads = batch.reads,
@@ -441,8 +511,16 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
                 served.interrupts.push(message);
             }
         }
-        deliver(served, irq, &mem, &self.shared);
-        Counters::add_elapsed(&self.shared.counters.command_ns, started);
+        deliver(served, irq, mem, &self.shared);
+        if let Some(started) = started.filter(|_| batch.commands > 0) {
+            let c = &self.shared.counters;
+            Counters::add_elapsed(&c.command_ns, started);
+            Counters::add(
+                &c.bar_access_ns,
+                u64::try_from(batch.bar_access.as_nanos()).unwrap_or(u64::MAX),
+            );
+            Counters::add(&c.timed_batches, 1);
+        }
         Some(taken)
     }
 
@@ -663,6 +741,7 @@ impl<D: PassthroughDevice + 'static> VhostUserBackend for UmlBackend<D> {
             .store(served.dma.mapped_bytes(), Relaxed);
         // Queues are served only from memory that was accepted.
         served.memory = result.is_ok().then(|| mem.clone());
+        served.generation += 1;
         match result {
             Ok(bytes) => {
                 tracing::info!(
@@ -715,7 +794,7 @@ impl<D: PassthroughDevice + 'static> VhostUserBackend for UmlBackend<D> {
         let window = self.shared.worker.poll;
         match device_event {
             CMD_QUEUE => {
-                self.serve_commands(cmd, irq, false);
+                self.serve_commands(cmd, irq, None);
                 if !window.is_zero() {
                     super::polling::poll_commands(self, cmd, irq, window);
                 }

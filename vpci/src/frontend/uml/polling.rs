@@ -36,18 +36,16 @@ use std::time::{Duration, Instant};
 
 use vhost_user_backend::{VringMutex, VringT};
 use virtio_queue::QueueT;
-use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::backend::{Memory, UmlBackend};
-use super::ring::Ring;
+use super::backend::{Snapshot, UmlBackend};
 use crate::passthrough::PassthroughDevice;
 
 /// How often a polling worker looks at its other events between looks at the ring.
 const EVENT_CHECK: Duration = Duration::from_micros(10);
-/// Idle looks at the avail index per clock read and spin-loop hint. A look is one
-/// load; a clock read costs several, and under emulation (TCG, as in the test rig) a
-/// `pause` leaves the CPU's translated code, which costs more than many looks.
+/// Looks at the avail index per clock read and spin-loop hint. A look is one load; a
+/// clock read costs about 120 ns under emulation (TCG, as in the test rig), and a
+/// `pause` about 155 ns there (it leaves the CPU's translated code).
 const LOOKS_PER_CLOCK: u32 = 16;
 
 /// The worker's epoll set, watched from a second epoll: one look is one `epoll_wait`
@@ -93,20 +91,14 @@ pub(super) fn poll_commands<D: PassthroughDevice + 'static>(
     irq: &VringMutex,
     window: Duration,
 ) {
-    let (Some(memory), Some(events)) = (backend.memory(), backend.pending_events()) else {
+    let Some(events) = backend.pending_events() else {
         return;
     };
     let poll = Poll { backend, cmd, irq };
     let counters = &backend.shared().counters;
     counters.polling.store(true, Ordering::Relaxed);
-    super::realtime::at_normal_priority(|| poll.run(&memory, events, window));
+    super::realtime::at_normal_priority(|| poll.run(events, window));
     counters.polling.store(false, Ordering::Relaxed);
-}
-
-/// What a window compares UML's avail index with.
-struct Look<'m> {
-    ring: Ring<'m>,
-    taken: u16,
 }
 
 struct Poll<'a, D: PassthroughDevice + 'static> {
@@ -116,16 +108,19 @@ struct Poll<'a, D: PassthroughDevice + 'static> {
 }
 
 impl<D: PassthroughDevice + 'static> Poll<'_, D> {
-    fn run(&self, memory: &Memory, events: &PendingEvents, window: Duration) {
+    fn run(&self, events: &PendingEvents, window: Duration) {
         loop {
+            let Some(snapshot) = self.backend.snapshot() else {
+                return;
+            };
             self.set_kicks(false);
-            let end = self.window(memory, events, window);
+            let end = self.window(&snapshot, events, window);
             // Kicks back on, then one more look: UML may have posted a command after
             // the last look while it still saw kicks suppressed.
             if !self.set_kicks(true) {
                 return;
             }
-            self.serve();
+            self.backend.serve_commands(self.cmd, self.irq, None);
             if end == End::Leave {
                 return;
             }
@@ -133,39 +128,45 @@ impl<D: PassthroughDevice + 'static> Poll<'_, D> {
     }
 
     /// Poll until a whole `window` passes without a command, or something else needs
-    /// the event loop.
-    fn window(&self, memory: &Memory, events: &PendingEvents, window: Duration) -> End {
-        let mem = memory.memory();
-        let Some(mut look) = self.look(&mem) else {
+    /// the event loop (or UML's memory changed).
+    fn window(&self, snapshot: &Snapshot, events: &PendingEvents, window: Duration) -> End {
+        let Some(mut look) = self.backend.look(self.cmd, snapshot) else {
             return End::Leave;
         };
         let mut deadline = Instant::now() + window;
         let mut next_check = Instant::now() + EVENT_CHECK;
-        let mut idle_looks = 0u32;
+        let mut looks = 0u32;
+        let mut found = false;
         loop {
             if look.ring.avail_idx() != look.taken {
-                let Some(taken) = self.serve() else {
+                let Some(taken) = self.backend.serve_commands(self.cmd, self.irq, Some(&look))
+                else {
                     return End::Leave;
                 };
                 look.taken = taken;
-                idle_looks = 0;
-                deadline = Instant::now() + window;
-            } else {
-                idle_looks += 1;
-                if !idle_looks.is_multiple_of(LOOKS_PER_CLOCK) {
-                    continue;
-                }
-                std::hint::spin_loop();
+                found = true;
             }
+            looks = looks.wrapping_add(1);
+            if !looks.is_multiple_of(LOOKS_PER_CLOCK) {
+                continue;
+            }
+            std::hint::spin_loop();
             let now = Instant::now();
+            if found {
+                deadline = now + window;
+                found = false;
+            }
             if now >= next_check {
                 let fired = events.any();
                 self.backend.poll_interrupts(self.irq, fired);
                 if fired && events.any() {
                     return End::Leave;
                 }
-                // The queue may have been stopped, or set up anew, meanwhile.
-                match self.look(&mem) {
+                // The queue may have been stopped or set up anew, the memory replaced.
+                if !self.backend.is_current(snapshot) {
+                    return End::Leave;
+                }
+                match self.backend.look(self.cmd, snapshot) {
                     Some(again) => look = again,
                     None => return End::Leave,
                 }
@@ -175,24 +176,6 @@ impl<D: PassthroughDevice + 'static> Poll<'_, D> {
                 return End::Idle;
             }
         }
-    }
-
-    /// The command queue's ring as the window looks at it, and how many commands were
-    /// taken from it; `None` if the queue is not running.
-    fn look<'m>(&self, mem: &'m GuestMemoryMmap) -> Option<Look<'m>> {
-        let state = self.cmd.get_ref();
-        let queue = state.get_queue();
-        if !state.is_enabled() || !queue.ready() {
-            return None;
-        }
-        Some(Look {
-            ring: Ring::new(queue, mem).ok()?,
-            taken: queue.next_avail(),
-        })
-    }
-
-    fn serve(&self) -> Option<u16> {
-        self.backend.serve_commands(self.cmd, self.irq, true)
     }
 
     /// UML's kicks on the command queue on or off. Turning them on returns whether

@@ -54,6 +54,8 @@ pub(super) struct Ring<'m> {
     avail: VolatileSlice<'m>,
     used: VolatileSlice<'m>,
     size: u16,
+    /// Where the areas are in UML's memory: descriptors, avail, used.
+    addresses: [u64; 3],
 }
 
 impl<'m> Ring<'m> {
@@ -76,7 +78,14 @@ impl<'m> Ring<'m> {
             avail: area(queue.avail_ring(), RING_HEADER + n * AVAIL_ENTRY).ok_or_else(outside)?,
             used: area(queue.used_ring(), RING_HEADER + n * USED_ENTRY).ok_or_else(outside)?,
             size,
+            addresses: [queue.desc_table(), queue.avail_ring(), queue.used_ring()],
         })
+    }
+
+    /// Whether this is still `queue`'s ring (UML may set a queue up anew).
+    pub(super) fn is_of(&self, queue: &Queue) -> bool {
+        self.size == queue.size()
+            && self.addresses == [queue.desc_table(), queue.avail_ring(), queue.used_ring()]
     }
 
     /// The avail index UML published: every entry before it is readable.

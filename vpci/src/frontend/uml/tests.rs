@@ -694,6 +694,7 @@ fn the_command_queue_is_never_signalled_and_its_batches_are_counted() {
     let status = rig.frontend().status();
     assert_eq!(status.mmio_writes, 40 + 24);
     assert_eq!(status.command_batches, 40 + 5 + 24, "one batch per kick");
+    assert_eq!(status.timed_batches, status.command_batches, "all timed");
     assert!(
         status.command_ns > 0 && status.bar_access_ns > 0,
         "{status:?}"
@@ -1032,8 +1033,8 @@ fn commands_posted_while_polling_are_served_without_a_kick() {
     let rig = Rig::start_with(polling(Duration::from_secs(1)));
     let mut guest = Guest::connect(&rig.socket);
     guest.start_a_quiet_window(&rig);
-    let before = rig.frontend().status().polled_commands;
-    for _ in 0..3 {
+    let before = rig.frontend().status();
+    for _ in 0..31 {
         let read = message(op::MMIO_READ, 0, 4, 8, &[]);
         let posted = guest.post_command(&[Piece::Out(&read), Piece::In(4)]);
         let answer = guest.finish_command(posted);
@@ -1043,9 +1044,12 @@ fn commands_posted_while_polling_are_served_without_a_kick() {
     let posted = guest.post_command(&[Piece::Out(&header), Piece::In(2)]);
     assert_eq!(guest.finish_command(posted), vec![vec![0xd3, 0x10]]);
     let status = rig.frontend().status();
-    assert_eq!(status.polled_commands, before + 4);
-    assert_eq!((status.mmio_reads, status.config_accesses), (3, 2));
+    assert_eq!(status.polled_commands, before.polled_commands + 32);
+    assert_eq!((status.mmio_reads, status.config_accesses), (31, 2));
     assert!(status.polling);
+    // One batch per command, and one in 16 of them timed.
+    assert_eq!(status.command_batches, before.command_batches + 32);
+    assert_eq!(status.timed_batches, before.timed_batches + 2);
 }
 
 #[test]
