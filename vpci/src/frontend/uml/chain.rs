@@ -9,7 +9,7 @@ use std::ops::Deref;
 use thiserror::Error;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::ring::RingError;
 
@@ -55,7 +55,7 @@ impl Writable {
                 break;
             }
             let n = (len as usize).min(bytes.len() - done);
-            mem.write_slice(&bytes[done..done + n], addr)
+            write_guest(mem, addr, &bytes[done..done + n])
                 .map_err(|_| ChainError::OutsideMemory { addr: addr.0, len })?;
             done += n;
         }
@@ -120,8 +120,39 @@ where
             .filter(|e| *e <= MAX_MESSAGE)
             .ok_or(ChainError::TooLong)?;
         readable.resize(end, 0);
-        mem.read_slice(&mut readable[start..end], addr)
+        read_guest(mem, addr, &mut readable[start..end])
             .map_err(|_| ChainError::OutsideMemory { addr: addr.0, len })?;
     }
     Ok(())
+}
+
+/// `buf.len()` bytes of UML's memory at `addr`: one slice of a region when they lie in
+/// one (a command's buffers always do), which skips `read_slice`'s general walk.
+fn read_guest(
+    mem: &GuestMemoryMmap,
+    addr: GuestAddress,
+    buf: &mut [u8],
+) -> Result<(), vm_memory::GuestMemoryError> {
+    match mem.get_slice(addr, buf.len()) {
+        Ok(slice) => {
+            slice.copy_to(buf);
+            Ok(())
+        }
+        Err(_) => mem.read_slice(buf, addr),
+    }
+}
+
+/// `bytes` into UML's memory at `addr`, as [`read_guest`] reads.
+fn write_guest(
+    mem: &GuestMemoryMmap,
+    addr: GuestAddress,
+    bytes: &[u8],
+) -> Result<(), vm_memory::GuestMemoryError> {
+    match mem.get_slice(addr, bytes.len()) {
+        Ok(slice) => {
+            slice.copy_from(bytes);
+            Ok(())
+        }
+        Err(_) => mem.write_slice(bytes, addr),
+    }
 }

@@ -157,12 +157,27 @@ impl<'m> Ring<'m> {
                 size: self.size,
             });
         }
-        self.desc
-            .read_obj::<Descriptor>(usize::from(index) * DESCRIPTOR_SIZE)
-            .map_err(|_| RingError::Index {
+        let at = usize::from(index) * DESCRIPTOR_SIZE;
+        // Two loads where the table is 8-byte aligned (the spec asks 16), else a copy.
+        let words = (
+            self.desc.load::<u64>(at, Ordering::Relaxed),
+            self.desc.load::<u64>(at + 8, Ordering::Relaxed),
+        );
+        match words {
+            (Ok(addr), Ok(rest)) => {
+                let rest = u64::from_le(rest);
+                Ok(Descriptor::new(
+                    u64::from_le(addr),
+                    rest as u32,
+                    (rest >> 32) as u16,
+                    (rest >> 48) as u16,
+                ))
+            }
+            _ => self.desc.read_obj::<Descriptor>(at).map_err(|_| RingError::Index {
                 index,
                 size: self.size,
-            })
+            }),
+        }
     }
 }
 
