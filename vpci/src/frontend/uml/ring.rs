@@ -173,10 +173,13 @@ impl<'m> Ring<'m> {
                     (rest >> 48) as u16,
                 ))
             }
-            _ => self.desc.read_obj::<Descriptor>(at).map_err(|_| RingError::Index {
-                index,
-                size: self.size,
-            }),
+            _ => self
+                .desc
+                .read_obj::<Descriptor>(at)
+                .map_err(|_| RingError::Index {
+                    index,
+                    size: self.size,
+                }),
         }
     }
 }
