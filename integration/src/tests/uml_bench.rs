@@ -8,8 +8,10 @@
 //!   CPU of its own ([`WorkerOptions::poll`]). With two CPUs (`UDRV_RIG_SMP=2
 //!   integration/rig bench uml`) every UML run, direct or served, is pinned to CPU 0,
 //!   the polling worker to CPU 1, and the worker woken by kicks to CPU 0 (it preempts
-//!   UML there, as on one CPU); with one CPU, the polling worker shares UML's CPU and
-//!   the figure shows what polling costs there.
+//!   UML there, as on one CPU), and the polling worker's runs alternate with direct
+//!   ones, [`ALTERNATIONS`] each, their medians compared (both paths drift with the
+//!   host's load over a boot). With one CPU the polling worker is not measured: it
+//!   would only delay the UML it waits for.
 //! - Disk (ich9-ahci): a bench of its own, against UML's ubd on the same disk
 //!   (uml_bench_disk.rs).
 //!
@@ -175,6 +177,44 @@ fn net_run(
         .context(format!("{NET_ATTEMPTS} net runs in UML failed")))
 }
 
+/// Runs of the polling worker, each followed by a direct run, with two CPUs.
+const ALTERNATIONS: usize = 3;
+
+/// One net run served by a worker polling as `polling` says, UML on `uml`.
+fn polled_run(polling: WorkerOptions, uml: Option<usize>) -> Result<NetFigures> {
+    let nic = Served::start_with(rig::E1000E, "bench-e1000e-poll", polling)?;
+    let polled = net_figures(&net_run(uml, READS, &nic.arg, Some(&nic))?.0)?;
+    let status = nic.status();
+    nic.stop()?;
+    let commands = status.config_accesses + status.mmio_reads + status.mmio_writes;
+    println!(
+        "served (udrv UML frontend, worker polling {} µs): {polled:?}; {} of {commands} \
+         commands found by polling; worker {:.2} µs per timed batch ({} timed, {:.2} \
+         commands per batch)",
+        polling.poll.as_micros(),
+        status.polled_commands,
+        status.command_ns as f64 / 1000.0 / status.timed_batches.max(1) as f64,
+        status.timed_batches,
+        commands as f64 / status.command_batches.max(1) as f64,
+    );
+    Ok(polled)
+}
+
+/// Each figure's median over `runs` (the upper middle of an even count).
+fn median_figures(runs: &[NetFigures]) -> NetFigures {
+    let median = |f: fn(&NetFigures) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    NetFigures {
+        stats_us: median(|f| f.stats_us),
+        mtu_us: median(|f| f.mtu_us),
+        diff_us: median(|f| f.diff_us),
+        rtt_ms: median(|f| f.rtt_ms),
+    }
+}
+
 /// Boots UML, pinned to CPU `cpu` when given, with the bench task and `args`; checks
 /// it booted and the task succeeded.
 fn bench_run_on(cpu: Option<usize>, bench: &str, reads: u32, args: &[&str]) -> Result<UmlRun> {
@@ -213,8 +253,12 @@ fn served_vs_direct() -> Result<()> {
     // Direct: UML's vfio_uml on the e1000e.
     rig::bind_to_vfio(rig::E1000E)?;
     let direct_arg = format!("vfio_uml.device={}", rig::E1000E);
-    let direct = net_figures(&net_run(place.uml, READS, &direct_arg, None)?.0)?;
-    println!("direct (vfio_uml): {direct:?}");
+    let direct_run = || -> Result<NetFigures> {
+        let direct = net_figures(&net_run(place.uml, READS, &direct_arg, None)?.0)?;
+        println!("direct (vfio_uml): {direct:?}");
+        Ok(direct)
+    };
+    let mut directs = vec![direct_run()?];
 
     // Served, the worker woken by UML's kicks (the default): the same task over udrv's
     // frontend, twice with different read counts to count the MMIO reads one
@@ -239,36 +283,26 @@ fn served_vs_direct() -> Result<()> {
     println!("MMIO reads per statistics read: {reads_per_stat:.1}");
 
     // Served, the worker polling the command queue for POLL_WINDOW after each command,
-    // on a CPU of its own.
+    // on a CPU of its own; in runs alternating with direct ones, since both paths
+    // drift with the host's load over a boot.
     let polled = match place.polling_worker {
         Some(cpu) => {
             let polling = WorkerOptions {
                 poll: POLL_WINDOW,
                 cpu: Some(cpu),
             };
-            let nic = Served::start_with(rig::E1000E, "bench-e1000e-poll", polling)?;
-            let polled = net_figures(&net_run(place.uml, READS, &nic.arg, Some(&nic))?.0)?;
-            let status = nic.status();
-            nic.stop()?;
-            let commands = status.config_accesses + status.mmio_reads + status.mmio_writes;
-            println!(
-                "served (udrv UML frontend, worker polling {} µs): {polled:?}; {} of \
-                 {commands} commands found by polling",
-                POLL_WINDOW.as_micros(),
-                status.polled_commands,
-            );
-            println!(
-                "polling worker's time: {:.2} µs per command batch ({:.2} commands each; \
-                 {} batches timed)",
-                status.command_ns as f64 / 1000.0 / status.timed_batches.max(1) as f64,
-                commands as f64 / status.command_batches.max(1) as f64,
-                status.timed_batches,
-            );
-            Some(polled)
+            let mut polleds = Vec::new();
+            for run in 0..ALTERNATIONS {
+                if run > 0 {
+                    directs.push(direct_run()?);
+                }
+                polleds.push(polled_run(polling, place.uml)?);
+            }
+            Some(median_figures(&polleds))
         }
         None => None,
     };
-
+    let direct = median_figures(&directs);
     let mmio = |f: &NetFigures| f.diff_us / reads_per_stat;
     let (mmio_direct, mmio_served) = (mmio(&direct), mmio(&served));
     let mmio_polled = polled.as_ref().map(mmio);
