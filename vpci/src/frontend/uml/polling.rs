@@ -79,6 +79,8 @@ impl PendingEvents {
 enum End {
     /// No command for a whole window.
     Idle,
+    /// UML replaced its memory table: poll on in the new memory.
+    Stale,
     /// An event the event loop must handle, or the queue stopped.
     Leave,
 }
@@ -111,10 +113,16 @@ impl<D: PassthroughDevice + 'static> Poll<'_, D> {
     fn run(&self, events: &PendingEvents, window: Duration) {
         loop {
             let Some(snapshot) = self.backend.snapshot() else {
+                // The guest's memory is gone; kicks back on for whoever comes next.
+                self.set_kicks(true);
                 return;
             };
             self.set_kicks(false);
             let end = self.window(&snapshot, events, window);
+            if end == End::Stale {
+                // Kicks stay off: the next window looks at the new memory.
+                continue;
+            }
             // Kicks back on, then one more look: UML may have posted a command after
             // the last look while it still saw kicks suppressed.
             if !self.set_kicks(true) {
@@ -127,8 +135,8 @@ impl<D: PassthroughDevice + 'static> Poll<'_, D> {
         }
     }
 
-    /// Poll until a whole `window` passes without a command, or something else needs
-    /// the event loop (or UML's memory changed).
+    /// Poll until a whole `window` passes without a command, something else needs the
+    /// event loop, or UML's memory changed.
     fn window(&self, snapshot: &Snapshot, events: &PendingEvents, window: Duration) -> End {
         let Some(mut look) = self.backend.look(self.cmd, snapshot) else {
             return End::Leave;
@@ -162,9 +170,9 @@ impl<D: PassthroughDevice + 'static> Poll<'_, D> {
                 if fired && events.any() {
                     return End::Leave;
                 }
-                // The queue may have been stopped or set up anew, the memory replaced.
+                // The memory may have been replaced, the queue stopped or set up anew.
                 if !self.backend.is_current(snapshot) {
-                    return End::Leave;
+                    return End::Stale;
                 }
                 match self.backend.look(self.cmd, snapshot) {
                     Some(again) => look = again,

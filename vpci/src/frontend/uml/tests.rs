@@ -1053,6 +1053,51 @@ fn commands_posted_while_polling_are_served_without_a_kick() {
 }
 
 #[test]
+fn a_polling_worker_follows_a_new_memory_table() {
+    let rig = Rig::start_with(polling(LONG_POLL));
+    let mut guest = Guest::connect(&rig.socket);
+    guest.start_a_quiet_window(&rig);
+    let before = rig.frontend().status().polled_commands;
+    // UML's memory moves to another file, rings and all.
+    let (mem, file) = guest_memory();
+    let mut bytes = vec![0u8; RAM];
+    guest.mem.read_slice(&mut bytes, GuestAddress(GPA)).unwrap();
+    mem.write_slice(&bytes, GuestAddress(GPA)).unwrap();
+    let host = mem.get_host_address(GuestAddress(GPA)).unwrap() as u64;
+    guest
+        .frontend
+        .set_mem_table(&[VhostUserMemoryRegionInfo {
+            guest_phys_addr: GPA,
+            memory_size: RAM as u64,
+            userspace_addr: host,
+            mmap_offset: 0,
+            mmap_handle: file.as_raw_fd(),
+        }])
+        .unwrap();
+    guest.mem = mem;
+    // Posted in the new memory with no kick: a worker still looking at the old memory
+    // would not see it for the whole (minute-long) window.
+    let read = message(op::MMIO_READ, 0, 4, 8, &[]);
+    let posted = guest.post_command(&[Piece::Out(&read), Piece::In(4)]);
+    assert_eq!(
+        guest.finish_command(posted),
+        vec![E1000E_STATUS.to_le_bytes().to_vec()]
+    );
+    // And the worker polls on, in the new memory.
+    let posted = guest.post_command(&[Piece::Out(&read), Piece::In(4)]);
+    assert_eq!(
+        guest.finish_command(posted),
+        vec![E1000E_STATUS.to_le_bytes().to_vec()]
+    );
+    let status = rig.frontend().status();
+    assert!(
+        status.polling && status.polled_commands > before,
+        "{status:?}"
+    );
+    assert_eq!(status.last_error, None);
+}
+
+#[test]
 fn interrupts_are_delivered_while_the_worker_polls() {
     let rig = Rig::start_with(polling(LONG_POLL));
     let mut guest = Guest::connect(&rig.socket);
