@@ -22,6 +22,11 @@
 //! once more, so a command UML posted while it still saw kicks suppressed is served
 //! rather than left waiting for a kick that never comes.
 //!
+//! A window works on a snapshot of UML's memory and its view of the command ring
+//! ([`ring`](super::ring)), taken once and lent to every batch it serves, so a look is
+//! one load and a batch resolves nothing it already knows. A new memory table from
+//! UML is noticed at the next event check, and the worker polls on in the new memory.
+//!
 //! The worker polls at normal priority, back at real-time priority (if it has it) when
 //! it sleeps again (see [`realtime`](super::realtime)): the kernel throttles a
 //! real-time thread that runs without pause (50 ms of every second by default), which
