@@ -1056,7 +1056,8 @@ fn commands_posted_while_polling_are_served_without_a_kick() {
 fn a_polling_worker_follows_a_new_memory_table() {
     let rig = Rig::start_with(polling(LONG_POLL));
     let mut guest = Guest::connect(&rig.socket);
-    guest.start_a_quiet_window(&rig);
+    assert_eq!(guest.config_read(0, 2), 0x8086);
+    guest.wait_kicks_wanted(false);
     let before = rig.frontend().status().polled_commands;
     // UML's memory moves to another file, rings and all.
     let (mem, file) = guest_memory();
