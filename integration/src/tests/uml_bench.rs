@@ -189,12 +189,9 @@ fn polled_run(polling: WorkerOptions, uml: Option<usize>) -> Result<NetFigures> 
     let commands = status.config_accesses + status.mmio_reads + status.mmio_writes;
     println!(
         "served (udrv UML frontend, worker polling {} µs): {polled:?}; {} of {commands} \
-         commands found by polling; worker {:.2} µs per timed batch ({} timed, {:.2} \
-         commands per batch)",
+         commands found by polling, {:.2} commands per batch",
         polling.poll.as_micros(),
         status.polled_commands,
-        status.command_ns as f64 / 1000.0 / status.timed_batches.max(1) as f64,
-        status.timed_batches,
         commands as f64 / status.command_batches.max(1) as f64,
     );
     Ok(polled)
