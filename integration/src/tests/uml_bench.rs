@@ -112,13 +112,13 @@ fn net_figures(run: &UmlRun) -> Result<NetFigures> {
 /// worker woken by kicks beside it (it preempts UML there, as on one CPU), the polling
 /// worker on CPU 1. With one, anywhere.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Placement {
-    pub(super) uml: Option<usize>,
-    pub(super) polling_worker: Option<usize>,
+struct Placement {
+    uml: Option<usize>,
+    polling_worker: Option<usize>,
 }
 
 impl Placement {
-    pub(super) fn of_this_rig() -> Self {
+    fn of_this_rig() -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         if cpus >= 2 {
             Placement {

@@ -13,11 +13,6 @@
 //!   readahead: that cache is dropped before every ubd run, and the rig kernel's disk
 //!   counters must show the whole disk read from the device.
 //!
-//! With two CPUs (`UDRV_RIG_SMP=2 integration/rig bench uml`) every UML run is pinned
-//! to CPU 0 and the worker beside it, as in the NIC bench ([`Placement`]): with the
-//! worker free to answer from another CPU, UML 7.2's send_cmd race (see vpci's UML
-//! frontend) fails reads.
-//!
 //! The rig kernel reading the disk itself with O_DIRECT (no UML at all) is printed as
 //! context, measured once before any UML run (see [`bind_ahci_to_host`] for why). The
 //! UML paths are measured [`ROUNDS`] times, alternating, and the medians compared. In
@@ -29,11 +24,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use vpci::frontend::{FrontendStatus, WorkerOptions};
+use vpci::frontend::FrontendStatus;
 
 use super::drivers::kernel;
-use super::uml::{nonce, run_uml_on, RunningUml, UmlRun};
-use super::uml_bench::Placement;
+use super::uml::{nonce, run_uml, RunningUml, UmlRun};
 use super::uml_served::{self, Served};
 use crate::harness::RigTest;
 use crate::rig;
@@ -135,17 +129,16 @@ fn device_reads(dev: &Path) -> Result<(u64, u64)> {
     Ok((fields[2], fields[0]))
 }
 
-/// One ubd run: the rig kernel's page cache dropped, UML (on CPU `cpu` if given)
-/// reading `dev` through ubd. Returns UML's figures and the read requests the rig
-/// kernel's disk served.
-fn ubd_read(dev: &Path, block: usize, cpu: Option<usize>) -> Result<(UmlRead, u64)> {
+/// One ubd run: the rig kernel's page cache dropped, UML reading `dev` through ubd.
+/// Returns UML's figures and the read requests the rig kernel's disk served.
+fn ubd_read(dev: &Path, block: usize) -> Result<(UmlRead, u64)> {
     std::fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the page cache")?;
     let (sectors_before, requests_before) = device_reads(dev)?;
     let nonce = nonce();
     let mut args = task_args("ubd", block, false);
     args.push(format!("ubd0r={}", dev.display()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let run = run_uml_on(cpu, &nonce, Some("bench"), &args)?;
+    let run = run_uml(&nonce, Some("bench"), &args)?;
     ensure_task_ok(&run, &nonce)?;
     let read = UmlRead::parse(&run.output)?;
     let (sectors_after, requests_after) = device_reads(dev)?;
@@ -190,13 +183,9 @@ fn counters_between(a: &FrontendStatus, b: &FrontendStatus) -> [f64; COUNTERS] {
     ]
 }
 
-/// One served run: UML's ahci (on CPU `cpu` if given) on the frontend, the frontend's
-/// counters read just before and just after UML's reads.
-fn served_read(
-    disk: &Served,
-    block: usize,
-    cpu: Option<usize>,
-) -> Result<(UmlRead, [f64; COUNTERS])> {
+/// One served run: UML's ahci on the frontend, the frontend's counters read just
+/// before and just after UML's reads.
+fn served_read(disk: &Served, block: usize) -> Result<(UmlRead, [f64; COUNTERS])> {
     for gate in [GO, RELEASE] {
         let _ = std::fs::remove_file(gate);
     }
@@ -204,7 +193,7 @@ fn served_read(
     let mut args = task_args("sd", block, true);
     args.push(disk.arg.clone());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut uml = RunningUml::start_on(cpu, &nonce, Some("bench"), &args)?;
+    let mut uml = RunningUml::start(&nonce, Some("bench"), &args)?;
     uml.wait_for_line("uml: disk /dev/", RUN_TIMEOUT)?;
     let before = disk.status();
     std::fs::write(GO, b"").with_context(|| format!("creating {GO}"))?;
@@ -254,10 +243,6 @@ struct Rounds {
 }
 
 fn served_vs_ubd() -> Result<()> {
-    let cpu = Placement::of_this_rig().uml;
-    if let Some(cpu) = cpu {
-        println!("every UML on CPU {cpu}, and the served worker beside it");
-    }
     let dev = bind_ahci_to_host()?;
     let name = dev.file_name().unwrap_or_default().to_string_lossy();
     let read_ahead = rig::sh(&format!("cat /sys/block/{name}/queue/read_ahead_kb"))?;
@@ -277,7 +262,7 @@ fn served_vs_ubd() -> Result<()> {
         let dev = bind_ahci_to_host()?;
         let failed = failed_commands()?;
         for (block, r) in BLOCKS.iter().zip(&mut rounds) {
-            let (read, device_requests) = ubd_read(&dev, *block, cpu)?;
+            let (read, device_requests) = ubd_read(&dev, *block)?;
             r.ubd.push(read);
             r.ubd_device_requests.push(device_requests as f64);
         }
@@ -288,13 +273,9 @@ fn served_vs_ubd() -> Result<()> {
                  the ubd runs (see bind_ahci_to_host); they include libata's retries"
             );
         }
-        let worker = WorkerOptions {
-            cpu,
-            ..WorkerOptions::default()
-        };
-        let disk = Served::start_with(rig::ICH9_AHCI, "bench-ahci", worker)?;
+        let disk = Served::start(rig::ICH9_AHCI, "bench-ahci")?;
         for (block, r) in BLOCKS.iter().zip(&mut rounds) {
-            let (read, counters) = served_read(&disk, *block, cpu)?;
+            let (read, counters) = served_read(&disk, *block)?;
             r.served.push(read);
             r.served_counters.push(counters);
         }
