@@ -13,6 +13,10 @@
 //!   readahead: that cache is dropped before every ubd run, and the rig kernel's disk
 //!   counters must show the whole disk read from the device.
 //!
+//! Its figures are taken on the one-CPU rig. With two CPUs (`UDRV_RIG_SMP=2`), served
+//! runs failed now and then (a timed-out read, a UML warning at boot), pinned to one
+//! CPU with the worker or not: UML 7.2's send_cmd race (see vpci's UML frontend).
+//!
 //! The rig kernel reading the disk itself with O_DIRECT (no UML at all) is printed as
 //! context, measured once before any UML run (see [`bind_ahci_to_host`] for why). The
 //! UML paths are measured [`ROUNDS`] times, alternating, and the medians compared. In
