@@ -197,18 +197,20 @@ fn polled_run(polling: WorkerOptions, uml: Option<usize>) -> Result<NetFigures> 
     Ok(polled)
 }
 
-/// Each figure's median over `runs` (the upper middle of an even count).
+/// The median of `v` (the upper middle of an even count).
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Each figure's median over `runs`.
 fn median_figures(runs: &[NetFigures]) -> NetFigures {
-    let median = |f: fn(&NetFigures) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let of = |f: fn(&NetFigures) -> f64| median(runs.iter().map(f).collect());
     NetFigures {
-        stats_us: median(|f| f.stats_us),
-        mtu_us: median(|f| f.mtu_us),
-        diff_us: median(|f| f.diff_us),
-        rtt_ms: median(|f| f.rtt_ms),
+        stats_us: of(|f| f.stats_us),
+        mtu_us: of(|f| f.mtu_us),
+        diff_us: of(|f| f.diff_us),
+        rtt_ms: of(|f| f.rtt_ms),
     }
 }
 

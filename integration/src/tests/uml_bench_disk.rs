@@ -32,6 +32,7 @@ use vpci::frontend::FrontendStatus;
 
 use super::drivers::kernel;
 use super::uml::{nonce, run_uml, RunningUml, UmlRun};
+use super::uml_bench::median;
 use super::uml_served::{self, Served};
 use crate::harness::RigTest;
 use crate::rig;
@@ -229,11 +230,6 @@ fn bind_ahci_to_host() -> Result<PathBuf> {
 /// Commands the rig kernel's libata reported failed so far (its log).
 fn failed_commands() -> Result<usize> {
     Ok(rig::sh("dmesg")?.matches("failed command").count())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// All rounds of one read size.

@@ -126,8 +126,7 @@ pub(super) struct Snapshot {
 pub(super) struct Look<'m> {
     pub(super) ring: Ring<'m>,
     pub(super) taken: u16,
-    mem: &'m GuestMemoryMmap,
-    generation: u64,
+    snapshot: &'m Snapshot,
 }
 
 /// How long vectors stay wired after bus mastering went off, so interrupt moderation
@@ -342,8 +341,7 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         Some(Look {
             ring: Ring::new(queue, &snapshot.mem).ok()?,
             taken: queue.next_avail(),
-            mem: &snapshot.mem,
-            generation: snapshot.generation,
+            snapshot,
         })
     }
 
@@ -386,10 +384,10 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         else {
             return None;
         };
-        let window = window.filter(|look| look.generation == generation);
+        let window = window.filter(|look| look.snapshot.generation == generation);
         let loaded;
         let mem: &GuestMemoryMmap = match window {
-            Some(look) => look.mem,
+            Some(look) => &look.snapshot.mem,
             None => {
                 loaded = memory.memory();
                 &loaded
@@ -433,32 +431,30 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
                     let head = ring.head(taken);
                     taken = taken.wrapping_add(1);
                     batch.commands += 1;
-                    let split = chain::gather(
+                    let command = chain::gather(
                         ring.chain(head),
                         mem,
                         &mut served.readable,
                         &mut served.writable,
-                    );
-                    let written = match split {
-                        Ok(()) => match virtio_pcidev::parse(&served.readable) {
-                            Ok(command) => execute(
-                                function,
-                                command,
-                                &served.writable,
-                                mem,
-                                &mut served.reply,
-                                &mut batch,
-                                &self.shared,
-                            ),
-                            Err(e) => {
-                                batch.refused += 1;
-                                self.shared.error(format!("refused a command: {e}"));
-                                served.writable.fill(mem, 0xff, &mut served.reply)
-                            }
-                        },
-                        Err(e) => {
+                    )
+                    .map_err(|e| format!("refused a command chain: {e}"))
+                    .and_then(|()| {
+                        virtio_pcidev::parse(&served.readable)
+                            .map_err(|e| format!("refused a command: {e}"))
+                    });
+                    let written = match command {
+                        Ok(command) => execute(
+                            function,
+                            command,
+                            &served.writable,
+                            mem,
+                            &mut served.reply,
+                            &mut batch,
+                            &self.shared,
+                        ),
+                        Err(why) => {
                             batch.refused += 1;
-                            self.shared.error(format!("refused a command chain: {e}"));
+                            self.shared.error(why);
                             served.writable.fill(mem, 0xff, &mut served.reply)
                         }
                     };

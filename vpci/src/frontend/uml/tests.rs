@@ -253,6 +253,17 @@ fn guest_memory() -> (GuestMemoryMmap, File) {
     (mem, file)
 }
 
+/// The memory table entry for all of a [`guest_memory`]: its RAM at `GPA`.
+fn whole_ram(mem: &GuestMemoryMmap, file: &File) -> VhostUserMemoryRegionInfo {
+    VhostUserMemoryRegionInfo {
+        guest_phys_addr: GPA,
+        memory_size: RAM as u64,
+        userspace_addr: mem.get_host_address(GuestAddress(GPA)).unwrap() as u64,
+        mmap_offset: 0,
+        mmap_handle: file.as_raw_fd(),
+    }
+}
+
 impl Guest {
     /// Connect and set up as UML's virtio_uml does.
     fn connect(socket: &Path) -> Self {
@@ -270,15 +281,7 @@ impl Guest {
         // As UML does: every request after this one waits for the back-end's ack.
         frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
         frontend.set_features(features).unwrap();
-        frontend
-            .set_mem_table(&[VhostUserMemoryRegionInfo {
-                guest_phys_addr: GPA,
-                memory_size: RAM as u64,
-                userspace_addr: host,
-                mmap_offset: 0,
-                mmap_handle: file.as_raw_fd(),
-            }])
-            .unwrap();
+        frontend.set_mem_table(&[whole_ram(&mem, &file)]).unwrap();
         let cmd = TestQueue::new(GPA);
         let irq = TestQueue::new(GPA + 0x4000);
         let kicks = [EventFd::new(0).unwrap(), EventFd::new(0).unwrap()];
@@ -1064,16 +1067,9 @@ fn a_polling_worker_follows_a_new_memory_table() {
     let mut bytes = vec![0u8; RAM];
     guest.mem.read_slice(&mut bytes, GuestAddress(GPA)).unwrap();
     mem.write_slice(&bytes, GuestAddress(GPA)).unwrap();
-    let host = mem.get_host_address(GuestAddress(GPA)).unwrap() as u64;
     guest
         .frontend
-        .set_mem_table(&[VhostUserMemoryRegionInfo {
-            guest_phys_addr: GPA,
-            memory_size: RAM as u64,
-            userspace_addr: host,
-            mmap_offset: 0,
-            mmap_handle: file.as_raw_fd(),
-        }])
+        .set_mem_table(&[whole_ram(&mem, &file)])
         .unwrap();
     guest.mem = mem;
     // Posted in the new memory with no kick: a worker still looking at the old memory
