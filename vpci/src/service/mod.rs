@@ -11,6 +11,7 @@
 //!     FrontendLauncher  opens a claimed device and starts its frontend
 //!       UmlLauncher     VFIO (a container per served group) + the UML frontend
 //! ControlClient       what the udrv commands use to talk to the daemon
+//! NotifySocket        readiness for systemd (Type=notify), $NOTIFY_SOCKET
 //! ```
 //!
 //! Every served device is recorded in the claim state file (the `serve` field of its
@@ -28,6 +29,7 @@ mod framing;
 mod frontend_spec;
 mod host;
 mod launcher;
+mod notify_socket;
 mod requests;
 mod served;
 mod signals;
@@ -52,6 +54,7 @@ pub use framing::LineBuffer;
 pub use frontend_spec::{FrontendSpec, FrontendSpecError, MAX_SOCKET_PATH};
 pub use host::Host;
 pub use launcher::{FrontendLauncher, LaunchError, RunningFrontend};
+pub use notify_socket::{NotifySocket, NotifySocketError, NOTIFY_SOCKET_ENV};
 pub use requests::ShutdownReport;
 pub use signals::{StopSignals, STOP_SIGNALS};
 pub use uml_launcher::UmlLauncher;

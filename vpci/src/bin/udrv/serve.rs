@@ -9,7 +9,7 @@ use clap::{ArgAction, Args, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use udriver::bind::KernelSysfs;
 use udriver::claim::Modprobe;
-use vpci::service::{default_control_path, Daemon, DaemonConfig, Host, UmlLauncher};
+use vpci::service::{default_control_path, Daemon, DaemonConfig, Host, NotifySocket, UmlLauncher};
 
 use crate::list::HostArgs;
 
@@ -48,10 +48,9 @@ pub enum LogFormat {
 /// device it served or claimed back to its driver (--keep-claims: leaves them on
 /// vfio-pci, still recorded, to be served again by the next start). Needs root.
 ///
-/// Run it in the background with `&`, or as a systemd service:
-///   [Service]
-///   ExecStart=/usr/local/bin/udrv serve --log-format json
-///   KillSignal=SIGTERM
+/// Run it in the background with `&`, or as the systemd service udrv.service
+/// (`udrv install-service` installs it; it waits for the control socket through
+/// $NOTIFY_SOCKET, Type=notify).
 ///
 /// Examples:
 ///   udrv serve &                                    then:
@@ -115,8 +114,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         // SIGTERM/SIGINT and the loop's signalfd receives them.
         handle_signals: true,
     };
+    // Read before starting, so that a bad address stops us before any device is served.
+    let manager = NotifySocket::from_env().context("starting udrv serve")?;
     let daemon =
         Daemon::start(config, host, Box::new(UmlLauncher::new())).context("starting udrv serve")?;
+    if let Some(manager) = manager {
+        // The control socket listens from Daemon::start on: a client that connects now
+        // waits in its backlog until `run` accepts it, a moment later.
+        let status = format!(
+            "serving; control socket {}",
+            daemon.control_path().display()
+        );
+        if let Err(e) = manager.ready(&status) {
+            // The manager gives up waiting and stops us; this says why.
+            tracing::warn!(error = %e, "telling systemd that udrv serve is ready");
+        }
+    }
     let report = daemon.run().context("udrv serve")?;
     if report.failed.is_empty() {
         return Ok(());
