@@ -2,8 +2,11 @@
 
 mod acpi;
 mod attach;
+mod completions;
 mod detach;
+mod install_service;
 mod list;
+mod man_pages;
 mod serve;
 mod status;
 
@@ -24,6 +27,9 @@ use clap::{Parser, Subcommand};
         udrv attach 00:04.0 --serve uml:/run/udrv/nic.sock\n  \
         linux ... virtio_uml.device=/run/udrv/nic.sock:1234\n  \
         udrv status                    guests, counters, claims\n\n\
+        Running the service under systemd:\n  \
+        udrv install-service           the unit udrv.service, man pages, completions\n  \
+        systemctl enable --now udrv\n\n\
         `udrv COMMAND --help` explains each command."
 )]
 struct Cli {
@@ -40,6 +46,13 @@ enum Command {
     Detach(detach::DetachArgs),
     Serve(serve::ServeArgs),
     Status(status::StatusArgs),
+    InstallService(install_service::InstallServiceArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(hide = true)]
+    Completions(completions::CompletionsArgs),
+    /// Print a man page in roff: udrv(1), or udrv-COMMAND(1).
+    #[command(hide = true)]
+    Man(man_pages::ManArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,6 +63,9 @@ fn main() -> std::process::ExitCode {
         Command::Detach(args) => detach::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Status(args) => status::run(args),
+        Command::InstallService(args) => install_service::run(args),
+        Command::Completions(args) => completions::run(args),
+        Command::Man(args) => man_pages::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
