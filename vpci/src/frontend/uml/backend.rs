@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use dma::DmaMapper;
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use udriver::vfio::IrqIndex;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringMutex, VringT};
@@ -25,7 +26,7 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use super::chain::{self, Writable};
+use super::chain::{self, Writable, MAX_BAR_ACCESS};
 use super::dma::GuestDma;
 use super::interrupts::{Interrupts, Watcher};
 use super::polling::PendingEvents;
@@ -35,8 +36,9 @@ use super::WorkerOptions;
 use crate::access_width::AccessWidth;
 use crate::config_regs::{command, header};
 use crate::frontend::virtio_pcidev::{self, Command};
-use crate::function::PciFunction;
+use crate::function::check_bar_access;
 use crate::passthrough::{PassthroughDevice, PassthroughFunction};
+use crate::{BarIndex, FunctionError, PciFunction};
 
 /// The guest memory vhost-user-backend keeps for the vrings.
 pub(super) type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
@@ -45,6 +47,14 @@ pub(super) type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
 const CMD_QUEUE: u16 = 0;
 const IRQ_QUEUE: u16 = 1;
 const QUEUES: usize = 2;
+/// The worker's own event: commands were left for another round (epoll id; 2 is the
+/// exit event).
+const RESUME: u16 = 3;
+/// Most commands served in one round, holding the lock on the served function. The
+/// rest wait for the next round, after whatever else the worker has to do: a guest
+/// that keeps posting (or a ring laid out so that answers post commands) cannot keep a
+/// departure, a reset or a stop waiting.
+pub(super) const COMMANDS_PER_ROUND: u64 = MAX_QUEUE_SIZE as u64;
 /// UML's `MAX_SUPPORTED_QUEUE_SIZE`.
 const MAX_QUEUE_SIZE: usize = 256;
 /// `VIRTIO_F_VERSION_1`.
@@ -276,20 +286,31 @@ pub(super) struct UmlBackend<D: PassthroughDevice + 'static> {
     epoll: OnceLock<Weak<VringEpollHandler<Arc<UmlBackend<D>>>>>,
     /// The worker's epoll set as a polling worker looks at it.
     pending: OnceLock<PendingEvents>,
+    /// Signalled when a round left commands waiting (see [`COMMANDS_PER_ROUND`]);
+    /// watched on the worker's epoll with id [`RESUME`].
+    resume: EventFd,
 }
 
 impl<D: PassthroughDevice + 'static> UmlBackend<D> {
-    pub(super) fn new(shared: Arc<Shared<D>>) -> Self {
-        Self {
+    pub(super) fn new(shared: Arc<Shared<D>>) -> io::Result<Self> {
+        Ok(Self {
             shared,
             epoll: OnceLock::new(),
             pending: OnceLock::new(),
-        }
+            resume: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK)?,
+        })
     }
 
     /// The worker's epoll, once the daemon made it (weak: it holds this back-end).
     pub(super) fn set_epoll(&self, epoll: &Arc<VringEpollHandler<Arc<UmlBackend<D>>>>) {
         let _ = self.epoll.set(Arc::downgrade(epoll));
+        if let Err(e) =
+            epoll.register_listener(self.resume.as_raw_fd(), EventSet::IN, u64::from(RESUME))
+        {
+            self.shared.error(format!(
+                "watching the worker's resume event: {e}; commands left by a full round wait for UML's next kick"
+            ));
+        }
         if self.shared.worker.poll.is_zero() {
             return;
         }
@@ -360,9 +381,10 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         }
     }
 
-    /// Serve every command UML posted. `window`: found by a polling window, which
-    /// lends its look at the ring (used if still current), not by UML's kick.
-    /// Returns how many commands the queue has had taken in all (its next avail
+    /// Serve the commands UML posted, up to [`COMMANDS_PER_ROUND`]; if more wait,
+    /// the resume event brings the worker back for them. `window`: found by a polling
+    /// window, which lends its look at the ring (used if still current), not by UML's
+    /// kick. Returns how many commands the queue has had taken in all (its next avail
     /// index), or `None` while it is not being served. The command queue is never
     /// signalled (see the [module](super) documentation).
     pub(super) fn serve_commands(
@@ -418,6 +440,7 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
                 },
             };
             let (mut taken, mut used) = (queue.next_avail(), queue.next_used());
+            let mut left = false;
             'ring: loop {
                 let waiting = match ring.waiting(taken) {
                     Ok(0) => break,
@@ -428,6 +451,10 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
                     }
                 };
                 for _ in 0..waiting {
+                    if batch.commands == COMMANDS_PER_ROUND {
+                        left = true;
+                        break 'ring;
+                    }
                     let head = ring.head(taken);
                     taken = taken.wrapping_add(1);
                     batch.commands += 1;
@@ -455,7 +482,9 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
                         Err(why) => {
                             batch.refused += 1;
                             self.shared.error(why);
-                            served.writable.fill(mem, 0xff, &mut served.reply)
+                            served
+                                .writable
+                                .fill(mem, 0xff, MAX_BAR_ACCESS, &mut served.reply)
                         }
                     };
                     if polled {
@@ -471,6 +500,13 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
             }
             queue.set_next_avail(taken);
             queue.set_next_used(used);
+            if left {
+                if let Err(e) = self.resume.write(1) {
+                    self.shared.error(format!(
+                        "signalling the worker to serve the commands left: {e}"
+                    ));
+                }
+            }
             taken
         };
         if batch.commands > 0 {
@@ -604,7 +640,7 @@ fn execute<D: PassthroughDevice + 'static>(
             "{command}: the chain has {} writable bytes for a {want}-byte answer",
             writable.len()
         ));
-        return writable.fill(mem, 0xff, reply);
+        return writable.fill(mem, 0xff, want, reply);
     }
     match command {
         Command::ConfigRead { offset, size } => {
@@ -623,6 +659,11 @@ fn execute<D: PassthroughDevice + 'static>(
         }
         Command::MmioRead { bar, offset, len } => {
             batch.reads += 1;
+            // Before anything is allocated for it: the length is the guest's.
+            if let Err(e) = check_access(function, bar, offset, len) {
+                shared.error(format!("{command}: {e}"));
+                return writable.fill(mem, 0xff, want, reply);
+            }
             reply.clear();
             reply.resize(len as usize, 0);
             let started = batch.timed.then(Instant::now);
@@ -651,9 +692,8 @@ fn execute<D: PassthroughDevice + 'static>(
             value,
         } => {
             batch.writes += 1;
-            let size = function.bar_layout().get(bar).map_or(0, |d| d.size);
-            if u64::from(len) > size {
-                shared.error(format!("{command}: longer than the {size:#x}-byte BAR"));
+            if let Err(e) = check_access(function, bar, offset, len) {
+                shared.error(format!("{command}: {e}"));
                 return 0;
             }
             reply.clear();
@@ -664,6 +704,30 @@ fn execute<D: PassthroughDevice + 'static>(
             0
         }
     }
+}
+
+/// Whether a read or memset of `len` bytes at `offset` in `bar` is one to serve:
+/// inside the BAR (checked as the function's BAR access checks it) and no longer than
+/// [`MAX_BAR_ACCESS`].
+fn check_access<D: PassthroughDevice + 'static>(
+    function: &PassthroughFunction<D>,
+    bar: BarIndex,
+    offset: u64,
+    len: u32,
+) -> Result<(), String> {
+    let len = len as usize;
+    if len > MAX_BAR_ACCESS {
+        return Err(format!(
+            "longer than the largest access served ({MAX_BAR_ACCESS} bytes)"
+        ));
+    }
+    let size = function
+        .bar_layout()
+        .get(bar)
+        .map(|d| d.size)
+        .ok_or(FunctionError::NoSuchBar { bar })
+        .map_err(|e| e.to_string())?;
+    check_bar_access(bar, offset, len, size).map_err(|e| e.to_string())
 }
 
 fn write_reply<D: PassthroughDevice>(
@@ -789,7 +853,12 @@ impl<D: PassthroughDevice + 'static> VhostUserBackend for UmlBackend<D> {
         };
         let window = self.shared.worker.poll;
         match device_event {
-            CMD_QUEUE => {
+            CMD_QUEUE | RESUME => {
+                if device_event == RESUME {
+                    // Level-triggered: taken before serving, so a round that leaves
+                    // commands again is seen again.
+                    let _ = self.resume.read();
+                }
                 self.serve_commands(cmd, irq, None);
                 if !window.is_zero() {
                     super::polling::poll_commands(self, cmd, irq, window);
@@ -801,5 +870,91 @@ impl<D: PassthroughDevice + 'static> VhostUserBackend for UmlBackend<D> {
         // Errors are the guest's or the device's and are recorded; an Err here would
         // end the vring worker for good.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use ::dma::RecordingMapper;
+    use virtio_queue::desc::split::Descriptor;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::passthrough::tests::e1000e;
+
+    /// `VRING_DESC_F_WRITE`.
+    const F_WRITE: u16 = 2;
+
+    #[test]
+    fn long_bar_accesses_are_refused_before_anything_is_allocated_for_them() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mut function = PassthroughFunction::new(e1000e()).unwrap();
+        let shared = Shared::new(
+            PassthroughFunction::new(e1000e()).unwrap(),
+            Arc::new(RecordingMapper::new()),
+            "uml.sock".into(),
+            WorkerOptions::default(),
+        );
+        // The guest's descriptors offer 16 MiB for the answer.
+        let mut writable = Writable::default();
+        let answer = Descriptor::new(0x1000, 16 << 20, F_WRITE, 0);
+        chain::gather(
+            [Ok::<_, Infallible>(answer)].into_iter(),
+            &mem,
+            &mut Vec::new(),
+            &mut writable,
+        )
+        .unwrap();
+        let (mut reply, mut batch) = (Vec::new(), Batch::default());
+        let mut serve = |function: &mut PassthroughFunction<_>, command| {
+            execute(
+                function, command, &writable, &mem, &mut reply, &mut batch, &shared,
+            )
+        };
+
+        // A read of 16 MiB from the 128 KiB BAR0: all-ones, as much as UML may read.
+        let bar0 = BarIndex::new(0).unwrap();
+        let read = Command::MmioRead {
+            bar: bar0,
+            offset: 0,
+            len: 16 << 20,
+        };
+        assert_eq!(serve(&mut function, read), MAX_BAR_ACCESS);
+        let mut answer = vec![0; MAX_BAR_ACCESS];
+        mem.read_slice(&mut answer, GuestAddress(0x1000)).unwrap();
+        assert!(answer.iter().all(|b| *b == 0xff));
+        // A memset of the whole 1 MiB BAR4: refused, the BAR untouched.
+        let bar4 = BarIndex::new(4).unwrap();
+        let before = function.device().region_bytes(4, 0, 0x10_0000);
+        let memset = Command::MmioMemset {
+            bar: bar4,
+            offset: 0,
+            len: 0x10_0000,
+            value: 0,
+        };
+        assert_eq!(serve(&mut function, memset), 0);
+        assert_eq!(function.device().region_bytes(4, 0, 0x10_0000), before);
+        let error = shared.counters.snapshot("uml.sock".into()).last_error;
+        assert!(
+            error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("largest access"),
+            "{error:?}"
+        );
+        // A read of the BAR within the bound is served.
+        let status = Command::MmioRead {
+            bar: bar0,
+            offset: 8,
+            len: 4,
+        };
+        assert_eq!(serve(&mut function, status), 4);
+        let mut value = [0; 4];
+        mem.read_slice(&mut value, GuestAddress(0x1000)).unwrap();
+        assert_eq!(u32::from_le_bytes(value), 0x8008_0783);
+        // Nothing was allocated for the long ones.
+        assert!(reply.capacity() <= MAX_BAR_ACCESS, "{}", reply.capacity());
     }
 }

@@ -18,12 +18,14 @@ use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
 use super::chain::{self, Writable};
+use super::ring;
 use crate::frontend::virtio_pcidev::{IrqMessage, HEADER_LEN};
 use crate::msi_routing::{InterruptKind, MsiMessage};
 use crate::passthrough::{LiveIrqs, PassthroughDevice, PassthroughFunction};
 
-/// Epoll ids below this belong to the vrings and the worker's exit event (2 queues).
-pub(super) const FIRST_LISTENER: u64 = 3;
+/// Epoll ids below this belong to the vrings, the worker's exit event (2 queues) and
+/// the command queue's resume event (see [`backend`](super::backend)).
+pub(super) const FIRST_LISTENER: u64 = 4;
 /// Most messages kept while UML has no buffer posted.
 const MAX_WAITING: usize = 256;
 
@@ -158,7 +160,11 @@ impl Interrupts {
         if !state.is_enabled() || !state.get_queue().ready() {
             return Ok(0);
         }
-        let queue_error = |e| io::Error::other(format!("irq queue: {e}"));
+        fn queue_error(e: impl std::fmt::Display) -> io::Error {
+            io::Error::other(format!("irq queue: {e}"))
+        }
+        // Used entries over the avail ring would post buffers without end.
+        ring::check_layout(state.get_queue(), mem).map_err(queue_error)?;
         let mut delivered = 0;
         let mut used = false;
         let mut looked_again = false;

@@ -429,7 +429,16 @@ fn serve_guest<D: PassthroughDevice + 'static>(
     shared: &Arc<Shared<D>>,
     control: &Control,
 ) {
-    let backend = Arc::new(UmlBackend::new(shared.clone()));
+    let backend = match UmlBackend::new(shared.clone()) {
+        Ok(backend) => Arc::new(backend),
+        Err(e) => {
+            shared.counters.error(format!(
+                "{}: setting up for a guest: {e}",
+                shared.socket.display()
+            ));
+            return;
+        }
+    };
     let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let mut daemon = match VhostUserDaemon::new("udrv-uml-guest".into(), backend.clone(), memory) {
         Ok(daemon) => daemon,
