@@ -26,19 +26,17 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use super::chain::{self, Writable, MAX_BAR_ACCESS};
+use super::commands::{CommandQueue, RoundOptions};
 use super::dma::GuestDma;
+use super::error::UmlError;
 use super::interrupts::{Interrupts, Watcher};
 use super::polling::PendingEvents;
 use super::ring::Ring;
 use super::status::Counters;
 use super::WorkerOptions;
-use crate::access_width::AccessWidth;
 use crate::config_regs::{command, header};
-use crate::frontend::virtio_pcidev::{self, Command};
-use crate::function::check_bar_access;
 use crate::passthrough::{PassthroughDevice, PassthroughFunction};
-use crate::{BarIndex, FunctionError, PciFunction};
+use crate::PciFunction;
 
 /// The guest memory vhost-user-backend keeps for the vrings.
 pub(super) type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
@@ -50,11 +48,7 @@ const QUEUES: usize = 2;
 /// The worker's own event: commands were left for another round (epoll id; 2 is the
 /// exit event).
 const RESUME: u16 = 3;
-/// Most commands served in one round, holding the lock on the served function. The
-/// rest wait for the next round, after whatever else the worker has to do: a guest
-/// that keeps posting (or a ring laid out so that answers post commands) cannot keep a
-/// departure, a reset or a stop waiting.
-pub(super) const COMMANDS_PER_ROUND: u64 = MAX_QUEUE_SIZE as u64;
+
 /// UML's `MAX_SUPPORTED_QUEUE_SIZE`.
 const MAX_QUEUE_SIZE: usize = 256;
 /// `VIRTIO_F_VERSION_1`.
@@ -116,9 +110,7 @@ pub(super) struct Served<D: PassthroughDevice> {
     generation: u64,
     /// Batches a polling worker served, for timing one in [`TIMED_EVERY`].
     polled_batches: u32,
-    readable: Vec<u8>,
-    writable: Writable,
-    reply: Vec<u8>,
+    commands: CommandQueue,
 }
 
 /// A polling worker times one batch in this many: a clock read costs about 120 ns
@@ -188,9 +180,7 @@ impl<D: PassthroughDevice> Served<D> {
             memory: None,
             generation: 0,
             polled_batches: 0,
-            readable: Vec::new(),
-            writable: Writable::default(),
-            reply: Vec::new(),
+            commands: CommandQueue::new(),
         }
     }
 
@@ -266,27 +256,13 @@ impl<T: VhostUserBackend> Watcher for VringEpollHandler<T> {
     }
 }
 
-/// What one batch of commands did.
-#[derive(Default)]
-struct Batch {
-    commands: u64,
-    config: u64,
-    reads: u64,
-    writes: u64,
-    refused: u64,
-    /// Whether the batch is timed (see [`TIMED_EVERY`]).
-    timed: bool,
-    /// Time in the device's BAR accesses.
-    bar_access: Duration,
-}
-
 /// One guest connection's back-end.
 pub(super) struct UmlBackend<D: PassthroughDevice + 'static> {
     shared: Arc<Shared<D>>,
     epoll: OnceLock<Weak<VringEpollHandler<Arc<UmlBackend<D>>>>>,
     /// The worker's epoll set as a polling worker looks at it.
     pending: OnceLock<PendingEvents>,
-    /// Signalled when a round left commands waiting (see [`COMMANDS_PER_ROUND`]);
+    /// Signalled when a round left commands waiting;
     /// watched on the worker's epoll with id [`RESUME`].
     resume: EventFd,
 }
@@ -381,7 +357,7 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         }
     }
 
-    /// Serve the commands UML posted, up to [`COMMANDS_PER_ROUND`]; if more wait,
+    /// Serve a round of the commands UML posted (see [`commands`](super::commands)); if more wait,
     /// the resume event brings the worker back for them. `window`: found by a polling
     /// window, which lends its look at the ring (used if still current), not by UML's
     /// kick. Returns how many commands the queue has had taken in all (its next avail
@@ -415,111 +391,45 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
                 &loaded
             }
         };
-        let mut batch = Batch {
+        let report = |e: UmlError| self.shared.error(e);
+        let options = RoundOptions {
+            ring: window.map(|look| &look.ring),
             timed,
-            ..Batch::default()
+            polled: polled.then_some(&self.shared.counters.polled_commands),
+            report: Some(&report),
         };
-        let taken = {
+        let round = {
             let mut vring = cmd.get_mut();
-            let queue = vring.get_queue_mut();
-            if !queue.ready() {
+            served
+                .commands
+                .serve_round(function, vring.get_queue_mut(), mem, options)
+        };
+        let round = match round {
+            Ok(round) => round,
+            Err(UmlError::QueueNotReady) => return None,
+            Err(e) => {
+                self.shared.error(e);
                 return None;
             }
-            let built;
-            let ring = match window.filter(|look| look.ring.is_of(queue)) {
-                Some(look) => &look.ring,
-                None => match Ring::new(queue, mem) {
-                    Ok(ring) => {
-                        built = ring;
-                        &built
-                    }
-                    Err(e) => {
-                        self.shared.error(format!("command queue: {e}"));
-                        return None;
-                    }
-                },
-            };
-            let (mut taken, mut used) = (queue.next_avail(), queue.next_used());
-            let mut left = false;
-            'ring: loop {
-                let waiting = match ring.waiting(taken) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) => {
-                        self.shared.error(format!("command queue: {e}"));
-                        break;
-                    }
-                };
-                for _ in 0..waiting {
-                    if batch.commands == COMMANDS_PER_ROUND {
-                        left = true;
-                        break 'ring;
-                    }
-                    let head = ring.head(taken);
-                    taken = taken.wrapping_add(1);
-                    batch.commands += 1;
-                    let command = chain::gather(
-                        ring.chain(head),
-                        mem,
-                        &mut served.readable,
-                        &mut served.writable,
-                    )
-                    .map_err(|e| format!("refused a command chain: {e}"))
-                    .and_then(|()| {
-                        virtio_pcidev::parse(&served.readable)
-                            .map_err(|e| format!("refused a command: {e}"))
-                    });
-                    let written = match command {
-                        Ok(command) => execute(
-                            function,
-                            command,
-                            &served.writable,
-                            mem,
-                            &mut served.reply,
-                            &mut batch,
-                            &self.shared,
-                        ),
-                        Err(why) => {
-                            batch.refused += 1;
-                            self.shared.error(why);
-                            served
-                                .writable
-                                .fill(mem, 0xff, MAX_BAR_ACCESS, &mut served.reply)
-                        }
-                    };
-                    if polled {
-                        // Before the answer, so whoever sees the answer sees the count.
-                        self.shared.counters.polled_commands.fetch_add(1, Relaxed);
-                    }
-                    if let Err(e) = ring.put_used(used, head, written as u32) {
-                        self.shared.error(format!("command queue: {e}"));
-                        break 'ring;
-                    }
-                    used = used.wrapping_add(1);
-                }
-            }
-            queue.set_next_avail(taken);
-            queue.set_next_used(used);
-            if left {
-                if let Err(e) = self.resume.write(1) {
-                    self.shared.error(format!(
-                        "signalling the worker to serve the commands left: {e}"
-                    ));
-                }
-            }
-            taken
         };
-        if batch.commands > 0 {
+        if round.left {
+            if let Err(e) = self.resume.write(1) {
+                self.shared.error(format!(
+                    "signalling the worker to serve the commands left: {e}"
+                ));
+            }
+        }
+        if round.commands > 0 {
             let c = &self.shared.counters;
-            Counters::add(&c.config_accesses, batch.config);
-            Counters::add(&c.mmio_reads, batch.reads);
-            Counters::add(&c.mmio_writes, batch.writes);
+            Counters::add(&c.config_accesses, round.config);
+            Counters::add(&c.mmio_reads, round.reads);
+            Counters::add(&c.mmio_writes, round.writes);
             Counters::add(&c.command_batches, 1);
             tracing::debug!(
-                config = batch.config,
-                reads = batch.reads,
-                writes = batch.writes,
-                refused = batch.refused,
+                config = round.config,
+                reads = round.reads,
+                writes = round.writes,
+                refused = round.refused,
                 "command batch"
             );
         }
@@ -544,16 +454,16 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
             }
         }
         deliver(served, irq, mem, &self.shared);
-        if let Some(started) = started.filter(|_| batch.commands > 0) {
+        if let Some(started) = started.filter(|_| round.commands > 0) {
             let c = &self.shared.counters;
             Counters::add_elapsed(&c.command_ns, started);
             Counters::add(
                 &c.bar_access_ns,
-                u64::try_from(batch.bar_access.as_nanos()).unwrap_or(u64::MAX),
+                u64::try_from(round.bar_access.as_nanos()).unwrap_or(u64::MAX),
             );
             Counters::add(&c.timed_batches, 1);
         }
-        Some(taken)
+        Some(round.taken)
     }
 
     /// Deliver what is waiting for UML's interrupt buffers, after taking the messages
@@ -620,147 +530,6 @@ fn deliver<D: PassthroughDevice>(
     match served.interrupts.deliver(irq, mem) {
         Ok(n) => Counters::add(&shared.counters.interrupts, n),
         Err(e) => shared.error(format!("delivering interrupts: {e}")),
-    }
-}
-
-/// Serve `command`; returns the bytes written into the chain's writable part.
-fn execute<D: PassthroughDevice + 'static>(
-    function: &mut PassthroughFunction<D>,
-    command: Command<'_>,
-    writable: &Writable,
-    mem: &GuestMemoryMmap,
-    reply: &mut Vec<u8>,
-    batch: &mut Batch,
-    shared: &Shared<D>,
-) -> usize {
-    let want = command.reply_len();
-    if want > writable.len() {
-        batch.refused += 1;
-        shared.error(format!(
-            "{command}: the chain has {} writable bytes for a {want}-byte answer",
-            writable.len()
-        ));
-        return writable.fill(mem, 0xff, want, reply);
-    }
-    match command {
-        Command::ConfigRead { offset, size } => {
-            batch.config += 1;
-            let value = config_read(function, offset, size.bytes());
-            write_reply(writable, mem, &value.to_le_bytes()[..size.bytes()], shared)
-        }
-        Command::ConfigWrite {
-            offset,
-            size,
-            value,
-        } => {
-            batch.config += 1;
-            config_write(function, offset, size.bytes(), value);
-            0
-        }
-        Command::MmioRead { bar, offset, len } => {
-            batch.reads += 1;
-            // Before anything is allocated for it: the length is the guest's.
-            if let Err(e) = check_access(function, bar, offset, len) {
-                shared.error(format!("{command}: {e}"));
-                return writable.fill(mem, 0xff, want, reply);
-            }
-            reply.clear();
-            reply.resize(len as usize, 0);
-            let started = batch.timed.then(Instant::now);
-            let result = function.bar_read(bar, offset, reply);
-            batch.bar_access += started.map_or(Duration::ZERO, |s| s.elapsed());
-            if let Err(e) = result {
-                shared.error(format!("{command}: {e}"));
-                reply.fill(0xff);
-            }
-            write_reply(writable, mem, reply, shared)
-        }
-        Command::MmioWrite { bar, offset, data } => {
-            batch.writes += 1;
-            let started = batch.timed.then(Instant::now);
-            let result = function.bar_write(bar, offset, data);
-            batch.bar_access += started.map_or(Duration::ZERO, |s| s.elapsed());
-            if let Err(e) = result {
-                shared.error(format!("{command}: {e}"));
-            }
-            0
-        }
-        Command::MmioMemset {
-            bar,
-            offset,
-            len,
-            value,
-        } => {
-            batch.writes += 1;
-            if let Err(e) = check_access(function, bar, offset, len) {
-                shared.error(format!("{command}: {e}"));
-                return 0;
-            }
-            reply.clear();
-            reply.resize(len as usize, value);
-            if let Err(e) = function.bar_write(bar, offset, reply) {
-                shared.error(format!("{command}: {e}"));
-            }
-            0
-        }
-    }
-}
-
-/// Whether a read or memset of `len` bytes at `offset` in `bar` is one to serve:
-/// inside the BAR (checked as the function's BAR access checks it) and no longer than
-/// [`MAX_BAR_ACCESS`].
-fn check_access<D: PassthroughDevice + 'static>(
-    function: &PassthroughFunction<D>,
-    bar: BarIndex,
-    offset: u64,
-    len: u32,
-) -> Result<(), String> {
-    let len = len as usize;
-    if len > MAX_BAR_ACCESS {
-        return Err(format!(
-            "longer than the largest access served ({MAX_BAR_ACCESS} bytes)"
-        ));
-    }
-    let size = function
-        .bar_layout()
-        .get(bar)
-        .map(|d| d.size)
-        .ok_or(FunctionError::NoSuchBar { bar })
-        .map_err(|e| e.to_string())?;
-    check_bar_access(bar, offset, len, size).map_err(|e| e.to_string())
-}
-
-fn write_reply<D: PassthroughDevice>(
-    writable: &Writable,
-    mem: &GuestMemoryMmap,
-    bytes: &[u8],
-    shared: &Shared<D>,
-) -> usize {
-    writable.write(mem, bytes).unwrap_or_else(|e| {
-        shared.error(format!("answering a read: {e}"));
-        0
-    })
-}
-
-/// A config read of 1, 2, 4 or 8 bytes (8 as two dwords, as a PCI host bridge does).
-fn config_read<F: PciFunction>(function: &mut F, offset: u16, len: usize) -> u64 {
-    match AccessWidth::from_len(len) {
-        Some(width) => function.config_read(offset, width).into(),
-        None => {
-            let low = function.config_read(offset, AccessWidth::Dword);
-            let high = function.config_read(offset + 4, AccessWidth::Dword);
-            u64::from(low) | u64::from(high) << 32
-        }
-    }
-}
-
-fn config_write<F: PciFunction>(function: &mut F, offset: u16, len: usize, value: u64) {
-    match AccessWidth::from_len(len) {
-        Some(width) => function.config_write(offset, width, value as u32),
-        None => {
-            function.config_write(offset, AccessWidth::Dword, value as u32);
-            function.config_write(offset + 4, AccessWidth::Dword, (value >> 32) as u32);
-        }
     }
 }
 
@@ -870,91 +639,5 @@ impl<D: PassthroughDevice + 'static> VhostUserBackend for UmlBackend<D> {
         // Errors are the guest's or the device's and are recorded; an Err here would
         // end the vring worker for good.
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::convert::Infallible;
-
-    use ::dma::RecordingMapper;
-    use virtio_queue::desc::split::Descriptor;
-    use vm_memory::{Bytes, GuestAddress};
-
-    use super::*;
-    use crate::passthrough::tests::e1000e;
-
-    /// `VRING_DESC_F_WRITE`.
-    const F_WRITE: u16 = 2;
-
-    #[test]
-    fn long_bar_accesses_are_refused_before_anything_is_allocated_for_them() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-        let mut function = PassthroughFunction::new(e1000e()).unwrap();
-        let shared = Shared::new(
-            PassthroughFunction::new(e1000e()).unwrap(),
-            Arc::new(RecordingMapper::new()),
-            "uml.sock".into(),
-            WorkerOptions::default(),
-        );
-        // The guest's descriptors offer 16 MiB for the answer.
-        let mut writable = Writable::default();
-        let answer = Descriptor::new(0x1000, 16 << 20, F_WRITE, 0);
-        chain::gather(
-            [Ok::<_, Infallible>(answer)].into_iter(),
-            &mem,
-            &mut Vec::new(),
-            &mut writable,
-        )
-        .unwrap();
-        let (mut reply, mut batch) = (Vec::new(), Batch::default());
-        let mut serve = |function: &mut PassthroughFunction<_>, command| {
-            execute(
-                function, command, &writable, &mem, &mut reply, &mut batch, &shared,
-            )
-        };
-
-        // A read of 16 MiB from the 128 KiB BAR0: all-ones, as much as UML may read.
-        let bar0 = BarIndex::new(0).unwrap();
-        let read = Command::MmioRead {
-            bar: bar0,
-            offset: 0,
-            len: 16 << 20,
-        };
-        assert_eq!(serve(&mut function, read), MAX_BAR_ACCESS);
-        let mut answer = vec![0; MAX_BAR_ACCESS];
-        mem.read_slice(&mut answer, GuestAddress(0x1000)).unwrap();
-        assert!(answer.iter().all(|b| *b == 0xff));
-        // A memset of the whole 1 MiB BAR4: refused, the BAR untouched.
-        let bar4 = BarIndex::new(4).unwrap();
-        let before = function.device().region_bytes(4, 0, 0x10_0000);
-        let memset = Command::MmioMemset {
-            bar: bar4,
-            offset: 0,
-            len: 0x10_0000,
-            value: 0,
-        };
-        assert_eq!(serve(&mut function, memset), 0);
-        assert_eq!(function.device().region_bytes(4, 0, 0x10_0000), before);
-        let error = shared.counters.snapshot("uml.sock".into()).last_error;
-        assert!(
-            error
-                .as_deref()
-                .unwrap_or_default()
-                .contains("largest access"),
-            "{error:?}"
-        );
-        // A read of the BAR within the bound is served.
-        let status = Command::MmioRead {
-            bar: bar0,
-            offset: 8,
-            len: 4,
-        };
-        assert_eq!(serve(&mut function, status), 4);
-        let mut value = [0; 4];
-        mem.read_slice(&mut value, GuestAddress(0x1000)).unwrap();
-        assert_eq!(u32::from_le_bytes(value), 0x8008_0783);
-        // Nothing was allocated for the long ones.
-        assert!(reply.capacity() <= MAX_BAR_ACCESS, "{}", reply.capacity());
     }
 }

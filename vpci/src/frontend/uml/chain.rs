@@ -15,15 +15,15 @@ use super::ring::RingError;
 
 /// Largest BAR access served (read, write or memset): memcpy_toio/memcpy_fromio of a
 /// whole page run. Longer ones are refused before anything is allocated for them.
-pub(super) const MAX_BAR_ACCESS: usize = 64 * 1024;
+pub const MAX_BAR_ACCESS: usize = 64 * 1024;
 
 /// Largest message taken from the command queue: the largest BAR write and its header
 /// (with room for stray bytes). Larger ones are refused.
-pub(super) const MAX_MESSAGE: usize = MAX_BAR_ACCESS + 64;
+pub const MAX_MESSAGE: usize = MAX_BAR_ACCESS + 64;
 
 /// Why a chain could not be read.
 #[derive(Debug, Error)]
-pub(super) enum ChainError {
+pub enum ChainError {
     #[error("descriptor at {addr:#x} (+{len:#x}) is outside the guest memory UML registered")]
     OutsideMemory { addr: u64, len: u32 },
     #[error("readable part is over {MAX_MESSAGE} bytes")]
@@ -45,6 +45,11 @@ pub(super) struct Writable {
 }
 
 impl Writable {
+    /// Bytes its list of pieces holds.
+    pub(super) fn buffered_bytes(&self) -> usize {
+        self.pieces.capacity() * std::mem::size_of::<(GuestAddress, u32)>()
+    }
+
     /// Total writable bytes.
     pub(super) fn len(&self) -> usize {
         self.pieces.iter().map(|(_, len)| *len as usize).sum()

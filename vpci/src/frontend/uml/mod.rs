@@ -75,7 +75,9 @@
 mod affinity;
 mod backend;
 mod chain;
+mod commands;
 mod dma;
+mod error;
 mod interrupts;
 mod polling;
 mod realtime;
@@ -103,6 +105,12 @@ use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use self::backend::{Shared, UmlBackend};
+pub use self::chain::{ChainError, MAX_BAR_ACCESS, MAX_MESSAGE};
+// The command batch exactly as the worker runs it, for fuzzing.
+#[doc(hidden)]
+pub use self::commands::{CommandQueue, Round, COMMANDS_PER_ROUND};
+pub use self::error::UmlError;
+pub use self::ring::RingError;
 pub use self::status::FrontendStatus;
 use crate::passthrough::{PassthroughDevice, PassthroughFunction, VfioPassthroughDevice};
 

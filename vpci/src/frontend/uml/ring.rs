@@ -35,7 +35,7 @@ const USED_ENTRY: usize = 8;
 
 /// Why the ring, or one chain on it, cannot be served.
 #[derive(Debug, Error, PartialEq, Eq)]
-pub(super) enum RingError {
+pub enum RingError {
     #[error("the ring areas (descriptors {desc:#x}, avail {avail:#x}, used {used:#x}, {size} entries) are not inside UML's memory")]
     Outside {
         desc: u64,

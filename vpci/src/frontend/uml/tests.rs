@@ -1076,7 +1076,7 @@ fn a_used_ring_over_the_avail_index_is_refused_and_the_guest_can_leave() {
 
 #[test]
 fn a_guest_posting_as_fast_as_it_is_served_is_served_in_bounded_rounds() {
-    let rounds = super::backend::COMMANDS_PER_ROUND;
+    let rounds = COMMANDS_PER_ROUND;
     let rig = Rig::start();
     let mut guest = Guest::connect(&rig.socket);
     let before = rig.frontend().status();
