@@ -2,11 +2,15 @@
 //! recorded (logged, counted, kept as the status's last error) with the socket and the
 //! device it happened on, and serving goes on.
 
+use std::io;
+
+use dma::DmaError;
 use thiserror::Error;
 
 use super::chain::{ChainError, MAX_BAR_ACCESS};
 use super::ring::RingError;
 use crate::frontend::virtio_pcidev::CommandError;
+use crate::passthrough::PassthroughError;
 use crate::FunctionError;
 
 /// Something that went wrong serving a UML guest.
@@ -52,4 +56,28 @@ pub enum UmlError {
     /// A read's answer could not be written into its chain.
     #[error("answering a read: {0}")]
     Answer(#[source] ChainError),
+    /// The function reported an error of its own (vector wiring, a config access).
+    #[error(transparent)]
+    Function(#[from] PassthroughError),
+    /// UML's memory could not be mapped for the device's DMA.
+    #[error("{0}")]
+    GuestMemory(String),
+    /// Unmapping UML's memory failed.
+    #[error("unmapping the guest's memory: {0}")]
+    Unmap(#[source] DmaError),
+    /// Quiescing the device failed.
+    #[error("quiescing the device: {0}")]
+    Quiesce(#[source] PassthroughError),
+    /// The function could not be rebuilt for the next guest; it is gone.
+    #[error("rebuilding the function for the next guest: {0}")]
+    Rebuild(#[source] PassthroughError),
+    /// The guest's vectors could not be watched on the worker's epoll.
+    #[error("watching the guest's vectors: {0}")]
+    WatchVectors(#[source] io::Error),
+    /// Interrupt messages could not be delivered on the irq queue.
+    #[error("delivering interrupts: {0}")]
+    DeliverInterrupts(#[source] io::Error),
+    /// The worker could not signal itself to serve the commands a round left.
+    #[error("signalling the worker to serve the commands left: {0}")]
+    Resume(#[source] nix::Error),
 }

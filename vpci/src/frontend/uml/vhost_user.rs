@@ -1,117 +1,57 @@
-//! The vhost-user back-end one UML guest talks to: its command queue served from the
-//! passthrough function, its memory mapped for DMA, its vectors delivered on the irq
-//! queue.
+//! The vhost-user back-end one UML guest talks to, and what its vring worker does.
 //!
-//! Two threads touch a guest's state: vhost-user-backend's request thread (memory
-//! tables, resets) and its vring worker (kicks and vector eventfds). Both go through
-//! [`Shared::served`]; the worker takes it once per batch of commands, and a polling
-//! worker (see [`polling`](super::polling)) holds no lock between looks at the queue.
+//! vhost-user-backend runs two threads for a guest: its request thread (memory tables,
+//! resets: the [`VhostUserBackend`] calls at the end of this file) and its vring worker
+//! (kicks, vector eventfds and the worker's own resume event: [`handle_event`]). The
+//! worker's handlers come first:
+//!
+//! - a kick on the command queue, or the resume event: a round of commands
+//!   ([`commands`](super::commands)), then the interrupts it may have changed, and, with
+//!   a poll window, [`polling`](super::polling);
+//! - a vector's eventfd, or UML posting interrupt buffers: the
+//!   [`interrupts`](super::interrupts).
+//!
+//! Both threads go through [`Shared::served`]; the worker takes it once per round of
+//! commands, and a polling worker holds no lock between looks at the queue. A guest's
+//! state from connection to departure is the [`lifecycle`](super::lifecycle).
+//!
+//! [`handle_event`]: VhostUserBackend::handle_event
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Instant;
 
-use dma::DmaMapper;
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use udriver::vfio::IrqIndex;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringMutex, VringT};
 use virtio_queue::QueueT;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use super::commands::{CommandQueue, RoundOptions};
-use super::dma::GuestDma;
+use super::commands::RoundOptions;
 use super::error::UmlError;
-use super::interrupts::{Interrupts, Watcher};
+use super::interrupts::{InterruptEvent, Watcher};
+use super::lifecycle::{Memory, ServedFunction, Shared};
 use super::polling::PendingEvents;
 use super::ring::Ring;
 use super::status::Counters;
-use super::WorkerOptions;
-use crate::config_regs::{command, header};
-use crate::passthrough::{PassthroughDevice, PassthroughFunction};
-use crate::PciFunction;
-
-/// The guest memory vhost-user-backend keeps for the vrings.
-pub(super) type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
+use crate::passthrough::PassthroughDevice;
 
 /// Queue 0: commands from UML. Queue 1: interrupt buffers UML posts.
 const CMD_QUEUE: u16 = 0;
 const IRQ_QUEUE: u16 = 1;
 const QUEUES: usize = 2;
-/// The worker's own event: commands were left for another round (epoll id; 2 is the
+/// The worker's own event: a round left commands for another (epoll id; 2 is the
 /// exit event).
 const RESUME: u16 = 3;
-
 /// UML's `MAX_SUPPORTED_QUEUE_SIZE`.
 const MAX_QUEUE_SIZE: usize = 256;
 /// `VIRTIO_F_VERSION_1`.
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-
-/// State shared by the frontend, its server thread and each guest's back-end.
-pub(super) struct Shared<D: PassthroughDevice> {
-    pub(super) socket: PathBuf,
-    pub(super) device: String,
-    pub(super) mapper: Arc<dyn DmaMapper>,
-    pub(super) served: Mutex<Served<D>>,
-    pub(super) counters: Counters,
-    pub(super) worker: WorkerOptions,
-}
-
-impl<D: PassthroughDevice> Shared<D> {
-    pub(super) fn new(
-        function: PassthroughFunction<D>,
-        mapper: Arc<dyn DmaMapper>,
-        socket: PathBuf,
-        worker: WorkerOptions,
-    ) -> Self {
-        Self {
-            socket,
-            device: function.device().name().to_string(),
-            mapper,
-            served: Mutex::new(Served::new(function)),
-            counters: Counters::default(),
-            worker,
-        }
-    }
-
-    pub(super) fn served(&self) -> MutexGuard<'_, Served<D>> {
-        // Every update under the lock leaves the state usable (a panic in the device
-        // code is the only way to poison it), so a poisoned lock is taken over.
-        self.served.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(super) fn error(&self, what: impl std::fmt::Display) {
-        self.counters.error(format!(
-            "{} ({}): {what}",
-            self.socket.display(),
-            self.device
-        ));
-    }
-}
-
-/// The function and everything one guest set up around it.
-pub(super) struct Served<D: PassthroughDevice> {
-    /// `None` only after rebuilding it failed (see `lost`) or after `stop` took it.
-    pub(super) function: Option<PassthroughFunction<D>>,
-    /// Why the function could not be rebuilt for the next guest.
-    pub(super) lost: Option<String>,
-    dma: GuestDma,
-    interrupts: Interrupts,
-    memory: Option<Memory>,
-    /// Changes whenever `memory` does: a polling window's snapshot of the memory is
-    /// used only while it is current.
-    generation: u64,
-    /// Batches a polling worker served, for timing one in [`TIMED_EVERY`].
-    polled_batches: u32,
-    commands: CommandQueue,
-}
 
 /// A polling worker times one batch in this many: a clock read costs about 120 ns
 /// under emulation (TCG), and a served read a few µs.
@@ -131,139 +71,14 @@ pub(super) struct Look<'m> {
     snapshot: &'m Snapshot,
 }
 
-/// How long vectors stay wired after bus mastering went off, so interrupt moderation
-/// timers the device armed for its last interrupts run out first. QEMU 7.2's e1000e
-/// aborts when such a timer expires after MSI-X was disabled; a guest that leaves
-/// (or is killed) mid-traffic is just when one is armed. It costs a departing guest
-/// 40 ms.
-const VECTOR_SETTLE: Duration = Duration::from_millis(40);
-
-/// Bus mastering off, a settle time if MSI/MSI-X vectors are live, then
-/// [`PassthroughFunction::quiesce`] (vectors off).
-fn stop_device<D: PassthroughDevice>(function: &mut PassthroughFunction<D>) -> Result<(), String> {
-    let device = function.device();
-    let mut bytes = [0u8; 2];
-    if device.read_config(header::COMMAND, &mut bytes).is_ok() {
-        let off = u16::from_le_bytes(bytes) & !command::BUS_MASTER;
-        let _ = device.write_config(header::COMMAND, &off.to_le_bytes());
-    }
-    if function
-        .live_irqs()
-        .is_some_and(|live| live.index != IrqIndex::Intx)
-    {
-        std::thread::sleep(VECTOR_SETTLE);
-    }
-    function
-        .quiesce()
-        .map_err(|e| format!("quiescing the device: {e}"))
-}
-
-/// Watches nothing: for resets with no vring worker left.
-struct NoWatcher;
-
-impl Watcher for NoWatcher {
-    fn watch(&self, _fd: RawFd, _id: u64) -> io::Result<()> {
-        Ok(())
-    }
-    fn unwatch(&self, _fd: RawFd, _id: u64) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<D: PassthroughDevice> Served<D> {
-    fn new(function: PassthroughFunction<D>) -> Self {
-        Self {
-            function: Some(function),
-            lost: None,
-            dma: GuestDma::default(),
-            interrupts: Interrupts::default(),
-            memory: None,
-            generation: 0,
-            polled_batches: 0,
-            commands: CommandQueue::new(),
-        }
-    }
-
-    /// The guest is gone (or reset the device): the device stops (bus mastering and
-    /// vectors off), the guest's memory is unmapped unless `keep_memory` (a reset
-    /// leaves the memory table in force), and the function is rebuilt from the device
-    /// so the guest finds it freshly reset. Every step is tried; the errors are
-    /// returned.
-    pub(super) fn reset(
-        &mut self,
-        mapper: &Arc<dyn DmaMapper>,
-        watcher: Option<&dyn Watcher>,
-        counters: &Counters,
-        keep_memory: bool,
-    ) -> Vec<String> {
-        let mut errors = Vec::new();
-        self.interrupts.clear(watcher.unwrap_or(&NoWatcher));
-        if let Some(function) = self.function.as_mut() {
-            errors.extend(stop_device(function).err());
-        }
-        if !keep_memory {
-            if let Err(e) = self.dma.unmap_all(mapper) {
-                errors.push(format!("unmapping the guest's memory: {e}"));
-            }
-            counters
-                .dma_mapped_bytes
-                .store(self.dma.mapped_bytes(), Relaxed);
-            self.memory = None;
-            self.generation += 1;
-        }
-        if let Some(function) = self.function.take() {
-            match PassthroughFunction::new(function.into_device()) {
-                Ok(function) => self.function = Some(function),
-                Err(e) => {
-                    let why = format!("rebuilding the function for the next guest: {e}");
-                    self.lost = Some(why.clone());
-                    errors.push(why);
-                }
-            }
-        }
-        errors
-    }
-
-    /// Stop the device and unmap everything, for giving the function back.
-    pub(super) fn quiesce(
-        &mut self,
-        mapper: &Arc<dyn DmaMapper>,
-        counters: &Counters,
-    ) -> Vec<String> {
-        let mut errors = Vec::new();
-        self.interrupts.clear(&NoWatcher);
-        if let Some(function) = self.function.as_mut() {
-            errors.extend(stop_device(function).err());
-        }
-        if let Err(e) = self.dma.unmap_all(mapper) {
-            errors.push(format!("unmapping the guest's memory: {e}"));
-        }
-        counters
-            .dma_mapped_bytes
-            .store(self.dma.mapped_bytes(), Relaxed);
-        self.memory = None;
-        self.generation += 1;
-        errors
-    }
-}
-
-impl<T: VhostUserBackend> Watcher for VringEpollHandler<T> {
-    fn watch(&self, fd: RawFd, id: u64) -> io::Result<()> {
-        self.register_listener(fd, EventSet::IN, id)
-    }
-    fn unwatch(&self, fd: RawFd, id: u64) -> io::Result<()> {
-        self.unregister_listener(fd, EventSet::IN, id)
-    }
-}
-
 /// One guest connection's back-end.
 pub(super) struct UmlBackend<D: PassthroughDevice + 'static> {
     shared: Arc<Shared<D>>,
     epoll: OnceLock<Weak<VringEpollHandler<Arc<UmlBackend<D>>>>>,
     /// The worker's epoll set as a polling worker looks at it.
     pending: OnceLock<PendingEvents>,
-    /// Signalled when a round left commands waiting;
-    /// watched on the worker's epoll with id [`RESUME`].
+    /// Signalled when a round left commands waiting; watched on the worker's epoll
+    /// with id [`RESUME`].
     resume: EventFd,
 }
 
@@ -302,6 +117,33 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
 
     fn watcher(&self) -> Option<Arc<VringEpollHandler<Arc<UmlBackend<D>>>>> {
         self.epoll.get().and_then(Weak::upgrade)
+    }
+
+    /// [`watcher`](Self::watcher) as the interrupts take it.
+    fn vector_watcher(&self) -> Option<Arc<dyn Watcher>> {
+        self.watcher().map(|w| w as Arc<dyn Watcher>)
+    }
+
+    /// Bring the interrupts up to date after `event` (see
+    /// [`Interrupts::update`](super::interrupts::Interrupts::update)) and count what
+    /// was delivered.
+    fn update_interrupts(
+        &self,
+        served: &mut ServedFunction<D>,
+        event: InterruptEvent,
+        irq: &VringMutex,
+        mem: &GuestMemoryMmap,
+    ) {
+        let Some(function) = served.function.as_mut() else {
+            return;
+        };
+        let delivered =
+            served
+                .interrupts
+                .update(event, function, &|| self.vector_watcher(), irq, mem, &|e| {
+                    self.shared.error(e)
+                });
+        Counters::add(&self.shared.counters.interrupts, delivered);
     }
 
     /// The worker's events as a polling worker looks at them (with a poll window).
@@ -343,7 +185,7 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
     }
 
     /// The guest went away (`keep_memory` false) or reset the device: quiesce, unmap
-    /// and rebuild (see [`Served::reset`]).
+    /// and rebuild (see [`ServedFunction::reset`]).
     pub(super) fn guest_left(&self, keep_memory: bool) {
         let watcher = self.watcher();
         let errors = self.shared.served().reset(
@@ -414,9 +256,7 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         };
         if round.left {
             if let Err(e) = self.resume.write(1) {
-                self.shared.error(format!(
-                    "signalling the worker to serve the commands left: {e}"
-                ));
+                self.shared.error(UmlError::Resume(e));
             }
         }
         if round.commands > 0 {
@@ -434,26 +274,10 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
             );
         }
         for e in function.take_errors() {
-            self.shared.error(e);
+            self.shared.error(UmlError::Function(e));
         }
 
-        // Any config or MSI-X table write may have reprogrammed the vectors.
-        let routing_changed = !function.take_msi_routing().is_empty();
-        if served.interrupts.stale(function, routing_changed) {
-            if let Some(watcher) = self.watcher() {
-                if let Err(e) = served.interrupts.sync(function, routing_changed, &*watcher) {
-                    self.shared
-                        .error(format!("watching the guest's vectors: {e}"));
-                }
-            }
-        }
-        if routing_changed {
-            // Vectors the guest unmasked with an interrupt pending, and any that fired.
-            for message in function.take_messages() {
-                served.interrupts.push(message);
-            }
-        }
-        deliver(served, irq, mem, &self.shared);
+        self.update_interrupts(served, InterruptEvent::Commands, irq, mem);
         if let Some(started) = started.filter(|_| round.commands > 0) {
             let c = &self.shared.counters;
             Counters::add_elapsed(&c.command_ns, started);
@@ -472,21 +296,14 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
     pub(super) fn poll_interrupts(&self, irq: &VringMutex, fired: bool) {
         let mut guard = self.shared.served();
         let served = &mut *guard;
-        let (Some(function), Some(memory)) = (served.function.as_mut(), served.memory.as_ref())
-        else {
+        let Some(mem) = served.memory.as_ref().map(GuestAddressSpace::memory) else {
             return;
         };
+        self.update_interrupts(served, InterruptEvent::Polled { fired }, irq, &mem);
         if fired {
-            for message in function.take_messages() {
-                served.interrupts.push(message);
+            for e in served.function.iter_mut().flat_map(|f| f.take_errors()) {
+                self.shared.error(UmlError::Function(e));
             }
-            for e in function.take_errors() {
-                self.shared.error(e);
-            }
-        }
-        if served.interrupts.waiting() {
-            let mem = memory.memory();
-            deliver(served, irq, &mem, &self.shared);
         }
     }
 
@@ -494,18 +311,10 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         let started = Instant::now();
         let mut guard = self.shared.served();
         let served = &mut *guard;
-        let (Some(function), Some(memory)) = (served.function.as_mut(), served.memory.as_ref())
-        else {
+        let Some(mem) = served.memory.as_ref().map(GuestAddressSpace::memory) else {
             return;
         };
-        let Some((kind, vector)) = served.interrupts.vector(id) else {
-            return;
-        };
-        if let Some(message) = function.vector_fired(kind, vector) {
-            served.interrupts.push(message);
-        }
-        let mem = memory.memory();
-        deliver(served, irq, &mem, &self.shared);
+        self.update_interrupts(served, InterruptEvent::Vector(id), irq, &mem);
         Counters::add_elapsed(&self.shared.counters.interrupt_ns, started);
     }
 
@@ -513,23 +322,19 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         Counters::add(&self.shared.counters.irq_buffer_kicks, 1);
         let mut guard = self.shared.served();
         let served = &mut *guard;
-        let Some(memory) = served.memory.as_ref() else {
+        let Some(mem) = served.memory.as_ref().map(GuestAddressSpace::memory) else {
             return;
         };
-        let mem = memory.memory();
-        deliver(served, irq, &mem, &self.shared);
+        self.update_interrupts(served, InterruptEvent::Buffers, irq, &mem);
     }
 }
 
-fn deliver<D: PassthroughDevice>(
-    served: &mut Served<D>,
-    irq: &VringMutex,
-    mem: &GuestMemoryMmap,
-    shared: &Shared<D>,
-) {
-    match served.interrupts.deliver(irq, mem) {
-        Ok(n) => Counters::add(&shared.counters.interrupts, n),
-        Err(e) => shared.error(format!("delivering interrupts: {e}")),
+impl<T: VhostUserBackend> Watcher for VringEpollHandler<T> {
+    fn watch(&self, fd: RawFd, id: u64) -> io::Result<()> {
+        self.register_listener(fd, EventSet::IN, id)
+    }
+    fn unwatch(&self, fd: RawFd, id: u64) -> io::Result<()> {
+        self.unregister_listener(fd, EventSet::IN, id)
     }
 }
 
@@ -561,16 +366,10 @@ impl<D: PassthroughDevice + 'static> VhostUserBackend for UmlBackend<D> {
     }
 
     fn update_memory(&self, mem: Memory) -> io::Result<()> {
-        let memory = mem.memory();
-        let mut served = self.shared.served();
-        let result = served.dma.map(&self.shared.mapper, &memory);
-        self.shared
-            .counters
-            .dma_mapped_bytes
-            .store(served.dma.mapped_bytes(), Relaxed);
-        // Queues are served only from memory that was accepted.
-        served.memory = result.is_ok().then(|| mem.clone());
-        served.generation += 1;
+        let result =
+            self.shared
+                .served()
+                .accept_memory(&self.shared.mapper, &self.shared.counters, &mem);
         match result {
             Ok(bytes) => {
                 tracing::info!(
@@ -581,13 +380,8 @@ impl<D: PassthroughDevice + 'static> VhostUserBackend for UmlBackend<D> {
                 Ok(())
             }
             Err(e) => {
-                let message = format!(
-                    "{} ({}): {e}",
-                    self.shared.socket.display(),
-                    self.shared.device
-                );
-                self.shared.counters.error(message.clone());
-                Err(io::Error::other(message))
+                self.shared.error(&e);
+                Err(io::Error::other(e))
             }
         }
     }
