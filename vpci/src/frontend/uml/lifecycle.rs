@@ -23,9 +23,9 @@ use super::commands::CommandQueue;
 use super::dma::GuestDma;
 use super::error::UmlError;
 use super::interrupts::{Interrupts, Watcher};
-use super::status::Counters;
 use super::WorkerOptions;
 use crate::config_regs::{command, header};
+use crate::frontend::FrontendCounters;
 use crate::passthrough::{PassthroughDevice, PassthroughFunction};
 
 /// The guest memory vhost-user-backend keeps for the vrings.
@@ -37,7 +37,7 @@ pub(super) struct Shared<D: PassthroughDevice> {
     pub(super) device: String,
     pub(super) mapper: Arc<dyn DmaMapper>,
     pub(super) served: Mutex<ServedFunction<D>>,
-    pub(super) counters: Counters,
+    pub(super) counters: FrontendCounters,
     pub(super) worker: WorkerOptions,
 }
 
@@ -53,7 +53,7 @@ impl<D: PassthroughDevice> Shared<D> {
             device: function.device().name().to_string(),
             mapper,
             served: Mutex::new(ServedFunction::new(function)),
-            counters: Counters::default(),
+            counters: FrontendCounters::default(),
             worker,
         }
     }
@@ -153,7 +153,7 @@ impl<D: PassthroughDevice> ServedFunction<D> {
         &mut self,
         mapper: &Arc<dyn DmaMapper>,
         watcher: Option<&dyn Watcher>,
-        counters: &Counters,
+        counters: &FrontendCounters,
         keep_memory: bool,
     ) -> Vec<UmlError> {
         let mut errors = Vec::new();
@@ -181,7 +181,7 @@ impl<D: PassthroughDevice> ServedFunction<D> {
     pub(super) fn quiesce(
         &mut self,
         mapper: &Arc<dyn DmaMapper>,
-        counters: &Counters,
+        counters: &FrontendCounters,
     ) -> Vec<UmlError> {
         let mut errors = Vec::new();
         self.interrupts.clear(&NoWatcher);
@@ -198,7 +198,7 @@ impl<D: PassthroughDevice> ServedFunction<D> {
     pub(super) fn accept_memory(
         &mut self,
         mapper: &Arc<dyn DmaMapper>,
-        counters: &Counters,
+        counters: &FrontendCounters,
         memory: &Memory,
     ) -> Result<u64, UmlError> {
         let result = self.dma.map(mapper, &memory.memory());
@@ -214,7 +214,7 @@ impl<D: PassthroughDevice> ServedFunction<D> {
     fn forget_memory(
         &mut self,
         mapper: &Arc<dyn DmaMapper>,
-        counters: &Counters,
+        counters: &FrontendCounters,
     ) -> Option<UmlError> {
         let unmapped = self.dma.unmap_all(mapper);
         counters

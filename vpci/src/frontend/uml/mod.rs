@@ -20,7 +20,7 @@
 //!     realtime            the worker preempts the busy-waiting guest (SCHED_FIFO)
 //!     affinity            optional: the worker pinned to a CPU
 //!   error                 UmlError: what goes wrong serving, recorded, never fatal
-//!   status                counters -> FrontendStatus
+//!   (counters -> FrontendStatus: frontend::status, shared by every frontend)
 //! ```
 //!
 //! Config reads and writes go to [`PciFunction::config_read`]/`config_write`, BAR
@@ -87,7 +87,6 @@ mod lifecycle;
 mod polling;
 mod realtime;
 mod ring;
-mod status;
 #[cfg(test)]
 mod tests;
 mod vhost_user;
@@ -113,12 +112,12 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 pub use self::chain::{ChainError, MAX_BAR_ACCESS, MAX_MESSAGE};
 use self::lifecycle::Shared;
 use self::vhost_user::UmlBackend;
+use crate::frontend::FrontendStatus;
 // The command batch exactly as the worker runs it, for fuzzing.
 #[doc(hidden)]
 pub use self::commands::{CommandQueue, Round, COMMANDS_PER_ROUND};
 pub use self::error::UmlError;
 pub use self::ring::RingError;
-pub use self::status::FrontendStatus;
 use crate::passthrough::{PassthroughDevice, PassthroughFunction, VfioPassthroughDevice};
 
 /// Why a UML frontend could not start, or could not give its function back.

@@ -38,7 +38,7 @@ use super::interrupts::{InterruptEvent, Watcher};
 use super::lifecycle::{Memory, ServedFunction, Shared};
 use super::polling::PendingEvents;
 use super::ring::Ring;
-use super::status::Counters;
+use crate::frontend::FrontendCounters;
 use crate::passthrough::PassthroughDevice;
 
 /// Queue 0: commands from UML. Queue 1: interrupt buffers UML posts.
@@ -143,7 +143,7 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
                 .update(event, function, &|| self.vector_watcher(), irq, mem, &|e| {
                     self.shared.error(e)
                 });
-        Counters::add(&self.shared.counters.interrupts, delivered);
+        FrontendCounters::add(&self.shared.counters.interrupts, delivered);
     }
 
     /// The worker's events as a polling worker looks at them (with a poll window).
@@ -261,10 +261,10 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         }
         if round.commands > 0 {
             let c = &self.shared.counters;
-            Counters::add(&c.config_accesses, round.config);
-            Counters::add(&c.mmio_reads, round.reads);
-            Counters::add(&c.mmio_writes, round.writes);
-            Counters::add(&c.command_batches, 1);
+            FrontendCounters::add(&c.config_accesses, round.config);
+            FrontendCounters::add(&c.mmio_reads, round.reads);
+            FrontendCounters::add(&c.mmio_writes, round.writes);
+            FrontendCounters::add(&c.command_batches, 1);
             tracing::debug!(
                 config = round.config,
                 reads = round.reads,
@@ -280,12 +280,12 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
         self.update_interrupts(served, InterruptEvent::Commands, irq, mem);
         if let Some(started) = started.filter(|_| round.commands > 0) {
             let c = &self.shared.counters;
-            Counters::add_elapsed(&c.command_ns, started);
-            Counters::add(
+            FrontendCounters::add_elapsed(&c.command_ns, started);
+            FrontendCounters::add(
                 &c.bar_access_ns,
                 u64::try_from(round.bar_access.as_nanos()).unwrap_or(u64::MAX),
             );
-            Counters::add(&c.timed_batches, 1);
+            FrontendCounters::add(&c.timed_batches, 1);
         }
         Some(round.taken)
     }
@@ -315,11 +315,11 @@ impl<D: PassthroughDevice + 'static> UmlBackend<D> {
             return;
         };
         self.update_interrupts(served, InterruptEvent::Vector(id), irq, &mem);
-        Counters::add_elapsed(&self.shared.counters.interrupt_ns, started);
+        FrontendCounters::add_elapsed(&self.shared.counters.interrupt_ns, started);
     }
 
     fn buffers_posted(&self, irq: &VringMutex) {
-        Counters::add(&self.shared.counters.irq_buffer_kicks, 1);
+        FrontendCounters::add(&self.shared.counters.irq_buffer_kicks, 1);
         let mut guard = self.shared.served();
         let served = &mut *guard;
         let Some(mem) = served.memory.as_ref().map(GuestAddressSpace::memory) else {
