@@ -86,7 +86,8 @@ impl RoundOptions<'_> {
 
 /// UML's command queue as a worker serves it: the buffers its rounds reuse, so that
 /// serving a command allocates nothing once they have grown to the largest one seen
-/// (at most [`MAX_MESSAGE`] for a message and [`MAX_BAR_ACCESS`] for an answer).
+/// (at most [`MAX_MESSAGE`](super::MAX_MESSAGE) for a message and [`MAX_BAR_ACCESS`]
+/// for an answer).
 #[derive(Debug, Default)]
 pub struct CommandQueue {
     readable: Vec<u8>,
@@ -536,5 +537,80 @@ mod tests {
             "{result:?}"
         );
         assert_eq!(guest.queue.next_avail(), 0);
+    }
+
+    /// A round as virtio-queue walks a queue (as the irq queue is served): the baseline
+    /// the command queue's own ring is measured against (see [`ring`](super::super::ring)).
+    #[inline(never)]
+    fn serve_with_virtio_queue(
+        commands: &mut CommandQueue,
+        function: &mut PassthroughFunction<FakeDevice>,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> u64 {
+        let mut served = 0;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let (head, gathered) =
+                chain::split(chain, mem, &mut commands.readable, &mut commands.writable);
+            let mut round = Round::default();
+            let written = match gathered
+                .map_err(UmlError::Chain)
+                .and_then(|()| virtio_pcidev::parse(&commands.readable).map_err(UmlError::Command))
+            {
+                Ok(command) => execute(
+                    function,
+                    command,
+                    &commands.writable,
+                    mem,
+                    &mut commands.reply,
+                    &mut round,
+                ),
+                Err(_) => commands
+                    .writable
+                    .fill(mem, 0xff, MAX_BAR_ACCESS, &mut commands.reply),
+            };
+            queue.add_used(mem, head, written as u32).unwrap();
+            served += 1;
+        }
+        served
+    }
+
+    /// Serves `reads` register reads one per round, as a polling worker finds them,
+    /// through the command queue's ring or through virtio-queue; both answer alike.
+    /// Run under callgrind to count each path's instructions (ring.rs says how).
+    #[test]
+    #[ignore = "a measurement: run it under callgrind (see ring.rs)"]
+    fn one_read_per_round_through_each_ring() {
+        const READS: u16 = 10_000;
+        let read = message(op::MMIO_READ, 0, 4, 8, &[]);
+        for through_virtio_queue in [false, true] {
+            let mut guest = Guest::new();
+            let mut function = function();
+            let mut commands = CommandQueue::new();
+            for i in 0..READS {
+                // One chain, reposted: the same descriptors every time.
+                guest.next_desc = 0;
+                guest.next_buffer = 0x3000;
+                guest.post(&read, Some((0x8000, 4)));
+                guest.mem.write_obj(0u32, GuestAddress(0x8000)).unwrap();
+                let served = if through_virtio_queue {
+                    serve_with_virtio_queue(
+                        &mut commands,
+                        &mut function,
+                        &mut guest.queue,
+                        &guest.mem,
+                    )
+                } else {
+                    commands
+                        .serve(&mut function, &mut guest.queue, &guest.mem)
+                        .unwrap()
+                        .commands
+                };
+                assert_eq!(served, 1);
+                let answer = guest.mem.read_obj::<u32>(GuestAddress(0x8000)).unwrap();
+                assert_eq!(answer, 0x8008_0783);
+                assert_eq!(guest.queue.next_used().wrapping_sub(i), 1);
+            }
+        }
     }
 }
