@@ -588,7 +588,8 @@ fn config_and_bar_accesses_reach_the_function() {
     let memset = message(op::CFG_WRITE, 1, 0x40, 0x80, &[0xa7, 0, 0, 0, 0, 0, 0, 0]);
     guest.command(&[Piece::Out(&memset)]);
     assert_eq!(rig.fake.region_bytes(1, 0x80, 0x40), vec![0xa7; 0x40]);
-    let status = rig.frontend().status();
+    // Counted after the answer is published: wait for the last batch's counts.
+    let status = rig.wait_for("the last batch to be counted", |s| s.mmio_writes >= 3);
     assert_eq!(status.config_accesses, 4);
     assert_eq!((status.mmio_reads, status.mmio_writes), (2, 3));
     assert_eq!(status.last_error, None);
@@ -737,7 +738,10 @@ fn the_command_queue_is_never_signalled_and_its_batches_are_counted() {
         guest.calls[0].read().is_err(),
         "the command queue was signalled"
     );
-    let status = rig.frontend().status();
+    // Counted after the answer is published: wait for the last batch's counts.
+    let status = rig.wait_for("the last batch to be counted", |s| {
+        s.timed_batches >= 40 + 5 + 24
+    });
     assert_eq!(status.mmio_writes, 40 + 24);
     assert_eq!(status.command_batches, 40 + 5 + 24, "one batch per kick");
     assert_eq!(status.timed_batches, status.command_batches, "all timed");
@@ -1171,7 +1175,12 @@ fn commands_posted_while_polling_are_served_without_a_kick() {
     let header = message(op::CFG_READ, 0, 2, 2, &[]);
     let posted = guest.post_command(&[Piece::Out(&header), Piece::In(2)]);
     assert_eq!(guest.finish_command(posted), vec![vec![0xd3, 0x10]]);
-    let status = rig.frontend().status();
+    // A batch's counters are added after its answer is published: the guest may see
+    // the last answer first.
+    let status = rig.wait_for("the last batch to be counted", |s| {
+        s.command_batches >= before.command_batches + 32
+            && s.timed_batches >= before.timed_batches + 2
+    });
     assert_eq!(status.polled_commands, before.polled_commands + 32);
     assert_eq!((status.mmio_reads, status.config_accesses), (31, 2));
     assert!(status.polling);
