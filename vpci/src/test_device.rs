@@ -10,14 +10,14 @@
 use std::any::Any;
 use std::collections::HashMap;
 
-use crate::access_width::AccessWidth;
 use crate::bar::{BarDefinition, BarIndex, BarKind, BarLayout};
-use crate::config_regs::{aer, cap, class, dsn, exp, ext_cap, pm, vsec};
-use crate::config_space::{ConfigSize, ConfigSpace, ConfigSpaceError, RegisterMask, Type0Header};
-use crate::function::{check_bar_access, FunctionError, PciFunction};
-use crate::msi::{MsiCapability, MsiConfig};
-use crate::msi_routing::{InterruptKind, MsiMessage, MsiRouting};
-use crate::msix::{MsixCapability, MsixConfig};
+use crate::bus::function::{check_bar_access, FunctionError, PciFunction};
+use crate::config::access_width::AccessWidth;
+use crate::config::regs::{aer, cap, class, dsn, exp, ext_cap, pm, vsec};
+use crate::config::space::{ConfigSize, ConfigSpace, ConfigSpaceError, RegisterMask, Type0Header};
+use crate::interrupt::msi::{MsiCapability, MsiConfig};
+use crate::interrupt::msix::{MsixCapability, MsixConfig};
+use crate::interrupt::routing::{InterruptKind, MsiMessage, MsiRouting};
 
 /// Most distinct BAR bytes a test device remembers; writes beyond are logged, not kept.
 const MAX_STORED_BYTES: usize = 1 << 20;
@@ -474,7 +474,7 @@ fn add_extended(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config_regs::{header, msix};
+    use crate::config::regs::{header, msix};
 
     #[test]
     fn full_device_lists_every_capability() {

@@ -5,7 +5,7 @@
 
 use proptest::prelude::*;
 
-use vpci::config_regs::{command, header, rom};
+use vpci::config::regs::{command, header, rom};
 use vpci::{
     AccessTarget, AccessWidth, AddressSpace, BarDefinition, BarIndex, BarKind, BusConfig,
     ConfigSpace, DecodedBar, DevFn, HostBridge, MsiConfig, RegisterMask, TestDevice,

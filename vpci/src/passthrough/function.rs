@@ -14,19 +14,19 @@ use super::error::PassthroughError;
 use super::express::integrate_into_root_bus;
 use super::irq_wiring::{IrqWiring, LiveIrqs};
 use super::vfio_device::VfioPassthroughDevice;
-use crate::access_width::AccessWidth;
 use crate::bar::{
     AddressSpace, BarDefinition, BarIndex, BarKind, BarLayout, MIN_IO_BAR_SIZE, MIN_MEMORY_BAR_SIZE,
 };
-use crate::config_regs::{
+use crate::bus::function::{check_bar_access, FunctionError, PciFunction};
+use crate::config::access_width::AccessWidth;
+use crate::config::regs::{
     cap, command, header, header_type, msi, msix, rom, status, CONFIG_SPACE_SIZE,
     EXTENDED_CONFIG_SPACE_SIZE,
 };
-use crate::config_space::{ConfigSpace, ConfigSpaceError, RegisterMask, COMMAND_WRITABLE};
-use crate::function::{check_bar_access, FunctionError, PciFunction};
-use crate::msi::MsiCapability;
-use crate::msi_routing::{InterruptKind, MsiMessage, MsiRouting};
-use crate::msix::MsixCapability;
+use crate::config::space::{ConfigSpace, ConfigSpaceError, RegisterMask, COMMAND_WRITABLE};
+use crate::interrupt::msi::MsiCapability;
+use crate::interrupt::msix::MsixCapability;
+use crate::interrupt::routing::{InterruptKind, MsiMessage, MsiRouting};
 
 /// Most errors kept for [`PassthroughFunction::take_errors`]; older ones are dropped.
 const MAX_KEPT_ERRORS: usize = 64;

@@ -32,11 +32,11 @@ use super::polling::PendingEvents;
 use super::ring::Ring;
 use super::status::Counters;
 use super::WorkerOptions;
-use crate::access_width::AccessWidth;
-use crate::config_regs::{command, header};
+use crate::config::regs::{command, header};
 use crate::frontend::virtio_pcidev::{self, Command};
-use crate::function::PciFunction;
 use crate::passthrough::{PassthroughDevice, PassthroughFunction};
+use crate::AccessWidth;
+use crate::PciFunction;
 
 /// The guest memory vhost-user-backend keeps for the vrings.
 pub(super) type Memory = GuestMemoryAtomic<GuestMemoryMmap>;

@@ -19,8 +19,8 @@ use vm_memory::GuestMemoryMmap;
 
 use super::chain::{self, Writable};
 use crate::frontend::virtio_pcidev::{IrqMessage, HEADER_LEN};
-use crate::msi_routing::{InterruptKind, MsiMessage};
 use crate::passthrough::{LiveIrqs, PassthroughDevice, PassthroughFunction};
+use crate::{InterruptKind, MsiMessage};
 
 /// Epoll ids below this belong to the vrings and the worker's exit event (2 queues).
 pub(super) const FIRST_LISTENER: u64 = 3;

@@ -15,9 +15,9 @@ use std::io;
 
 use thiserror::Error;
 
-use crate::access_width::AccessWidth;
 use crate::bar::{BarIndex, BarLayout};
-use crate::msi_routing::MsiRouting;
+use crate::config::access_width::AccessWidth;
+use crate::interrupt::routing::MsiRouting;
 
 /// Why a function could not serve a BAR access.
 #[derive(Debug, Error)]

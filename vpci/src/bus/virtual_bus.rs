@@ -29,19 +29,19 @@ use std::ops::Range;
 
 use thiserror::Error;
 
-use crate::access_width::AccessWidth;
+use crate::bar::decoder::{BarDecoder, DecodedBar};
+use crate::bar::window::AddressWindow;
 use crate::bar::{AddressSpace, BarDefinition, BarIndex, BarKind};
-use crate::bar_decoder::{BarDecoder, DecodedBar};
-use crate::bar_window::AddressWindow;
-use crate::config_ports::{ConfigPorts, PortAccess, CONFIG_ADDRESS_PORT, CONFIG_PORTS_LEN};
-use crate::config_regs::{command, header, header_type, rom};
-use crate::description::BusDescription;
-use crate::devfn::{DevFn, FUNCTIONS_PER_DEVICE};
-use crate::ecam::{self, EcamAddress};
-use crate::function::{FunctionError, PciFunction};
-use crate::host_bridge::HostBridge;
-use crate::intx::{IntxPin, IntxSwizzle};
-use crate::msi_routing::MsiRouting;
+use crate::bus::config_ports::{ConfigPorts, PortAccess, CONFIG_ADDRESS_PORT, CONFIG_PORTS_LEN};
+use crate::bus::description::BusDescription;
+use crate::bus::devfn::{DevFn, FUNCTIONS_PER_DEVICE};
+use crate::bus::ecam::{self, EcamAddress};
+use crate::bus::function::{FunctionError, PciFunction};
+use crate::bus::host_bridge::HostBridge;
+use crate::config::access_width::AccessWidth;
+use crate::config::regs::{command, header, header_type, rom};
+use crate::interrupt::intx::{IntxPin, IntxSwizzle};
+use crate::interrupt::routing::MsiRouting;
 
 /// Most events kept undrained.
 pub const MAX_EVENTS: usize = 1 << 16;

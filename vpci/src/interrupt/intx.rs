@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::devfn::DEVICES_PER_BUS;
+use crate::bus::devfn::DEVICES_PER_BUS;
 
 /// A PCI interrupt pin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

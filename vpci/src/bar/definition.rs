@@ -5,7 +5,7 @@ use std::fmt;
 
 use thiserror::Error;
 
-use crate::config_regs::{bar, header, rom};
+use crate::config::regs::{bar, header, rom};
 
 /// One of a type 0 function's address decoders: BAR0..=BAR5 or the expansion ROM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

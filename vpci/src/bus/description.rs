@@ -1,8 +1,8 @@
 //! `BusDescription`: the virtual bus as plain data, for whoever describes it to the
 //! guest (ACPI MCFG/DSDT via `acpi-tables`, a device tree, a VMM's own tables).
 
-use crate::bar_window::AddressWindow;
-use crate::intx::{IntxPin, IntxRoute};
+use crate::bar::window::AddressWindow;
+use crate::interrupt::intx::{IntxPin, IntxRoute};
 
 /// What a guest's firmware tables must say about the virtual root bridge.
 #[derive(Clone, Debug, PartialEq, Eq)]
