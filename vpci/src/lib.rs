@@ -64,7 +64,8 @@
 //! - [`interrupt`]: MSI, MSI-X, their routing changes, and INTx wiring;
 //! - [`passthrough`]: a real device as a function;
 //! - [`frontend`] and [`service`]: serving a bus to a VMM, and the `udrv serve` daemon;
-//! - [`test_device`]: a configurable emulated function for tests.
+//! - `test_device` (feature `test-device`, on in this crate's own tests): a
+//!   configurable emulated function for tests.
 
 pub mod bar;
 pub mod bus;
@@ -73,6 +74,7 @@ pub mod frontend;
 pub mod interrupt;
 pub mod passthrough;
 pub mod service;
+#[cfg(any(test, feature = "test-device"))]
 pub mod test_device;
 
 pub use bar::decoder::DecodedBar;
@@ -91,4 +93,5 @@ pub use interrupt::msi::{MsiCapability, MsiConfig};
 pub use interrupt::msix::{MsixCapability, MsixConfig};
 pub use interrupt::routing::{InterruptKind, MsiMessage, MsiRouting};
 pub use passthrough::{PassthroughDevice, PassthroughError, PassthroughFunction};
+#[cfg(any(test, feature = "test-device"))]
 pub use test_device::{TestDevice, TestDeviceConfig};

@@ -902,11 +902,9 @@ impl VirtualBus {
         self.slots.keys().copied()
     }
 
-    /// The function at `devfn` as its concrete type (e.g. a test's [`TestDevice`]).
+    /// The function at `devfn` as its concrete type (e.g. a test's `TestDevice`).
     /// Config writes made through it bypass the bus: BAR decoding follows them only at
     /// the next config write to that function through the bus.
-    ///
-    /// [`TestDevice`]: crate::TestDevice
     pub fn function_as<T: 'static>(&mut self, devfn: DevFn) -> Option<&mut T> {
         self.slots
             .get_mut(&devfn)?
