@@ -89,6 +89,7 @@ pub use config::access_width::AccessWidth;
 pub use config::capability::{Capability, ExtendedCapability};
 pub use config::space::{ConfigSize, ConfigSpace, ConfigSpaceError, RegisterMask, Type0Header};
 pub use interrupt::intx::{IntxPin, IntxRoute, IntxSwizzle};
+pub use interrupt::message::MessageInterrupts;
 pub use interrupt::msi::{MsiCapability, MsiConfig};
 pub use interrupt::msix::{MsixCapability, MsixConfig};
 pub use interrupt::routing::{InterruptKind, MsiMessage, MsiRouting};
