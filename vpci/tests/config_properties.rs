@@ -306,7 +306,7 @@ fn wanted(bus: &mut VirtualBus, f: DevFn, bar: BarIndex, definition: BarDefiniti
         } else {
             0
         };
-        let bit = match definition.kind.address_space() {
+        let bit = match AddressSpace::from(definition.kind) {
             AddressSpace::Io => command::IO_SPACE,
             AddressSpace::Memory => command::MEMORY_SPACE,
         };
@@ -374,7 +374,7 @@ fn check_decoding(bus: &mut VirtualBus) -> Result<(), TestCaseError> {
                 continue;
             }
             let size = status.definition.size;
-            let space = status.definition.kind.address_space();
+            let space = AddressSpace::from(status.definition.kind);
             if let Some(base) = wanted(bus, f, status.bar, status.definition) {
                 let free = !decoded.iter().any(|d| overlaps(d, space, base, size));
                 prop_assert!(

@@ -284,7 +284,7 @@ struct BarState {
 
 impl BarState {
     fn space(&self) -> AddressSpace {
-        self.definition.kind.address_space()
+        AddressSpace::from(self.definition.kind)
     }
 
     fn decoded(&self, devfn: DevFn, base: u64) -> DecodedBar {
@@ -480,7 +480,7 @@ impl VirtualBus {
                 tracing::warn!(%devfn, bar = %index, kind = %definition.kind, size, "no room in any window; BAR left unassigned");
                 continue;
             };
-            match definition.kind.address_space() {
+            match AddressSpace::from(definition.kind) {
                 AddressSpace::Io => {
                     io.push(base..base + size);
                     enable |= command::IO_SPACE;

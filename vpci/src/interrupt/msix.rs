@@ -358,7 +358,7 @@ fn check_placement(layout: &BarLayout, config: &MsixConfig) -> Result<(), Config
         let definition = layout
             .get(bar)
             .ok_or_else(|| refuse("the BAR is not implemented"))?;
-        if definition.kind.address_space() != crate::bar::AddressSpace::Memory {
+        if definition.kind.is_io() {
             return Err(refuse("the BAR must be a memory BAR"));
         }
         if offset + len > definition.size {

@@ -237,7 +237,7 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
     fn prepare_device(&mut self) -> Result<(), PassthroughError> {
         let mut decode = 0u16;
         for (_, definition) in self.space.bar_layout().iter() {
-            decode |= match definition.kind.address_space() {
+            decode |= match AddressSpace::from(definition.kind) {
                 AddressSpace::Io => command::IO_SPACE,
                 AddressSpace::Memory => command::MEMORY_SPACE,
             };
