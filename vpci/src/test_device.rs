@@ -244,14 +244,6 @@ impl TestDevice {
     pub fn take_delivered(&mut self) -> Vec<MsiMessage> {
         self.interrupts.take_unmasked()
     }
-
-    fn bar_size(&self, bar: BarIndex) -> Result<u64, FunctionError> {
-        self.space
-            .bar_layout()
-            .get(bar)
-            .map(|d| d.size)
-            .ok_or(FunctionError::NoSuchBar { bar })
-    }
 }
 
 impl PciFunction for TestDevice {
@@ -275,7 +267,7 @@ impl PciFunction for TestDevice {
         offset: u64,
         data: &mut [u8],
     ) -> Result<(), FunctionError> {
-        check_bar_access(bar, offset, data.len(), self.bar_size(bar)?)?;
+        check_bar_access(self.space.bar_layout(), bar, offset, data.len())?;
         if !self.interrupts.bar_read(bar, offset, data) {
             for (i, byte) in data.iter_mut().enumerate() {
                 let at = offset + i as u64;
@@ -296,7 +288,7 @@ impl PciFunction for TestDevice {
     }
 
     fn bar_write(&mut self, bar: BarIndex, offset: u64, data: &[u8]) -> Result<(), FunctionError> {
-        check_bar_access(bar, offset, data.len(), self.bar_size(bar)?)?;
+        check_bar_access(self.space.bar_layout(), bar, offset, data.len())?;
         // ROMs are read-only: a write there is logged and dropped.
         let dropped_or_trapped =
             bar.is_rom() || self.interrupts.bar_write(&self.space, bar, offset, data);

@@ -114,11 +114,7 @@ enum Op {
 }
 
 fn width() -> impl Strategy<Value = AccessWidth> {
-    prop_oneof![
-        Just(AccessWidth::Byte),
-        Just(AccessWidth::Word),
-        Just(AccessWidth::Dword)
-    ]
+    proptest::sample::select(AccessWidth::ALL.to_vec())
 }
 
 fn op(addresses: Vec<u64>) -> impl Strategy<Value = Op> {

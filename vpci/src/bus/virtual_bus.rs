@@ -848,12 +848,7 @@ impl VirtualBus {
             }
         };
         let offset = address - decoded.base;
-        let slot = self
-            .slots
-            .get_mut(&decoded.devfn)
-            .ok_or(BusError::NoFunction {
-                devfn: decoded.devfn,
-            })?;
+        let slot = self.slot_mut(decoded.devfn)?;
         if let Err(source) = slot.function.bar_read(decoded.bar, offset, data) {
             data.fill(0xff);
             return Err(BusError::Function {
@@ -869,6 +864,13 @@ impl VirtualBus {
         })
     }
 
+    /// The slot of a function the decoder named.
+    fn slot_mut(&mut self, devfn: DevFn) -> Result<&mut Slot, BusError> {
+        self.slots
+            .get_mut(&devfn)
+            .ok_or(BusError::NoFunction { devfn })
+    }
+
     fn bar_write(
         &mut self,
         space: AddressSpace,
@@ -877,12 +879,7 @@ impl VirtualBus {
     ) -> Result<AccessTarget, BusError> {
         let decoded = self.resolve(space, address, data.len())?;
         let offset = address - decoded.base;
-        let slot = self
-            .slots
-            .get_mut(&decoded.devfn)
-            .ok_or(BusError::NoFunction {
-                devfn: decoded.devfn,
-            })?;
+        let slot = self.slot_mut(decoded.devfn)?;
         let result = slot.function.bar_write(decoded.bar, offset, data);
         self.collect_routing(decoded.devfn);
         result.map_err(|source| BusError::Function {

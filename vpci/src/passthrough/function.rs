@@ -502,14 +502,6 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
             })
     }
 
-    fn bar_size(&self, bar: BarIndex) -> Result<u64, FunctionError> {
-        self.space
-            .bar_layout()
-            .get(bar)
-            .map(|d| d.size)
-            .ok_or(FunctionError::NoSuchBar { bar })
-    }
-
     /// How many of `len` bytes at `offset` lie inside the real region.
     fn real_len(&self, bar: BarIndex, offset: u64, len: usize) -> usize {
         let size = self.region(bar).map_or(0, |r| r.size);
@@ -595,7 +587,7 @@ impl<D: PassthroughDevice + 'static> PciFunction for PassthroughFunction<D> {
         offset: u64,
         data: &mut [u8],
     ) -> Result<(), FunctionError> {
-        check_bar_access(bar, offset, data.len(), self.bar_size(bar)?)?;
+        check_bar_access(self.space.bar_layout(), bar, offset, data.len())?;
         if self.interrupts.bar_read(bar, offset, data) {
             return Ok(());
         }
@@ -610,7 +602,7 @@ impl<D: PassthroughDevice + 'static> PciFunction for PassthroughFunction<D> {
     }
 
     fn bar_write(&mut self, bar: BarIndex, offset: u64, data: &[u8]) -> Result<(), FunctionError> {
-        check_bar_access(bar, offset, data.len(), self.bar_size(bar)?)?;
+        check_bar_access(self.space.bar_layout(), bar, offset, data.len())?;
         if self.interrupts.bar_write(&self.space, bar, offset, data) {
             self.rewire();
             return Ok(());

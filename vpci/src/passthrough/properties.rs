@@ -40,11 +40,7 @@ enum Op {
 }
 
 fn width() -> impl Strategy<Value = AccessWidth> {
-    prop_oneof![
-        Just(AccessWidth::Byte),
-        Just(AccessWidth::Word),
-        Just(AccessWidth::Dword)
-    ]
+    proptest::sample::select(AccessWidth::ALL.to_vec())
 }
 
 /// Offsets weighted towards the registers that matter: the header, the capabilities
