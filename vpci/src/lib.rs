@@ -37,7 +37,8 @@
 //! read-write, write-1-to-clear), BAR and ROM sizing that falls out of those masks, and
 //! capability lists that can be walked, extended and unlinked. [`MsiCapability`] and
 //! [`MsixCapability`] keep a guest's MSI/MSI-X programming virtually and report each
-//! vector's new state as an [`MsiRouting`].
+//! vector's new state as an [`MsiRouting`]; [`MessageInterrupts`] holds both for a
+//! function, with the MSI-X table and PBA it traps in its BARs.
 //!
 //! A passthrough function (a udriver VFIO device behind a virtual function) is built
 //! from the same parts: a `ConfigSpace` loaded with [`ConfigSpace::from_bytes`] from
