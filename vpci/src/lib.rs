@@ -37,7 +37,8 @@
 //! read-write, write-1-to-clear), BAR and ROM sizing that falls out of those masks, and
 //! capability lists that can be walked, extended and unlinked. [`MsiCapability`] and
 //! [`MsixCapability`] keep a guest's MSI/MSI-X programming virtually and report each
-//! vector's new state as an [`MsiRouting`].
+//! vector's new state as an [`MsiRouting`]; [`MessageInterrupts`] holds both for a
+//! function, with the MSI-X table and PBA it traps in its BARs.
 //!
 //! A passthrough function (a udriver VFIO device behind a virtual function) is built
 //! from the same parts: a `ConfigSpace` loaded with [`ConfigSpace::from_bytes`] from
@@ -53,44 +54,46 @@
 //! are not virtualised are read from and written to the device.
 //! [`PassthroughFunction`] (module [`passthrough`]) is that function, over a
 //! [`PassthroughDevice`] seam that VFIO devices and host-test fakes implement.
+//!
+//! # Layout
+//!
+//! - [`bus`]: the [`VirtualBus`], the [`PciFunction`] trait, the host bridge, ECAM and
+//!   the config ports, [`DevFn`] and the [`BusDescription`];
+//! - [`config`]: the config-space model ([`ConfigSpace`], the register layout,
+//!   capability lists, access widths);
+//! - [`bar`]: BAR definitions, decoding and the windows BARs are placed in;
+//! - [`interrupt`]: MSI, MSI-X, their routing changes, and INTx wiring;
+//! - [`passthrough`]: a real device as a function;
+//! - [`frontend`] and [`service`]: serving a bus to a VMM, and the `udrv serve` daemon;
+//! - `test_device` (feature `test-device`, on in this crate's own tests): a
+//!   configurable emulated function for tests.
 
-pub mod access_width;
 pub mod bar;
-pub mod bar_decoder;
-pub mod bar_window;
 pub mod bus;
-pub mod capability;
-pub mod config_ports;
-pub mod config_regs;
-pub mod config_space;
-pub mod description;
-pub mod devfn;
-pub mod ecam;
+pub mod config;
 pub mod frontend;
-pub mod function;
-pub mod host_bridge;
-pub mod intx;
-pub mod msi;
-pub mod msi_routing;
-pub mod msix;
+pub mod interrupt;
 pub mod passthrough;
 pub mod service;
+#[cfg(any(test, feature = "test-device"))]
 pub mod test_device;
 
-pub use access_width::AccessWidth;
+pub use bar::decoder::DecodedBar;
+pub use bar::window::AddressWindow;
 pub use bar::{AddressSpace, BarDefinition, BarError, BarIndex, BarKind, BarLayout};
-pub use bar_decoder::DecodedBar;
-pub use bar_window::AddressWindow;
+pub use bus::description::BusDescription;
+pub use bus::devfn::DevFn;
+pub use bus::function::{FunctionError, PciFunction};
+pub use bus::host_bridge::HostBridge;
 pub use bus::{AccessTarget, BarStatus, BusConfig, BusError, BusEvent, VirtualBus};
-pub use capability::{Capability, ExtendedCapability};
-pub use config_space::{ConfigSize, ConfigSpace, ConfigSpaceError, RegisterMask, Type0Header};
-pub use description::BusDescription;
-pub use devfn::DevFn;
-pub use function::{FunctionError, PciFunction};
-pub use host_bridge::HostBridge;
-pub use intx::{IntxPin, IntxRoute, IntxSwizzle};
-pub use msi::{MsiCapability, MsiConfig};
-pub use msi_routing::{InterruptKind, MsiMessage, MsiRouting};
-pub use msix::{MsixCapability, MsixConfig};
+pub use config::access_width::AccessWidth;
+pub use config::capability::{Capability, ExtendedCapability};
+pub use config::space::{ConfigSize, ConfigSpace, ConfigSpaceError, RegisterMask, Type0Header};
+pub use interrupt::intx::{IntxPin, IntxRoute, IntxSwizzle};
+pub use interrupt::message::MessageInterrupts;
+pub use interrupt::msi::{MsiCapability, MsiConfig};
+pub use interrupt::msix::{MsixCapability, MsixConfig};
+pub use interrupt::routing::{InterruptKind, MsiMessage, MsiRouting};
 pub use passthrough::{PassthroughDevice, PassthroughError, PassthroughFunction};
+#[cfg(any(test, feature = "test-device"))]
 pub use test_device::{TestDevice, TestDeviceConfig};

@@ -10,14 +10,15 @@
 use std::any::Any;
 use std::collections::HashMap;
 
-use crate::access_width::AccessWidth;
 use crate::bar::{BarDefinition, BarIndex, BarKind, BarLayout};
-use crate::config_regs::{aer, cap, class, dsn, exp, ext_cap, pm, vsec};
-use crate::config_space::{ConfigSize, ConfigSpace, ConfigSpaceError, RegisterMask, Type0Header};
-use crate::function::{check_bar_access, FunctionError, PciFunction};
-use crate::msi::{MsiCapability, MsiConfig};
-use crate::msi_routing::{InterruptKind, MsiMessage, MsiRouting};
-use crate::msix::{MsixCapability, MsixConfig};
+use crate::bus::function::{check_bar_access, FunctionError, PciFunction};
+use crate::config::access_width::AccessWidth;
+use crate::config::regs::{aer, cap, class, dsn, exp, ext_cap, pm, vsec};
+use crate::config::space::{ConfigSize, ConfigSpace, ConfigSpaceError, RegisterMask, Type0Header};
+use crate::interrupt::message::MessageInterrupts;
+use crate::interrupt::msi::{MsiCapability, MsiConfig};
+use crate::interrupt::msix::{MsixCapability, MsixConfig};
+use crate::interrupt::routing::{InterruptKind, MsiMessage, MsiRouting};
 
 /// Most distinct BAR bytes a test device remembers; writes beyond are logged, not kept.
 const MAX_STORED_BYTES: usize = 1 << 20;
@@ -156,12 +157,9 @@ pub struct BarAccess {
 #[derive(Debug)]
 pub struct TestDevice {
     space: ConfigSpace,
-    msi: Option<MsiCapability>,
-    msix: Option<MsixCapability>,
+    interrupts: MessageInterrupts,
     memory: HashMap<(BarIndex, u64), u8>,
     accesses: Vec<BarAccess>,
-    routing: Vec<MsiRouting>,
-    delivered: Vec<MsiMessage>,
 }
 
 impl TestDevice {
@@ -201,12 +199,9 @@ impl TestDevice {
         }
         Ok(Self {
             space,
-            msi,
-            msix,
+            interrupts: MessageInterrupts::new(msi, msix),
             memory: HashMap::new(),
             accesses: Vec::new(),
-            routing: Vec::new(),
-            delivered: Vec::new(),
         })
     }
 
@@ -221,11 +216,11 @@ impl TestDevice {
     }
 
     pub fn msi(&self) -> Option<&MsiCapability> {
-        self.msi.as_ref()
+        self.interrupts.msi()
     }
 
     pub fn msix(&self) -> Option<&MsixCapability> {
-        self.msix.as_ref()
+        self.interrupts.msix()
     }
 
     /// Every BAR access served so far, oldest first.
@@ -242,40 +237,12 @@ impl TestDevice {
     /// implemented or not enabled, or the vector is masked (then it becomes pending
     /// and is sent by a later unmask, see [`take_delivered`](Self::take_delivered)).
     pub fn signal(&mut self, kind: InterruptKind, vector: u16) -> Option<MsiMessage> {
-        match kind {
-            InterruptKind::Msi => {
-                let vector = u8::try_from(vector).ok()?;
-                self.msi.as_mut()?.signal(&mut self.space, vector)
-            }
-            InterruptKind::MsiX => self.msix.as_mut()?.signal(&self.space, vector),
-        }
+        self.interrupts.signal(&mut self.space, kind, vector)
     }
 
     /// Messages sent because a guest unmasked a pending vector, clearing the list.
     pub fn take_delivered(&mut self) -> Vec<MsiMessage> {
-        std::mem::take(&mut self.delivered)
-    }
-
-    fn after_msi_write(&mut self) {
-        if let Some(msi) = self.msi.as_mut() {
-            self.routing.extend(msi.update(&self.space));
-            self.delivered.extend(msi.deliver_pending(&mut self.space));
-        }
-    }
-
-    fn after_msix_write(&mut self) {
-        if let Some(msix) = self.msix.as_mut() {
-            self.routing.extend(msix.update(&self.space));
-            self.delivered.extend(msix.deliver_pending(&self.space));
-        }
-    }
-
-    fn bar_size(&self, bar: BarIndex) -> Result<u64, FunctionError> {
-        self.space
-            .bar_layout()
-            .get(bar)
-            .map(|d| d.size)
-            .ok_or(FunctionError::NoSuchBar { bar })
+        self.interrupts.take_unmasked()
     }
 }
 
@@ -286,16 +253,8 @@ impl PciFunction for TestDevice {
 
     fn config_write(&mut self, offset: u16, width: AccessWidth, value: u32) {
         self.space.write(offset, width, value);
-        if self.msi.as_ref().is_some_and(|m| m.overlaps(offset, width)) {
-            self.after_msi_write();
-        }
-        if self
-            .msix
-            .as_ref()
-            .is_some_and(|m| m.overlaps(offset, width))
-        {
-            self.after_msix_write();
-        }
+        self.interrupts
+            .config_written(&mut self.space, offset, width);
     }
 
     fn bar_layout(&self) -> &BarLayout {
@@ -308,12 +267,8 @@ impl PciFunction for TestDevice {
         offset: u64,
         data: &mut [u8],
     ) -> Result<(), FunctionError> {
-        check_bar_access(bar, offset, data.len(), self.bar_size(bar)?)?;
-        let served_by_msix = self
-            .msix
-            .as_ref()
-            .is_some_and(|m| m.bar_read(bar, offset, data));
-        if !served_by_msix {
+        check_bar_access(self.space.bar_layout(), bar, offset, data.len())?;
+        if !self.interrupts.bar_read(bar, offset, data) {
             for (i, byte) in data.iter_mut().enumerate() {
                 let at = offset + i as u64;
                 *byte = self
@@ -333,16 +288,11 @@ impl PciFunction for TestDevice {
     }
 
     fn bar_write(&mut self, bar: BarIndex, offset: u64, data: &[u8]) -> Result<(), FunctionError> {
-        check_bar_access(bar, offset, data.len(), self.bar_size(bar)?)?;
-        if bar.is_rom() {
-            // ROMs are read-only; the write is logged and dropped.
-        } else if self
-            .msix
-            .as_mut()
-            .is_some_and(|m| m.bar_write(bar, offset, data))
-        {
-            self.after_msix_write();
-        } else {
+        check_bar_access(self.space.bar_layout(), bar, offset, data.len())?;
+        // ROMs are read-only: a write there is logged and dropped.
+        let dropped_or_trapped =
+            bar.is_rom() || self.interrupts.bar_write(&self.space, bar, offset, data);
+        if !dropped_or_trapped {
             for (i, byte) in data.iter().enumerate() {
                 let key = (bar, offset + i as u64);
                 if self.memory.len() < MAX_STORED_BYTES || self.memory.contains_key(&key) {
@@ -360,7 +310,7 @@ impl PciFunction for TestDevice {
     }
 
     fn take_msi_routing(&mut self) -> Vec<MsiRouting> {
-        std::mem::take(&mut self.routing)
+        self.interrupts.take_routing()
     }
 
     fn as_any_mut(&mut self) -> &mut dyn Any {
@@ -474,7 +424,7 @@ fn add_extended(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config_regs::{header, msix};
+    use crate::config::regs::{header, msix};
 
     #[test]
     fn full_device_lists_every_capability() {

@@ -5,7 +5,7 @@
 
 use proptest::prelude::*;
 
-use vpci::config_regs::{command, header, rom};
+use vpci::config::regs::{command, header, rom};
 use vpci::{
     AccessTarget, AccessWidth, AddressSpace, BarDefinition, BarIndex, BarKind, BusConfig,
     ConfigSpace, DecodedBar, DevFn, HostBridge, MsiConfig, RegisterMask, TestDevice,
@@ -114,11 +114,7 @@ enum Op {
 }
 
 fn width() -> impl Strategy<Value = AccessWidth> {
-    prop_oneof![
-        Just(AccessWidth::Byte),
-        Just(AccessWidth::Word),
-        Just(AccessWidth::Dword)
-    ]
+    proptest::sample::select(AccessWidth::ALL.to_vec())
 }
 
 fn op(addresses: Vec<u64>) -> impl Strategy<Value = Op> {
@@ -306,7 +302,7 @@ fn wanted(bus: &mut VirtualBus, f: DevFn, bar: BarIndex, definition: BarDefiniti
         } else {
             0
         };
-        let bit = match definition.kind.address_space() {
+        let bit = match AddressSpace::from(definition.kind) {
             AddressSpace::Io => command::IO_SPACE,
             AddressSpace::Memory => command::MEMORY_SPACE,
         };
@@ -374,7 +370,7 @@ fn check_decoding(bus: &mut VirtualBus) -> Result<(), TestCaseError> {
                 continue;
             }
             let size = status.definition.size;
-            let space = status.definition.kind.address_space();
+            let space = AddressSpace::from(status.definition.kind);
             if let Some(base) = wanted(bus, f, status.bar, status.definition) {
                 let free = !decoded.iter().any(|d| overlaps(d, space, base, size));
                 prop_assert!(

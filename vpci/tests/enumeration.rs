@@ -7,7 +7,7 @@
 //! The "guest" here knows nothing of vpci's types beyond the bus's MMIO/PIO entry
 //! points: it only reads and writes config registers and memory/IO addresses.
 
-use vpci::config_regs::{
+use vpci::config::regs::{
     bar as bar_bits, cap, command, ext_cap, header, header_type, msi, msix, rom, status,
 };
 use vpci::test_device::{AccessKind, BarAccess, TestExtendedCapability};

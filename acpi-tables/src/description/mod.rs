@@ -319,9 +319,27 @@ pub enum IntxPin {
 impl IntxPin {
     pub const ALL: [IntxPin; 4] = [IntxPin::A, IntxPin::B, IntxPin::C, IntxPin::D];
 
+    /// From a function's Interrupt Pin config register (1..=4); `None` for 0 (no pin)
+    /// or reserved values.
+    pub fn from_register(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Self::A),
+            2 => Some(Self::B),
+            3 => Some(Self::C),
+            4 => Some(Self::D),
+            _ => None,
+        }
+    }
+
     /// 0 for INTA .. 3 for INTD, as `_PRT` numbers them.
     pub fn index(self) -> u8 {
         self as u8
+    }
+}
+
+impl std::fmt::Display for IntxPin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "INT{}#", (b'A' + self.index()) as char)
     }
 }
 
@@ -365,7 +383,7 @@ impl IntxRouting {
 }
 
 /// One `_PRT` entry: a slot's pin and its GSI.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct IntxRoute {
@@ -541,5 +559,18 @@ impl Description {
             0x10..=0xFF => Some(format!("PC{index:02X}")),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_decode_from_the_register() {
+        assert_eq!(IntxPin::from_register(0), None);
+        assert_eq!(IntxPin::from_register(2), Some(IntxPin::B));
+        assert_eq!(IntxPin::from_register(5), None);
+        assert_eq!(IntxPin::D.to_string(), "INTD#");
     }
 }

@@ -11,7 +11,7 @@ use dma::{
     PagePreference,
 };
 use udriver::vfio::{
-    BarKind, IrqIndex, Region, RegionName, VfioContainer, VfioDevice, VfioError, VfioGroup,
+    IrqIndex, Region, RegionName, VfioContainer, VfioDevice, VfioError, VfioGroup,
 };
 
 use crate::disk_pattern;
@@ -121,7 +121,8 @@ fn region_tables_match_sysfs() -> Result<()> {
                 bar.kind(),
                 res.flags
             );
-            if let BarKind::Memory { is_64bit, .. } = bar.kind() {
+            if !bar.kind().is_io() {
+                let is_64bit = bar.kind().is_64bit();
                 ensure!(
                     is_64bit == (res.flags & rig::IORESOURCE_MEM_64 != 0),
                     "{bdf} BAR{n}: 64-bit {is_64bit}, sysfs flags {:#x}",

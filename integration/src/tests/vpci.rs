@@ -15,8 +15,8 @@ use udrv_examples::ahci::command::{
 };
 use udrv_examples::ahci::regs as ahci;
 use udrv_examples::ata;
-use vpci::capability::{walk_capabilities, walk_extended_capabilities};
-use vpci::config_regs::{cap, command, exp, ext_cap, header, msi, msix};
+use vpci::config::capability::{walk_capabilities, walk_extended_capabilities};
+use vpci::config::regs::{cap, command, exp, ext_cap, header, msi, msix};
 use vpci::passthrough::{LiveIrqs, PassthroughFunction, VfioPassthroughDevice};
 use vpci::{AccessWidth, BarIndex, BusConfig, DevFn, InterruptKind, MsiMessage, VirtualBus};
 

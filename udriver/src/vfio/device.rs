@@ -199,7 +199,7 @@ impl VfioDevice {
         let reg = self
             .config
             .read32(PCI_BASE_ADDRESS_0 + 4 * u64::from(n.min(5)))?;
-        Ok(BarKind::from_register(reg))
+        Ok(BarKind::from_device_register(reg))
     }
 
     /// Turns bus mastering (the device's DMA) on or off in the command register.

@@ -96,9 +96,9 @@ impl Header {
 
 /// A config access width UML sends: 1, 2, 4 or 8 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConfigSize(u8);
+pub struct ConfigAccessSize(u8);
 
-impl ConfigSize {
+impl ConfigAccessSize {
     fn new(size: u32) -> Option<Self> {
         matches!(size, 1 | 2 | 4 | 8).then_some(Self(size as u8))
     }
@@ -113,11 +113,11 @@ impl ConfigSize {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command<'a> {
     /// Read `size` config bytes at `offset`; answer them little-endian.
-    ConfigRead { offset: u16, size: ConfigSize },
+    ConfigRead { offset: u16, size: ConfigAccessSize },
     /// Write the low `size` bytes of `value` at `offset`.
     ConfigWrite {
         offset: u16,
-        size: ConfigSize,
+        size: ConfigAccessSize,
         value: u64,
     },
     /// Read `len` bytes at `offset` in `bar`; answer them.
@@ -222,8 +222,8 @@ fn data_of(op: u8, data: &[u8], need: usize) -> Result<&[u8], CommandError> {
 }
 
 /// A config access of `size` at `addr`, if it is one a config cycle can be.
-fn config_access(size: u32, addr: u64) -> Option<(u16, ConfigSize)> {
-    let size = ConfigSize::new(size)?;
+fn config_access(size: u32, addr: u64) -> Option<(u16, ConfigAccessSize)> {
+    let size = ConfigAccessSize::new(size)?;
     let bytes = size.bytes() as u64;
     let inside = addr
         .checked_add(bytes)
@@ -407,7 +407,7 @@ mod tests {
             parse(&message(op::CFG_READ, 0, 4, 0x10, &[])),
             Ok(Command::ConfigRead {
                 offset: 0x10,
-                size: ConfigSize(4)
+                size: ConfigAccessSize(4)
             })
         );
         // virtio_pcidev_cfgspace_write: header + 8 data bytes whatever the size.
@@ -423,7 +423,7 @@ mod tests {
             cmd,
             Ok(Command::ConfigWrite {
                 offset: 4,
-                size: ConfigSize(2),
+                size: ConfigAccessSize(2),
                 value: 0x0106
             })
         );

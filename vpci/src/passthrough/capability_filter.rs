@@ -8,8 +8,8 @@
 //! allocation), reach memory outside its per-request mappings (ATS, PRI, PASID), or
 //! poke registers nobody here understands (vendor-specific).
 
-use crate::config_regs::{cap, ext_cap, CONFIG_SPACE_SIZE};
-use crate::config_space::{ConfigSpace, ConfigSpaceError};
+use crate::config::regs::{cap, ext_cap, CONFIG_SPACE_SIZE};
+use crate::config::space::{ConfigSpace, ConfigSpaceError};
 
 use super::config_overlay::ConfigOverlay;
 
@@ -152,8 +152,8 @@ pub fn hide_capabilities(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::access_width::AccessWidth;
-    use crate::config_regs::{header, status};
+    use crate::config::access_width::AccessWidth;
+    use crate::config::regs::{header, status};
 
     fn image_with_caps() -> Vec<u8> {
         let mut image = vec![0u8; 4096];

@@ -10,7 +10,7 @@
 //!
 //! [`ConfigSpace`]: crate::ConfigSpace
 
-use crate::access_width::AccessWidth;
+use crate::config::access_width::AccessWidth;
 
 /// Per-bit: set = kept virtually, clear = the device's.
 #[derive(Clone, Debug, PartialEq, Eq)]

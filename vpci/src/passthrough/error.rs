@@ -4,7 +4,7 @@
 use thiserror::Error;
 
 use crate::bar::BarIndex;
-use crate::config_space::ConfigSpaceError;
+use crate::config::space::ConfigSpaceError;
 
 /// An error from the device behind a passthrough function (a `VfioError` for VFIO
 /// devices), kept whole so its message still names the device, region and access.

@@ -7,9 +7,9 @@
 //! and link it would otherwise expect. The other registers (device control, status,
 //! capabilities) stay the device's.
 
-use crate::access_width::AccessWidth;
-use crate::config_regs::exp;
-use crate::config_space::{ConfigSpace, ConfigSpaceError};
+use crate::config::access_width::AccessWidth;
+use crate::config::regs::exp;
+use crate::config::space::{ConfigSpace, ConfigSpaceError};
 
 use super::config_overlay::ConfigOverlay;
 

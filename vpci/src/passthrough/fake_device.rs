@@ -11,7 +11,7 @@ use udriver::vfio::{IrqIndex, MmapArea};
 use super::device::{DeviceRegion, PassthroughDevice};
 use super::error::DeviceError;
 use crate::bar::BarIndex;
-use crate::config_regs::{command, header, status};
+use crate::config::regs::{command, header, status};
 
 /// What the fake saw on its interrupt interface, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]

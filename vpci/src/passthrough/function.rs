@@ -14,19 +14,20 @@ use super::error::PassthroughError;
 use super::express::integrate_into_root_bus;
 use super::irq_wiring::{IrqWiring, LiveIrqs};
 use super::vfio_device::VfioPassthroughDevice;
-use crate::access_width::AccessWidth;
 use crate::bar::{
     AddressSpace, BarDefinition, BarIndex, BarKind, BarLayout, MIN_IO_BAR_SIZE, MIN_MEMORY_BAR_SIZE,
 };
-use crate::config_regs::{
+use crate::bus::function::{check_bar_access, FunctionError, PciFunction};
+use crate::config::access_width::AccessWidth;
+use crate::config::regs::{
     cap, command, header, header_type, msi, msix, rom, status, CONFIG_SPACE_SIZE,
     EXTENDED_CONFIG_SPACE_SIZE,
 };
-use crate::config_space::{ConfigSpace, ConfigSpaceError, RegisterMask, COMMAND_WRITABLE};
-use crate::function::{check_bar_access, FunctionError, PciFunction};
-use crate::msi::MsiCapability;
-use crate::msi_routing::{InterruptKind, MsiMessage, MsiRouting};
-use crate::msix::MsixCapability;
+use crate::config::space::{ConfigSpace, ConfigSpaceError, RegisterMask, COMMAND_WRITABLE};
+use crate::interrupt::message::MessageInterrupts;
+use crate::interrupt::msi::MsiCapability;
+use crate::interrupt::msix::MsixCapability;
+use crate::interrupt::routing::{InterruptKind, MsiMessage, MsiRouting};
 
 /// Most errors kept for [`PassthroughFunction::take_errors`]; older ones are dropped.
 const MAX_KEPT_ERRORS: usize = 64;
@@ -73,12 +74,9 @@ pub struct PassthroughFunction<D: PassthroughDevice = VfioPassthroughDevice> {
     overlay: ConfigOverlay,
     /// BAR0..=BAR5 and the ROM as the device implements them.
     regions: Vec<Option<DeviceRegion>>,
-    msi: Option<MsiCapability>,
-    msix: Option<MsixCapability>,
+    interrupts: MessageInterrupts,
     intx: bool,
     irqs: IrqWiring,
-    routing: Vec<MsiRouting>,
-    unmasked: Vec<MsiMessage>,
     hidden: Vec<HiddenCapability>,
     errors: VecDeque<PassthroughError>,
 }
@@ -223,12 +221,9 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
             space,
             overlay,
             regions,
-            msi,
-            msix,
+            interrupts: MessageInterrupts::new(msi, msix),
             intx,
             irqs: IrqWiring::new(),
-            routing: Vec::new(),
-            unmasked: Vec::new(),
             hidden,
             errors: VecDeque::new(),
         };
@@ -242,7 +237,7 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
     fn prepare_device(&mut self) -> Result<(), PassthroughError> {
         let mut decode = 0u16;
         for (_, definition) in self.space.bar_layout().iter() {
-            decode |= match definition.kind.address_space() {
+            decode |= match AddressSpace::from(definition.kind) {
                 AddressSpace::Io => command::IO_SPACE,
                 AddressSpace::Memory => command::MEMORY_SPACE,
             };
@@ -325,13 +320,7 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
         let Some(region) = self.region(bar) else {
             return Vec::new();
         };
-        let holes: Vec<_> = self
-            .msix
-            .iter()
-            .flat_map(|m| [m.table_range(), m.pba_range()])
-            .filter(|(b, _)| *b == bar)
-            .map(|(_, r)| r)
-            .collect();
+        let holes = self.interrupts.trapped_ranges(bar);
         region
             .mmap_areas
             .iter()
@@ -350,16 +339,8 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
             return Vec::new();
         };
         let states = match live.index {
-            IrqIndex::Msi => self
-                .msi
-                .as_ref()
-                .map(|m| m.current(&self.space))
-                .unwrap_or_default(),
-            IrqIndex::Msix => self
-                .msix
-                .as_ref()
-                .map(|m| m.current(&self.space))
-                .unwrap_or_default(),
+            IrqIndex::Msi => self.interrupts.current(&self.space, InterruptKind::Msi),
+            IrqIndex::Msix => self.interrupts.current(&self.space, InterruptKind::MsiX),
             _ => Vec::new(),
         };
         states
@@ -390,20 +371,14 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
     }
 
     fn signal(&mut self, kind: InterruptKind, vector: u16) -> Option<MsiMessage> {
-        match kind {
-            InterruptKind::Msi => self
-                .msi
-                .as_mut()?
-                .signal(&mut self.space, u8::try_from(vector).ok()?),
-            InterruptKind::MsiX => self.msix.as_mut()?.signal(&self.space, vector),
-        }
+        self.interrupts.signal(&mut self.space, kind, vector)
     }
 
     /// Every message to deliver now: vectors whose eventfds fired since the last call
     /// (masked ones become pending instead) and pending vectors the guest unmasked.
     /// For consumers that poll rather than watch each eventfd.
     pub fn take_messages(&mut self) -> Vec<MsiMessage> {
-        let mut messages = std::mem::take(&mut self.unmasked);
+        let mut messages = self.interrupts.take_unmasked();
         let live: Vec<(InterruptKind, u16)> = self
             .vectors()
             .iter()
@@ -463,15 +438,10 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
     /// What the guest's programming asks to be live, and how many vectors it wanted
     /// (more than VFIO offers, if the second value is larger).
     fn wanted_irqs(&self) -> Option<(LiveIrqs, usize)> {
-        let (index, wanted) = if let Some(m) = self.msix.as_ref().filter(|m| m.enabled(&self.space))
-        {
-            (IrqIndex::Msix, usize::from(m.vectors()))
-        } else if let Some(m) = self.msi.as_ref().filter(|m| m.enabled(&self.space)) {
-            (IrqIndex::Msi, usize::from(m.enabled_vectors(&self.space)))
-        } else if self.intx {
-            (IrqIndex::Intx, 1)
-        } else {
-            return None;
+        let (index, wanted) = match self.interrupts.enabled(&self.space) {
+            Some((kind, vectors)) => (irq_index(kind), usize::from(vectors)),
+            None if self.intx => (IrqIndex::Intx, 1),
+            None => return None,
         };
         let vectors = wanted.min(self.device.irq_count(index) as usize);
         Some((LiveIrqs { index, vectors }, wanted))
@@ -499,22 +469,6 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
         if let Err(e) = self.irqs.apply(&self.device, live) {
             self.record(e);
         }
-    }
-
-    fn after_msi_write(&mut self) {
-        if let Some(m) = self.msi.as_mut() {
-            self.routing.extend(m.update(&self.space));
-            self.unmasked.extend(m.deliver_pending(&mut self.space));
-        }
-        self.rewire();
-    }
-
-    fn after_msix_write(&mut self) {
-        if let Some(m) = self.msix.as_mut() {
-            self.routing.extend(m.update(&self.space));
-            self.unmasked.extend(m.deliver_pending(&self.space));
-        }
-        self.rewire();
     }
 
     fn read_device_config(&self, offset: u16, width: AccessWidth) -> Result<u32, PassthroughError> {
@@ -546,14 +500,6 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
                     e,
                 )
             })
-    }
-
-    fn bar_size(&self, bar: BarIndex) -> Result<u64, FunctionError> {
-        self.space
-            .bar_layout()
-            .get(bar)
-            .map(|d| d.size)
-            .ok_or(FunctionError::NoSuchBar { bar })
     }
 
     /// How many of `len` bytes at `offset` lie inside the real region.
@@ -621,15 +567,13 @@ impl<D: PassthroughDevice + 'static> PciFunction for PassthroughFunction<D> {
                 self.record(e);
             }
         }
-        if self.msi.as_ref().is_some_and(|m| m.overlaps(offset, width)) {
-            self.after_msi_write();
-        }
+        // An access that passed `check_access` is naturally aligned and at most a dword,
+        // so it touches at most one of the two (dword-aligned) capabilities.
         if self
-            .msix
-            .as_ref()
-            .is_some_and(|m| m.overlaps(offset, width))
+            .interrupts
+            .config_written(&mut self.space, offset, width)
         {
-            self.after_msix_write();
+            self.rewire();
         }
     }
 
@@ -643,12 +587,8 @@ impl<D: PassthroughDevice + 'static> PciFunction for PassthroughFunction<D> {
         offset: u64,
         data: &mut [u8],
     ) -> Result<(), FunctionError> {
-        check_bar_access(bar, offset, data.len(), self.bar_size(bar)?)?;
-        if self
-            .msix
-            .as_ref()
-            .is_some_and(|m| m.bar_read(bar, offset, data))
-        {
+        check_bar_access(self.space.bar_layout(), bar, offset, data.len())?;
+        if self.interrupts.bar_read(bar, offset, data) {
             return Ok(());
         }
         let real = self.real_len(bar, offset, data.len());
@@ -662,13 +602,9 @@ impl<D: PassthroughDevice + 'static> PciFunction for PassthroughFunction<D> {
     }
 
     fn bar_write(&mut self, bar: BarIndex, offset: u64, data: &[u8]) -> Result<(), FunctionError> {
-        check_bar_access(bar, offset, data.len(), self.bar_size(bar)?)?;
-        if self
-            .msix
-            .as_mut()
-            .is_some_and(|m| m.bar_write(bar, offset, data))
-        {
-            self.after_msix_write();
+        check_bar_access(self.space.bar_layout(), bar, offset, data.len())?;
+        if self.interrupts.bar_write(&self.space, bar, offset, data) {
+            self.rewire();
             return Ok(());
         }
         let real = self.real_len(bar, offset, data.len());
@@ -681,7 +617,7 @@ impl<D: PassthroughDevice + 'static> PciFunction for PassthroughFunction<D> {
     }
 
     fn take_msi_routing(&mut self) -> Vec<MsiRouting> {
-        std::mem::take(&mut self.routing)
+        self.interrupts.take_routing()
     }
 
     fn as_any_mut(&mut self) -> &mut dyn Any {

@@ -8,11 +8,11 @@ use proptest::prelude::*;
 
 use super::tests::{ahci, e1000e};
 use super::PassthroughFunction;
-use crate::access_width::AccessWidth;
 use crate::bar::BarIndex;
-use crate::capability::{walk_capabilities, walk_extended_capabilities};
-use crate::config_regs::command;
-use crate::function::PciFunction;
+use crate::bus::function::PciFunction;
+use crate::config::access_width::AccessWidth;
+use crate::config::capability::{walk_capabilities, walk_extended_capabilities};
+use crate::config::regs::command;
 use crate::passthrough::fake_device::FakeDevice;
 
 #[derive(Clone, Debug)]
@@ -40,11 +40,7 @@ enum Op {
 }
 
 fn width() -> impl Strategy<Value = AccessWidth> {
-    prop_oneof![
-        Just(AccessWidth::Byte),
-        Just(AccessWidth::Word),
-        Just(AccessWidth::Dword)
-    ]
+    proptest::sample::select(AccessWidth::ALL.to_vec())
 }
 
 /// Offsets weighted towards the registers that matter: the header, the capabilities

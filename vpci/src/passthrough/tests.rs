@@ -6,14 +6,14 @@ use udriver::vfio::{IrqIndex, MmapArea};
 
 use super::fake_device::{FakeDevice, IrqOp};
 use super::*;
-use crate::access_width::AccessWidth::{self, Byte, Dword, Word};
 use crate::bar::{BarIndex, BarKind};
+use crate::bus::devfn::DevFn;
+use crate::bus::function::PciFunction;
 use crate::bus::{AccessTarget, BusConfig, BusEvent, VirtualBus};
-use crate::capability::{walk_capabilities, walk_extended_capabilities};
-use crate::config_regs::{cap, command, exp, ext_cap, header, msi, msix, status};
-use crate::devfn::DevFn;
-use crate::function::PciFunction;
-use crate::msi_routing::{InterruptKind, MsiMessage};
+use crate::config::access_width::AccessWidth::{self, Byte, Dword, Word};
+use crate::config::capability::{walk_capabilities, walk_extended_capabilities};
+use crate::config::regs::{cap, command, exp, ext_cap, header, msi, msix, status};
+use crate::interrupt::routing::{InterruptKind, MsiMessage};
 
 const E1000E_STATUS: u32 = 0x8008_0783;
 

@@ -11,7 +11,7 @@ use udriver::vfio::{IrqIndex, Region, RegionName, VfioDevice};
 use super::device::{DeviceRegion, PassthroughDevice};
 use super::error::{DeviceError, PassthroughError};
 use crate::bar::BarIndex;
-use crate::config_regs::header;
+use crate::config::regs::header;
 
 /// A VFIO device opened for passthrough: its regions mapped, its IRQ counts known.
 #[derive(Debug)]

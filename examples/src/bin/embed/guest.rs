@@ -13,8 +13,8 @@ use udrv_examples::ahci::command::{
     h2d_fis, prdt, CommandHeader, DEVICE_LBA, H2D_DWORDS, PRDT_OFFSET,
 };
 use udrv_examples::ahci::regs::{self as ahci, port_reg};
-use vpci::capability::walk_capabilities;
-use vpci::config_regs::{cap, command, header, msi};
+use vpci::config::capability::walk_capabilities;
+use vpci::config::regs::{cap, command, header, msi};
 use vpci::{AccessWidth, MsiMessage};
 
 use crate::vmm::{Injection, Vmm};

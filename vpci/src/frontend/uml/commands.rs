@@ -25,10 +25,10 @@ use vm_memory::GuestMemoryMmap;
 use super::chain::{self, Writable, MAX_BAR_ACCESS};
 use super::error::UmlError;
 use super::ring::Ring;
+use crate::bus::function::check_bar_access;
 use crate::frontend::virtio_pcidev::{self, Command};
-use crate::function::check_bar_access;
 use crate::passthrough::{PassthroughDevice, PassthroughFunction};
-use crate::{AccessWidth, BarIndex, FunctionError, PciFunction};
+use crate::{AccessWidth, BarIndex, PciFunction};
 
 /// Most commands served in one round, holding the lock on the served function. The
 /// rest wait for the next round, after whatever else the worker has to do: a guest
@@ -323,16 +323,10 @@ fn check_access<D: PassthroughDevice + 'static>(
             command: command.to_string(),
         });
     }
-    function
-        .bar_layout()
-        .get(bar)
-        .map(|d| d.size)
-        .ok_or(FunctionError::NoSuchBar { bar })
-        .and_then(|size| check_bar_access(bar, offset, len, size))
-        .map_err(|source| UmlError::Access {
-            command: command.to_string(),
-            source,
-        })
+    check_bar_access(function.bar_layout(), bar, offset, len).map_err(|source| UmlError::Access {
+        command: command.to_string(),
+        source,
+    })
 }
 
 fn write_reply(

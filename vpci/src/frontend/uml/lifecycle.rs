@@ -24,7 +24,7 @@ use super::dma::GuestDma;
 use super::error::UmlError;
 use super::interrupts::{Interrupts, Watcher};
 use super::WorkerOptions;
-use crate::config_regs::{command, header};
+use crate::config::regs::{command, header};
 use crate::frontend::FrontendCounters;
 use crate::passthrough::{PassthroughDevice, PassthroughFunction};
 

@@ -23,7 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::bar::BarIndex;
-use crate::config_regs::command;
+use crate::config::regs::command;
 use crate::frontend::virtio_pcidev::{op, Header, HEADER_LEN, IRQ_MESSAGE_LEN};
 use crate::passthrough::fake_device::{FakeDevice, IrqOp};
 use crate::passthrough::tests::e1000e;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::bar::{AddressSpace, BarIndex};
-use crate::devfn::DevFn;
+use crate::bus::devfn::DevFn;
 
 /// A BAR that currently decodes `[base, base + size)` in `space`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -29,19 +29,19 @@ use std::ops::Range;
 
 use thiserror::Error;
 
-use crate::access_width::AccessWidth;
+use crate::bar::decoder::{BarDecoder, DecodedBar};
+use crate::bar::window::AddressWindow;
 use crate::bar::{AddressSpace, BarDefinition, BarIndex, BarKind};
-use crate::bar_decoder::{BarDecoder, DecodedBar};
-use crate::bar_window::AddressWindow;
-use crate::config_ports::{ConfigPorts, PortAccess, CONFIG_ADDRESS_PORT, CONFIG_PORTS_LEN};
-use crate::config_regs::{command, header, header_type, rom};
-use crate::description::BusDescription;
-use crate::devfn::{DevFn, FUNCTIONS_PER_DEVICE};
-use crate::ecam::{self, EcamAddress};
-use crate::function::{FunctionError, PciFunction};
-use crate::host_bridge::HostBridge;
-use crate::intx::{IntxPin, IntxSwizzle};
-use crate::msi_routing::MsiRouting;
+use crate::bus::config_ports::{ConfigPorts, PortAccess, CONFIG_ADDRESS_PORT, CONFIG_PORTS_LEN};
+use crate::bus::description::BusDescription;
+use crate::bus::devfn::{DevFn, FUNCTIONS_PER_DEVICE};
+use crate::bus::ecam::{self, EcamAddress};
+use crate::bus::function::{FunctionError, PciFunction};
+use crate::bus::host_bridge::HostBridge;
+use crate::config::access_width::AccessWidth;
+use crate::config::regs::{command, header, header_type, rom};
+use crate::interrupt::intx::{IntxPin, IntxSwizzle};
+use crate::interrupt::routing::MsiRouting;
 
 /// Most events kept undrained.
 pub const MAX_EVENTS: usize = 1 << 16;
@@ -284,7 +284,7 @@ struct BarState {
 
 impl BarState {
     fn space(&self) -> AddressSpace {
-        self.definition.kind.address_space()
+        AddressSpace::from(self.definition.kind)
     }
 
     fn decoded(&self, devfn: DevFn, base: u64) -> DecodedBar {
@@ -480,7 +480,7 @@ impl VirtualBus {
                 tracing::warn!(%devfn, bar = %index, kind = %definition.kind, size, "no room in any window; BAR left unassigned");
                 continue;
             };
-            match definition.kind.address_space() {
+            match AddressSpace::from(definition.kind) {
                 AddressSpace::Io => {
                     io.push(base..base + size);
                     enable |= command::IO_SPACE;
@@ -848,12 +848,7 @@ impl VirtualBus {
             }
         };
         let offset = address - decoded.base;
-        let slot = self
-            .slots
-            .get_mut(&decoded.devfn)
-            .ok_or(BusError::NoFunction {
-                devfn: decoded.devfn,
-            })?;
+        let slot = self.slot_mut(decoded.devfn)?;
         if let Err(source) = slot.function.bar_read(decoded.bar, offset, data) {
             data.fill(0xff);
             return Err(BusError::Function {
@@ -869,6 +864,13 @@ impl VirtualBus {
         })
     }
 
+    /// The slot of a function the decoder named.
+    fn slot_mut(&mut self, devfn: DevFn) -> Result<&mut Slot, BusError> {
+        self.slots
+            .get_mut(&devfn)
+            .ok_or(BusError::NoFunction { devfn })
+    }
+
     fn bar_write(
         &mut self,
         space: AddressSpace,
@@ -877,12 +879,7 @@ impl VirtualBus {
     ) -> Result<AccessTarget, BusError> {
         let decoded = self.resolve(space, address, data.len())?;
         let offset = address - decoded.base;
-        let slot = self
-            .slots
-            .get_mut(&decoded.devfn)
-            .ok_or(BusError::NoFunction {
-                devfn: decoded.devfn,
-            })?;
+        let slot = self.slot_mut(decoded.devfn)?;
         let result = slot.function.bar_write(decoded.bar, offset, data);
         self.collect_routing(decoded.devfn);
         result.map_err(|source| BusError::Function {
@@ -902,11 +899,9 @@ impl VirtualBus {
         self.slots.keys().copied()
     }
 
-    /// The function at `devfn` as its concrete type (e.g. a test's [`TestDevice`]).
+    /// The function at `devfn` as its concrete type (e.g. a test's `TestDevice`).
     /// Config writes made through it bypass the bus: BAR decoding follows them only at
     /// the next config write to that function through the bus.
-    ///
-    /// [`TestDevice`]: crate::TestDevice
     pub fn function_as<T: 'static>(&mut self, devfn: DevFn) -> Option<&mut T> {
         self.slots
             .get_mut(&devfn)?

@@ -7,8 +7,8 @@
 //! would run past 0xCFF is answered like a refused config access (reads all-ones,
 //! writes ignored), as is any data access while the latch's enable bit is clear.
 
-use crate::access_width::AccessWidth;
-use crate::devfn::DevFn;
+use crate::bus::devfn::DevFn;
+use crate::config::access_width::AccessWidth;
 
 /// The CONFIG_ADDRESS port.
 pub const CONFIG_ADDRESS_PORT: u16 = 0xcf8;

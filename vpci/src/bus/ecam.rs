@@ -2,7 +2,7 @@
 //! 4 KiB of config space is memory-mapped at
 //! `offset = bus << 20 | device << 15 | function << 12 | register`.
 
-use crate::devfn::DevFn;
+use crate::bus::devfn::DevFn;
 
 /// ECAM bytes per bus: 32 devices x 8 functions x 4 KiB.
 pub const BYTES_PER_BUS: u64 = 1 << 20;

@@ -1,51 +1,12 @@
 //! Legacy INTx routing of the root bus: which GSI each slot's INTA#..INTD# reaches.
+//!
+//! A pin and a slot's route are the ones the firmware tables describe
+//! ([`acpi_tables::IntxPin`], [`acpi_tables::IntxRoute`]), so the bus hands its routes
+//! to the tables as they are.
 
-use std::fmt;
+pub use acpi_tables::{IntxPin, IntxRoute};
 
-use crate::devfn::DEVICES_PER_BUS;
-
-/// A PCI interrupt pin.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum IntxPin {
-    A,
-    B,
-    C,
-    D,
-}
-
-impl IntxPin {
-    pub const ALL: [IntxPin; 4] = [IntxPin::A, IntxPin::B, IntxPin::C, IntxPin::D];
-
-    /// From the Interrupt Pin register (1..=4); `None` for 0 (no pin) or reserved values.
-    pub fn from_register(value: u8) -> Option<Self> {
-        match value {
-            1 => Some(Self::A),
-            2 => Some(Self::B),
-            3 => Some(Self::C),
-            4 => Some(Self::D),
-            _ => None,
-        }
-    }
-
-    /// 0 for INTA# .. 3 for INTD#.
-    pub fn index(self) -> u8 {
-        self as u8
-    }
-}
-
-impl fmt::Display for IntxPin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "INT{}#", (b'A' + self.index()) as char)
-    }
-}
-
-/// One slot's pin and the GSI it reaches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct IntxRoute {
-    pub slot: u8,
-    pub pin: IntxPin,
-    pub gsi: u32,
-}
+use crate::bus::devfn::DEVICES_PER_BUS;
 
 /// The usual root-bus wiring: slot `s` pin `p` reaches GSI `first_gsi + (s + p) % count`,
 /// which spreads the functions of neighbouring slots over the interrupt lines.
@@ -101,13 +62,5 @@ mod tests {
             .gsi(0, IntxPin::A),
             None
         );
-    }
-
-    #[test]
-    fn pins_decode_from_the_register() {
-        assert_eq!(IntxPin::from_register(0), None);
-        assert_eq!(IntxPin::from_register(2), Some(IntxPin::B));
-        assert_eq!(IntxPin::from_register(5), None);
-        assert_eq!(IntxPin::D.to_string(), "INTD#");
     }
 }

@@ -15,9 +15,9 @@ use std::io;
 
 use thiserror::Error;
 
-use crate::access_width::AccessWidth;
 use crate::bar::{BarIndex, BarLayout};
-use crate::msi_routing::MsiRouting;
+use crate::config::access_width::AccessWidth;
+use crate::interrupt::routing::MsiRouting;
 
 /// Why a function could not serve a BAR access.
 #[derive(Debug, Error)]
@@ -81,13 +81,23 @@ pub trait PciFunction: Send {
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
-/// Check that an access of `len` bytes at `offset` lies inside a BAR of `size` bytes.
+/// Check that `layout` implements `bar` and that an access of `len` bytes at `offset`
+/// lies inside it.
 pub fn check_bar_access(
+    layout: &BarLayout,
     bar: BarIndex,
     offset: u64,
     len: usize,
-    size: u64,
 ) -> Result<(), FunctionError> {
+    let size = layout
+        .get(bar)
+        .map(|d| d.size)
+        .ok_or(FunctionError::NoSuchBar { bar })?;
+    check_range(bar, offset, len, size)
+}
+
+/// Check that an access of `len` bytes at `offset` lies inside a BAR of `size` bytes.
+fn check_range(bar: BarIndex, offset: u64, len: usize, size: u64) -> Result<(), FunctionError> {
     match offset.checked_add(len as u64) {
         Some(end) if end <= size => Ok(()),
         _ => Err(FunctionError::OutOfRange {
@@ -102,16 +112,37 @@ pub fn check_bar_access(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bar::{BarDefinition, BarKind};
 
     #[test]
     fn bar_bounds_are_checked_without_overflow() {
         let bar = BarIndex::new(2).unwrap();
-        assert!(check_bar_access(bar, 0xffc, 4, 0x1000).is_ok());
-        let err = check_bar_access(bar, 0xffe, 4, 0x1000).unwrap_err();
+        assert!(check_range(bar, 0xffc, 4, 0x1000).is_ok());
+        let err = check_range(bar, 0xffe, 4, 0x1000).unwrap_err();
         assert_eq!(
             err.to_string(),
             "BAR2 access of 4 bytes at 0xffe: out of range (the BAR is 0x1000 bytes)"
         );
-        assert!(check_bar_access(bar, u64::MAX, 2, u64::MAX).is_err());
+        assert!(check_range(bar, u64::MAX, 2, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn only_implemented_bars_take_accesses() {
+        let mut layout = BarLayout::default();
+        let mem = BarKind::Memory32 {
+            prefetchable: false,
+        };
+        let bar2 = BarIndex::new(2).unwrap();
+        layout.set(bar2, BarDefinition::new(mem, 0x1000)).unwrap();
+        assert!(check_bar_access(&layout, bar2, 0xffc, 4).is_ok());
+        assert!(matches!(
+            check_bar_access(&layout, bar2, 0xffe, 4),
+            Err(FunctionError::OutOfRange { size: 0x1000, .. })
+        ));
+        let bar3 = BarIndex::new(3).unwrap();
+        assert!(matches!(
+            check_bar_access(&layout, bar3, 0, 4),
+            Err(FunctionError::NoSuchBar { bar }) if bar == bar3
+        ));
     }
 }

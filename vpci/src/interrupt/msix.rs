@@ -14,11 +14,11 @@
 
 use std::ops::Range;
 
-use crate::access_width::AccessWidth;
 use crate::bar::{BarIndex, BarLayout};
-use crate::config_regs::{cap, msix};
-use crate::config_space::{ConfigSpace, ConfigSpaceError, RegisterMask};
-use crate::msi_routing::{diff_routing, InterruptKind, MsiMessage, MsiRouting};
+use crate::config::access_width::AccessWidth;
+use crate::config::regs::{cap, msix};
+use crate::config::space::{ConfigSpace, ConfigSpaceError, RegisterMask};
+use crate::interrupt::routing::{diff_routing, InterruptKind, MsiMessage, MsiRouting};
 
 /// How an emulated function's MSI-X capability is built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -358,7 +358,7 @@ fn check_placement(layout: &BarLayout, config: &MsixConfig) -> Result<(), Config
         let definition = layout
             .get(bar)
             .ok_or_else(|| refuse("the BAR is not implemented"))?;
-        if definition.kind.address_space() != crate::bar::AddressSpace::Memory {
+        if definition.kind.is_io() {
             return Err(refuse("the BAR must be a memory BAR"));
         }
         if offset + len > definition.size {
@@ -383,7 +383,7 @@ fn check_placement(layout: &BarLayout, config: &MsixConfig) -> Result<(), Config
 mod tests {
     use super::*;
     use crate::bar::{BarDefinition, BarKind};
-    use crate::config_space::ConfigSize;
+    use crate::config::space::ConfigSize;
 
     fn bar(i: u8) -> BarIndex {
         BarIndex::new(i).unwrap()

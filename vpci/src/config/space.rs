@@ -16,9 +16,9 @@ use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-use crate::access_width::AccessWidth;
 use crate::bar::{rom_writable_mask, BarDefinition, BarError, BarIndex, BarLayout};
-use crate::config_regs::{
+use crate::config::access_width::AccessWidth;
+use crate::config::regs::{
     command, header, header_type, rom, status, CONFIG_SPACE_SIZE, EXTENDED_CONFIG_SPACE_SIZE,
 };
 

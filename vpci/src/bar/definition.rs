@@ -5,7 +5,7 @@ use std::fmt;
 
 use thiserror::Error;
 
-use crate::config_regs::{bar, header, rom};
+use crate::config::regs::{bar, header, rom};
 
 /// One of a type 0 function's address decoders: BAR0..=BAR5 or the expansion ROM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -61,70 +61,16 @@ pub enum AddressSpace {
     Memory,
 }
 
-/// What kind of BAR a function implements.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BarKind {
-    /// An I/O-port BAR.
-    Io,
-    /// A memory BAR that the guest must place below 4 GiB.
-    Memory32 { prefetchable: bool },
-    /// A memory BAR occupying this register and the next one.
-    Memory64 { prefetchable: bool },
-}
+/// What kind of BAR a function implements: udriver's, the same for a real device's BAR
+/// and a virtual one.
+pub use udriver::vfio::BarKind;
 
-impl BarKind {
-    pub fn address_space(self) -> AddressSpace {
-        match self {
-            Self::Io => AddressSpace::Io,
-            Self::Memory32 { .. } | Self::Memory64 { .. } => AddressSpace::Memory,
-        }
-    }
-
-    pub fn is_64bit(self) -> bool {
-        matches!(self, Self::Memory64 { .. })
-    }
-
-    pub fn is_prefetchable(self) -> bool {
-        matches!(
-            self,
-            Self::Memory32 { prefetchable: true } | Self::Memory64 { prefetchable: true }
-        )
-    }
-
-    /// The read-only flag bits this kind shows in the low bits of its register.
-    pub fn flags(self) -> u32 {
-        let prefetch = |p: bool| if p { bar::PREFETCHABLE } else { 0 };
-        match self {
-            Self::Io => bar::SPACE_IO,
-            Self::Memory32 { prefetchable } => bar::MEMORY_TYPE_32 | prefetch(prefetchable),
-            Self::Memory64 { prefetchable } => bar::MEMORY_TYPE_64 | prefetch(prefetchable),
-        }
-    }
-
-    /// Decode a BAR register's flag bits; `None` for the reserved memory type.
-    pub fn from_register(value: u32) -> Option<Self> {
-        if value & bar::SPACE_IO != 0 {
-            return Some(Self::Io);
-        }
-        let prefetchable = value & bar::PREFETCHABLE != 0;
-        match value & bar::MEMORY_TYPE_MASK {
-            bar::MEMORY_TYPE_32 => Some(Self::Memory32 { prefetchable }),
-            bar::MEMORY_TYPE_64 => Some(Self::Memory64 { prefetchable }),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for BarKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Io => f.write_str("io"),
-            Self::Memory32 { prefetchable } => {
-                write!(f, "mem32{}", if *prefetchable { " pref" } else { "" })
-            }
-            Self::Memory64 { prefetchable } => {
-                write!(f, "mem64{}", if *prefetchable { " pref" } else { "" })
-            }
+impl From<BarKind> for AddressSpace {
+    /// The space a BAR of this kind claims addresses in.
+    fn from(kind: BarKind) -> Self {
+        match kind {
+            BarKind::Io => Self::Io,
+            BarKind::Memory32 { .. } | BarKind::Memory64 { .. } => Self::Memory,
         }
     }
 }
@@ -396,23 +342,5 @@ mod tests {
             layout.upper_half_of(BarIndex::new(3).unwrap()),
             BarIndex::new(2)
         );
-    }
-
-    #[test]
-    fn kinds_round_trip_through_flags() {
-        for kind in [
-            BarKind::Io,
-            BarKind::Memory32 {
-                prefetchable: false,
-            },
-            BarKind::Memory32 { prefetchable: true },
-            BarKind::Memory64 {
-                prefetchable: false,
-            },
-            BarKind::Memory64 { prefetchable: true },
-        ] {
-            assert_eq!(BarKind::from_register(kind.flags()), Some(kind));
-        }
-        assert_eq!(BarKind::from_register(0x2), None);
     }
 }

@@ -5,11 +5,11 @@
 
 use std::any::Any;
 
-use crate::access_width::AccessWidth;
 use crate::bar::{BarIndex, BarLayout};
-use crate::config_regs::class;
-use crate::config_space::{ConfigSize, ConfigSpace, Type0Header};
-use crate::function::{FunctionError, PciFunction};
+use crate::bus::function::{FunctionError, PciFunction};
+use crate::config::access_width::AccessWidth;
+use crate::config::regs::class;
+use crate::config::space::{ConfigSize, ConfigSpace, Type0Header};
 
 /// Red Hat, Inc.: the vendor of QEMU's generic PCIe host bridge ID, which guest
 /// kernels know and attach no quirks to.
@@ -91,7 +91,7 @@ impl PciFunction for HostBridge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config_regs::header;
+    use crate::config::regs::header;
 
     #[test]
     fn identifies_as_a_host_bridge_without_bars() {

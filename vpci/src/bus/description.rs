@@ -1,8 +1,8 @@
 //! `BusDescription`: the virtual bus as plain data, for whoever describes it to the
 //! guest (ACPI MCFG/DSDT via `acpi-tables`, a device tree, a VMM's own tables).
 
-use crate::bar_window::AddressWindow;
-use crate::intx::{IntxPin, IntxRoute};
+use crate::bar::window::AddressWindow;
+use crate::interrupt::intx::IntxRoute;
 
 /// What a guest's firmware tables must say about the virtual root bridge.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,17 +20,6 @@ pub struct BusDescription {
     pub config_ports: bool,
     /// Every slot 0..32 and pin A-D, with its GSI.
     pub intx: Vec<IntxRoute>,
-}
-
-impl From<IntxPin> for acpi_tables::IntxPin {
-    fn from(pin: IntxPin) -> Self {
-        match pin {
-            IntxPin::A => acpi_tables::IntxPin::A,
-            IntxPin::B => acpi_tables::IntxPin::B,
-            IntxPin::C => acpi_tables::IntxPin::C,
-            IntxPin::D => acpi_tables::IntxPin::D,
-        }
-    }
 }
 
 fn window(w: AddressWindow) -> acpi_tables::Window {
@@ -52,16 +41,7 @@ impl From<&BusDescription> for acpi_tables::RootBridge {
             mem32: Some(window(d.mem32)),
             mem64: d.mem64.map(window),
             config_ports: d.config_ports,
-            intx: acpi_tables::IntxRouting::Explicit(
-                d.intx
-                    .iter()
-                    .map(|r| acpi_tables::IntxRoute {
-                        slot: r.slot,
-                        pin: r.pin.into(),
-                        gsi: r.gsi,
-                    })
-                    .collect(),
-            ),
+            intx: acpi_tables::IntxRouting::Explicit(d.intx.clone()),
             osc: acpi_tables::OscControl::default(),
         }
     }

@@ -11,9 +11,9 @@
 //! leaves a null header there (ID 0, version 0) that points on to the rest, as the
 //! PCIe spec allows and Linux walks over.
 
-use crate::access_width::AccessWidth;
-use crate::config_regs::{cap, ext_cap, header, status, CONFIG_SPACE_SIZE};
-use crate::config_space::{ConfigSpace, ConfigSpaceError, RegisterMask};
+use crate::config::access_width::AccessWidth;
+use crate::config::regs::{cap, ext_cap, header, status, CONFIG_SPACE_SIZE};
+use crate::config::space::{ConfigSpace, ConfigSpaceError, RegisterMask};
 
 /// A capability in the standard list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,7 +34,7 @@ pub struct ExtendedCapability {
 const MAX_CAPABILITIES: usize = (CONFIG_SPACE_SIZE - header::END as usize) / 4;
 /// At most this many extended capabilities fit in extended space (4 bytes each).
 const MAX_EXTENDED_CAPABILITIES: usize =
-    (crate::config_regs::EXTENDED_CONFIG_SPACE_SIZE - CONFIG_SPACE_SIZE) / 4;
+    (crate::config::regs::EXTENDED_CONFIG_SPACE_SIZE - CONFIG_SPACE_SIZE) / 4;
 
 const STANDARD: &str = "capability";
 const EXTENDED: &str = "extended capability";
@@ -440,7 +440,7 @@ impl ConfigSpace {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config_space::ConfigSize;
+    use crate::config::space::ConfigSize;
 
     fn ids(space: &ConfigSpace) -> Vec<u8> {
         space.capabilities().unwrap().iter().map(|c| c.id).collect()

@@ -5,10 +5,10 @@
 //! ([`MsiCapability::update`]), and implements the device side: signalling a vector,
 //! which sets its pending bit instead while it is masked.
 
-use crate::access_width::AccessWidth;
-use crate::config_regs::{cap, msi};
-use crate::config_space::{ConfigSpace, ConfigSpaceError, RegisterMask};
-use crate::msi_routing::{diff_routing, InterruptKind, MsiMessage, MsiRouting};
+use crate::config::access_width::AccessWidth;
+use crate::config::regs::{cap, msi};
+use crate::config::space::{ConfigSpace, ConfigSpaceError, RegisterMask};
+use crate::interrupt::routing::{diff_routing, InterruptKind, MsiMessage, MsiRouting};
 
 /// How an emulated function's MSI capability is built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -297,7 +297,7 @@ impl MsiCapability {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config_space::ConfigSize;
+    use crate::config::space::ConfigSize;
     use AccessWidth::{Dword, Word};
 
     fn space_with(config: MsiConfig) -> (ConfigSpace, MsiCapability) {
