@@ -416,9 +416,10 @@ mod tests {
     fn identity_maps_whole_pages_inside_the_region() {
         let mapper = Arc::new(RecordingMapper::new());
         let mut table = DmaMappings::new(mapper.clone());
-        // SAFETY: the recording mapper never touches or pins the memory it is given.
         let fake = |vaddr: u64| -> Arc<dyn DmaBacking> {
-            Arc::new(unsafe { RawMemory::new(HostVirtAddr(vaddr), 0x10_0000) })
+            // SAFETY: the recording mapper never touches or pins the memory it is given.
+            let memory = unsafe { RawMemory::new(HostVirtAddr(vaddr), 0x10_0000) };
+            Arc::new(memory)
         };
         let gpa = GuestPhysAddr;
         assert_eq!(

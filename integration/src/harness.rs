@@ -26,8 +26,11 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 /// One rig test or benchmark: a name starting with its area (`smoke_`, `vfio_`, ...),
 /// how long it may take under TCG, and its body.
 pub struct RigTest {
+    /// `AREA_WHAT`: what `integration/rig test FILTER` matches against.
     pub name: &'static str,
+    /// How long it may run before it is killed and reported as TIMEOUT.
     pub timeout: Duration,
+    /// The body; an error fails the test.
     pub run: fn() -> Result<()>,
 }
 

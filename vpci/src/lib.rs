@@ -54,6 +54,12 @@
 //! [`PassthroughFunction`] (module [`passthrough`]) is that function, over a
 //! [`PassthroughDevice`] seam that VFIO devices and host-test fakes implement.
 
+#![forbid(unsafe_code)]
+// 455 public items (152 of them config_regs' register constants) have no doc yet, and
+// the modules are moving into folders (issue 18): their docs come with the move. Remove
+// this line to list them.
+#![allow(missing_docs)]
+
 pub mod access_width;
 pub mod bar;
 pub mod bar_decoder;

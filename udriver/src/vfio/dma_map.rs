@@ -366,10 +366,11 @@ impl DmaMapper for VfioContainer {
 
     #[inline]
     unsafe fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
-        // SAFETY (both calls): passed on from our caller, under the trait's contract.
         if self.0.memlock_exempt.load(Ordering::Relaxed) {
+            // SAFETY: passed on from our caller, under the trait's contract.
             unsafe { self.map_checked(mapping, None) }
         } else {
+            // SAFETY: as above.
             unsafe { self.map_counting_memlock(mapping) }
         }
     }
