@@ -51,6 +51,19 @@ impl RigTest {
     }
 }
 
+/// Rig tests named after the functions they run, so a name cannot drift from its code:
+/// `rig_tests![area: first, second (240 s)]` is two [`RigTest`]s, `area_first` running
+/// `first` and `area_second` running `second` with a 240-second limit, in that order.
+macro_rules! rig_tests {
+    ($area:ident : $($test:ident $(($seconds:literal s))?),* $(,)?) => {
+        vec![$(
+            $crate::harness::RigTest::new(concat!(stringify!($area), "_", stringify!($test)), $test)
+                $(.with_timeout($seconds))?
+        ),*]
+    };
+}
+pub(crate) use rig_tests;
+
 /// The tests whose names contain any filter; all of them when there is no filter.
 pub fn select<'a>(all: &'a [RigTest], filters: &[String]) -> Vec<&'a RigTest> {
     all.iter()

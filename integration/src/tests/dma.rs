@@ -24,31 +24,25 @@ use dma::{
 };
 use udriver::vfio::{Bar, VfioContainer, VfioDevice, VfioGroup};
 
-use crate::harness::RigTest;
+use crate::harness::{rig_tests, RigTest};
 use crate::rig::{self, poll_until};
 use udrv_examples::e1000::regs as e1000_regs;
 
 pub fn tests() -> Vec<RigTest> {
-    vec![
-        RigTest::new("dma_identity_e1000_frame", identity_e1000_frame).with_timeout(240),
-        RigTest::new(
-            "dma_strict_e1000_frame_then_unmap_faults",
-            strict_e1000_frame_then_unmap_faults,
-        )
-        .with_timeout(240),
-        RigTest::new(
-            "dma_batched_e1000_frame_then_flush_faults",
-            batched_e1000_frame_then_flush_faults,
-        )
-        .with_timeout(240),
+    rig_tests![
+        dma:
+        identity_e1000_frame (240 s),
+        strict_e1000_frame_then_unmap_faults (240 s),
+        batched_e1000_frame_then_flush_faults (240 s),
     ]
 }
 
 pub fn benches() -> Vec<RigTest> {
-    vec![
-        RigTest::new("dma_map_sg_vs_raw_ioctl", map_sg_vs_raw_ioctl).with_timeout(900),
-        RigTest::new("dma_map_sg_list_vs_raw_ioctls", map_sg_list_vs_raw_ioctls).with_timeout(900),
-        RigTest::new("dma_ioctls_for_64_page_sg", ioctls_for_64_page_sg).with_timeout(900),
+    rig_tests![
+        dma:
+        map_sg_vs_raw_ioctl (900 s),
+        map_sg_list_vs_raw_ioctls (900 s),
+        ioctls_for_64_page_sg (900 s),
     ]
 }
 

@@ -15,39 +15,31 @@ use udriver::vfio::{
 };
 
 use crate::disk_pattern;
-use crate::harness::RigTest;
+use crate::harness::{rig_tests, RigTest};
 use crate::rig::{self, poll_until};
 use udrv_examples::e1000::regs as e1000_regs;
 
 pub fn tests() -> Vec<RigTest> {
-    vec![
-        RigTest::new("vfio_region_tables_match_sysfs", region_tables_match_sysfs),
-        RigTest::new(
-            "vfio_e1000_status_mmap_and_pread_agree",
-            e1000_status_paths_agree,
-        ),
-        RigTest::new(
-            "vfio_ide_pio_reads_disk_pattern",
-            ide_pio_reads_disk_pattern,
-        ),
-        RigTest::new("vfio_ahci_cap_through_bar5", ahci_cap_through_bar5),
-        RigTest::new(
-            "vfio_e1000_intx_fires_and_rearms",
-            e1000_intx_fires_and_rearms,
-        ),
-        RigTest::new("vfio_ahci_msi_on_identify", ahci_msi_on_identify),
-        RigTest::new("vfio_e1000e_msix_vectors_fire", e1000e_msix_vectors_fire),
-        RigTest::new("vfio_e1000_dma_tx_and_unmap", e1000_dma_tx_and_unmap).with_timeout(240),
-        RigTest::new("vfio_iommu_info_and_groups", iommu_info_and_groups),
-        RigTest::new("vfio_bad_requests_are_errors", bad_requests_are_errors),
-        RigTest::new("vfio_reset_and_quiesce", reset_and_quiesce),
+    rig_tests![
+        vfio:
+        region_tables_match_sysfs,
+        e1000_status_mmap_and_pread_agree,
+        ide_pio_reads_disk_pattern,
+        ahci_cap_through_bar5,
+        e1000_intx_fires_and_rearms,
+        ahci_msi_on_identify,
+        e1000e_msix_vectors_fire,
+        e1000_dma_tx_and_unmap (240 s),
+        iommu_info_and_groups,
+        bad_requests_are_errors,
+        reset_and_quiesce,
     ]
 }
 
 /// VFIO benchmarks: the MMIO fast path against the pread slow path, same register,
 /// same boot.
 pub fn benches() -> Vec<RigTest> {
-    vec![RigTest::new("vfio_bench_bar_read_mmap_vs_pread", bench_bar_read).with_timeout(300)]
+    rig_tests![vfio: bench_bar_read_mmap_vs_pread (300 s)]
 }
 
 /// A device bound to vfio-pci and opened in a container of its own.
@@ -186,7 +178,7 @@ fn rig_read_hex(bdf: &str, attr: &str) -> Result<u32> {
 
 /// STATUS through the mmap'd BAR0 equals STATUS read with pread on the device fd at
 /// the region's offset, and says link up.
-fn e1000_status_paths_agree() -> Result<()> {
+fn e1000_status_mmap_and_pread_agree() -> Result<()> {
     let o = open(rig::E1000_A)?;
     let bar0 = o.device.bar(0)?;
     ensure!(
@@ -1061,7 +1053,7 @@ fn reset_and_quiesce() -> Result<()> {
 /// syscall) and 20000 times with pread on the device fd (what a trapped access costs),
 /// interleaved in rounds so both see the same conditions. Prints ns per read and the
 /// ratio pread/mmap.
-fn bench_bar_read() -> Result<()> {
+fn bench_bar_read_mmap_vs_pread() -> Result<()> {
     const ROUNDS: usize = 20;
     const PER_ROUND: usize = 1000;
     let o = open(rig::E1000_A)?;
