@@ -26,7 +26,7 @@ pub use iova::{Iova, IovaRange};
 pub use iova_allocator::{IovaAllocator, IovaLease};
 pub use mapper::{DmaAccess, DmaMapper, DmaMapping, PAGE_SIZE};
 pub use mappings::DmaMappings;
-pub use memlock::{check_memlock, MemlockStatus};
+pub use memlock::MemlockStatus;
 pub use memory::{DmaBacking, DmaBuffer, DmaMemory, DmaValue, FdMemory, PagePreference, RawMemory};
 pub use policy::{BatchConfig, BatchedPolicy, DmaPolicy, IdentityPolicy, StrictPolicy};
 pub use recording_mapper::RecordingMapper;
