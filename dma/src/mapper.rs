@@ -190,54 +190,35 @@ pub trait DmaMapper: Send + Sync {
     fn forget_pages(&self, _window: IovaRange) {}
 }
 
-impl<M: DmaMapper + ?Sized> DmaMapper for &M {
-    fn page_size(&self) -> u64 {
-        (**self).page_size()
-    }
-    unsafe fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
-        // SAFETY: passed on from our caller.
-        unsafe { (**self).map(mapping) }
-    }
-    fn unmap(&self, range: IovaRange) -> Result<u64, DmaError> {
-        (**self).unmap(range)
-    }
-    unsafe fn map_batch(&self, mappings: &[DmaMapping]) -> Result<(), DmaError> {
-        // SAFETY: passed on from our caller.
-        unsafe { (**self).map_batch(mappings) }
-    }
-    fn unmap_batch(&self, ranges: &[IovaRange]) -> Result<u64, DmaError> {
-        (**self).unmap_batch(ranges)
-    }
-    fn expect_pages(&self, window: IovaRange, page_size: u64) {
-        (**self).expect_pages(window, page_size)
-    }
-    fn forget_pages(&self, window: IovaRange) {
-        (**self).forget_pages(window)
-    }
+/// A mapper behind a shared reference or an `Arc` is the same mapper: every call is
+/// passed through.
+macro_rules! forward_mapper {
+    ($($pointer:ty),*) => {$(
+        impl<M: DmaMapper + ?Sized> DmaMapper for $pointer {
+            fn page_size(&self) -> u64 {
+                (**self).page_size()
+            }
+            unsafe fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
+                // SAFETY: passed on from our caller.
+                unsafe { (**self).map(mapping) }
+            }
+            fn unmap(&self, range: IovaRange) -> Result<u64, DmaError> {
+                (**self).unmap(range)
+            }
+            unsafe fn map_batch(&self, mappings: &[DmaMapping]) -> Result<(), DmaError> {
+                // SAFETY: passed on from our caller.
+                unsafe { (**self).map_batch(mappings) }
+            }
+            fn unmap_batch(&self, ranges: &[IovaRange]) -> Result<u64, DmaError> {
+                (**self).unmap_batch(ranges)
+            }
+            fn expect_pages(&self, window: IovaRange, page_size: u64) {
+                (**self).expect_pages(window, page_size)
+            }
+            fn forget_pages(&self, window: IovaRange) {
+                (**self).forget_pages(window)
+            }
+        }
+    )*};
 }
-
-impl<M: DmaMapper + ?Sized> DmaMapper for Arc<M> {
-    fn page_size(&self) -> u64 {
-        (**self).page_size()
-    }
-    unsafe fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
-        // SAFETY: passed on from our caller.
-        unsafe { (**self).map(mapping) }
-    }
-    fn unmap(&self, range: IovaRange) -> Result<u64, DmaError> {
-        (**self).unmap(range)
-    }
-    unsafe fn map_batch(&self, mappings: &[DmaMapping]) -> Result<(), DmaError> {
-        // SAFETY: passed on from our caller.
-        unsafe { (**self).map_batch(mappings) }
-    }
-    fn unmap_batch(&self, ranges: &[IovaRange]) -> Result<u64, DmaError> {
-        (**self).unmap_batch(ranges)
-    }
-    fn expect_pages(&self, window: IovaRange, page_size: u64) {
-        (**self).expect_pages(window, page_size)
-    }
-    fn forget_pages(&self, window: IovaRange) {
-        (**self).forget_pages(window)
-    }
-}
+forward_mapper!(&M, Arc<M>);
