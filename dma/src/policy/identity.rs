@@ -75,16 +75,31 @@ impl<M: DmaMapper> DmaPolicy for IdentityPolicy<M> {
         // it whole.
         let (vaddr, _) = region.backing().host_range();
         let offset = region.vaddr().0 - vaddr.0;
+        let misaligned = DmaError::Misaligned {
+            what: "guest region",
+            value: gpa.0,
+            align: page,
+        };
         let mapped =
-            state
+            match state
                 .mappings
-                .map_identity(gpa, region.backing().clone(), offset, region.len());
+                .map_identity(gpa, region.backing().clone(), offset, region.len())
+            {
+                Ok(Some(whole)) if whole == range => Ok(()),
+                // `add` checked the alignment, so only a mapper whose page size changed
+                // under us gets here: refuse rather than register memory left unmapped.
+                Ok(Some(part)) => {
+                    let _ = state.mappings.unmap(part);
+                    Err(misaligned)
+                }
+                Ok(None) => Err(misaligned),
+                Err(err) => Err(err),
+            };
         if let Err(err) = mapped {
             rollback(&mut state);
             let _ = self.iovas.free(range);
             return Err(err);
         }
-        debug_assert_eq!(mapped.ok().flatten(), Some(range));
         Ok(())
     }
 
