@@ -13,6 +13,8 @@
 //! The encoding of headers, the RSDP, XSDT, FADT, FACS and MCFG, and of most AML, is rust-vmm's
 //! `acpi_tables`; this crate adds what that lacks (see [`aml`] and the MADT entries).
 
+#![forbid(unsafe_code)]
+
 pub mod aml;
 pub mod description;
 mod dsdt;

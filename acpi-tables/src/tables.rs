@@ -10,12 +10,19 @@ const TABLE_ALIGN: u64 = 8;
 /// One of the tables this crate builds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TableKind {
+    /// Root System Description Pointer.
     Rsdp,
+    /// Extended System Description Table.
     Xsdt,
+    /// Fixed ACPI Description Table.
     Fadt,
+    /// Firmware ACPI Control Structure.
     Facs,
+    /// Differentiated System Description Table.
     Dsdt,
+    /// Multiple APIC Description Table.
     Madt,
+    /// PCI Express memory-mapped configuration space (ECAM) table.
     Mcfg,
 }
 
@@ -56,6 +63,7 @@ pub struct Table {
 }
 
 impl Table {
+    /// Which table it is.
     pub fn kind(&self) -> TableKind {
         self.kind
     }
@@ -65,6 +73,7 @@ impl Table {
         self.address
     }
 
+    /// The table's bytes, checksum included.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }

@@ -98,11 +98,6 @@ impl MemlockStatus {
     }
 }
 
-/// Checks that this process may lock `bytes` more; see [`MemlockStatus::check`].
-pub fn check_memlock(bytes: u64, what: &'static str) -> Result<(), DmaError> {
-    MemlockStatus::current()?.check(bytes, what)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

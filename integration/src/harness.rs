@@ -26,8 +26,11 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 /// One rig test or benchmark: a name starting with its area (`smoke_`, `vfio_`, ...),
 /// how long it may take under TCG, and its body.
 pub struct RigTest {
+    /// `AREA_WHAT`: what `integration/rig test FILTER` matches against.
     pub name: &'static str,
+    /// How long it may run before it is killed and reported as TIMEOUT.
     pub timeout: Duration,
+    /// The body; an error fails the test.
     pub run: fn() -> Result<()>,
 }
 
@@ -47,6 +50,19 @@ impl RigTest {
         self
     }
 }
+
+/// Rig tests named after the functions they run, so a name cannot drift from its code:
+/// `rig_tests![area: first, second (240 s)]` is two [`RigTest`]s, `area_first` running
+/// `first` and `area_second` running `second` with a 240-second limit, in that order.
+macro_rules! rig_tests {
+    ($area:ident : $($test:ident $(($seconds:literal s))?),* $(,)?) => {
+        vec![$(
+            $crate::harness::RigTest::new(concat!(stringify!($area), "_", stringify!($test)), $test)
+                $(.with_timeout($seconds))?
+        ),*]
+    };
+}
+pub(crate) use rig_tests;
 
 /// The tests whose names contain any filter; all of them when there is no filter.
 pub fn select<'a>(all: &'a [RigTest], filters: &[String]) -> Vec<&'a RigTest> {

@@ -183,8 +183,11 @@ pub fn poll_until<T>(
 /// One line of a device's sysfs `resource` file: a BAR (or the ROM) as the kernel
 /// placed it, the reference the VFIO and vpci tests compare their views against.
 pub struct SysfsResource {
+    /// First address (0 for a BAR the device does not have).
     pub start: u64,
+    /// Last address, included.
     pub end: u64,
+    /// `IORESOURCE_*` flags.
     pub flags: u64,
 }
 

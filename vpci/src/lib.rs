@@ -68,6 +68,10 @@
 //! - `test_device` (feature `test-device`, on in this crate's own tests): a
 //!   configurable emulated function for tests.
 
+#![forbid(unsafe_code)]
+// Public items without a doc yet; remove this line to list them.
+#![allow(missing_docs)]
+
 pub mod bar;
 pub mod bus;
 pub mod config;

@@ -30,10 +30,13 @@ const MEMORY_CACHEABLE: u8 = 1 << 1;
 /// What an address-space descriptor describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResourceKind {
+    /// A range of bus numbers.
     BusNumber,
+    /// A range of IO ports.
     Io,
     /// Read-write memory; `cacheable` sets the Cacheable attribute, else NonCacheable.
     Memory {
+        /// Whether the memory may be cached.
         cacheable: bool,
     },
 }
@@ -41,7 +44,9 @@ pub enum ResourceKind {
 /// Whether the device decodes the range for children (a bridge window) or for itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Usage {
+    /// The device decodes the range for what sits behind it (a bridge window).
     Producer,
+    /// The device itself uses the range.
     Consumer,
 }
 

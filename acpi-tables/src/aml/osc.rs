@@ -12,8 +12,11 @@ pub const PCI_HOST_BRIDGE_UUID: &str = "33db4d5b-1ff7-401c-9657-7441c03dd766";
 
 /// Status bits the method sets in the first capabilities DWORD.
 pub const OSC_FAILURE: u32 = 1 << 1;
+/// The UUID is not the PCI host bridge one.
 pub const UNRECOGNIZED_UUID: u32 = 1 << 2;
+/// The revision is not one this method knows.
 pub const UNRECOGNIZED_REVISION: u32 = 1 << 3;
+/// Some control bits asked for were not granted.
 pub const CAPABILITIES_MASKED: u32 = 1 << 4;
 
 /// The `_OSC` method granting the control bits in `granted`:

@@ -29,6 +29,7 @@ pub struct Description {
     pub local_apic_address: u32,
     /// A dual 8259 PIC is present (MADT PCAT_COMPAT); the OS masks it when it uses the APICs.
     pub pcat_compat: bool,
+    /// The IO APICs, whose inputs are the GSIs.
     pub io_apics: Vec<IoApic>,
     /// ISA IRQs that are not identity-mapped to GSIs or not edge/active-high.
     pub interrupt_overrides: Vec<InterruptOverride>,
@@ -71,7 +72,9 @@ impl Default for Layout {
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct IoApic {
+    /// IO APIC id.
     pub id: u8,
+    /// Physical address of its registers.
     #[cfg_attr(feature = "serde", serde(with = "hex"))]
     pub address: u32,
     /// GSI of its first input.
@@ -106,7 +109,9 @@ pub enum Polarity {
     /// As the bus specifies (ISA: active high).
     #[default]
     Conforming,
+    /// Active high.
     ActiveHigh,
+    /// Active low.
     ActiveLow,
 }
 
@@ -118,7 +123,9 @@ pub enum Trigger {
     /// As the bus specifies (ISA: edge).
     #[default]
     Conforming,
+    /// Edge-triggered.
     Edge,
+    /// Level-triggered.
     Level,
 }
 
@@ -129,9 +136,12 @@ pub enum Trigger {
 pub struct InterruptOverride {
     /// ISA IRQ 0-15.
     pub source_irq: u8,
+    /// The GSI it arrives on.
     pub gsi: u32,
+    /// Its polarity.
     #[cfg_attr(feature = "serde", serde(default))]
     pub polarity: Polarity,
+    /// Its trigger mode.
     #[cfg_attr(feature = "serde", serde(default))]
     pub trigger: Trigger,
 }
@@ -143,8 +153,10 @@ pub struct InterruptOverride {
 pub struct LocalApicNmi {
     /// LINT0 or LINT1.
     pub lint: u8,
+    /// Its polarity.
     #[cfg_attr(feature = "serde", serde(default))]
     pub polarity: Polarity,
+    /// Its trigger mode.
     #[cfg_attr(feature = "serde", serde(default))]
     pub trigger: Trigger,
 }
@@ -171,7 +183,9 @@ pub struct FixedHardware {
     /// SMI command port, 0 if ACPI is always enabled.
     #[cfg_attr(feature = "serde", serde(with = "hex"))]
     pub smi_command_port: u32,
+    /// Value written to the SMI command port to enable ACPI.
     pub acpi_enable: u8,
+    /// Value written to the SMI command port to disable ACPI.
     pub acpi_disable: u8,
     /// PM1a event block (4 bytes: status, enable).
     #[cfg_attr(feature = "serde", serde(with = "hex"))]
@@ -214,8 +228,10 @@ impl FixedHardware {
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct ResetRegister {
+    /// The IO port.
     #[cfg_attr(feature = "serde", serde(with = "hex"))]
     pub port: u16,
+    /// The value whose write resets the machine.
     #[cfg_attr(feature = "serde", serde(with = "hex"))]
     pub value: u8,
 }
@@ -229,9 +245,13 @@ pub struct BootArch {
     pub legacy_devices: bool,
     /// An 8042 keyboard controller exists.
     pub i8042: bool,
+    /// VGA must not be probed (VGA Not Present).
     pub vga_absent: bool,
+    /// MSI must not be enabled (MSI Not Supported).
     pub msi_absent: bool,
+    /// PCIe ASPM must not be enabled (PCIe ASPM Controls).
     pub aspm_absent: bool,
+    /// No CMOS RTC (CMOS RTC Not Present).
     pub cmos_rtc_absent: bool,
 }
 
@@ -257,13 +277,16 @@ impl BootArch {
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct Window {
+    /// First address.
     #[cfg_attr(feature = "serde", serde(with = "hex"))]
     pub base: u64,
+    /// Length in bytes.
     #[cfg_attr(feature = "serde", serde(with = "hex"))]
     pub size: u64,
 }
 
 impl Window {
+    /// `size` bytes from `base`.
     pub const fn new(base: u64, size: u64) -> Self {
         Window { base, size }
     }
@@ -295,7 +318,9 @@ impl Window {
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct BusRange {
+    /// First bus.
     pub first: u8,
+    /// Last bus.
     pub last: u8,
 }
 
@@ -310,13 +335,18 @@ impl BusRange {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub enum IntxPin {
+    /// INTA.
     A,
+    /// INTB.
     B,
+    /// INTC.
     C,
+    /// INTD.
     D,
 }
 
 impl IntxPin {
+    /// All four pins, A to D.
     pub const ALL: [IntxPin; 4] = [IntxPin::A, IntxPin::B, IntxPin::C, IntxPin::D];
 
     /// From a function's Interrupt Pin config register (1..=4); `None` for 0 (no pin)
@@ -352,7 +382,12 @@ pub const SLOTS: u8 = 32;
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum IntxRouting {
     /// Slot `s` pin `p` (0-3) goes to GSI `first_gsi + (s + p) % count`.
-    Swizzle { first_gsi: u32, count: u32 },
+    Swizzle {
+        /// GSI of slot 0 pin A.
+        first_gsi: u32,
+        /// Number of GSIs the pins rotate through.
+        count: u32,
+    },
     /// One route for every slot 0-31 and pin A-D.
     Explicit(Vec<IntxRoute>),
 }
@@ -387,8 +422,11 @@ impl IntxRouting {
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct IntxRoute {
+    /// Device slot, 0-31.
     pub slot: u8,
+    /// The pin.
     pub pin: IntxPin,
+    /// The GSI it is wired to.
     pub gsi: u32,
 }
 
@@ -397,11 +435,17 @@ pub struct IntxRoute {
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct OscControl {
+    /// PCIe native hot-plug.
     pub native_hotplug: bool,
+    /// SHPC hot-plug.
     pub shpc_hotplug: bool,
+    /// PCIe native power-management events.
     pub pme: bool,
+    /// PCIe advanced error reporting.
     pub aer: bool,
+    /// The PCIe capability structure.
     pub pcie_capability: bool,
+    /// Latency tolerance reporting.
     pub ltr: bool,
 }
 
@@ -422,10 +466,15 @@ impl Default for OscControl {
 impl OscControl {
     /// Control-field bit numbers, in the order of the PCI Firmware spec.
     pub const NATIVE_HOTPLUG: u32 = 1 << 0;
+    /// See [`OscControl::shpc_hotplug`].
     pub const SHPC_HOTPLUG: u32 = 1 << 1;
+    /// See [`OscControl::pme`].
     pub const PME: u32 = 1 << 2;
+    /// See [`OscControl::aer`].
     pub const AER: u32 = 1 << 3;
+    /// See [`OscControl::pcie_capability`].
     pub const PCIE_CAPABILITY: u32 = 1 << 4;
+    /// See [`OscControl::ltr`].
     pub const LTR: u32 = 1 << 5;
 
     /// The control bits granted: `_OSC` returns the OS's request ANDed with this.
@@ -449,7 +498,9 @@ impl OscControl {
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct RootBridge {
+    /// PCI segment group (MCFG, `_SEG`).
     pub segment: u16,
+    /// Bus numbers it decodes (`_BBN` is the first).
     pub buses: BusRange,
     /// The ECAM area of `buses`: it starts at bus `buses.first` and holds 1 MiB per bus.
     pub ecam: Window,
@@ -465,8 +516,10 @@ pub struct RootBridge {
     /// The bridge also decodes the legacy config ports 0xCF8-0xCFF (segment 0 only).
     #[cfg_attr(feature = "serde", serde(default))]
     pub config_ports: bool,
+    /// How its root bus's INTx pins reach GSIs.
     #[cfg_attr(feature = "serde", serde(default))]
     pub intx: IntxRouting,
+    /// What `_OSC` grants the OS.
     #[cfg_attr(feature = "serde", serde(default))]
     pub osc: OscControl,
 }

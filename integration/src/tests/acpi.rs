@@ -6,13 +6,10 @@
 
 use anyhow::{ensure, Context, Result};
 
-use crate::harness::{send_file, RigTest};
+use crate::harness::{rig_tests, send_file, RigTest};
 
 pub fn tests() -> Vec<RigTest> {
-    vec![RigTest::new(
-        "vpci_acpi_default_bus_matches_q35",
-        default_bus_matches_q35,
-    )]
+    rig_tests![vpci_acpi: default_bus_matches_q35]
 }
 
 /// One MCFG allocation: ECAM base, segment, first and last bus.

@@ -11,32 +11,20 @@ use udriver::claim::{ClaimPhase, StateFile};
 use udriver::vfio::VfioGroup;
 
 use crate::disk_pattern;
-use crate::harness::RigTest;
+use crate::harness::{rig_tests, RigTest};
 use crate::rig;
 
 pub fn tests() -> Vec<RigTest> {
-    vec![
-        RigTest::new("attach_list_names_test_devices", list_names_test_devices),
-        RigTest::new("attach_detach_nics_round_trip", nics_round_trip),
-        RigTest::new("attach_detach_disks_round_trip", disks_round_trip),
-        RigTest::new(
-            "attach_refuses_mounted_filesystem",
-            refuses_mounted_filesystem,
-        ),
-        RigTest::new(
-            "attach_refuses_up_nic_with_address",
-            refuses_up_nic_with_address,
-        ),
-        RigTest::new(
-            "attach_refuses_shared_iommu_group",
-            refuses_shared_iommu_group,
-        ),
-        RigTest::new("attach_hands_group_node_to_user", hands_group_node_to_user),
-        RigTest::new(
-            "attach_killed_midway_then_detach_restores",
-            killed_midway_then_detach,
-        )
-        .with_timeout(600),
+    rig_tests![
+        attach:
+        list_names_test_devices,
+        detach_nics_round_trip,
+        detach_disks_round_trip,
+        refuses_mounted_filesystem,
+        refuses_up_nic_with_address,
+        refuses_shared_iommu_group,
+        hands_group_node_to_user,
+        killed_midway_then_detach_restores (600 s),
     ]
 }
 
@@ -226,7 +214,7 @@ fn claims(state: &str) -> Result<Vec<udriver::claim::ClaimRecord>> {
 
 /// The three NICs: attach puts each on vfio-pci with a viable /dev/vfio/N; detach puts
 /// them back on e1000/e1000e, their interfaces come back and go up.
-fn nics_round_trip() -> Result<()> {
+fn detach_nics_round_trip() -> Result<()> {
     put_back_on_host_drivers()?;
     let state = state_file("nics");
     let nics = [
@@ -297,7 +285,7 @@ fn nics_round_trip() -> Result<()> {
 
 /// The IDE and AHCI controllers: attach, detach, and the disks are readable again
 /// through ata_piix and ahci.
-fn disks_round_trip() -> Result<()> {
+fn detach_disks_round_trip() -> Result<()> {
     put_back_on_host_drivers()?;
     let state = state_file("disks");
     udrv_ok(&["attach", rig::PIIX3_IDE, rig::ICH9_AHCI, "--state", &state])?;
@@ -462,7 +450,7 @@ fn hands_group_node_to_user() -> Result<()> {
 /// its first and last sysfs write, and checks that `udrv detach` puts the device back
 /// on e1000 each time. Every other outcome (killed before the first write, or after the
 /// last) is cleaned up the same way and must end on e1000 too.
-fn killed_midway_then_detach() -> Result<()> {
+fn killed_midway_then_detach_restores() -> Result<()> {
     put_back_on_host_drivers()?;
     let state = state_file("killed");
     let bdf = rig::E1000_B;

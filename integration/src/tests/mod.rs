@@ -50,3 +50,32 @@ pub fn benches() -> Vec<RigTest> {
     .flatten()
     .collect()
 }
+
+#[cfg(test)]
+mod names {
+    use std::collections::HashSet;
+
+    /// `rig-tests exec NAME` runs the first test of that name: two would shadow one.
+    #[test]
+    fn every_test_and_benchmark_has_its_own_name() {
+        let all: Vec<_> = super::all().into_iter().chain(super::benches()).collect();
+        let mut seen = HashSet::new();
+        for test in &all {
+            assert!(seen.insert(test.name), "{} registered twice", test.name);
+        }
+    }
+
+    #[test]
+    fn a_name_is_its_area_and_its_function() {
+        fn one_test() -> anyhow::Result<()> {
+            Ok(())
+        }
+        let tests = crate::harness::rig_tests![area: one_test (7 s)];
+        assert_eq!(tests[0].name, "area_one_test");
+        assert_eq!(tests[0].timeout, std::time::Duration::from_secs(7));
+        assert!(std::ptr::fn_addr_eq(
+            tests[0].run,
+            one_test as fn() -> anyhow::Result<()>
+        ));
+    }
+}

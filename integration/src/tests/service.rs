@@ -19,7 +19,7 @@ use nix::unistd::Pid;
 use udriver::claim::{ClaimPhase, ClaimRecord, StateFile};
 
 use super::uml_served::e1000e_bound_in_uml;
-use crate::harness::RigTest;
+use crate::harness::{rig_tests, RigTest};
 use crate::rig;
 
 const CONTROL: &str = "/run/udrv/control.sock";
@@ -34,18 +34,11 @@ const LOG_DIR: &str = "/run/udrv-service-rig";
 const NOBODY: u32 = 65534;
 
 pub fn tests() -> Vec<RigTest> {
-    vec![
-        RigTest::new(
-            "uml_service_attach_serve_status_sigterm",
-            attach_serve_status_sigterm,
-        )
-        .with_timeout(300),
-        RigTest::new("uml_service_detach_stops_serving", detach_stops_serving).with_timeout(300),
-        RigTest::new(
-            "uml_service_kill9_recovers_and_serves_uml",
-            kill9_recovers_and_serves_uml,
-        )
-        .with_timeout(600),
+    rig_tests![
+        uml_service:
+        attach_serve_status_sigterm (300 s),
+        detach_stops_serving (300 s),
+        kill9_recovers_and_serves_uml (600 s),
     ]
 }
 

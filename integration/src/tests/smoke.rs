@@ -5,17 +5,18 @@ use std::io::Read;
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::disk_pattern;
-use crate::harness::RigTest;
+use crate::harness::{rig_tests, RigTest};
 use crate::rig;
 use udriver::vfio::{VfioContainer, VfioGroup};
 
 pub fn tests() -> Vec<RigTest> {
-    vec![
-        RigTest::new("smoke_test_devices_present", test_devices_present),
-        RigTest::new("smoke_disks_hold_pattern", disks_hold_pattern),
-        RigTest::new("smoke_vfio_container_opens", vfio_container_opens),
-        RigTest::new("smoke_vfio_groups_viable", vfio_groups_viable),
-        RigTest::new("smoke_e1000_status_link_up", e1000_status_link_up),
+    rig_tests![
+        smoke:
+        test_devices_present,
+        disks_hold_pattern,
+        vfio_container_opens,
+        vfio_groups_viable,
+        e1000_status_link_up,
     ]
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::harness::RigTest;
+use crate::harness::{rig_tests, RigTest};
 use crate::rig;
 
 /// The UML kernel binary in the rig guest.
@@ -29,10 +29,7 @@ const UML_TIMEOUT: Duration = Duration::from_secs(60);
 const E1000E_MAC: &str = "52:54:00:00:00:04";
 
 pub fn tests() -> Vec<RigTest> {
-    vec![
-        RigTest::new("uml_boots_in_rig", boots_in_rig),
-        RigTest::new("uml_vfio_uml_binds_e1000e", vfio_uml_binds_e1000e),
-    ]
+    rig_tests![uml: boots_in_rig, vfio_uml_binds_e1000e]
 }
 
 /// What one UML run printed, how it ended and how long it took.

@@ -28,7 +28,7 @@ use vpci::frontend::WorkerOptions;
 
 use super::uml::{ensure_clean_boot, nonce, run_uml_on, UmlRun};
 use super::uml_served::{bring_up_peer, Served, NO_THROTTLING, PEER};
-use crate::harness::RigTest;
+use crate::harness::{rig_tests, RigTest};
 use crate::rig;
 
 /// Reads of each file per round inside UML (integration/guest/uml/bench.sh runs 9
@@ -40,7 +40,7 @@ const ROUNDS: u32 = 9;
 const POLL_WINDOW: Duration = Duration::from_millis(2);
 
 pub fn benches() -> Vec<RigTest> {
-    vec![RigTest::new("uml_bench_served_vs_direct", served_vs_direct).with_timeout(900)]
+    rig_tests![uml_bench: served_vs_direct (900 s)]
 }
 
 /// What the net task measured in one UML run.

@@ -34,7 +34,7 @@ use super::drivers::kernel;
 use super::uml::{nonce, run_uml, RunningUml, UmlRun};
 use super::uml_bench::median;
 use super::uml_served::{self, Served};
-use crate::harness::RigTest;
+use crate::harness::{rig_tests, RigTest};
 use crate::rig;
 
 /// The disk on AHCI port 0: 16 MiB of the sector pattern.
@@ -51,7 +51,7 @@ const GO: &str = "/rig/uml/root/tmp/udrv-bench-go";
 const RELEASE: &str = "/rig/uml/root/tmp/udrv-bench-release";
 
 pub fn benches() -> Vec<RigTest> {
-    vec![RigTest::new("uml_bench_disk_served_vs_ubd", served_vs_ubd).with_timeout(1200)]
+    rig_tests![uml_bench_disk: served_vs_ubd (1200 s)]
 }
 
 /// What UML measured in one read of the whole disk.

@@ -31,7 +31,7 @@ use vpci::passthrough::{PassthroughFunction, VfioPassthroughDevice};
 
 use super::drivers::kernel;
 use super::uml::{ensure_clean_boot, nonce, RunningUml, UmlRun};
-use crate::harness::RigTest;
+use crate::harness::{rig_tests, RigTest};
 use crate::rig;
 
 /// UML's virtio-pcidev device ID, as the rig built it (integration/guest/uml/kernel.config).
@@ -48,16 +48,13 @@ const SERVED_TIMEOUT: Duration = Duration::from_secs(120);
 const MARKED_SECTOR: u64 = 100;
 
 pub fn tests() -> Vec<RigTest> {
-    vec![
-        RigTest::new("uml_served_e1000e_pings", served_e1000e_pings).with_timeout(400),
-        RigTest::new(
-            "uml_served_e1000e_pings_polling",
-            served_e1000e_pings_polling,
-        )
-        .with_timeout(400),
-        RigTest::new("uml_served_ahci_disk", served_ahci_disk).with_timeout(400),
-        RigTest::new("uml_guest_restart", guest_restart).with_timeout(400),
-        RigTest::new("uml_malformed_messages", malformed_messages).with_timeout(400),
+    rig_tests![
+        uml:
+        served_e1000e_pings (400 s),
+        served_e1000e_pings_polling (400 s),
+        served_ahci_disk (400 s),
+        guest_restart (400 s),
+        malformed_messages (400 s),
     ]
 }
 

@@ -15,39 +15,31 @@ use udriver::vfio::{
 };
 
 use crate::disk_pattern;
-use crate::harness::RigTest;
+use crate::harness::{rig_tests, RigTest};
 use crate::rig::{self, poll_until};
 use udrv_examples::e1000::regs as e1000_regs;
 
 pub fn tests() -> Vec<RigTest> {
-    vec![
-        RigTest::new("vfio_region_tables_match_sysfs", region_tables_match_sysfs),
-        RigTest::new(
-            "vfio_e1000_status_mmap_and_pread_agree",
-            e1000_status_paths_agree,
-        ),
-        RigTest::new(
-            "vfio_ide_pio_reads_disk_pattern",
-            ide_pio_reads_disk_pattern,
-        ),
-        RigTest::new("vfio_ahci_cap_through_bar5", ahci_cap_through_bar5),
-        RigTest::new(
-            "vfio_e1000_intx_fires_and_rearms",
-            e1000_intx_fires_and_rearms,
-        ),
-        RigTest::new("vfio_ahci_msi_on_identify", ahci_msi_on_identify),
-        RigTest::new("vfio_e1000e_msix_vectors_fire", e1000e_msix_vectors_fire),
-        RigTest::new("vfio_e1000_dma_tx_and_unmap", e1000_dma_tx_and_unmap).with_timeout(240),
-        RigTest::new("vfio_iommu_info_and_groups", iommu_info_and_groups),
-        RigTest::new("vfio_bad_requests_are_errors", bad_requests_are_errors),
-        RigTest::new("vfio_reset_and_quiesce", reset_and_quiesce),
+    rig_tests![
+        vfio:
+        region_tables_match_sysfs,
+        e1000_status_mmap_and_pread_agree,
+        ide_pio_reads_disk_pattern,
+        ahci_cap_through_bar5,
+        e1000_intx_fires_and_rearms,
+        ahci_msi_on_identify,
+        e1000e_msix_vectors_fire,
+        e1000_dma_tx_and_unmap (240 s),
+        iommu_info_and_groups,
+        bad_requests_are_errors,
+        reset_and_quiesce,
     ]
 }
 
 /// VFIO benchmarks: the MMIO fast path against the pread slow path, same register,
 /// same boot.
 pub fn benches() -> Vec<RigTest> {
-    vec![RigTest::new("vfio_bench_bar_read_mmap_vs_pread", bench_bar_read).with_timeout(300)]
+    rig_tests![vfio: bench_bar_read_mmap_vs_pread (300 s)]
 }
 
 /// A device bound to vfio-pci and opened in a container of its own.
@@ -187,7 +179,7 @@ fn rig_read_hex(bdf: &str, attr: &str) -> Result<u32> {
 
 /// STATUS through the mmap'd BAR0 equals STATUS read with pread on the device fd at
 /// the region's offset, and says link up.
-fn e1000_status_paths_agree() -> Result<()> {
+fn e1000_status_mmap_and_pread_agree() -> Result<()> {
     let o = open(rig::E1000_A)?;
     let bar0 = o.device.bar(0)?;
     ensure!(
@@ -857,37 +849,44 @@ fn bad_requests_are_errors() -> Result<()> {
     ensure!(e.contains("1 vector"), "{e}");
     println!("region errors ok");
 
-    let mem = DmaMemory::allocate(4096)?;
+    // Leaked: it is mapped straight through the container, and an early return must
+    // not free it under a mapping.
+    let mem: &'static DmaMemory = Box::leak(Box::new(DmaMemory::allocate(4096)?));
     let at =
         |iova: u64, len: u64| DmaMapping::new(Iova(iova), mem.vaddr(), len, DmaAccess::ReadWrite);
-    let e = o
-        .container
-        .map(&at(0xfee0_0000, 4096)?)
-        .unwrap_err()
-        .to_string();
+    // SAFETY: every mapping made by `map` and `map_batch` below is of `mem`, which is
+    // never freed.
+    let map = |m: &DmaMapping| unsafe { o.container.map(m) };
+    let e = map(&at(0xfee0_0000, 4096)?).unwrap_err().to_string();
     ensure!(e.contains("outside the IOMMU's usable IOVA windows"), "{e}");
-    let e = o.container.map(&at(0x1000_0800, 4096)?).unwrap_err();
+    let e = map(&at(0x1000_0800, 4096)?).unwrap_err();
     ensure!(matches!(e, DmaError::Misaligned { .. }), "{e}");
-    o.container.map(&at(0x10_0000, 4096)?)?;
-    let e = o.container.map(&at(0x10_0000, 4096)?).unwrap_err();
+    map(&at(0x10_0000, 4096)?)?;
+    let e = map(&at(0x10_0000, 4096)?).unwrap_err();
     ensure!(matches!(e, DmaError::MapOverlap { .. }), "{e}");
     // A batch is all or nothing: its second piece overlaps, so its first is undone.
-    let e = o
-        .container
-        .map_batch(&[at(0x20_0000, 4096)?, at(0x10_0000, 4096)?])
-        .unwrap_err();
+    // SAFETY: as for `map`.
+    let e = unsafe {
+        o.container
+            .map_batch(&[at(0x20_0000, 4096)?, at(0x10_0000, 4096)?])
+    }
+    .unwrap_err();
     ensure!(matches!(e, DmaError::MapOverlap { .. }), "{e}");
     let left: Vec<u64> = o.container.mappings().iter().map(|m| m.iova().0).collect();
     ensure!(
         left == [0x10_0000],
         "after a refused batch the container holds {left:#x?}, not only the earlier mapping"
     );
-    let e = o.container.map(&DmaMapping::new(
+    let nothing_there = DmaMapping::new(
         Iova(0x30_0000),
         HostVirtAddr(0x1000),
         4096,
         DmaAccess::DeviceReads,
-    )?);
+    )?;
+    // SAFETY: 0x1000 lies below vm.mmap_min_addr, so no memory of this process is
+    // there: the kernel finds nothing to pin and refuses (checked below), and no
+    // mapping is made.
+    let e = unsafe { o.container.map(&nothing_there) };
     println!("map of an unmapped host address: {e:?}");
     ensure!(
         e.is_err(),
@@ -918,7 +917,8 @@ fn bad_requests_are_errors() -> Result<()> {
 fn memlock_limit_refuses_mapping(container: &VfioContainer) -> Result<()> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_MEMLOCK)?;
-    let mem = DmaMemory::allocate(4 << 20)?;
+    // Leaked: should the map succeed and its unmap fail, the memory must stay.
+    let mem: &'static DmaMemory = Box::leak(Box::new(DmaMemory::allocate(4 << 20)?));
     let mapping = DmaMapping::new(
         Iova(0x40_0000),
         mem.vaddr(),
@@ -929,7 +929,8 @@ fn memlock_limit_refuses_mapping(container: &VfioContainer) -> Result<()> {
     let c = container.clone();
     let outcome = std::thread::spawn(move || -> Result<String> {
         drop_ipc_lock_on_this_thread()?;
-        match c.map(&mapping) {
+        // SAFETY: `mem` is never freed.
+        match unsafe { c.map(&mapping) } {
             Ok(()) => {
                 let _ = c.unmap(mapping.range);
                 bail!("4 MiB mapped under a 1 MiB RLIMIT_MEMLOCK without CAP_IPC_LOCK")
@@ -1053,7 +1054,7 @@ fn reset_and_quiesce() -> Result<()> {
 /// syscall) and 20000 times with pread on the device fd (what a trapped access costs),
 /// interleaved in rounds so both see the same conditions. Prints ns per read and the
 /// ratio pread/mmap.
-fn bench_bar_read() -> Result<()> {
+fn bench_bar_read_mmap_vs_pread() -> Result<()> {
     const ROUNDS: usize = 20;
     const PER_ROUND: usize = 1000;
     let o = open(rig::E1000_A)?;

@@ -20,25 +20,17 @@ use vpci::config::regs::{cap, command, exp, ext_cap, header, msi, msix};
 use vpci::passthrough::{LiveIrqs, PassthroughFunction, VfioPassthroughDevice};
 use vpci::{AccessWidth, BarIndex, BusConfig, DevFn, InterruptKind, MsiMessage, VirtualBus};
 
-use crate::harness::RigTest;
+use crate::harness::{rig_tests, RigTest};
 use crate::rig;
 
 pub fn tests() -> Vec<RigTest> {
-    vec![
-        RigTest::new("vpci_passthrough_bars_match_sysfs", bars_match_sysfs),
-        RigTest::new(
-            "vpci_moved_bars_reach_the_devices",
-            moved_bars_reach_the_devices,
-        ),
-        RigTest::new(
-            "vpci_e1000e_msix_through_virtual_capability",
-            e1000e_msix_through_virtual_capability,
-        ),
-        RigTest::new(
-            "vpci_ahci_msi_through_virtual_capability",
-            ahci_msi_through_virtual_capability,
-        ),
-        RigTest::new("vpci_embed_dma_per_request", embed_dma_per_request).with_timeout(300),
+    rig_tests![
+        vpci:
+        passthrough_bars_match_sysfs,
+        moved_bars_reach_the_devices,
+        e1000e_msix_through_virtual_capability,
+        ahci_msi_through_virtual_capability,
+        embed_dma_per_request (300 s),
     ]
 }
 
@@ -148,7 +140,7 @@ impl Guest {
 
 /// Rig benchmarks of the trapped path, each against a baseline in the same boot.
 pub fn benches() -> Vec<RigTest> {
-    vec![RigTest::new("vpci_bench_trapped_vs_direct", bench_trapped_vs_direct).with_timeout(300)]
+    rig_tests![vpci: bench_trapped_vs_direct (300 s)]
 }
 
 // ------------------------------------------------------------------- BARs
@@ -204,7 +196,7 @@ fn sized_from_sysfs(r: &rig::SysfsResource) -> Option<SizedBar> {
 /// Every BAR and the ROM of both devices, sized by the guest through ECAM, match what
 /// the host kernel reports in sysfs: size, IO or memory, 64-bit, prefetchable. The
 /// guest never sees the host's addresses.
-fn bars_match_sysfs() -> Result<()> {
+fn passthrough_bars_match_sysfs() -> Result<()> {
     let mut guest = Guest::new()?;
     for (bdf, at) in [(rig::E1000E, E1000E_AT), (rig::ICH9_AHCI, AHCI_AT)] {
         let bus = &mut guest.bus;

@@ -18,49 +18,6 @@ impl ModuleLoader for NoModules {
     }
 }
 
-/// The rig's devices: two e1000 (one up with an address), piix3-ide, ich9-ahci with a
-/// mounted disk, and q35's LPC/AHCI/SMBus group.
-fn rig_host() -> FakeHost {
-    let host = FakeHost::new();
-    host.add_driver("vfio-pci");
-    host.add(
-        DeviceSpec::new("0000:00:02.0", 0x8086, 0x100e, 0x020000)
-            .driver("e1000")
-            .group(3),
-    );
-    host.add(
-        DeviceSpec::new("0000:00:03.0", 0x8086, 0x100e, 0x020000)
-            .driver("e1000")
-            .group(4),
-    );
-    host.add(
-        DeviceSpec::new("0000:00:05.0", 0x8086, 0x7010, 0x010180)
-            .driver("ata_piix")
-            .group(6),
-    );
-    host.add(
-        DeviceSpec::new("0000:00:06.0", 0x8086, 0x2922, 0x010601)
-            .driver("ahci")
-            .group(7),
-    );
-    host.add(
-        DeviceSpec::new("0000:00:1f.0", 0x8086, 0x2918, 0x060100)
-            .driver("lpc_ich")
-            .group(9),
-    );
-    host.add(
-        DeviceSpec::new("0000:00:1f.2", 0x8086, 0x2922, 0x010601)
-            .driver("ahci")
-            .group(9),
-    );
-    host.add(
-        DeviceSpec::new("0000:00:1f.3", 0x8086, 0x2930, 0x0c0500)
-            .driver("i801_smbus")
-            .group(9),
-    );
-    host
-}
-
 fn state_path(host: &FakeHost) -> PathBuf {
     host.path().join("run/udrv/state.json")
 }
@@ -104,7 +61,7 @@ fn claims(host: &FakeHost) -> Vec<ClaimRecord> {
 
 #[test]
 fn attach_then_detach_moves_the_device_and_back_with_exact_writes() {
-    let host = rig_host();
+    let host = FakeHost::rig();
     let mut kernel = host.kernel();
     let options = AttachOptions {
         owner: Owner {
@@ -165,7 +122,7 @@ fn attach_then_detach_moves_the_device_and_back_with_exact_writes() {
 
 #[test]
 fn attaching_twice_is_a_no_op_and_never_uses_new_id() {
-    let host = rig_host();
+    let host = FakeHost::rig();
     let mut kernel = host.kernel();
     attach(
         &host,
@@ -183,7 +140,7 @@ fn attaching_twice_is_a_no_op_and_never_uses_new_id() {
 
 #[test]
 fn refuses_up_nic_mounted_disk_and_split_group_naming_reason_and_way_out() {
-    let host = rig_host();
+    let host = FakeHost::rig();
     host.add_interface("0000:00:02.0", "eth0", true);
     host.write(
         "proc/net/if_inet6",
@@ -249,7 +206,7 @@ fn refuses_the_boot_display() {
 
 #[test]
 fn force_claims_a_device_in_use_and_reports_what_it_overrode() {
-    let host = rig_host();
+    let host = FakeHost::rig();
     host.add_interface("0000:00:02.0", "eth0", true);
     let mut kernel = host.kernel();
     let options = AttachOptions {
@@ -268,7 +225,7 @@ fn force_claims_a_device_in_use_and_reports_what_it_overrode() {
 
 #[test]
 fn whole_group_claims_every_member_and_the_group_becomes_viable() {
-    let host = rig_host();
+    let host = FakeHost::rig();
     let mut kernel = host.kernel();
     let options = AttachOptions {
         whole_group: true,
@@ -301,7 +258,7 @@ fn whole_group_claims_every_member_and_the_group_becomes_viable() {
 
 #[test]
 fn forced_claim_of_a_shared_group_warns_that_it_is_not_viable() {
-    let host = rig_host();
+    let host = FakeHost::rig();
     let mut kernel = host.kernel();
     let options = AttachOptions {
         force: true,
@@ -330,7 +287,7 @@ fn killed_attach(host: &FakeHost, device: &str, n: usize) {
 
 #[test]
 fn the_claim_is_recorded_before_the_first_write() {
-    let host = rig_host();
+    let host = FakeHost::rig();
     killed_attach(&host, "0000:00:03.0", 0);
     let recorded = claims(&host);
     assert_eq!(recorded.len(), 1);
@@ -347,7 +304,7 @@ fn the_claim_is_recorded_before_the_first_write() {
 
 #[test]
 fn killed_between_unbind_and_probe_then_detach_restores_the_driver() {
-    let host = rig_host();
+    let host = FakeHost::rig();
     killed_attach(&host, "0000:00:03.0", 2);
     // The state says how far it got; the device has no driver.
     let recorded = claims(&host);
@@ -378,7 +335,7 @@ fn killed_between_unbind_and_probe_then_detach_restores_the_driver() {
 
 #[test]
 fn killed_mid_attach_then_attach_again_finishes_and_keeps_the_original_driver() {
-    let host = rig_host();
+    let host = FakeHost::rig();
     killed_attach(&host, "0000:00:03.0", 2);
     let mut kernel = host.kernel();
     attach(
@@ -408,7 +365,7 @@ fn killed_mid_attach_then_attach_again_finishes_and_keeps_the_original_driver() 
 
 #[test]
 fn an_interrupted_claim_of_another_device_is_repaired_by_the_next_attach() {
-    let host = rig_host();
+    let host = FakeHost::rig();
     killed_attach(&host, "0000:00:03.0", 1);
     assert_eq!(claims(&host)[0].phase, ClaimPhase::OverrideSet);
     let mut kernel = host.kernel();
@@ -431,7 +388,7 @@ fn an_interrupted_claim_of_another_device_is_repaired_by_the_next_attach() {
 
 #[test]
 fn killed_mid_detach_then_detach_again_finishes() {
-    let host = rig_host();
+    let host = FakeHost::rig();
     let mut kernel = host.kernel();
     attach(
         &host,
@@ -460,7 +417,7 @@ fn killed_mid_detach_then_detach_again_finishes() {
 
 #[test]
 fn after_a_reboot_detach_only_drops_the_record() {
-    let host = rig_host();
+    let host = FakeHost::rig();
     let mut kernel = host.kernel();
     attach(
         &host,
@@ -484,7 +441,7 @@ fn after_a_reboot_detach_only_drops_the_record() {
 
 #[test]
 fn a_recorded_device_that_is_gone_is_dropped() {
-    let host = rig_host();
+    let host = FakeHost::rig();
     let (file, mut state) = StateFile::open(&state_path(&host)).unwrap();
     state.put(ClaimRecord {
         address: addr("0000:00:09.0"),
@@ -508,7 +465,7 @@ fn a_recorded_device_that_is_gone_is_dropped() {
 
 #[test]
 fn a_failed_vfio_probe_puts_the_device_back() {
-    let host = rig_host();
+    let host = FakeHost::rig();
     let mut kernel = host.kernel().failing_probe("vfio-pci");
     let err = attach(
         &host,
@@ -532,7 +489,7 @@ fn a_failed_vfio_probe_puts_the_device_back() {
 
 #[test]
 fn a_device_without_driver_goes_back_to_no_driver() {
-    let host = rig_host();
+    let host = FakeHost::rig();
     host.add(DeviceSpec::new("0000:00:07.0", 0x8086, 0x100e, 0x020000).group(8));
     let mut kernel = host.kernel();
     attach(
@@ -566,7 +523,7 @@ fn a_device_without_driver_goes_back_to_no_driver() {
 
 #[test]
 fn detach_of_devices_udrv_did_not_claim() {
-    let host = rig_host();
+    let host = FakeHost::rig();
     host.add(
         DeviceSpec::new("0000:00:08.0", 0x8086, 0x100e, 0x020000)
             .driver("vfio-pci")
@@ -603,7 +560,7 @@ fn detach_of_devices_udrv_did_not_claim() {
 
 #[test]
 fn bridges_devices_without_iommu_and_unknown_addresses_are_errors() {
-    let host = rig_host();
+    let host = FakeHost::rig();
     host.add(
         DeviceSpec::new("0000:00:1c.0", 0x8086, 0x2940, 0x060400)
             .bridge()
@@ -692,7 +649,7 @@ fn loads_vfio_pci_when_it_is_missing() {
 #[test]
 fn hands_the_group_node_to_a_user_and_group() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let host = rig_host();
+    let host = FakeHost::rig();
     let mut kernel = host.kernel();
     // chown to oneself needs no privilege.
     let uid = nix::unistd::getuid().as_raw();
@@ -725,7 +682,7 @@ fn a_kernel_refusal_names_the_file_and_leaves_nothing_half_done() {
             Err(io::Error::from_raw_os_error(libc::EACCES))
         }
     }
-    let host = rig_host();
+    let host = FakeHost::rig();
     let mut writer = ReadOnly(Vec::new());
     let mut modules = NoModules;
     let err = Claimer::new(host.root(), &mut writer, &mut modules, state_path(&host))

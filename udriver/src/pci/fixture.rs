@@ -133,6 +133,38 @@ impl FakeHost {
         host
     }
 
+    /// The rig's PCI devices (QEMU q35, see integration/rig), on their host drivers,
+    /// with vfio-pci loaded: the host bridge; e1000 NICs at 02.0 and 03.0 and an e1000e
+    /// at 04.0; piix3-ide at 05.0; ich9-ahci at 06.0; and q35's LPC, AHCI and SMBus
+    /// sharing IOMMU group 9. Nothing is up, mounted or held: tests add that.
+    pub fn rig() -> Self {
+        let host = FakeHost::new();
+        host.add_driver("vfio-pci");
+        let qemu = |address: &str, device: u16, class: u32, revision: u8| {
+            DeviceSpec::new(address, 0x8086, device, class)
+                .subsystem(0x1af4, 0x1100)
+                .revision(revision)
+        };
+        host.add(qemu("0000:00:00.0", 0x29c0, 0x060000, 0));
+        for (address, device, class, revision, driver, group) in [
+            ("0000:00:02.0", 0x100e, 0x020000, 3, "e1000", 3),
+            ("0000:00:03.0", 0x100e, 0x020000, 3, "e1000", 4),
+            ("0000:00:04.0", 0x10d3, 0x020000, 0, "e1000e", 5),
+            ("0000:00:05.0", 0x7010, 0x010180, 0, "ata_piix", 6),
+            ("0000:00:06.0", 0x2922, 0x010601, 2, "ahci", 7),
+            ("0000:00:1f.0", 0x2918, 0x060100, 2, "lpc_ich", 9),
+            ("0000:00:1f.2", 0x2922, 0x010601, 2, "ahci", 9),
+            ("0000:00:1f.3", 0x2930, 0x0c0500, 2, "i801_smbus", 9),
+        ] {
+            host.add(
+                qemu(address, device, class, revision)
+                    .driver(driver)
+                    .group(group),
+            );
+        }
+        host
+    }
+
     /// The tree's root.
     pub fn root(&self) -> SysfsRoot {
         SysfsRoot::new(self.dir.path())

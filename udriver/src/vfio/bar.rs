@@ -20,10 +20,16 @@ pub enum BarKind {
     /// IO ports: reached only through pread/pwrite.
     Io,
     /// Memory that must be placed below 4 GiB.
-    Memory32 { prefetchable: bool },
+    Memory32 {
+        /// Reads have no side effects; the space may be prefetched and merged.
+        prefetchable: bool,
+    },
     /// Memory occupying this register and the next one, which holds the upper half of
     /// the address.
-    Memory64 { prefetchable: bool },
+    Memory64 {
+        /// Reads have no side effects; the space may be prefetched and merged.
+        prefetchable: bool,
+    },
 }
 
 impl BarKind {
@@ -69,6 +75,7 @@ impl BarKind {
         matches!(self, Self::Memory64 { .. })
     }
 
+    /// True for prefetchable memory.
     pub fn is_prefetchable(self) -> bool {
         matches!(
             self,

@@ -177,7 +177,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_and_unsafe_capabilities_are_unlinked_and_zeroed() {
+    fn unknown_and_risky_capabilities_are_unlinked_and_zeroed() {
         let mut space = ConfigSpace::from_bytes(&image_with_caps()).unwrap();
         let mut overlay = ConfigOverlay::new(space.len());
         let hidden = hide_capabilities(&mut space, &mut overlay, &[]).unwrap();

@@ -17,35 +17,24 @@ use udrv_examples::wait::Completion;
 use udrv_examples::DriverError;
 
 use super::{binary, compare, kernel, median};
-use crate::harness::RigTest;
+use crate::harness::{rig_tests, RigTest};
 use crate::rig;
 
 pub fn tests() -> Vec<RigTest> {
-    vec![
-        RigTest::new("drivers_ahci_msi_reads_whole_disk", msi_reads_whole_disk),
-        RigTest::new(
-            "drivers_ahci_polling_reads_whole_disk",
-            polling_reads_whole_disk,
-        ),
-        RigTest::new("drivers_ahci_writes_round_trip", writes_round_trip),
-        RigTest::new("drivers_ahci_port1_holds_ext2", port1_holds_ext2),
-        RigTest::new(
-            "drivers_ahci_bad_requests_are_errors",
-            bad_requests_are_errors,
-        ),
-        RigTest::new(
-            "drivers_ahci_binary_reads_and_writes",
-            binary_reads_and_writes,
-        ),
-        RigTest::new(
-            "drivers_ahci_ctrl_c_leaves_port_quiet",
-            ctrl_c_leaves_port_quiet,
-        ),
+    rig_tests![
+        drivers_ahci:
+        msi_reads_whole_disk,
+        polling_reads_whole_disk,
+        writes_round_trip,
+        port1_holds_ext2,
+        bad_requests_are_errors,
+        binary_reads_and_writes,
+        ctrl_c_leaves_port_quiet,
     ]
 }
 
 pub fn benches() -> Vec<RigTest> {
-    vec![RigTest::new("drivers_bench_ahci_read_vs_kernel", bench_read_vs_kernel).with_timeout(600)]
+    rig_tests![drivers: bench_ahci_read_vs_kernel (600 s)]
 }
 
 pub fn open(config: &Config) -> Result<Ahci> {
@@ -316,7 +305,7 @@ fn udrv_read_rates(completion: Completion) -> Result<Vec<f64>> {
 /// Sequential reads of the port-0 disk: the kernel's ahci driver with O_DIRECT reads
 /// of 1 MiB, against this driver with 1 MiB commands (MSI, and polling); medians of
 /// three measurements each.
-fn bench_read_vs_kernel() -> Result<()> {
+fn bench_ahci_read_vs_kernel() -> Result<()> {
     let kernel = median(kernel_read_rates()?);
     let msi = median(udrv_read_rates(Completion::Interrupts)?);
     let polling = median(udrv_read_rates(Completion::Polling)?);

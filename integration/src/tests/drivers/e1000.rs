@@ -14,31 +14,23 @@ use udrv_examples::wait::Completion;
 use udrv_examples::DriverError;
 
 use super::{binary, compare, kernel, median};
-use crate::harness::RigTest;
+use crate::harness::{rig_tests, RigTest};
 use crate::rig;
 
 pub fn tests() -> Vec<RigTest> {
-    vec![
-        RigTest::new("drivers_e1000_polling_frames_intact", polling_frames_intact),
-        RigTest::new(
-            "drivers_e1000_interrupts_frames_intact",
-            interrupts_frames_intact,
-        ),
-        RigTest::new("drivers_e1000_quiesce_stops_the_nic", quiesce_stops_the_nic),
-        RigTest::new("drivers_e1000_binary_checks_frames", binary_checks_frames),
-        RigTest::new(
-            "drivers_e1000_ctrl_c_leaves_nics_quiet",
-            ctrl_c_leaves_nics_quiet,
-        ),
-        RigTest::new(
-            "drivers_e1000_refuses_what_it_cannot_do",
-            refuses_what_it_cannot_do,
-        ),
+    rig_tests![
+        drivers_e1000:
+        polling_frames_intact,
+        interrupts_frames_intact,
+        quiesce_stops_the_nic,
+        binary_checks_frames,
+        ctrl_c_leaves_nics_quiet,
+        refuses_what_it_cannot_do,
     ]
 }
 
 pub fn benches() -> Vec<RigTest> {
-    vec![RigTest::new("drivers_bench_e1000_tx_vs_kernel", bench_tx_vs_kernel).with_timeout(600)]
+    rig_tests![drivers: bench_e1000_tx_vs_kernel (600 s)]
 }
 
 fn address(bdf: &str) -> Result<PciAddress> {
@@ -408,7 +400,7 @@ fn udrv_tx_rates(completion: Completion) -> Result<Vec<f64>> {
 /// to e1000 B in every case. B stays quiet on vfio-pci, so receiving costs the same
 /// (nothing) for all. A measurement runs from the first frame handed over to the last
 /// transmit completion. The medians of three measurements are compared.
-fn bench_tx_vs_kernel() -> Result<()> {
+fn bench_e1000_tx_vs_kernel() -> Result<()> {
     rig::bind_to_vfio(rig::E1000_B)?;
     let kernel = median(kernel_tx_rates()?);
     let polling = median(udrv_tx_rates(Completion::Polling)?);

@@ -15,32 +15,23 @@ use udrv_examples::ide::{Ide, Transfer};
 use udrv_examples::DriverError;
 
 use super::{binary, compare, kernel, median};
-use crate::harness::RigTest;
+use crate::harness::{rig_tests, RigTest};
 use crate::rig;
 
 pub fn tests() -> Vec<RigTest> {
-    vec![
-        RigTest::new("drivers_ide_identify_and_pio_reads", identify_and_pio_reads),
-        RigTest::new("drivers_ide_dma_reads_whole_disk", dma_reads_whole_disk),
-        RigTest::new("drivers_ide_writes_round_trip", writes_round_trip),
-        RigTest::new(
-            "drivers_ide_bad_requests_are_errors",
-            bad_requests_are_errors,
-        ),
-        RigTest::new(
-            "drivers_ide_binary_reads_and_writes",
-            binary_reads_and_writes,
-        )
-        .with_timeout(300),
-        RigTest::new(
-            "drivers_ide_ctrl_c_leaves_controller_quiet",
-            ctrl_c_leaves_controller_quiet,
-        ),
+    rig_tests![
+        drivers_ide:
+        identify_and_pio_reads,
+        dma_reads_whole_disk,
+        writes_round_trip,
+        bad_requests_are_errors,
+        binary_reads_and_writes (300 s),
+        ctrl_c_leaves_controller_quiet,
     ]
 }
 
 pub fn benches() -> Vec<RigTest> {
-    vec![RigTest::new("drivers_bench_ide_read_vs_kernel", bench_read_vs_kernel).with_timeout(600)]
+    rig_tests![drivers: bench_ide_read_vs_kernel (600 s)]
 }
 
 pub fn open(transfer: Transfer) -> Result<Ide> {
@@ -294,7 +285,7 @@ fn udrv_read_rates() -> Result<Vec<(f64, f64)>> {
 /// Sequential reads of the primary master, by DMA and by PIO: the kernel's ata_piix
 /// against this driver, 256 sectors per command for all; medians of three
 /// measurements each.
-fn bench_read_vs_kernel() -> Result<()> {
+fn bench_ide_read_vs_kernel() -> Result<()> {
     let kernel = kernel_read_rates()?;
     let udrv = udrv_read_rates()?;
     let dma = |v: &[(f64, f64)]| median(v.iter().map(|r| r.0).collect());

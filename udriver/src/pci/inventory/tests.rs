@@ -13,43 +13,10 @@ impl Ipv4Source for NoIpv4 {
     }
 }
 
+/// The rig's devices, with eth0 up on the first NIC and a filesystem of the AHCI
+/// disk mounted.
 fn rig_like_host() -> FakeHost {
-    let host = FakeHost::new();
-    host.add(DeviceSpec::new("0000:00:00.0", 0x8086, 0x29c0, 0x060000).subsystem(0x1af4, 0x1100));
-    host.add(
-        DeviceSpec::new("0000:00:02.0", 0x8086, 0x100e, 0x020000)
-            .subsystem(0x1af4, 0x1100)
-            .revision(3)
-            .driver("e1000")
-            .group(3),
-    );
-    host.add(
-        DeviceSpec::new("0000:00:05.0", 0x8086, 0x7010, 0x010180)
-            .subsystem(0x1af4, 0x1100)
-            .driver("ata_piix")
-            .group(6),
-    );
-    host.add(
-        DeviceSpec::new("0000:00:06.0", 0x8086, 0x2922, 0x010601)
-            .subsystem(0x1af4, 0x1100)
-            .revision(2)
-            .driver("ahci")
-            .group(7),
-    );
-    host.add(
-        DeviceSpec::new("0000:00:1f.0", 0x8086, 0x2918, 0x060100)
-            .subsystem(0x1af4, 0x1100)
-            .revision(2)
-            .driver("lpc_ich")
-            .group(9),
-    );
-    host.add(
-        DeviceSpec::new("0000:00:1f.2", 0x8086, 0x2922, 0x010601)
-            .subsystem(0x1af4, 0x1100)
-            .revision(2)
-            .driver("ahci")
-            .group(9),
-    );
+    let host = FakeHost::rig();
     host.add_interface("0000:00:02.0", "eth0", true);
     host.add_disk("0000:00:06.0", "sda", (8, 0), &[("sda1", (8, 1))]);
     host.mount((8, 1), "sda1", "/mnt");
@@ -104,7 +71,7 @@ fn json_has_the_documented_fields() {
         .unwrap();
     assert_eq!(
         lpc["iommu_group_members"],
-        serde_json::json!(["0000:00:1f.0", "0000:00:1f.2"])
+        serde_json::json!(["0000:00:1f.0", "0000:00:1f.2", "0000:00:1f.3"])
     );
 
     let ahci = inventory.get("0000:00:06.0".parse().unwrap()).unwrap();
@@ -138,7 +105,7 @@ fn filters_select_by_class_driver_and_vfio() {
         class: Some("net".parse().unwrap()),
         ..Default::default()
     };
-    assert_eq!(pick(&net), ["0000:00:02.0", "0000:00:03.0"]);
+    assert_eq!(pick(&net), ["0000:00:02.0", "0000:00:03.0", "0000:00:04.0"]);
     let storage = DeviceFilter {
         class: Some("storage".parse().unwrap()),
         driver: Some("ahci".into()),

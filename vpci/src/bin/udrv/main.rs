@@ -1,5 +1,7 @@
 //! `udrv`: list, claim and serve PCI devices for user-level drivers and guests.
 
+#![forbid(unsafe_code)]
+
 mod acpi;
 mod attach;
 mod completions;
