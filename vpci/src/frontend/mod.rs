@@ -14,7 +14,10 @@
 //!
 //! [`PassthroughFunction`]: crate::PassthroughFunction
 
+mod status;
 pub mod uml;
 pub mod virtio_pcidev;
 
-pub use uml::{FrontendError, FrontendStatus, UmlFrontend, WorkerOptions};
+pub(crate) use status::FrontendCounters;
+pub use status::FrontendStatus;
+pub use uml::{FrontendError, UmlFrontend, WorkerOptions};

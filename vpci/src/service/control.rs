@@ -22,6 +22,7 @@ use udriver::claim::{AttachReport, ClaimRecord, RestoreHow, Restored};
 use udriver::pci::PciAddress;
 
 use super::FrontendSpec;
+use crate::frontend::FrontendStatus;
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -363,29 +364,6 @@ pub struct DeviceFailure {
     pub error: String,
 }
 
-/// A frontend's state and counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FrontendReport {
-    /// The socket it listens on.
-    pub socket: PathBuf,
-    /// A guest is connected now.
-    pub guest_connected: bool,
-    /// Guests served so far (connected, then gone).
-    pub guests_served: u64,
-    /// Config-space reads and writes from guests.
-    pub config_accesses: u64,
-    /// BAR reads.
-    pub mmio_reads: u64,
-    /// BAR writes.
-    pub mmio_writes: u64,
-    /// Interrupts delivered to guests.
-    pub interrupts: u64,
-    /// Guest memory mapped for the device's DMA, in bytes.
-    pub dma_mapped_bytes: u64,
-    /// The last error, if any.
-    pub last_error: Option<String>,
-}
-
 /// A device the daemon serves.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServedDevice {
@@ -394,7 +372,7 @@ pub struct ServedDevice {
     /// The frontend serving it.
     pub frontend: FrontendSpec,
     /// Its frontend's state.
-    pub status: FrontendReport,
+    pub status: FrontendStatus,
     /// When serving started (seconds since the Unix epoch).
     pub since: u64,
     /// Served again after a restart of the service, from the state file.
@@ -530,7 +508,7 @@ mod tests {
         ServedDevice {
             address: addr("0000:00:04.0"),
             frontend: spec(),
-            status: FrontendReport {
+            status: FrontendStatus {
                 socket: "/run/udrv/nic.sock".into(),
                 guest_connected: true,
                 guests_served: 2,
@@ -540,6 +518,10 @@ mod tests {
                 interrupts: 6,
                 dma_mapped_bytes: 96 << 20,
                 last_error: Some("guest vanished".into()),
+                command_batches: 330,
+                polled_commands: 12,
+                polling: true,
+                ..FrontendStatus::default()
             },
             since: 1_700_000_000,
             recovered: true,
@@ -715,6 +697,30 @@ mod tests {
         assert!(address.starts_with("bad request:"), "{address}");
         let spec = err(r#"{"version":1,"op":"serve","device":"00:04.0","frontend":"tcp:1"}"#);
         assert!(spec.contains("unknown frontend kind \"tcp\""), "{spec}");
+    }
+
+    #[test]
+    fn a_served_device_status_keeps_the_fields_earlier_builds_wrote_and_read() {
+        // What `udrv status --json` printed for a served device before the frontend's
+        // status and the control protocol's were one type.
+        let earlier = r#"{"socket":"/run/udrv/nic.sock","guest_connected":true,
+            "guests_served":2,"config_accesses":300,"mmio_reads":40,"mmio_writes":50,
+            "interrupts":6,"dma_mapped_bytes":100663296,"last_error":"guest vanished"}"#;
+        let status: FrontendStatus = serde_json::from_str(earlier).unwrap();
+        assert_eq!(
+            status,
+            FrontendStatus {
+                command_batches: 0,
+                polled_commands: 0,
+                polling: false,
+                ..served().status
+            }
+        );
+        let now = serde_json::to_value(served().status).unwrap();
+        let earlier: serde_json::Value = serde_json::from_str(earlier).unwrap();
+        for (field, value) in earlier.as_object().unwrap() {
+            assert_eq!(&now[field], value, "{field}");
+        }
     }
 
     #[test]

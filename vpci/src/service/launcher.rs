@@ -4,8 +4,8 @@
 
 use udriver::pci::PciAddress;
 
-use super::control::FrontendReport;
 use super::FrontendSpec;
+use crate::frontend::FrontendStatus;
 
 /// Why a frontend could not be started or stopped, with the device and the fix.
 pub type LaunchError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -25,9 +25,9 @@ pub trait FrontendLauncher: Send {
 /// A frontend serving one device.
 pub trait RunningFrontend: Send {
     /// Its state and counters now.
-    fn status(&self) -> FrontendReport;
+    fn status(&self) -> FrontendStatus;
 
     /// Disconnects its guest, quiesces the device, removes its socket and closes the
     /// device, so that the device can be given back to its driver.
-    fn stop(self: Box<Self>) -> Result<FrontendReport, LaunchError>;
+    fn stop(self: Box<Self>) -> Result<FrontendStatus, LaunchError>;
 }

@@ -7,7 +7,7 @@
 //!   Connection        one client: bounded lines in, responses out
 //!   control           the protocol: versioned JSON requests and replies, one a line
 //!   Service           requests -> udriver's Claimer + state file, frontends
-//!     Served          served devices and their frontends' last status
+//!     ServedDevices   served devices and their frontends' last status
 //!     FrontendLauncher  opens a claimed device and starts its frontend
 //!       UmlLauncher     VFIO (a container per served group) + the UML frontend
 //! ControlClient       what the udrv commands use to talk to the daemon

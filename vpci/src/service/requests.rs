@@ -17,7 +17,7 @@ use super::control::{
 use super::control_socket::Peer;
 use super::host::Host;
 use super::launcher::FrontendLauncher;
-use super::served::Served;
+use super::served::ServedDevices;
 use super::{FrontendSpec, ServiceError};
 
 /// What stopping the daemon did.
@@ -55,7 +55,7 @@ fn log_restored(report: &DetachReport) {
 pub(crate) struct Service {
     host: Host,
     launcher: Box<dyn FrontendLauncher>,
-    served: Served,
+    served: ServedDevices,
     /// Devices this daemon claimed (given back when it stops, with the served ones).
     claimed_here: BTreeSet<PciAddress>,
     recovery_failures: Vec<DeviceFailure>,
@@ -67,7 +67,7 @@ impl Service {
         Self {
             host,
             launcher,
-            served: Served::default(),
+            served: ServedDevices::default(),
             claimed_here: BTreeSet::new(),
             recovery_failures: Vec::new(),
             info,

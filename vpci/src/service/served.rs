@@ -8,9 +8,10 @@ use std::path::Path;
 use tracing::{info, warn};
 use udriver::pci::PciAddress;
 
-use super::control::{FrontendReport, ServedDevice};
+use super::control::ServedDevice;
 use super::launcher::RunningFrontend;
 use super::FrontendSpec;
+use crate::frontend::FrontendStatus;
 
 /// One served device.
 pub(crate) struct Entry {
@@ -18,11 +19,11 @@ pub(crate) struct Entry {
     pub(crate) frontend: Box<dyn RunningFrontend>,
     pub(crate) since: u64,
     pub(crate) recovered: bool,
-    last: FrontendReport,
+    last: FrontendStatus,
 }
 
 impl Entry {
-    fn report(&self, address: PciAddress, status: FrontendReport) -> ServedDevice {
+    fn report(&self, address: PciAddress, status: FrontendStatus) -> ServedDevice {
         ServedDevice {
             address,
             frontend: self.spec.clone(),
@@ -62,11 +63,11 @@ impl Entry {
 
 /// Every served device, by address.
 #[derive(Default)]
-pub(crate) struct Served {
+pub(crate) struct ServedDevices {
     devices: BTreeMap<PciAddress, Entry>,
 }
 
-impl Served {
+impl ServedDevices {
     pub(crate) fn get(&self, address: PciAddress) -> Option<&Entry> {
         self.devices.get(&address)
     }

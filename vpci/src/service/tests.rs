@@ -14,8 +14,9 @@ use udriver::claim::{AttachOptions, ClaimPhase, ClaimRecord, Claimer, ModuleLoad
 use udriver::pci::fixture::{DeviceSpec, FakeHost};
 use udriver::pci::PciAddress;
 
-use super::control::{decode_response, DetachReply, FrontendReport, Reply, Request, StatusReply};
+use super::control::{decode_response, DetachReply, Reply, Request, StatusReply};
 use super::*;
+use crate::frontend::FrontendStatus;
 
 fn addr(s: &str) -> PciAddress {
     s.parse().unwrap()
@@ -86,7 +87,7 @@ fn fake_host(host: &FakeHost) -> Host {
 struct Launches {
     log: Arc<Mutex<Vec<String>>>,
     fail: Arc<AtomicBool>,
-    status: Arc<Mutex<FrontendReport>>,
+    status: Arc<Mutex<FrontendStatus>>,
 }
 
 impl Launches {
@@ -133,11 +134,11 @@ struct FakeFrontend {
 }
 
 impl RunningFrontend for FakeFrontend {
-    fn status(&self) -> FrontendReport {
+    fn status(&self) -> FrontendStatus {
         self.launches.status.lock().unwrap().clone()
     }
 
-    fn stop(self: Box<Self>) -> Result<FrontendReport, LaunchError> {
+    fn stop(self: Box<Self>) -> Result<FrontendStatus, LaunchError> {
         self.launches
             .log
             .lock()

@@ -14,27 +14,10 @@ use tracing::{debug, warn};
 use udriver::pci::PciAddress;
 use udriver::vfio::{VfioContainer, VfioGroup};
 
-use super::control::FrontendReport;
 use super::launcher::{FrontendLauncher, LaunchError, RunningFrontend};
 use super::FrontendSpec;
 use crate::frontend::{FrontendStatus, UmlFrontend};
 use crate::passthrough::{PassthroughFunction, VfioPassthroughDevice};
-
-impl From<FrontendStatus> for FrontendReport {
-    fn from(status: FrontendStatus) -> Self {
-        FrontendReport {
-            socket: status.socket,
-            guest_connected: status.guest_connected,
-            guests_served: status.guests_served,
-            config_accesses: status.config_accesses,
-            mmio_reads: status.mmio_reads,
-            mmio_writes: status.mmio_writes,
-            interrupts: status.interrupts,
-            dma_mapped_bytes: status.dma_mapped_bytes,
-            last_error: status.last_error,
-        }
-    }
-}
 
 /// An IOMMU group in its own container, for as long as a served device of it holds this.
 struct GroupLease {
@@ -107,13 +90,13 @@ struct UmlServed {
 }
 
 impl RunningFrontend for UmlServed {
-    fn status(&self) -> FrontendReport {
-        self.frontend.status().into()
+    fn status(&self) -> FrontendStatus {
+        self.frontend.status()
     }
 
-    fn stop(self: Box<Self>) -> Result<FrontendReport, LaunchError> {
+    fn stop(self: Box<Self>) -> Result<FrontendStatus, LaunchError> {
         let UmlServed { frontend, lease } = *self;
-        let status = frontend.status().into();
+        let status = frontend.status();
         // The function owns the device fd: closing it before the group leaves the
         // container is what lets the kernel release both.
         let stopped = frontend.stop().map(drop);

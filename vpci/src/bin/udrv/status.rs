@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 use udriver::claim::{ClaimRecord, StateFile};
-use vpci::service::control::{DaemonInfo, DeviceFailure, FrontendReport, ServedDevice};
+use vpci::frontend::FrontendStatus;
+use vpci::service::control::{DaemonInfo, DeviceFailure, ServedDevice};
 use vpci::service::{ClientError, ControlClient, Reply, Request};
 
 use crate::list::{write_stdout, HostArgs};
@@ -92,7 +93,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     write_stdout(&text)
 }
 
-fn counters(s: &FrontendReport) -> String {
+fn counters(s: &FrontendStatus) -> String {
     format!(
         "config {}  mmio r{}/w{}  irqs {}  dma {} KiB",
         s.config_accesses,

@@ -13,13 +13,17 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemor
 
 use super::ring::RingError;
 
-/// Largest message taken from the command queue: a BAR write of up to 64 KiB
-/// (memcpy_toio of a whole page run) and its header. Larger ones are refused.
-pub(super) const MAX_MESSAGE: usize = 64 * 1024 + 64;
+/// Largest BAR access served (read, write or memset): memcpy_toio/memcpy_fromio of a
+/// whole page run. Longer ones are refused before anything is allocated for them.
+pub const MAX_BAR_ACCESS: usize = 64 * 1024;
+
+/// Largest message taken from the command queue: the largest BAR write and its header
+/// (with room for stray bytes). Larger ones are refused.
+pub const MAX_MESSAGE: usize = MAX_BAR_ACCESS + 64;
 
 /// Why a chain could not be read.
 #[derive(Debug, Error)]
-pub(super) enum ChainError {
+pub enum ChainError {
     #[error("descriptor at {addr:#x} (+{len:#x}) is outside the guest memory UML registered")]
     OutsideMemory { addr: u64, len: u32 },
     #[error("readable part is over {MAX_MESSAGE} bytes")]
@@ -41,6 +45,11 @@ pub(super) struct Writable {
 }
 
 impl Writable {
+    /// Bytes its list of pieces holds.
+    pub(super) fn buffered_bytes(&self) -> usize {
+        self.pieces.capacity() * std::mem::size_of::<(GuestAddress, u32)>()
+    }
+
     /// Total writable bytes.
     pub(super) fn len(&self) -> usize {
         self.pieces.iter().map(|(_, len)| *len as usize).sum()
@@ -62,16 +71,29 @@ impl Writable {
         Ok(done)
     }
 
-    /// Fill the whole writable part with `byte` (the all-ones answer to a failed read).
-    pub(super) fn fill(&self, mem: &GuestMemoryMmap, byte: u8, scratch: &mut Vec<u8>) -> usize {
+    /// Fill the first `len` bytes of the writable part (at most [`MAX_BAR_ACCESS`], as
+    /// many as there are) with `byte`: the all-ones answer to a failed read. Returns
+    /// the bytes written.
+    pub(super) fn fill(
+        &self,
+        mem: &GuestMemoryMmap,
+        byte: u8,
+        len: usize,
+        scratch: &mut Vec<u8>,
+    ) -> usize {
+        let mut left = len.min(MAX_BAR_ACCESS);
         let mut done = 0;
-        for &(addr, len) in &self.pieces {
+        for &(addr, piece) in &self.pieces {
+            if left == 0 {
+                break;
+            }
             scratch.clear();
-            scratch.resize((len as usize).min(MAX_MESSAGE), byte);
+            scratch.resize((piece as usize).min(left), byte);
             if mem.write_slice(scratch, addr).is_err() {
                 break;
             }
             done += scratch.len();
+            left -= scratch.len();
         }
         done
     }

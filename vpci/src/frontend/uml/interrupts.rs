@@ -8,22 +8,31 @@
 //! UML's kick for a recycled buffer is wanted only then: while no message waits, the
 //! irq queue asks UML not to kick (VRING_USED_F_NO_NOTIFY), which spares a wake-up of
 //! the worker for every interrupt.
+//!
+//! The worker calls [`Interrupts::update`] with what brought it there (a round of
+//! commands, a vector, a look while polling, UML's buffers) and nothing else; a guest
+//! that leaves has its vectors unwatched and its messages forgotten with
+//! [`Interrupts::clear`].
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 
 use vhost_user_backend::{VringMutex, VringT};
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
 use super::chain::{self, Writable};
+use super::error::UmlError;
+use super::ring;
 use crate::frontend::virtio_pcidev::{IrqMessage, HEADER_LEN};
-use crate::msi_routing::{InterruptKind, MsiMessage};
 use crate::passthrough::{LiveIrqs, PassthroughDevice, PassthroughFunction};
+use crate::{InterruptKind, MsiMessage, PciFunction};
 
-/// Epoll ids below this belong to the vrings and the worker's exit event (2 queues).
-pub(super) const FIRST_LISTENER: u64 = 3;
+/// Epoll ids below this belong to the vrings, the worker's exit event (2 queues) and
+/// the command queue's resume event (see [`vhost_user`](super::vhost_user)).
+pub(super) const FIRST_LISTENER: u64 = 4;
 /// Most messages kept while UML has no buffer posted.
 const MAX_WAITING: usize = 256;
 
@@ -32,6 +41,24 @@ pub(super) trait Watcher {
     fn watch(&self, fd: RawFd, id: u64) -> io::Result<()>;
     fn unwatch(&self, fd: RawFd, id: u64) -> io::Result<()>;
 }
+
+/// What brought the worker to the guest's interrupts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum InterruptEvent {
+    /// A round of commands was served: any config or MSI-X table write may have
+    /// reprogrammed the vectors.
+    Commands,
+    /// The vector watched with this epoll id fired.
+    Vector(u64),
+    /// A polling worker looked at its events; `fired` if some were pending (vectors
+    /// it did not wait for among them, perhaps).
+    Polled { fired: bool },
+    /// UML posted interrupt buffers.
+    Buffers,
+}
+
+/// The worker's epoll, if it is still there, to watch vectors on.
+pub(super) type WatcherSource<'a> = &'a dyn Fn() -> Option<Arc<dyn Watcher>>;
 
 #[derive(Clone, Copy, Debug)]
 struct Watched {
@@ -57,8 +84,71 @@ pub(super) struct Interrupts {
 }
 
 impl Interrupts {
+    /// Bring the guest's interrupts up to date after `event`: the function's live
+    /// vectors watched, the messages of vectors that fired queued, and what waits
+    /// written into the buffers UML posted on `irq`. Returns how many messages were
+    /// delivered; errors go to `report`.
+    pub(super) fn update<D: PassthroughDevice + 'static>(
+        &mut self,
+        event: InterruptEvent,
+        function: &mut PassthroughFunction<D>,
+        watcher: WatcherSource<'_>,
+        irq: &VringMutex,
+        mem: &GuestMemoryMmap,
+        report: &dyn Fn(UmlError),
+    ) -> u64 {
+        match event {
+            InterruptEvent::Commands => {
+                let routing_changed = !function.take_msi_routing().is_empty();
+                if self.stale(function, routing_changed) {
+                    if let Some(watcher) = watcher() {
+                        if let Err(e) = self.sync(function, routing_changed, &*watcher) {
+                            report(UmlError::WatchVectors(e));
+                        }
+                    }
+                }
+                if routing_changed {
+                    // Vectors the guest unmasked with an interrupt pending, and any
+                    // that fired.
+                    self.take_messages(function);
+                }
+            }
+            InterruptEvent::Vector(id) => {
+                let Some((kind, vector)) = self.vector(id) else {
+                    return 0;
+                };
+                if let Some(message) = function.vector_fired(kind, vector) {
+                    self.push(message);
+                }
+            }
+            InterruptEvent::Polled { fired } => {
+                if fired {
+                    self.take_messages(function);
+                }
+                if self.waiting.is_empty() {
+                    return 0;
+                }
+            }
+            InterruptEvent::Buffers => {}
+        }
+        self.deliver(irq, mem).unwrap_or_else(|e| {
+            report(UmlError::DeliverInterrupts(e));
+            0
+        })
+    }
+
+    /// Queue the messages of every vector that fired (read from their eventfds).
+    fn take_messages<D: PassthroughDevice + 'static>(
+        &mut self,
+        function: &mut PassthroughFunction<D>,
+    ) {
+        for message in function.take_messages() {
+            self.push(message);
+        }
+    }
+
     /// Whether [`sync`](Self::sync) has anything to do.
-    pub(super) fn stale<D: PassthroughDevice>(
+    fn stale<D: PassthroughDevice>(
         &self,
         function: &PassthroughFunction<D>,
         routing_changed: bool,
@@ -69,7 +159,7 @@ impl Interrupts {
     /// Watch exactly the function's live vectors. Cheap when nothing changed; called
     /// after every batch of commands, since any config or MSI-X table write may have
     /// reprogrammed them.
-    pub(super) fn sync<D: PassthroughDevice>(
+    fn sync<D: PassthroughDevice>(
         &mut self,
         function: &PassthroughFunction<D>,
         routing_changed: bool,
@@ -105,7 +195,7 @@ impl Interrupts {
     }
 
     /// Stop watching every vector.
-    pub(super) fn unwatch_all(&mut self, watcher: &dyn Watcher) {
+    fn unwatch_all(&mut self, watcher: &dyn Watcher) {
         for (i, w) in self.watched.drain(..).enumerate() {
             // The fd may already be closed (the function was rebuilt): epoll dropped it.
             let _ = watcher.unwatch(w.fd, FIRST_LISTENER + i as u64);
@@ -121,18 +211,13 @@ impl Interrupts {
     }
 
     /// The vector watched with epoll id `id`.
-    pub(super) fn vector(&self, id: u64) -> Option<(InterruptKind, u16)> {
+    fn vector(&self, id: u64) -> Option<(InterruptKind, u16)> {
         let i = usize::try_from(id.checked_sub(FIRST_LISTENER)?).ok()?;
         self.watched.get(i).map(|w| (w.kind, w.vector))
     }
 
-    /// Whether messages wait for a buffer.
-    pub(super) fn waiting(&self) -> bool {
-        !self.waiting.is_empty()
-    }
-
     /// Queue `message` for UML.
-    pub(super) fn push(&mut self, message: MsiMessage) {
+    fn push(&mut self, message: MsiMessage) {
         if self.waiting.contains(&message) {
             return;
         }
@@ -150,7 +235,7 @@ impl Interrupts {
     /// Write waiting messages into the buffers UML posted on `vring` and signal it;
     /// returns how many were delivered. UML is asked to kick when it posts a buffer
     /// only while a message waits for one.
-    pub(super) fn deliver(&mut self, vring: &VringMutex, mem: &GuestMemoryMmap) -> io::Result<u64> {
+    fn deliver(&mut self, vring: &VringMutex, mem: &GuestMemoryMmap) -> io::Result<u64> {
         if self.waiting.is_empty() && self.kicks_off {
             return Ok(0);
         }
@@ -158,7 +243,11 @@ impl Interrupts {
         if !state.is_enabled() || !state.get_queue().ready() {
             return Ok(0);
         }
-        let queue_error = |e| io::Error::other(format!("irq queue: {e}"));
+        fn queue_error(e: impl std::fmt::Display) -> io::Error {
+            io::Error::other(format!("irq queue: {e}"))
+        }
+        // Used entries over the avail ring would post buffers without end.
+        ring::check_layout(state.get_queue(), mem).map_err(queue_error)?;
         let mut delivered = 0;
         let mut used = false;
         let mut looked_again = false;

@@ -7,15 +7,20 @@
 //!
 //! ```text
 //! UmlFrontend             listens, one guest at a time, on a thread of its own
-//!   backend::UmlBackend   vhost-user-backend back-end of one guest connection
-//!     ring                the command queue's split ring, read and written in place
-//!     chain               descriptor chains -> message bytes, answers -> writable part
+//!   lifecycle             the served function and what a guest set up around it:
+//!                         memory accepted, reset, quiesced, rebuilt for the next guest
+//!   vhost_user::UmlBackend  vhost-user-backend back-end of one guest connection,
+//!                         and what its vring worker does on each event
+//!     commands            a round of commands: ring walk, chains, parse, execute
+//!       ring              the command queue's split ring, read and written in place
+//!       chain             descriptor chains -> message bytes, answers -> writable part
 //!     dma::GuestDma       UML's memory mapped for DMA, IOVA = UML physical address
 //!     interrupts          vector eventfds watched, MSI messages -> irq queue
 //!     polling             optional: the worker keeps polling the queue after a batch
 //!     realtime            the worker preempts the busy-waiting guest (SCHED_FIFO)
 //!     affinity            optional: the worker pinned to a CPU
-//!   status                counters -> FrontendStatus
+//!   error                 UmlError: what goes wrong serving, recorded, never fatal
+//!   (counters -> FrontendStatus: frontend::status, shared by every frontend)
 //! ```
 //!
 //! Config reads and writes go to [`PciFunction::config_read`]/`config_write`, BAR
@@ -73,16 +78,18 @@
 //! [`PciFunction::config_read`]: crate::PciFunction::config_read
 
 mod affinity;
-mod backend;
 mod chain;
+mod commands;
 mod dma;
+mod error;
 mod interrupts;
+mod lifecycle;
 mod polling;
 mod realtime;
 mod ring;
-mod status;
 #[cfg(test)]
 mod tests;
+mod vhost_user;
 
 use std::io;
 use std::os::fd::AsFd;
@@ -102,8 +109,15 @@ use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use self::backend::{Shared, UmlBackend};
-pub use self::status::FrontendStatus;
+pub use self::chain::{ChainError, MAX_BAR_ACCESS, MAX_MESSAGE};
+use self::lifecycle::Shared;
+use self::vhost_user::UmlBackend;
+use crate::frontend::FrontendStatus;
+// The command batch exactly as the worker runs it, for fuzzing.
+#[doc(hidden)]
+pub use self::commands::{CommandQueue, Round, COMMANDS_PER_ROUND};
+pub use self::error::UmlError;
+pub use self::ring::RingError;
 use crate::passthrough::{PassthroughDevice, PassthroughFunction, VfioPassthroughDevice};
 
 /// Why a UML frontend could not start, or could not give its function back.
@@ -282,7 +296,7 @@ impl<D: PassthroughDevice + 'static> UmlFrontend<D> {
         let panicked = !self.stop_server();
         let mut served = self.shared.served();
         for e in served.quiesce(&self.shared.mapper, &self.shared.counters) {
-            self.shared.counters.error(e);
+            self.shared.counters.error(e.to_string());
         }
         let lost = served.lost.clone();
         let function = served.function.take();
@@ -330,7 +344,7 @@ impl<D: PassthroughDevice + 'static> Drop for UmlFrontend<D> {
             .served()
             .quiesce(&self.shared.mapper, &self.shared.counters)
         {
-            self.shared.counters.error(e);
+            self.shared.counters.error(e.to_string());
         }
     }
 }
@@ -429,7 +443,16 @@ fn serve_guest<D: PassthroughDevice + 'static>(
     shared: &Arc<Shared<D>>,
     control: &Control,
 ) {
-    let backend = Arc::new(UmlBackend::new(shared.clone()));
+    let backend = match UmlBackend::new(shared.clone()) {
+        Ok(backend) => Arc::new(backend),
+        Err(e) => {
+            shared.counters.error(format!(
+                "{}: setting up for a guest: {e}",
+                shared.socket.display()
+            ));
+            return;
+        }
+    };
     let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let mut daemon = match VhostUserDaemon::new("udrv-uml-guest".into(), backend.clone(), memory) {
         Ok(daemon) => daemon,

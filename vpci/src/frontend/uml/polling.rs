@@ -43,7 +43,7 @@ use vhost_user_backend::{VringMutex, VringT};
 use virtio_queue::QueueT;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::backend::{Snapshot, UmlBackend};
+use super::vhost_user::{Snapshot, UmlBackend};
 use crate::passthrough::PassthroughDevice;
 
 /// How often a polling worker looks at its other events between looks at the ring.

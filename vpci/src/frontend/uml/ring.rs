@@ -10,6 +10,11 @@
 //! the queue and a chain longer than the queue (a loop) are refused; indirect
 //! descriptors are refused too, since the feature is not offered.
 //!
+//! A layout in which the three areas overlap, or one leaves UML's memory, is refused
+//! for both queues ([`check_layout`]): neither the virtio spec's rules as virtio-queue
+//! and vhost-user-backend apply them nor vm-memory refuse it, and a used ring over the
+//! avail index lets each used entry published post one more command.
+//!
 //! The interrupt queue, which is not on a read's path, stays on virtio-queue.
 
 use std::sync::atomic::Ordering;
@@ -30,13 +35,22 @@ const USED_ENTRY: usize = 8;
 
 /// Why the ring, or one chain on it, cannot be served.
 #[derive(Debug, Error, PartialEq, Eq)]
-pub(super) enum RingError {
+pub enum RingError {
     #[error("the ring areas (descriptors {desc:#x}, avail {avail:#x}, used {used:#x}, {size} entries) are not inside UML's memory")]
     Outside {
         desc: u64,
         avail: u64,
         used: u64,
         size: u16,
+    },
+    #[error("the {first} at {first_at:#x} (+{first_len:#x}) overlaps the {second} at {second_at:#x} (+{second_len:#x})")]
+    Overlap {
+        first: &'static str,
+        first_at: u64,
+        first_len: usize,
+        second: &'static str,
+        second_at: u64,
+        second_len: usize,
     },
     #[error("the avail index {avail} is more than the {size}-entry queue ahead of the {taken} commands taken")]
     AvailAhead { avail: u16, taken: u16, size: u16 },
@@ -58,26 +72,84 @@ pub(super) struct Ring<'m> {
     addresses: [u64; 3],
 }
 
-impl<'m> Ring<'m> {
-    /// The rings of `queue` (which must be ready) in `mem`.
-    pub(super) fn new(queue: &Queue, mem: &'m GuestMemoryMmap) -> Result<Self, RingError> {
-        let size = queue.size();
-        let n = usize::from(size);
+/// The areas of a split queue: where UML put them and the bytes each has for a queue
+/// of its size (no event index fields: the feature is not offered).
+struct Layout {
+    /// Descriptor table, avail ring, used ring.
+    areas: [(u64, usize); 3],
+    size: u16,
+}
+
+const AREA_NAMES: [&str; 3] = ["descriptor table", "avail ring", "used ring"];
+
+impl Layout {
+    fn of(queue: &Queue) -> Self {
+        let n = usize::from(queue.size());
+        Self {
+            areas: [
+                (queue.desc_table(), n * DESCRIPTOR_SIZE),
+                (queue.avail_ring(), RING_HEADER + n * AVAIL_ENTRY),
+                (queue.used_ring(), RING_HEADER + n * USED_ENTRY),
+            ],
+            size: queue.size(),
+        }
+    }
+
+    /// Each area as a slice of `mem`, once the areas were found apart from each other.
+    fn slices<'m>(&self, mem: &'m GuestMemoryMmap) -> Result<[VolatileSlice<'m>; 3], RingError> {
         let outside = || RingError::Outside {
-            desc: queue.desc_table(),
-            avail: queue.avail_ring(),
-            used: queue.used_ring(),
-            size,
+            desc: self.areas[0].0,
+            avail: self.areas[1].0,
+            used: self.areas[2].0,
+            size: self.size,
         };
-        let area = |addr: u64, len: usize| mem.get_slice(GuestAddress(addr), len).ok();
-        if size == 0 {
+        if self.size == 0 {
             return Err(outside());
         }
+        let area = |(addr, len): (u64, usize)| {
+            mem.get_slice(GuestAddress(addr), len)
+                .map_err(|_| outside())
+        };
+        let slices = [
+            area(self.areas[0])?,
+            area(self.areas[1])?,
+            area(self.areas[2])?,
+        ];
+        // Inside the memory, so no end overflows.
+        for (i, j) in [(0, 1), (0, 2), (1, 2)] {
+            let ((a, a_len), (b, b_len)) = (self.areas[i], self.areas[j]);
+            if a < b + b_len as u64 && b < a + a_len as u64 {
+                return Err(RingError::Overlap {
+                    first: AREA_NAMES[i],
+                    first_at: a,
+                    first_len: a_len,
+                    second: AREA_NAMES[j],
+                    second_at: b,
+                    second_len: b_len,
+                });
+            }
+        }
+        Ok(slices)
+    }
+}
+
+/// Whether `queue`'s areas lie in `mem` and apart from each other, as a queue served
+/// from `mem` needs.
+pub(super) fn check_layout(queue: &Queue, mem: &GuestMemoryMmap) -> Result<(), RingError> {
+    Layout::of(queue).slices(mem).map(drop)
+}
+
+impl<'m> Ring<'m> {
+    /// The rings of `queue` (which must be ready) in `mem`; refused unless the three
+    /// areas lie in `mem` apart from each other.
+    pub(super) fn new(queue: &Queue, mem: &'m GuestMemoryMmap) -> Result<Self, RingError> {
+        let layout = Layout::of(queue);
+        let [desc, avail, used] = layout.slices(mem)?;
         Ok(Self {
-            desc: area(queue.desc_table(), n * DESCRIPTOR_SIZE).ok_or_else(outside)?,
-            avail: area(queue.avail_ring(), RING_HEADER + n * AVAIL_ENTRY).ok_or_else(outside)?,
-            used: area(queue.used_ring(), RING_HEADER + n * USED_ENTRY).ok_or_else(outside)?,
-            size,
+            desc,
+            avail,
+            used,
+            size: layout.size,
             addresses: [queue.desc_table(), queue.avail_ring(), queue.used_ring()],
         })
     }
@@ -349,5 +421,36 @@ mod tests {
             Ring::new(&queue(desc), &mem),
             Err(RingError::Outside { desc: d, .. }) if d == desc
         ));
+    }
+
+    #[test]
+    fn overlapping_ring_areas_are_refused_and_adjacent_ones_taken() {
+        let mem = memory();
+        // The used ring over the avail ring: each used entry would move the avail index.
+        let mut over = queue(DESC);
+        over.set_used_ring_address(Some(AVAIL as u32), Some(0));
+        assert!(matches!(
+            Ring::new(&over, &mem),
+            Err(RingError::Overlap {
+                first: "avail ring",
+                second: "used ring",
+                ..
+            })
+        ));
+        assert!(check_layout(&over, &mem).is_err());
+        // The descriptor table running into the avail ring by one descriptor.
+        let desc = AVAIL - u64::from(SIZE) * 16 + 16;
+        assert!(matches!(
+            Ring::new(&queue(desc), &mem),
+            Err(RingError::Overlap {
+                first: "descriptor table",
+                second: "avail ring",
+                ..
+            })
+        ));
+        // Right before it: taken.
+        let desc = AVAIL - u64::from(SIZE) * 16;
+        assert!(Ring::new(&queue(desc), &mem).is_ok());
+        assert_eq!(check_layout(&queue(desc), &mem), Ok(()));
     }
 }

@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ::dma::{DmaMapper, Iova, RecordingMapper};
@@ -44,9 +44,18 @@ const VRING_USED_F_NO_NOTIFY: u16 = 1;
 /// A poll window no test waits out: polling must end for other reasons.
 const LONG_POLL: Duration = Duration::from_secs(60);
 
-/// The fake, shared so the test can fire its vectors while the frontend owns it.
+/// The fake, shared so the test can fire its vectors while the frontend owns it, and
+/// what it does after each BAR write besides (a guest acting while it is served).
 #[derive(Clone)]
-struct SharedFake(Arc<FakeDevice>);
+struct SharedFake(Arc<FakeDevice>, Arc<Mutex<Option<AfterWrite>>>);
+
+type AfterWrite = Box<dyn FnMut() + Send>;
+
+impl SharedFake {
+    fn new(fake: Arc<FakeDevice>) -> Self {
+        Self(fake, Arc::default())
+    }
+}
 
 impl PassthroughDevice for SharedFake {
     fn name(&self) -> &str {
@@ -73,7 +82,11 @@ impl PassthroughDevice for SharedFake {
         self.0.read_region(index, offset, data)
     }
     fn write_region(&self, index: BarIndex, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
-        self.0.write_region(index, offset, data)
+        self.0.write_region(index, offset, data)?;
+        if let Some(after) = self.1.lock().unwrap().as_mut() {
+            after();
+        }
+        Ok(())
     }
     fn irq_count(&self, index: IrqIndex) -> u32 {
         self.0.irq_count(index)
@@ -97,6 +110,7 @@ struct Rig {
     _dir: tempfile::TempDir,
     socket: PathBuf,
     fake: Arc<FakeDevice>,
+    after_write: Arc<Mutex<Option<AfterWrite>>>,
     mapper: Arc<RecordingMapper>,
     frontend: Option<UmlFrontend<SharedFake>>,
 }
@@ -110,7 +124,9 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("uml.sock");
         let fake = Arc::new(e1000e());
-        let function = PassthroughFunction::new(SharedFake(fake.clone())).unwrap();
+        let device = SharedFake::new(fake.clone());
+        let after_write = device.1.clone();
+        let function = PassthroughFunction::new(device).unwrap();
         let mapper = Arc::new(RecordingMapper::new());
         let frontend = UmlFrontend::start_with(
             function,
@@ -123,6 +139,7 @@ impl Rig {
             _dir: dir,
             socket,
             fake,
+            after_write,
             mapper,
             frontend: Some(frontend),
         }
@@ -133,18 +150,37 @@ impl Rig {
     }
 
     fn wait_for(&self, what: &str, done: impl Fn(&FrontendStatus) -> bool) -> FrontendStatus {
+        let (status, done) = self.try_wait_for(done);
+        assert!(done, "timed out waiting for {what}: {status:?}");
+        status
+    }
+
+    /// The status once `done` (and true), or the last one seen when [`TIMEOUT`] ran
+    /// out (and false).
+    fn try_wait_for(&self, done: impl Fn(&FrontendStatus) -> bool) -> (FrontendStatus, bool) {
         let started = Instant::now();
         loop {
             let status = self.frontend().status();
             if done(&status) {
-                return status;
+                return (status, true);
             }
-            assert!(
-                started.elapsed() < TIMEOUT,
-                "timed out waiting for {what}: {status:?}"
-            );
+            if started.elapsed() >= TIMEOUT {
+                return (status, false);
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// [`wait_for`](Self::wait_for) where a failure may leave the worker stuck holding
+    /// the served function: the rig is leaked before the test fails, since dropping it
+    /// would wait for that worker for ever.
+    fn wait_or_leak(self, what: &str, done: impl Fn(&FrontendStatus) -> bool) -> Self {
+        let (status, done) = self.try_wait_for(done);
+        if !done {
+            std::mem::forget(self);
+            panic!("timed out waiting for {what}: {status:?}");
+        }
+        self
     }
 }
 
@@ -267,6 +303,12 @@ fn whole_ram(mem: &GuestMemoryMmap, file: &File) -> VhostUserMemoryRegionInfo {
 impl Guest {
     /// Connect and set up as UML's virtio_uml does.
     fn connect(socket: &Path) -> Self {
+        Self::connect_with(socket, |_, _| {})
+    }
+
+    /// [`connect`](Self::connect), the command queue laid out by `arrange` before its
+    /// addresses are sent.
+    fn connect_with(socket: &Path, arrange: impl FnOnce(&GuestMemoryMmap, &mut TestQueue)) -> Self {
         let (mem, file) = guest_memory();
         let host = mem.get_host_address(GuestAddress(GPA)).unwrap() as u64;
         let mut frontend = Frontend::connect(socket, 2).unwrap();
@@ -282,7 +324,8 @@ impl Guest {
         frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
         frontend.set_features(features).unwrap();
         frontend.set_mem_table(&[whole_ram(&mem, &file)]).unwrap();
-        let cmd = TestQueue::new(GPA);
+        let mut cmd = TestQueue::new(GPA);
+        arrange(&mem, &mut cmd);
         let irq = TestQueue::new(GPA + 0x4000);
         let kicks = [EventFd::new(0).unwrap(), EventFd::new(0).unwrap()];
         let calls = [
@@ -607,7 +650,7 @@ fn a_new_memory_table_replaces_the_old_mappings() {
 fn a_mapping_error_reaches_the_guest_and_the_status() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("uml.sock");
-    let function = PassthroughFunction::new(SharedFake(Arc::new(e1000e()))).unwrap();
+    let function = PassthroughFunction::new(SharedFake::new(Arc::new(e1000e()))).unwrap();
     let mapper = Arc::new(RecordingMapper::new().with_max_mappings(0));
     let frontend = UmlFrontend::start(function, mapper as Arc<dyn DmaMapper>, &socket).unwrap();
     let (mem, file) = guest_memory();
@@ -953,7 +996,7 @@ fn a_socket_in_use_or_not_a_socket_is_refused_and_a_stale_one_replaced() {
     let path = dir.path().join("not-a-socket");
     std::fs::write(&path, b"keep me").unwrap();
     let start = |path: &Path| {
-        let function = PassthroughFunction::new(SharedFake(Arc::new(e1000e()))).unwrap();
+        let function = PassthroughFunction::new(SharedFake::new(Arc::new(e1000e()))).unwrap();
         UmlFrontend::start(function, Arc::new(RecordingMapper::new()), path)
     };
     let err = start(&path).err().expect("a regular file was replaced");
@@ -989,6 +1032,88 @@ fn dropping_the_frontend_quiesces_the_device() {
     assert!(!rig.fake.fire(IrqIndex::Msix, 0));
     assert_eq!(rig.mapper.mapping_count(), 0);
     assert!(!rig.socket.exists());
+}
+
+#[test]
+fn a_used_ring_over_the_avail_index_is_refused_and_the_guest_can_leave() {
+    let rig = Rig::start();
+    // The used ring over the avail ring, its index (the avail index too) five ahead
+    // of the commands taken: each used entry published would post one more command.
+    // Every avail entry (zeroed memory) names descriptor 0, a posted write, set up
+    // before the queue is enabled (which serves what is posted).
+    let write = message(op::MMIO_WRITE, 0, 4, 0x100, &0xfeed_f00du32.to_le_bytes());
+    let guest = Guest::connect_with(&rig.socket, |mem, cmd| {
+        cmd.used = cmd.avail;
+        mem.write_obj(5u16, GuestAddress(cmd.avail + 2)).unwrap();
+        let at = cmd.desc + 0x3000;
+        mem.write_slice(&write, GuestAddress(at)).unwrap();
+        mem.write_obj(at, GuestAddress(cmd.desc)).unwrap();
+        mem.write_obj(write.len() as u32, GuestAddress(cmd.desc + 8))
+            .unwrap();
+    });
+    guest.kicks[0].write(1).unwrap();
+    let rig = rig.wait_or_leak("the layout to be refused", |s| {
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("overlaps"))
+    });
+    assert_ne!(
+        rig.fake.region_bytes(0, 0x100, 4),
+        0xfeed_f00du32.to_le_bytes(),
+        "a command was served from the refused ring"
+    );
+    let error = rig.frontend().status().last_error.unwrap_or_default();
+    assert!(
+        error.contains("command queue") && error.contains("used ring"),
+        "{error}"
+    );
+    // The guest can leave (the worker holds nothing), and the next one is served.
+    drop(guest);
+    let rig = rig.wait_or_leak("the guest to go", |s| !s.guest_connected);
+    let mut guest = Guest::connect(&rig.socket);
+    assert_eq!(guest.config_read(0, 2), 0x8086);
+}
+
+#[test]
+fn a_guest_posting_as_fast_as_it_is_served_is_served_in_bounded_rounds() {
+    let rounds = COMMANDS_PER_ROUND;
+    let rig = Rig::start();
+    let mut guest = Guest::connect(&rig.socket);
+    let before = rig.frontend().status();
+    // One posted write, posted again by the guest each time it is served, for three
+    // rounds' worth: as a guest that posts while the worker serves.
+    let write = message(op::MMIO_WRITE, 0, 4, 0x100, &1u32.to_le_bytes());
+    let (head, _) = guest.post_command(&[Piece::Out(&write)]);
+    let (mem, avail) = (guest.mem.clone(), guest.cmd.avail);
+    let mut posted = guest.cmd.avail_idx;
+    let mut reposts = 3 * rounds;
+    *rig.after_write.lock().unwrap() = Some(Box::new(move || {
+        if reposts == 0 {
+            return;
+        }
+        reposts -= 1;
+        let slot = avail + 4 + u64::from(posted % QUEUE_SIZE) * 2;
+        mem.write_obj(head, GuestAddress(slot)).unwrap();
+        fence(Ordering::SeqCst);
+        posted = posted.wrapping_add(1);
+        mem.write_obj(posted, GuestAddress(avail + 2)).unwrap();
+    }));
+    guest.kicks[0].write(1).unwrap();
+    // All served with the one kick, a round at most at a time.
+    let status = rig.wait_for("every command", |s| {
+        s.mmio_writes == before.mmio_writes + 3 * rounds + 1
+    });
+    assert_eq!(status.command_batches, before.command_batches + 4);
+    assert_eq!(status.last_error, None);
+    // Still serving.
+    rig.after_write.lock().unwrap().take();
+    guest.cmd.avail_idx = guest
+        .mem
+        .read_obj(GuestAddress(guest.cmd.avail + 2))
+        .unwrap();
+    guest.cmd.used_seen = guest.cmd.used_idx(&guest.mem);
+    assert_eq!(guest.cmd.used_seen, guest.cmd.avail_idx);
+    assert_eq!(guest.config_read(0, 2), 0x8086);
 }
 
 fn polling(window: Duration) -> WorkerOptions {
