@@ -233,7 +233,11 @@ impl PassthroughDevice for FakeDevice {
     }
 
     fn irq_count(&self, index: IrqIndex) -> u32 {
-        self.irq_counts.get(irq_slot(index)).copied().unwrap_or(0)
+        match index {
+            // As vfio-pci: one ERR and one REQ notifier.
+            IrqIndex::Err | IrqIndex::Req => 1,
+            _ => self.irq_counts.get(irq_slot(index)).copied().unwrap_or(0),
+        }
     }
 
     fn wire_irqs(&self, index: IrqIndex, eventfds: &[BorrowedFd<'_>]) -> Result<(), DeviceError> {
@@ -277,10 +281,7 @@ impl PassthroughDevice for FakeDevice {
         start: u32,
         data: IrqData<'_>,
     ) -> Result<(), DeviceError> {
-        let offered = match index {
-            IrqIndex::Err | IrqIndex::Req => 1,
-            _ => self.irq_count(index),
-        };
+        let offered = self.irq_count(index);
         let count = match data {
             IrqData::None { count } => count,
             IrqData::Bool(b) => b.len() as u32,

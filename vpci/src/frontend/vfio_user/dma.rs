@@ -193,7 +193,10 @@ impl DmaTable {
             );
         }
         let page = self.mapper.page_size();
-        if address % page != 0 || size % page != 0 || offset % page != 0 {
+        if !address.is_multiple_of(page)
+            || !size.is_multiple_of(page)
+            || !offset.is_multiple_of(page)
+        {
             return refuse(
                 Errno::EINVAL,
                 format!("address, size and fd offset {offset:#x} must be multiples of the IOMMU page size {page:#x}"),

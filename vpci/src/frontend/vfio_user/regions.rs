@@ -176,9 +176,9 @@ fn config_pieces(offset: u64, len: usize) -> impl Iterator<Item = (u16, AccessWi
             return None;
         }
         let left = end - at;
-        let width = if at % 4 == 0 && left >= 4 {
+        let width = if at.is_multiple_of(4) && left >= 4 {
             AccessWidth::Dword
-        } else if at % 2 == 0 && left >= 2 {
+        } else if at.is_multiple_of(2) && left >= 2 {
             AccessWidth::Word
         } else {
             AccessWidth::Byte
