@@ -767,3 +767,76 @@ fn vfio_user_session_handles_a_message_sequence_without_a_socket() {
     let function = session.end().unwrap();
     assert_eq!(function.device().name, "0000:00:04.0");
 }
+
+/// REGION_READ round trips against a raw UNIX-socket ping-pong of the same sizes
+/// (32-byte request, 36-byte reply) in the same process. A benchmark: it prints
+/// figures and asserts nothing about time. Run with
+/// `cargo test -p vpci --release --lib vfio_user_bench -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark: prints figures"]
+fn vfio_user_bench_region_read_against_a_raw_ping_pong() {
+    const ROUNDS: usize = 20_000;
+    let served = Served::start(e1000e());
+    let mut raw = Raw::negotiated(&served);
+    let request = {
+        let payload = region_read(0, 0x100, 4);
+        let mut m = Header {
+            id: 1,
+            command: 9,
+            size: (HEADER_SIZE + payload.len()) as u32,
+            flags: 0,
+            error: 0,
+        }
+        .encode()
+        .to_vec();
+        m.extend_from_slice(&payload);
+        m
+    };
+    let mut reply = [0u8; 36];
+    let mut served_rtt = |rounds: usize| {
+        let start = Instant::now();
+        for _ in 0..rounds {
+            raw.stream.write_all(&request).unwrap();
+            raw.stream.read_exact(&mut reply).unwrap();
+        }
+        start.elapsed()
+    };
+
+    let (mut near, mut far) = UnixStream::pair().unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut req = [0u8; 32];
+        let answer = [0x5au8; 36];
+        while far.read_exact(&mut req).is_ok() {
+            if far.write_all(&answer).is_err() {
+                break;
+            }
+        }
+    });
+    let mut raw_rtt = |rounds: usize| {
+        let mut answer = [0u8; 36];
+        let start = Instant::now();
+        for _ in 0..rounds {
+            near.write_all(&request).unwrap();
+            near.read_exact(&mut answer).unwrap();
+        }
+        start.elapsed()
+    };
+    // Warm both, then interleave so that load on the machine hits both alike.
+    served_rtt(1000);
+    raw_rtt(1000);
+    let (mut served_total, mut raw_total) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..10 {
+        served_total += served_rtt(ROUNDS / 10);
+        raw_total += raw_rtt(ROUNDS / 10);
+    }
+    drop(near);
+    echo.join().unwrap();
+    let per = |d: Duration| d.as_nanos() as f64 / ROUNDS as f64;
+    println!(
+        "vfio-user REGION_READ (4 bytes) round trip: {:.0} ns; raw UNIX-socket ping-pong (32/36 bytes): {:.0} ns; ratio {:.2}",
+        per(served_total),
+        per(raw_total),
+        per(served_total) / per(raw_total)
+    );
+    assert_eq!(&reply[32..], &served.fake.region_bytes(0, 0x100, 4)[..]);
+}
