@@ -47,6 +47,8 @@ pub struct FakeDevice {
     pub client_fds: Mutex<BTreeMap<(u32, u32), OwnedFd>>,
     /// Resets done.
     pub resets: Mutex<u32>,
+    /// What `mmap_fd` hands out (the VFIO device fd's stand-in).
+    pub mmap_file: Option<OwnedFd>,
 }
 
 fn irq_slot(index: IrqIndex) -> usize {
@@ -70,6 +72,7 @@ impl FakeDevice {
             broken: Mutex::new(false),
             client_fds: Mutex::new(BTreeMap::new()),
             resets: Mutex::new(0),
+            mmap_file: None,
         }
     }
 
@@ -333,6 +336,6 @@ impl PassthroughDevice for FakeDevice {
     }
 
     fn mmap_fd(&self) -> Option<BorrowedFd<'_>> {
-        None
+        self.mmap_file.as_ref().map(AsFd::as_fd)
     }
 }

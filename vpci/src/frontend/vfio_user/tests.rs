@@ -35,6 +35,10 @@ struct Served {
 
 impl Served {
     fn start(fake: FakeDevice) -> Served {
+        Served::start_with(fake, SessionOptions::default())
+    }
+
+    fn start_with(fake: FakeDevice, session: SessionOptions) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("dev.sock");
         let fake = Arc::new(fake);
@@ -46,7 +50,7 @@ impl Served {
             ServerOptions {
                 socket: socket.clone(),
                 allowed_uid: None,
-                session: SessionOptions::default(),
+                session,
             },
         )
         .unwrap();
@@ -247,6 +251,46 @@ fn vfio_user_serves_the_piix3_ides_io_port_bars() {
     assert_eq!(served.fake.region_bytes(4, 4, 4), vec![1, 2, 3, 4]);
     client.region_write(0, 6, &[0xa0]).unwrap();
     assert_eq!(served.fake.region_bytes(0, 6, 1), vec![0xa0]);
+}
+
+#[test]
+fn vfio_user_direct_mmio_offers_the_device_fd_without_the_msix_pages() {
+    let mut fake = e1000e();
+    fake.mmap_file = Some(memfd(1 << 20));
+    let options = SessionOptions {
+        direct_mmio: true,
+        ..SessionOptions::default()
+    };
+    let served = Served::start_with(fake, options);
+    let client = vfio_user::Client::new(&served.socket).unwrap();
+    // BAR0 is mmap-able whole, at the region's offset in the device fd.
+    let bar0 = client.region(0).unwrap();
+    assert_ne!(bar0.flags & 0b100, 0, "MMAP flag");
+    assert!(
+        bar0.file_offset.is_some(),
+        "the device fd came with the reply"
+    );
+    let areas: Vec<(u64, u64)> = bar0
+        .sparse_areas
+        .iter()
+        .map(|a| (a.offset, a.size))
+        .collect();
+    assert_eq!(areas, vec![(0, 0x2_0000)]);
+    // BAR3 holds the MSI-X table (page 0) and PBA (page 2): those stay trapped.
+    let bar3 = client.region(3).unwrap();
+    let areas: Vec<(u64, u64)> = bar3
+        .sparse_areas
+        .iter()
+        .map(|a| (a.offset, a.size))
+        .collect();
+    assert_eq!(areas, vec![(0x1000, 0x1000), (0x3000, 0x1000)]);
+    // IO BARs, the ROM and config are never mmap-able.
+    for index in [2, 6, 7] {
+        let r = client.region(index).unwrap();
+        assert_eq!(r.flags & 0b100, 0, "region {index}");
+        assert!(r.file_offset.is_none(), "region {index}");
+    }
+    assert!(served.status().direct_mmio);
 }
 
 /// A client speaking raw bytes.
