@@ -18,18 +18,17 @@
 #![no_main]
 
 use std::collections::BTreeSet;
-use std::os::fd::BorrowedFd;
 
 use libfuzzer_sys::fuzz_target;
-use udriver::vfio::{IrqIndex, MmapArea};
+use udriver::vfio::MmapArea;
+use udrv_fuzz::fake_passthrough::{protected_bytes, region_byte, CheckedDevice};
 use udrv_fuzz::{bounded, Input};
 use vpci::passthrough::fake_device::FakeDevice;
-use vpci::passthrough::{DeviceError, DeviceRegion};
 use vpci::test_device::TestExtendedCapability;
 use vpci::{
     AccessTarget, AccessWidth, AddressSpace, BarDefinition, BarIndex, BarKind, BusConfig, BusEvent,
-    DecodedBar, DevFn, MsiConfig, MsixConfig, PassthroughDevice, PassthroughFunction, TestDevice,
-    TestDeviceConfig, Type0Header, VirtualBus,
+    DecodedBar, DevFn, MsiConfig, MsixConfig, PassthroughFunction, TestDevice, TestDeviceConfig,
+    Type0Header, VirtualBus,
 };
 
 const MAX_LIVE_BYTES: usize = 8 << 20;
@@ -48,86 +47,6 @@ const CONFIG_ADDRESS: u16 = 0xcf8;
 const CONFIG_DATA: u16 = 0xcfc;
 
 fuzz_target!(|data: &[u8]| bounded(MAX_LIVE_BYTES, || run(data)));
-
-/// The fake device, with the seam's contract checked on every call.
-struct CheckedDevice(FakeDevice);
-
-impl CheckedDevice {
-    fn config_access(&self, offset: u16, len: usize) {
-        assert!(matches!(len, 1 | 2 | 4), "config access of {len} bytes");
-        assert_eq!(
-            usize::from(offset) % len,
-            0,
-            "unaligned config access at {offset:#x}"
-        );
-        assert!(
-            usize::from(offset) + len <= self.0.config_len(),
-            "config access at {offset:#x}+{len} past {:#x}",
-            self.0.config_len()
-        );
-    }
-
-    fn region_access(&self, index: BarIndex, offset: u64, len: usize) {
-        let region = self
-            .0
-            .region(index)
-            .unwrap_or_else(|| panic!("{index} not implemented"));
-        assert!(len > 0, "empty access to {index}");
-        assert!(
-            offset
-                .checked_add(len as u64)
-                .is_some_and(|end| end <= region.size),
-            "{index} access at {offset:#x}+{len} past its {:#x} bytes",
-            region.size
-        );
-    }
-}
-
-impl PassthroughDevice for CheckedDevice {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-    fn config_len(&self) -> usize {
-        self.0.config_len()
-    }
-    fn read_config(&self, offset: u16, data: &mut [u8]) -> Result<(), DeviceError> {
-        self.config_access(offset, data.len());
-        self.0.read_config(offset, data)
-    }
-    fn write_config(&self, offset: u16, data: &[u8]) -> Result<(), DeviceError> {
-        self.config_access(offset, data.len());
-        self.0.write_config(offset, data)
-    }
-    fn region(&self, index: BarIndex) -> Option<DeviceRegion> {
-        self.0.region(index)
-    }
-    fn read_region(
-        &self,
-        index: BarIndex,
-        offset: u64,
-        data: &mut [u8],
-    ) -> Result<(), DeviceError> {
-        self.region_access(index, offset, data.len());
-        self.0.read_region(index, offset, data)
-    }
-    fn write_region(&self, index: BarIndex, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
-        self.region_access(index, offset, data.len());
-        self.0.write_region(index, offset, data)
-    }
-    fn irq_count(&self, index: IrqIndex) -> u32 {
-        self.0.irq_count(index)
-    }
-    fn wire_irqs(&self, index: IrqIndex, eventfds: &[BorrowedFd<'_>]) -> Result<(), DeviceError> {
-        assert!(eventfds.len() <= self.0.irq_count(index) as usize);
-        self.0.wire_irqs(index, eventfds)
-    }
-    fn disable_irqs(&self, index: IrqIndex) -> Result<(), DeviceError> {
-        self.0.disable_irqs(index)
-    }
-    fn unmask_intx(&self) -> Result<(), DeviceError> {
-        self.0.unmask_intx()
-    }
-}
 
 fn bar_index(i: u8) -> BarIndex {
     BarIndex::new(i % 7).unwrap_or(BarIndex::ROM)
@@ -195,10 +114,6 @@ fn test_device(input: &mut Input) -> TestDeviceConfig {
             });
     }
     config
-}
-
-fn region_byte(offset: u64) -> u8 {
-    (offset as u8) ^ 0xa5
 }
 
 fn passthrough_device(input: &mut Input, extended: bool) -> CheckedDevice {
@@ -278,20 +193,6 @@ fn read_only(bus: &mut VirtualBus, devfn: DevFn) -> ReadOnly {
     }
 }
 
-/// Device bytes the guest must never reach: IDs, BARs, ROM BAR, MSI and MSI-X
-/// registers, and the decode enables.
-fn device_protected(device: &FakeDevice, msi: &[(usize, usize)]) -> Vec<u8> {
-    let config = device.config.lock().unwrap();
-    let mut out = config[0x00..0x04].to_vec();
-    out.extend_from_slice(&config[0x10..0x28]);
-    out.extend_from_slice(&config[0x30..0x34]);
-    out.push(config[usize::from(COMMAND)] & 0x03);
-    for &(start, end) in msi {
-        out.extend_from_slice(&config[start..end.min(config.len())]);
-    }
-    out
-}
-
 struct Fuzz {
     bus: VirtualBus,
     functions: Vec<DevFn>,
@@ -361,7 +262,7 @@ fn run(data: &[u8]) {
         passthrough,
     };
     if let Some((msi, protected)) = fuzz.passthrough.as_mut() {
-        *protected = device_protected(fuzz_device(&mut fuzz.bus), msi);
+        *protected = protected_bytes(fuzz_device(&mut fuzz.bus), msi);
     }
     fuzz.check();
     for _ in 0..MAX_OPS {
@@ -568,7 +469,7 @@ impl Fuzz {
             );
         }
         if let Some((msi, protected)) = &self.passthrough {
-            let now = device_protected(fuzz_device(&mut self.bus), msi);
+            let now = protected_bytes(fuzz_device(&mut self.bus), msi);
             assert_eq!(&now, protected, "the device's own registers were written");
         }
     }

@@ -7,6 +7,8 @@
 //! that caused it. Work per input is bounded by each target (operations per input,
 //! commands per call) and by libFuzzer's `-timeout`, which `run` sets.
 
+pub mod fake_passthrough;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -33,18 +35,14 @@ impl CountingAllocator {
     }
 }
 
-/// Writes why the input fails without allocating (the allocator is what refused).
+/// Says why the input fails and where: the limit is lifted first, so that the message
+/// and the backtrace can allocate; the refused allocation then aborts the process.
 fn report_over_limit(size: usize) {
-    use std::io::Write;
-    let mut message = [0u8; 160];
-    let mut cursor = std::io::Cursor::new(&mut message[..]);
-    let _ = write!(
-        cursor,
-        "udrv-fuzz: an allocation of {size} bytes takes the input past its bound of {} live bytes\n",
-        LIMIT.load(Ordering::Relaxed)
+    let limit = LIMIT.swap(usize::MAX, Ordering::Relaxed);
+    eprintln!(
+        "udrv-fuzz: an allocation of {size} bytes takes the input past its bound of {limit} live bytes\n{}",
+        std::backtrace::Backtrace::force_capture()
     );
-    let len = cursor.position() as usize;
-    let _ = std::io::stderr().write_all(&message[..len]);
 }
 
 // SAFETY: every method forwards to the system allocator with the caller's arguments; the
