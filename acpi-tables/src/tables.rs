@@ -1,6 +1,6 @@
 //! Building every table for a description and laying them out at guest physical addresses.
 
-use crate::description::{AcpiHardware, Description, Window};
+use crate::description::{validate, AcpiHardware, Description, Window};
 use crate::{dsdt, facs, fadt, madt, mcfg, rsdp, xsdt, Error};
 use std::path::{Path, PathBuf};
 
@@ -112,8 +112,8 @@ impl Cursor {
 impl Tables {
     /// Validates `description` and builds its tables.
     pub fn build(description: &Description) -> Result<Tables, Error> {
-        description.validate()?;
         let d = description;
+        validate::description(d)?;
         let dsdt = dsdt::build(d)?;
         let madt = madt::build(d);
         let mcfg = mcfg::build(d);
@@ -136,7 +136,7 @@ impl Tables {
             d.layout.tables_address,
             cursor.next - d.layout.tables_address,
         );
-        check_placement(d, span)?;
+        validate::placement(d, rsdp::LEN as u64, span)?;
 
         let mut tables = vec![
             Table {
@@ -209,50 +209,4 @@ impl Tables {
         }
         Ok(written)
     }
-}
-
-/// The RSDP and the tables must not overlap each other or any MMIO range of the platform.
-fn check_placement(d: &Description, span: Window) -> Result<(), Error> {
-    let rsdp = Window::new(d.layout.rsdp_address, rsdp::LEN as u64);
-    if rsdp.last().is_none() {
-        return Err(Error::invalid(
-            "layout rsdp_address",
-            format!("{:#x} leaves no room for the 36-byte RSDP", rsdp.base),
-        ));
-    }
-    if rsdp.overlaps(&span) {
-        return Err(Error::invalid(
-            "layout",
-            format!(
-                "the RSDP at {:#x} overlaps the tables at {:#x}-{:#x}; move one",
-                rsdp.base,
-                span.base,
-                span.last().unwrap_or(span.base)
-            ),
-        ));
-    }
-    for (i, b) in d.root_bridges.iter().enumerate() {
-        for (what, window) in [
-            ("ECAM", Some(b.ecam)),
-            ("mem32 window", b.mem32),
-            ("mem64 window", b.mem64),
-        ] {
-            let Some(window) = window else { continue };
-            for (name, placed) in [("RSDP", rsdp), ("tables", span)] {
-                if placed.overlaps(&window) {
-                    return Err(Error::invalid(
-                        "layout",
-                        format!(
-                            "the {name} at {:#x} fall inside root bridge {i}'s {what} \
-                             {:#x}-{:#x}; tables belong in RAM",
-                            placed.base,
-                            window.base,
-                            window.last().unwrap_or(window.base)
-                        ),
-                    ));
-                }
-            }
-        }
-    }
-    Ok(())
 }

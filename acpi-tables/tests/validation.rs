@@ -335,3 +335,47 @@ fn files_are_written_under_acpixtract_names() {
     assert!(matches!(err, Error::Write { .. }), "{err}");
     assert!(err.to_string().contains("file/sub"), "{err}");
 }
+
+/// `validate()` promises the checks `Tables::build` relies on: every layout `build` refuses
+/// (it depends on the tables' lengths) must be refused by `validate()` too, with the same error.
+#[test]
+fn validate_refuses_every_layout_build_refuses() {
+    let layouts = [
+        // The RSDP inside the tables that follow tables_address.
+        (0xE0040, 0xE0040),
+        (0xE0100, 0xE0040),
+        // The tables inside the default mem32 window, the RSDP inside the ECAM.
+        (0xE0000, 0xC000_0000),
+        (0xB000_0000, 0xE0040),
+        // The tables run past the end of the address space.
+        (0xE0000, u64::MAX - 0xFF),
+    ];
+    for (rsdp_address, tables_address) in layouts {
+        let mut d = Description::default();
+        d.layout.rsdp_address = rsdp_address;
+        d.layout.tables_address = tables_address;
+        let built = refused(&d);
+        match d.validate() {
+            Err(e) => assert_eq!(
+                e.to_string(),
+                built,
+                "{rsdp_address:#x}/{tables_address:#x}"
+            ),
+            Ok(()) => panic!(
+                "validate() accepted RSDP {rsdp_address:#x}, tables {tables_address:#x}; \
+                 build refused: {built}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn tables_stay_out_of_the_apic_pages() {
+    let mut d = Description::default();
+    d.layout.tables_address = 0xFEE0_0000 - 0x100;
+    assert_mentions(&refused(&d), &["tables", "local APIC"]);
+    let mut d = Description::default();
+    d.layout.rsdp_address = 0xFEC0_0010;
+    assert_mentions(&refused(&d), &["RSDP", "IO APIC 0"]);
+    assert!(d.validate().is_err());
+}

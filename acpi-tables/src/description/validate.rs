@@ -11,7 +11,8 @@ const APIC_MMIO_SIZE: u64 = 0x1000;
 /// The legacy configuration ports a bridge with `config_ports` decodes.
 const CONFIG_PORTS: Window = Window::new(0xCF8, 8);
 
-pub(super) fn description(d: &Description) -> Result<(), Error> {
+/// The checks on the description's own fields; [`placement`] checks where the tables land.
+pub(crate) fn description(d: &Description) -> Result<(), Error> {
     layout(d)?;
     cpus(d)?;
     io_apics(d)?;
@@ -409,14 +410,12 @@ fn intx(d: &Description, name: &str, routing: &IntxRouting) -> Result<(), Error>
     Ok(())
 }
 
-/// Memory ranges (ECAM, windows, APIC pages) must not overlap one another, nor IO windows.
-fn disjoint_resources(d: &Description) -> Result<(), Error> {
-    let mut memory: Vec<(String, Window)> = Vec::new();
-    let mut io: Vec<(String, Window)> = Vec::new();
-    memory.push((
-        "local APIC".into(),
+/// The platform's MMIO ranges: the APIC pages and each root bridge's ECAM and memory windows.
+fn memory_ranges(d: &Description) -> Vec<(String, Window)> {
+    let mut memory = vec![(
+        "local APIC".to_string(),
         Window::new(u64::from(d.local_apic_address), APIC_MMIO_SIZE),
-    ));
+    )];
     for (i, a) in d.io_apics.iter().enumerate() {
         memory.push((
             format!("IO APIC {i}"),
@@ -432,10 +431,19 @@ fn disjoint_resources(d: &Description) -> Result<(), Error> {
         if let Some(w) = b.mem64 {
             memory.push((format!("{name} mem64 window"), w));
         }
-        if let Some(w) = b.io {
-            io.push((format!("{name} IO window"), w));
-        }
     }
+    memory
+}
+
+/// Memory ranges (ECAM, windows, APIC pages) must not overlap one another, nor IO windows.
+fn disjoint_resources(d: &Description) -> Result<(), Error> {
+    let memory = memory_ranges(d);
+    let io: Vec<(String, Window)> = d
+        .root_bridges
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| Some((format!("{} IO window", bridge_name(i, b)), b.io?)))
+        .collect();
     for list in [&memory, &io] {
         for (i, (name, w)) in list.iter().enumerate() {
             if let Some((other, o)) = list[..i].iter().find(|(_, o)| o.overlaps(w)) {
@@ -447,6 +455,50 @@ fn disjoint_resources(d: &Description) -> Result<(), Error> {
                         w.last().unwrap_or(w.base),
                         o.base,
                         o.last().unwrap_or(o.base)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The RSDP (`rsdp_len` bytes at the layout's address) and the tables (`tables`, laid out
+/// from the layout's tables address) must not overlap each other nor any MMIO range: tables
+/// belong in RAM.
+pub(crate) fn placement(d: &Description, rsdp_len: u64, tables: Window) -> Result<(), Error> {
+    let rsdp = Window::new(d.layout.rsdp_address, rsdp_len);
+    if rsdp.last().is_none() {
+        return Err(Error::invalid(
+            "layout rsdp_address",
+            format!(
+                "{:#x} leaves no room for the {rsdp_len}-byte RSDP",
+                rsdp.base
+            ),
+        ));
+    }
+    if rsdp.overlaps(&tables) {
+        return Err(Error::invalid(
+            "layout",
+            format!(
+                "the RSDP at {:#x} overlaps the tables at {:#x}-{:#x}; move one",
+                rsdp.base,
+                tables.base,
+                tables.last().unwrap_or(tables.base)
+            ),
+        ));
+    }
+    for (what, range) in memory_ranges(d) {
+        for (name, placed) in [("RSDP", rsdp), ("tables", tables)] {
+            if placed.overlaps(&range) {
+                return Err(Error::invalid(
+                    "layout",
+                    format!(
+                        "the {name} at {:#x} fall inside {what} {:#x}-{:#x}; tables belong \
+                         in RAM",
+                        placed.base,
+                        range.base,
+                        range.last().unwrap_or(range.base)
                     ),
                 ));
             }

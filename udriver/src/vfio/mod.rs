@@ -38,7 +38,7 @@ pub use device::{DeviceInfo, VfioDevice};
 pub use error::{Access, Result, VfioError};
 pub use eventfd::EventFd;
 pub use group::{VfioGroup, VFIO_DEV_DIR};
-pub use irq::{IrqIndex, IrqInfo, IrqSet};
+pub use irq::{IrqAction, IrqData, IrqIndex, IrqInfo, IrqSet};
 pub use mmio::MmioValue;
 pub use region::{MmapArea, Region, RegionInfo, RegionName, RegionType};
 pub use reset::ResetMethod;

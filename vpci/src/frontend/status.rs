@@ -58,6 +58,9 @@ pub struct FrontendStatus {
     pub polled_commands: u64,
     /// The worker is polling the command queue now.
     pub polling: bool,
+    /// A vfio-user frontend's own state: its client, DMA mappings, message counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vfio_user: Option<crate::frontend::vfio_user::VfioUserStatus>,
 }
 
 /// A frontend's counters, updated lock-free by its threads.
@@ -133,6 +136,7 @@ impl FrontendCounters {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            vfio_user: None,
         }
     }
 }

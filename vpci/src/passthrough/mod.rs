@@ -34,8 +34,11 @@ mod function;
 mod irq_wiring;
 mod vfio_device;
 
-#[cfg(test)]
-pub(crate) mod fake_device;
+// The fuzz targets (fuzz/, built with `--cfg fuzzing`) drive a passthrough function over
+// the same fake device as the host tests.
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fake_device;
 #[cfg(test)]
 mod properties;
 #[cfg(test)]
