@@ -233,15 +233,24 @@ pub fn write<D: PassthroughDevice + 'static>(
                 v[..width.bytes()].copy_from_slice(&data[i..i + width.bytes()]);
                 function.config_write(at, width, u32::from_le_bytes(v));
             }
+            // The client emulates MSI/MSI-X delivery itself: the function's record of
+            // the guest's programming has no consumer here, and must not grow.
+            drop(function.take_msi_routing());
             Ok(())
         }
         RegionId::Bar(bar) if bar.is_rom() => Err(Refusal::new(
             Errno::EINVAL,
             "the ROM is read-only".to_string(),
         )),
-        RegionId::Bar(bar) => function
-            .bar_write(bar, offset, data)
-            .map_err(|e| device_error(id, "write", e)),
+        RegionId::Bar(bar) => {
+            let written = function
+                .bar_write(bar, offset, data)
+                .map_err(|e| device_error(id, "write", e));
+            // An MSI-X table write updates the function's routing record: drained as
+            // for config.
+            drop(function.take_msi_routing());
+            written
+        }
         RegionId::Vga => unreachable!("VGA has size 0, refused by the bounds check"),
     }
 }
