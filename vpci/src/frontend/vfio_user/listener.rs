@@ -379,3 +379,37 @@ fn converse<D: PassthroughDevice + 'static>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vfio_user_peers_other_than_root_us_and_the_allowed_user_are_refused() {
+        let me = nix::unistd::geteuid().as_raw();
+        let peer = |uid| ClientPeer { pid: 42, uid };
+        assert!(authorize(&peer(0), None).is_ok());
+        assert!(authorize(&peer(me), None).is_ok());
+        assert!(authorize(&peer(4242), Some(4242)).is_ok());
+        let refused = authorize(&peer(4243), Some(4242)).unwrap_err();
+        assert!(refused.contains("uid 4243 (pid 42)"), "{refused}");
+        assert!(refused.contains("uid 4242"), "{refused}");
+    }
+
+    #[test]
+    fn vfio_user_socket_is_0600_owned_as_asked_and_removed_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let me = nix::unistd::geteuid().as_raw();
+        let (file, _listener) = bind(&path, Some(me)).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.uid(), me);
+        // A live server there: refused; a regular file: refused.
+        assert!(matches!(bind(&path, None), Err(ServerError::InUse(_))));
+        drop(file);
+        assert!(!path.exists());
+        fs::write(&path, b"x").unwrap();
+        assert!(matches!(bind(&path, None), Err(ServerError::NotASocket(_))));
+    }
+}
