@@ -21,7 +21,7 @@ use udriver::vfio::EventFd;
 use super::protocol::{reply_header, Reply};
 use super::session::{Outcome, Session, SessionEndError, SessionOptions};
 use super::status::{bump, ClientPeer, Counters, VfioUserStatus};
-use super::wire::{read_message, send_reply, ReadError};
+use super::wire::{send_reply, MessageReader, ReadError};
 use crate::passthrough::{PassthroughDevice, PassthroughError, PassthroughFunction};
 
 /// How a [`VfioUserServer`] listens.
@@ -323,12 +323,12 @@ fn serve<D: PassthroughDevice + 'static>(
 /// Serve one client until it goes away or must be disconnected.
 fn converse<D: PassthroughDevice + 'static>(
     mut session: Session<D>,
-    mut stream: UnixStream,
+    stream: UnixStream,
     counters: &Counters,
 ) -> Session<D> {
-    let mut payload = Vec::new();
+    let mut reader = MessageReader::new();
     loop {
-        let incoming = match read_message(&mut stream, &mut payload) {
+        let (incoming, payload) = match reader.next(&stream) {
             Ok(m) => m,
             Err(ReadError::Closed) => return session,
             Err(ReadError::BadHeader(header, refusal)) => {
@@ -361,7 +361,7 @@ fn converse<D: PassthroughDevice + 'static>(
                     )
                 }
             }
-            None => session.handle(&incoming.header, &payload, incoming.fds),
+            None => session.handle(&incoming.header, payload, incoming.fds),
         };
         let (reply, last) = match outcome {
             Outcome::Reply(h, r) => (Some((h, r)), false),

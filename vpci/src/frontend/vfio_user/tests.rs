@@ -865,22 +865,31 @@ fn vfio_user_bench_region_read_against_a_raw_ping_pong() {
         }
         start.elapsed()
     };
-    // Warm both, then interleave so that load on the machine hits both alike.
+    // Warm both, then interleave batches so that load on the machine (other builds
+    // share it) hits both alike; the median batch is reported.
     served_rtt(1000);
     raw_rtt(1000);
-    let (mut served_total, mut raw_total) = (Duration::ZERO, Duration::ZERO);
-    for _ in 0..10 {
-        served_total += served_rtt(ROUNDS / 10);
-        raw_total += raw_rtt(ROUNDS / 10);
-    }
+    const BATCHES: usize = 40;
+    let mut pairs: Vec<(f64, f64)> = (0..BATCHES)
+        .map(|_| {
+            let per = |d: Duration| d.as_nanos() as f64 / (ROUNDS / BATCHES) as f64;
+            let s = per(served_rtt(ROUNDS / BATCHES));
+            let r = per(raw_rtt(ROUNDS / BATCHES));
+            (s, r)
+        })
+        .collect();
     drop(near);
     echo.join().unwrap();
-    let per = |d: Duration| d.as_nanos() as f64 / ROUNDS as f64;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let served_ns = median(pairs.iter().map(|p| p.0).collect());
+    let raw_ns = median(pairs.iter().map(|p| p.1).collect());
+    let ratio = median(pairs.drain(..).map(|(s, r)| s / r).collect());
     println!(
-        "vfio-user REGION_READ (4 bytes) round trip: {:.0} ns; raw UNIX-socket ping-pong (32/36 bytes): {:.0} ns; ratio {:.2}",
-        per(served_total),
-        per(raw_total),
-        per(served_total) / per(raw_total)
+        "vfio-user REGION_READ (4 bytes) round trip: median {served_ns:.0} ns; raw UNIX-socket ping-pong (32/36 bytes): median {raw_ns:.0} ns; median batch ratio {ratio:.2} ({BATCHES} batches of {})",
+        ROUNDS / BATCHES
     );
     assert_eq!(&reply[32..], &served.fake.region_bytes(0, 0x100, 4)[..]);
 }
