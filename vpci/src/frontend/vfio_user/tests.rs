@@ -291,6 +291,37 @@ fn vfio_user_direct_mmio_offers_the_device_fd_without_the_msix_pages() {
         assert!(r.file_offset.is_none(), "region {index}");
     }
     assert!(served.status().direct_mmio);
+    drop(client);
+    served.wait_for("the client to go", |s| s.client.is_none());
+
+    // Asked with room for the fixed part only: argsz says what is needed, and no CAPS
+    // flag points outside the reply (QEMU refuses that), no fd comes yet.
+    let mut raw = Raw::negotiated(&served);
+    let ask = |argsz: u32| {
+        Payload::default()
+            .u32(argsz)
+            .u32(0)
+            .u32(3)
+            .u32(0)
+            .u64(0)
+            .u64(0)
+            .0
+    };
+    let (_, short) = raw.call(5, &ask(32), Vec::new());
+    let u32_at = |p: &[u8], o: usize| u32::from_ne_bytes(p[o..o + 4].try_into().unwrap());
+    let needed = u32_at(&short, 0);
+    assert_eq!(needed, 32 + 16 + 2 * 16);
+    assert_eq!(
+        u32_at(&short, 4) & 0b1000,
+        0,
+        "no CAPS flag without the caps"
+    );
+    assert_eq!(u32_at(&short, 12), 0, "no cap_offset");
+    assert_eq!(short.len(), 32);
+    let (_, full) = raw.call(5, &ask(needed), Vec::new());
+    assert_eq!(full.len(), needed as usize);
+    assert_ne!(u32_at(&full, 4) & 0b1100, 0, "MMAP and CAPS");
+    assert_eq!(u32_at(&full, 12), 32);
 }
 
 /// A client speaking raw bytes.
