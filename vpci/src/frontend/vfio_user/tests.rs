@@ -840,6 +840,17 @@ fn vfio_user_session_handles_a_message_sequence_without_a_socket() {
     }
     let status = session.status();
     assert!(status.error_replies > 0);
+    // A device that fails under a config read: all-ones to the client, the error in
+    // the status.
+    *fake.broken.lock().unwrap() = true;
+    let (h, p) = msg(9, &region_read(CONFIG, 0x40, 4));
+    match session.handle(&h, &p, Vec::new()) {
+        Outcome::Reply(_, reply) => assert_eq!(&reply.payload[16..], &[0xff; 4]),
+        other => panic!("{other:?}"),
+    }
+    let error = session.status().last_error.unwrap();
+    assert!(error.contains("device gone"), "{error}");
+    *fake.broken.lock().unwrap() = false;
     let function = session.end().unwrap();
     assert_eq!(function.device().name, "0000:00:04.0");
 }
