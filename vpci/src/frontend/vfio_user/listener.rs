@@ -311,8 +311,11 @@ fn serve<D: PassthroughDevice + 'static>(
         )?;
         let session = converse(session, stream, counters);
         *stop.client.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // The status shows the client gone only once its session is over: the
+        // device quiesced and its DMA unmapped.
+        let ended = session.end();
         counters.set_client(None);
-        function = session.end()?;
+        function = ended?;
         tracing::info!(
             pid = peer.pid,
             "vfio-user client gone; device quiesced, DMA unmapped"
