@@ -261,18 +261,21 @@ fn accept(listener: &UnixListener, stop: &Stop) -> io::Result<Option<UnixStream>
     }
 }
 
-fn serve<D: PassthroughDevice + 'static>(
-    mut function: PassthroughFunction<D>,
-    mapper: Arc<dyn DmaMapper>,
-    options: ServerOptions,
-    listener: UnixListener,
-    counters: &Arc<Counters>,
+/// Accept clients until stopped: each authorized one is handed to the serving
+/// thread if it is idle; one that comes while another is served is refused (closed
+/// at once, so that its VMM fails at its first message instead of waiting).
+fn accept_clients(
+    listener: &UnixListener,
+    options: &ServerOptions,
+    counters: &Counters,
     stop: &Stop,
-) -> Result<PassthroughFunction<D>, ServerError> {
+    serving: &AtomicBool,
+    clients: std::sync::mpsc::SyncSender<(UnixStream, ClientPeer)>,
+) {
     loop {
-        let stream = match accept(&listener, stop) {
+        let stream = match accept(listener, stop) {
             Ok(Some(s)) => s,
-            Ok(None) => return Ok(function),
+            Ok(None) => return,
             Err(e) => {
                 counters.error(format!("accepting a client: {e}"));
                 continue;
@@ -292,13 +295,69 @@ fn serve<D: PassthroughDevice + 'static>(
             counters.error(why);
             continue;
         }
+        if serving
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            counters.error(format!(
+                "pid {} (uid {}) refused: another client is being served on {}",
+                peer.pid,
+                peer.uid,
+                options.socket.display()
+            ));
+            continue;
+        }
+        if clients.send((stream, peer)).is_err() {
+            return;
+        }
+    }
+}
+
+fn serve<D: PassthroughDevice + 'static>(
+    function: PassthroughFunction<D>,
+    mapper: Arc<dyn DmaMapper>,
+    options: ServerOptions,
+    listener: UnixListener,
+    counters: &Arc<Counters>,
+    stop: &Stop,
+) -> Result<PassthroughFunction<D>, ServerError> {
+    let serving = AtomicBool::new(false);
+    let (handoff, clients) = std::sync::mpsc::sync_channel(1);
+    std::thread::scope(|scope| {
+        let acceptor =
+            scope.spawn(|| accept_clients(&listener, &options, counters, stop, &serving, handoff));
+        let served = serve_clients(
+            function, &mapper, &options, counters, stop, &serving, &clients,
+        );
+        // The acceptor ends on the stop request; make sure it was made (the serving
+        // side can also end on a device error).
+        stop.requested.store(true, Ordering::SeqCst);
+        let _ = stop.wake.signal();
+        drop(clients);
+        let _ = acceptor.join();
+        served
+    })
+}
+
+fn serve_clients<D: PassthroughDevice + 'static>(
+    mut function: PassthroughFunction<D>,
+    mapper: &Arc<dyn DmaMapper>,
+    options: &ServerOptions,
+    counters: &Arc<Counters>,
+    stop: &Stop,
+    serving: &AtomicBool,
+    clients: &std::sync::mpsc::Receiver<(UnixStream, ClientPeer)>,
+) -> Result<PassthroughFunction<D>, ServerError> {
+    // The acceptor ends (and drops its sender) when stopped.
+    while let Ok((stream, peer)) = clients.recv() {
         let Ok(clone) = stream.try_clone() else {
             counters.error("duplicating a client's socket".into());
+            serving.store(false, Ordering::SeqCst);
             continue;
         };
         *stop.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(clone);
         if stop.requested.load(Ordering::SeqCst) {
-            return Ok(function);
+            break;
         }
         counters.set_client(Some(peer));
         bump(&counters.clients_served);
@@ -312,8 +371,9 @@ fn serve<D: PassthroughDevice + 'static>(
         let session = converse(session, stream, counters);
         *stop.client.lock().unwrap_or_else(|e| e.into_inner()) = None;
         // The status shows the client gone only once its session is over: the
-        // device quiesced and its DMA unmapped.
+        // device quiesced and its DMA unmapped; then the next client may come.
         let ended = session.end();
+        serving.store(false, Ordering::SeqCst);
         counters.set_client(None);
         function = ended?;
         tracing::info!(
@@ -321,6 +381,7 @@ fn serve<D: PassthroughDevice + 'static>(
             "vfio-user client gone; device quiesced, DMA unmapped"
         );
     }
+    Ok(function)
 }
 
 /// Serve one client until it goes away or must be disconnected.

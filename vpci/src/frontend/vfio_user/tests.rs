@@ -324,6 +324,28 @@ fn vfio_user_direct_mmio_offers_the_device_fd_without_the_msix_pages() {
     assert_eq!(u32_at(&full, 12), 32);
 }
 
+#[test]
+fn vfio_user_a_second_client_is_refused_while_one_is_served() {
+    let served = Served::start(e1000e());
+    let mut first = vfio_user::Client::new(&served.socket).unwrap();
+    let mut second = Raw::connect(&served);
+    // Refused at once: closed, not left waiting for the first client to leave.
+    assert!(second.closed());
+    let s = served.status();
+    assert!(s
+        .last_error
+        .unwrap()
+        .contains("another client is being served"));
+    assert_eq!(s.clients_served, 1);
+    let mut ids = [0u8; 4];
+    first.region_read(CONFIG, 0, &mut ids).unwrap();
+    assert_eq!(ids, [0x86, 0x80, 0xd3, 0x10]);
+    drop(first);
+    served.wait_for("the first client to go", |s| s.client.is_none());
+    let _third = Raw::negotiated(&served);
+    assert_eq!(served.status().clients_served, 2);
+}
+
 /// A client speaking raw bytes.
 struct Raw {
     stream: UnixStream,
@@ -427,6 +449,7 @@ fn vfio_user_hostile_messages_get_error_replies_and_the_server_goes_on() {
     let (h, _) = raw.call(1, &Payload::default().u16(7).u16(0).0, Vec::new());
     assert_eq!(h.error, Errno::ENOTSUP as u32);
     assert!(raw.closed());
+    served.wait_for("the session to end", |s| s.client.is_none());
 
     let mut raw = Raw::negotiated(&served);
     // A second VERSION.
@@ -570,6 +593,7 @@ fn vfio_user_hostile_messages_get_error_replies_and_the_server_goes_on() {
     let (h, _) = raw.reply().unwrap();
     assert_eq!(h.error, Errno::EINVAL as u32);
     assert!(raw.closed());
+    served.wait_for("the session to end", |s| s.client.is_none());
     let mut raw = Raw::negotiated(&served);
     raw.id += 1;
     raw.send_header(
@@ -586,6 +610,7 @@ fn vfio_user_hostile_messages_get_error_replies_and_the_server_goes_on() {
     let (h, _) = raw.reply().unwrap();
     assert_eq!(h.error, Errno::E2BIG as u32);
     assert!(raw.closed());
+    served.wait_for("the session to end", |s| s.client.is_none());
     // A message cut off mid-payload, then the connection closed.
     let mut raw = Raw::negotiated(&served);
     raw.stream
