@@ -698,6 +698,28 @@ fn kept_claims_are_served_again_by_the_next_daemon() {
     assert_eq!(host.driver_of("0000:00:04.0").as_deref(), Some("e1000e"));
 }
 
+#[test]
+fn vfio_user_specs_are_recorded_and_served_again_by_the_next_daemon() {
+    let host = host();
+    let launches = Launches::default();
+    let spec: FrontendSpec = format!(
+        "vfio-user:{},direct-mmio,user=1000",
+        host.path().join("v.sock").display()
+    )
+    .parse()
+    .unwrap();
+    let daemon = start(&host, &launches, true);
+    daemon.request(attach_serve("00:04.0", &spec)).unwrap();
+    daemon.stop();
+    assert_eq!(claims(&host)[0].serve, Some(spec.to_string()));
+    let daemon = start(&host, &launches, false);
+    let status = daemon.status();
+    assert_eq!(status.served.len(), 1);
+    assert!(status.served[0].recovered);
+    assert_eq!(status.served[0].frontend, spec);
+    daemon.stop();
+}
+
 /// What a `kill -9` leaves: a served device on vfio-pci with its record, an attach
 /// killed between unbind and probe, and a record of a device someone moved back.
 #[test]

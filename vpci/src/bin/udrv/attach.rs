@@ -402,3 +402,31 @@ fn render_served_text(
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vfio_user_client_commands_name_the_socket_and_shared_memory() {
+        let spec: FrontendSpec = "vfio-user:/run/udrv/a b.sock".parse().unwrap();
+        let commands = vfio_user_commands(&spec);
+        // The -device argument is JSON QEMU accepts (it refuses socket=PATH).
+        let json = commands
+            .qemu
+            .split("-device '")
+            .nth(1)
+            .and_then(|rest| rest.split('\'').next())
+            .unwrap();
+        let device: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(device["driver"], "vfio-user-pci");
+        assert_eq!(device["socket"]["type"], "unix");
+        assert_eq!(device["socket"]["path"], "/run/udrv/a b.sock");
+        assert!(commands.qemu.contains("memory-backend-memfd"));
+        assert!(commands.qemu.contains("share=on"));
+        assert!(commands
+            .cloud_hypervisor
+            .contains("--user-device socket=/run/udrv/a b.sock"));
+        assert!(commands.cloud_hypervisor.contains("shared=on"));
+    }
+}

@@ -21,7 +21,7 @@ use udriver::vfio::EventFd;
 use super::protocol::{reply_header, Reply};
 use super::session::{Outcome, Session, SessionEndError, SessionOptions};
 use super::status::{bump, ClientPeer, Counters, VfioUserStatus};
-use super::wire::{read_message, send_reply, ReadError};
+use super::wire::{send_reply, MessageReader, ReadError};
 use crate::passthrough::{PassthroughDevice, PassthroughError, PassthroughFunction};
 
 /// How a [`VfioUserServer`] listens.
@@ -261,18 +261,21 @@ fn accept(listener: &UnixListener, stop: &Stop) -> io::Result<Option<UnixStream>
     }
 }
 
-fn serve<D: PassthroughDevice + 'static>(
-    mut function: PassthroughFunction<D>,
-    mapper: Arc<dyn DmaMapper>,
-    options: ServerOptions,
-    listener: UnixListener,
-    counters: &Arc<Counters>,
+/// Accept clients until stopped: each authorized one is handed to the serving
+/// thread if it is idle; one that comes while another is served is refused (closed
+/// at once, so that its VMM fails at its first message instead of waiting).
+fn accept_clients(
+    listener: &UnixListener,
+    options: &ServerOptions,
+    counters: &Counters,
     stop: &Stop,
-) -> Result<PassthroughFunction<D>, ServerError> {
+    serving: &AtomicBool,
+    clients: std::sync::mpsc::SyncSender<(UnixStream, ClientPeer)>,
+) {
     loop {
-        let stream = match accept(&listener, stop) {
+        let stream = match accept(listener, stop) {
             Ok(Some(s)) => s,
-            Ok(None) => return Ok(function),
+            Ok(None) => return,
             Err(e) => {
                 counters.error(format!("accepting a client: {e}"));
                 continue;
@@ -292,13 +295,69 @@ fn serve<D: PassthroughDevice + 'static>(
             counters.error(why);
             continue;
         }
+        if serving
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            counters.error(format!(
+                "pid {} (uid {}) refused: another client is being served on {}",
+                peer.pid,
+                peer.uid,
+                options.socket.display()
+            ));
+            continue;
+        }
+        if clients.send((stream, peer)).is_err() {
+            return;
+        }
+    }
+}
+
+fn serve<D: PassthroughDevice + 'static>(
+    function: PassthroughFunction<D>,
+    mapper: Arc<dyn DmaMapper>,
+    options: ServerOptions,
+    listener: UnixListener,
+    counters: &Arc<Counters>,
+    stop: &Stop,
+) -> Result<PassthroughFunction<D>, ServerError> {
+    let serving = AtomicBool::new(false);
+    let (handoff, clients) = std::sync::mpsc::sync_channel(1);
+    std::thread::scope(|scope| {
+        let acceptor =
+            scope.spawn(|| accept_clients(&listener, &options, counters, stop, &serving, handoff));
+        let served = serve_clients(
+            function, &mapper, &options, counters, stop, &serving, &clients,
+        );
+        // The acceptor ends on the stop request; make sure it was made (the serving
+        // side can also end on a device error).
+        stop.requested.store(true, Ordering::SeqCst);
+        let _ = stop.wake.signal();
+        drop(clients);
+        let _ = acceptor.join();
+        served
+    })
+}
+
+fn serve_clients<D: PassthroughDevice + 'static>(
+    mut function: PassthroughFunction<D>,
+    mapper: &Arc<dyn DmaMapper>,
+    options: &ServerOptions,
+    counters: &Arc<Counters>,
+    stop: &Stop,
+    serving: &AtomicBool,
+    clients: &std::sync::mpsc::Receiver<(UnixStream, ClientPeer)>,
+) -> Result<PassthroughFunction<D>, ServerError> {
+    // The acceptor ends (and drops its sender) when stopped.
+    while let Ok((stream, peer)) = clients.recv() {
         let Ok(clone) = stream.try_clone() else {
             counters.error("duplicating a client's socket".into());
+            serving.store(false, Ordering::SeqCst);
             continue;
         };
         *stop.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(clone);
         if stop.requested.load(Ordering::SeqCst) {
-            return Ok(function);
+            break;
         }
         counters.set_client(Some(peer));
         bump(&counters.clients_served);
@@ -311,24 +370,29 @@ fn serve<D: PassthroughDevice + 'static>(
         )?;
         let session = converse(session, stream, counters);
         *stop.client.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // The status shows the client gone only once its session is over: the
+        // device quiesced and its DMA unmapped; then the next client may come.
+        let ended = session.end();
+        serving.store(false, Ordering::SeqCst);
         counters.set_client(None);
-        function = session.end()?;
+        function = ended?;
         tracing::info!(
             pid = peer.pid,
             "vfio-user client gone; device quiesced, DMA unmapped"
         );
     }
+    Ok(function)
 }
 
 /// Serve one client until it goes away or must be disconnected.
 fn converse<D: PassthroughDevice + 'static>(
     mut session: Session<D>,
-    mut stream: UnixStream,
+    stream: UnixStream,
     counters: &Counters,
 ) -> Session<D> {
-    let mut payload = Vec::new();
+    let mut reader = MessageReader::new();
     loop {
-        let incoming = match read_message(&mut stream, &mut payload) {
+        let (incoming, payload) = match reader.next(&stream) {
             Ok(m) => m,
             Err(ReadError::Closed) => return session,
             Err(ReadError::BadHeader(header, refusal)) => {
@@ -361,7 +425,7 @@ fn converse<D: PassthroughDevice + 'static>(
                     )
                 }
             }
-            None => session.handle(&incoming.header, &payload, incoming.fds),
+            None => session.handle(&incoming.header, payload, incoming.fds),
         };
         let (reply, last) = match outcome {
             Outcome::Reply(h, r) => (Some((h, r)), false),
@@ -377,5 +441,39 @@ fn converse<D: PassthroughDevice + 'static>(
         if last {
             return session;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vfio_user_peers_other_than_root_us_and_the_allowed_user_are_refused() {
+        let me = nix::unistd::geteuid().as_raw();
+        let peer = |uid| ClientPeer { pid: 42, uid };
+        assert!(authorize(&peer(0), None).is_ok());
+        assert!(authorize(&peer(me), None).is_ok());
+        assert!(authorize(&peer(4242), Some(4242)).is_ok());
+        let refused = authorize(&peer(4243), Some(4242)).unwrap_err();
+        assert!(refused.contains("uid 4243 (pid 42)"), "{refused}");
+        assert!(refused.contains("uid 4242"), "{refused}");
+    }
+
+    #[test]
+    fn vfio_user_socket_is_0600_owned_as_asked_and_removed_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let me = nix::unistd::geteuid().as_raw();
+        let (file, _listener) = bind(&path, Some(me)).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.uid(), me);
+        // A live server there: refused; a regular file: refused.
+        assert!(matches!(bind(&path, None), Err(ServerError::InUse(_))));
+        drop(file);
+        assert!(!path.exists());
+        fs::write(&path, b"x").unwrap();
+        assert!(matches!(bind(&path, None), Err(ServerError::NotASocket(_))));
     }
 }

@@ -80,3 +80,4 @@ pub use dma::{DmaLimits, DmaUsage, MSI_WINDOW};
 pub use listener::{ServerError, ServerOptions, VfioUserServer};
 pub use session::{Outcome, Session, SessionEndError, SessionOptions};
 pub use status::{ClientPeer, VfioUserStatus};
+pub use wire::{Incoming, MessageReader, ReadError};

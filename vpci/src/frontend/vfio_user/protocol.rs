@@ -23,8 +23,10 @@ pub const VERSION_MINOR: u16 = 1;
 /// Most bytes one REGION_READ or REGION_WRITE may move, as udrv advertises it.
 pub const MAX_DATA_XFER_SIZE: u32 = 1 << 20;
 
-/// Most file descriptors udrv accepts in one message (SET_IRQS of many MSI-X vectors).
-pub const MAX_MSG_FDS: usize = 64;
+/// Most file descriptors udrv accepts in one message, advertised as `max_msg_fds`.
+/// QEMU refuses a server offering more than 16 and sends a SET_IRQS of more vectors
+/// in several messages.
+pub const MAX_MSG_FDS: usize = 16;
 
 /// Most DMA mappings a client may hold at once.
 pub const MAX_DMA_MAPS: usize = 65535;

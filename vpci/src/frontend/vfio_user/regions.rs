@@ -111,12 +111,13 @@ pub fn info<D: PassthroughDevice + 'static>(
     };
     let needed = REGION_INFO_SIZE + caps_len;
     let fits = argsz as usize >= needed;
+    // When the caps do not fit, only argsz says so (the client asks again with a
+    // larger one): QEMU refuses a reply whose CAPS flag points outside it, so the
+    // flag, the caps and the fd come only with the full reply.
     let mut cap_offset = 0;
-    if caps_len > 0 {
+    if caps_len > 0 && fits {
         flags |= info_flags::CAPS;
-        if fits {
-            cap_offset = REGION_INFO_SIZE as u32;
-        }
+        cap_offset = REGION_INFO_SIZE as u32;
     }
     let mut p = Payload::with_capacity(needed)
         .u32(needed as u32)
@@ -136,16 +137,12 @@ pub fn info<D: PassthroughDevice + 'static>(
             p = p.u64(a.offset).u64(a.size);
         }
     }
-    // The fd comes with the reply whenever something is mmap-able, also when the
-    // caps did not fit: the client asks again with a larger argsz either way.
-    let fd = if flags & info_flags::MMAP != 0 {
-        let fd = mmap_fd.expect("MMAP only with an fd");
-        Some(
+    let fd = match mmap_fd {
+        Some(fd) if flags & info_flags::MMAP != 0 && fits => Some(
             fd.try_clone_to_owned()
                 .map_err(|e| Refusal::new(Errno::EIO, format!("duplicating the device fd: {e}")))?,
-        )
-    } else {
-        None
+        ),
+        _ => None,
     };
     Ok((p.0, fd))
 }
@@ -233,15 +230,24 @@ pub fn write<D: PassthroughDevice + 'static>(
                 v[..width.bytes()].copy_from_slice(&data[i..i + width.bytes()]);
                 function.config_write(at, width, u32::from_le_bytes(v));
             }
+            // The client emulates MSI/MSI-X delivery itself: the function's record of
+            // the guest's programming has no consumer here, and must not grow.
+            drop(function.take_msi_routing());
             Ok(())
         }
         RegionId::Bar(bar) if bar.is_rom() => Err(Refusal::new(
             Errno::EINVAL,
             "the ROM is read-only".to_string(),
         )),
-        RegionId::Bar(bar) => function
-            .bar_write(bar, offset, data)
-            .map_err(|e| device_error(id, "write", e)),
+        RegionId::Bar(bar) => {
+            let written = function
+                .bar_write(bar, offset, data)
+                .map_err(|e| device_error(id, "write", e));
+            // An MSI-X table write updates the function's routing record: drained as
+            // for config.
+            drop(function.take_msi_routing());
+            written
+        }
         RegionId::Vga => unreachable!("VGA has size 0, refused by the bounds check"),
     }
 }

@@ -117,6 +117,13 @@ impl<D: PassthroughDevice + 'static> Session<D> {
             Ok(request) => self.dispatch(request),
             Err(refusal) => Err(Failure::Refused(refusal)),
         };
+        // Device errors behind an access that itself succeeded (a config read that
+        // read all-ones because the device failed) show in the status.
+        if let Some(function) = self.function.as_mut() {
+            for e in function.take_errors() {
+                self.counters.error(e.to_string());
+            }
+        }
         match result {
             Ok(reply) if header.no_reply() => {
                 drop(reply);
