@@ -241,6 +241,42 @@ pub enum DmaError {
         source: io::Error,
     },
 
+    /// A file mapping asked for bytes past the end of its file: touching such a page
+    /// (this process or the device) faults, and in this process that is a SIGBUS.
+    #[error(
+        "cannot map {len:#x} bytes at offset {offset:#x} of a {file_len:#x}-byte file: \
+         it reaches past the end of its file"
+    )]
+    BeyondFile {
+        /// Offset into the file.
+        offset: u64,
+        /// Bytes asked for.
+        len: u64,
+        /// The file's size.
+        file_len: u64,
+    },
+
+    /// A DMA mapping asked for bytes outside the memory backing it.
+    #[error(
+        "cannot map {len:#x} bytes at offset {offset:#x} of {backing_len:#x} bytes of \
+         backing memory: out of range"
+    )]
+    OutsideBacking {
+        /// Offset into the backing.
+        offset: u64,
+        /// Bytes asked for.
+        len: u64,
+        /// The backing's length.
+        backing_len: u64,
+    },
+
+    /// A mapping the device may write, of memory this process mapped read-only.
+    #[error("cannot map {range} for device writes: its memory is mapped read-only")]
+    ReadOnlyBacking {
+        /// The IOVA range asked for.
+        range: IovaRange,
+    },
+
     /// An access outside a DMA buffer.
     #[error(
         "DMA memory access of {size} bytes at offset {offset:#x}: out of range \

@@ -13,26 +13,74 @@
 //! so they are a sorted array (the first inline, beside the rest of the policy's hot
 //! state) rather than a tree.
 
+use std::sync::Arc;
+
 use smallvec::SmallVec;
 
 use crate::address::{GuestPhysAddr, HostVirtAddr};
 use crate::error::DmaError;
+use crate::memory::DmaBacking;
 
-/// One contiguous piece of guest RAM and where it lives in this process.
+/// One contiguous piece of guest RAM and the memory behind it in this process.
 ///
-/// The policy that registers it never dereferences `vaddr`; it hands it to the IOMMU.
-/// The caller keeps that memory mapped while the region is registered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The region holds its [`DmaBacking`], so the memory stays mapped while the region is
+/// registered and while a policy's mappings reach into it. The policy never
+/// dereferences the host address; it hands it to the IOMMU.
+#[derive(Clone)]
 pub struct GuestMemoryRegion {
-    /// Guest-physical base.
-    pub gpa: GuestPhysAddr,
-    /// Length in bytes.
-    pub len: u64,
-    /// Host virtual address of the region's first byte.
-    pub vaddr: HostVirtAddr,
+    gpa: GuestPhysAddr,
+    len: u64,
+    vaddr: HostVirtAddr,
+    backing: Arc<dyn DmaBacking>,
+}
+
+impl std::fmt::Debug for GuestMemoryRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestMemoryRegion")
+            .field("gpa", &self.gpa)
+            .field("len", &self.len)
+            .field("vaddr", &self.vaddr)
+            .finish()
+    }
 }
 
 impl GuestMemoryRegion {
+    /// Guest RAM at `gpa`, held by the whole of `backing`.
+    pub fn new(gpa: GuestPhysAddr, backing: Arc<dyn DmaBacking>) -> GuestMemoryRegion {
+        let (vaddr, len) = backing.host_range();
+        GuestMemoryRegion {
+            gpa,
+            len,
+            vaddr,
+            backing,
+        }
+    }
+
+    /// Guest-physical base.
+    pub fn gpa(&self) -> GuestPhysAddr {
+        self.gpa
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the region has no bytes ([`GuestMemory::add`] refuses such a region).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Host virtual address of the region's first byte.
+    pub fn vaddr(&self) -> HostVirtAddr {
+        self.vaddr
+    }
+
+    /// The memory behind the region.
+    pub fn backing(&self) -> &Arc<dyn DmaBacking> {
+        &self.backing
+    }
+
     /// One past the last guest-physical byte.
     fn gpa_end(&self) -> u64 {
         self.gpa.0 + self.len
@@ -207,11 +255,9 @@ mod tests {
     use super::*;
 
     fn region(gpa: u64, len: u64, va: u64) -> GuestMemoryRegion {
-        GuestMemoryRegion {
-            gpa: GuestPhysAddr(gpa),
-            len,
-            vaddr: HostVirtAddr(va),
-        }
+        // SAFETY: these tests only translate addresses; nothing maps or touches them.
+        let fake = unsafe { crate::memory::RawMemory::new(HostVirtAddr(va), len) };
+        GuestMemoryRegion::new(GuestPhysAddr(gpa), Arc::new(fake))
     }
 
     #[test]
@@ -285,7 +331,7 @@ mod tests {
         ));
         mem.add(region(0x20000, 0x1000, 0x90_0000), 0x1000).unwrap();
         assert!(mem.remove(GuestPhysAddr(0x21000)).is_err());
-        assert_eq!(mem.remove(GuestPhysAddr(0x20000)).unwrap().len, 0x1000);
+        assert_eq!(mem.remove(GuestPhysAddr(0x20000)).unwrap().len(), 0x1000);
     }
 
     #[test]

@@ -116,6 +116,21 @@ impl DmaMapping {
 }
 
 /// Programs an IOMMU: map host memory at an IOVA, unmap IOVA ranges.
+///
+/// Mapping is `unsafe`: once mapped, a device reaches the host memory behind the
+/// compiler's back, for as long as the mapping lasts, whatever becomes of that memory
+/// in this process. Unmapping only takes access away, so it is safe.
+///
+/// # Safety
+///
+/// A caller of [`DmaMapper::map`] or [`DmaMapper::map_batch`] promises, for every
+/// mapping passed, that the host memory `[vaddr, vaddr + len)` is mapped in this
+/// process and stays mapped and reserved for the device's DMA — not unmapped, not
+/// remapped, not reused for anything the device must not reach, not referenced by
+/// Rust code in a way the device's writes would break — until the IOVA range is
+/// unmapped again (or the mapper, and with it the IOMMU domain, is gone). A
+/// [`DmaBacking`](crate::memory::DmaBacking) held until the unmap keeps that promise;
+/// [`DmaMappings`](crate::mappings::DmaMappings) is the safe table that does so.
 pub trait DmaMapper: Send + Sync {
     /// The IOMMU page size: the granularity of every IOVA, vaddr and length passed in.
     fn page_size(&self) -> u64 {
@@ -123,7 +138,12 @@ pub trait DmaMapper: Send + Sync {
     }
 
     /// Maps `mapping.range` to host memory at `mapping.vaddr`, pinning that memory.
-    fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError>;
+    ///
+    /// # Safety
+    ///
+    /// The memory must stay mapped and owned for the device's DMA until the range is
+    /// unmapped: see the trait's safety section.
+    unsafe fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError>;
 
     /// Removes every mapping lying wholly within `range`; returns the bytes unmapped.
     /// When this returns, the device can no longer reach those pages.
@@ -132,9 +152,14 @@ pub trait DmaMapper: Send + Sync {
     /// Maps several ranges. All or nothing: if one fails, those already mapped by this
     /// call are unmapped again and the first error is returned. A backend that can
     /// submit many mappings at once overrides this.
-    fn map_batch(&self, mappings: &[DmaMapping]) -> Result<(), DmaError> {
+    ///
+    /// # Safety
+    ///
+    /// As for [`DmaMapper::map`], for every mapping in `mappings`.
+    unsafe fn map_batch(&self, mappings: &[DmaMapping]) -> Result<(), DmaError> {
         for (done, mapping) in mappings.iter().enumerate() {
-            if let Err(err) = self.map(mapping) {
+            // SAFETY: the caller promised this for every mapping of the batch.
+            if let Err(err) = unsafe { self.map(mapping) } {
                 for undo in &mappings[..done] {
                     // Best effort: the original error is the one worth reporting, and
                     // these ranges were mapped by us a moment ago.
@@ -169,14 +194,16 @@ impl<M: DmaMapper + ?Sized> DmaMapper for &M {
     fn page_size(&self) -> u64 {
         (**self).page_size()
     }
-    fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
-        (**self).map(mapping)
+    unsafe fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
+        // SAFETY: passed on from our caller.
+        unsafe { (**self).map(mapping) }
     }
     fn unmap(&self, range: IovaRange) -> Result<u64, DmaError> {
         (**self).unmap(range)
     }
-    fn map_batch(&self, mappings: &[DmaMapping]) -> Result<(), DmaError> {
-        (**self).map_batch(mappings)
+    unsafe fn map_batch(&self, mappings: &[DmaMapping]) -> Result<(), DmaError> {
+        // SAFETY: passed on from our caller.
+        unsafe { (**self).map_batch(mappings) }
     }
     fn unmap_batch(&self, ranges: &[IovaRange]) -> Result<u64, DmaError> {
         (**self).unmap_batch(ranges)
@@ -193,14 +220,16 @@ impl<M: DmaMapper + ?Sized> DmaMapper for Arc<M> {
     fn page_size(&self) -> u64 {
         (**self).page_size()
     }
-    fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
-        (**self).map(mapping)
+    unsafe fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
+        // SAFETY: passed on from our caller.
+        unsafe { (**self).map(mapping) }
     }
     fn unmap(&self, range: IovaRange) -> Result<u64, DmaError> {
         (**self).unmap(range)
     }
-    fn map_batch(&self, mappings: &[DmaMapping]) -> Result<(), DmaError> {
-        (**self).map_batch(mappings)
+    unsafe fn map_batch(&self, mappings: &[DmaMapping]) -> Result<(), DmaError> {
+        // SAFETY: passed on from our caller.
+        unsafe { (**self).map_batch(mappings) }
     }
     fn unmap_batch(&self, ranges: &[IovaRange]) -> Result<u64, DmaError> {
         (**self).unmap_batch(ranges)

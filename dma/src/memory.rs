@@ -9,21 +9,34 @@
 //! The device writes this memory behind the compiler's back, so it is never exposed as
 //! a Rust slice or reference: all access goes through raw pointers, with volatile
 //! accessors for device-shared fields (descriptors, status words) and fenced bulk
-//! copies for payload. This is the crate's only module with `unsafe`.
+//! copies for payload.
+//!
+//! [`DmaBacking`] is the promise an IOMMU mapping needs: memory that stays mapped at one
+//! host address while the value lives. `DmaMemory` keeps it, and so does [`FdMemory`], a
+//! shared mapping of a file (a guest's RAM memfd that a VMM sent). [`RawMemory`] wraps
+//! memory mapped by someone else, and its constructor is where its owner makes the
+//! promise. This module makes every mapping and raw access of the crate; the only
+//! other `unsafe` blocks are the calls of the `unsafe` [`DmaMapper::map`] that hand such
+//! memory to the IOMMU (`DmaBuffer` here, the mapping table, the per-request policies,
+//! and the recording mapper, which never touches memory).
 
+use std::mem::ManuallyDrop;
+use std::num::NonZeroUsize;
 use std::ops::Deref;
+use std::os::fd::AsFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use mmap_rs::{MmapFlags, MmapMut, MmapOptions, PageSize};
 use nix::errno::Errno;
+use nix::sys::mman::{MapFlags, ProtFlags};
 
 use crate::address::HostVirtAddr;
 use crate::error::DmaError;
 use crate::iova::{Iova, IovaRange};
 use crate::iova_allocator::IovaAllocator;
-use crate::mapper::{DmaAccess, DmaMapper, DmaMapping};
+use crate::mapper::{DmaAccess, DmaMapper, DmaMapping, PAGE_SIZE};
 use crate::memlock::MemlockStatus;
 
 /// 2 MiB: the huge page size tried first.
@@ -264,9 +277,193 @@ impl DmaMemory {
     }
 }
 
+/// Host memory that stays mapped at one address while the value lives, so an IOMMU
+/// mapping of it never reaches memory this process has let go of.
+///
+/// # Safety
+///
+/// An implementation promises that, from the moment the value exists until it is
+/// dropped, the bytes `[addr, addr + len)` that [`DmaBacking::host_range`] reports (the
+/// same on every call) are a mapping of this process that nothing unmaps, remaps or
+/// hands to another use, and that a device reading them (and writing them, when
+/// [`DmaBacking::writable`]) at any moment makes no Rust code unsound: no reference
+/// into them is ever handed out, only raw-pointer access.
+pub unsafe trait DmaBacking: Send + Sync {
+    /// The host address of the first byte and the length in bytes.
+    fn host_range(&self) -> (HostVirtAddr, u64);
+
+    /// Whether the memory is mapped writable, so a device may be let write it.
+    fn writable(&self) -> bool {
+        true
+    }
+}
+
+// SAFETY: the anonymous mapping is owned by the value and unmapped only when it drops;
+// its bytes are only ever reached through raw pointers (see the module doc).
+unsafe impl DmaBacking for DmaMemory {
+    fn host_range(&self) -> (HostVirtAddr, u64) {
+        (self.vaddr(), self.len as u64)
+    }
+}
+
+/// A shared (`MAP_SHARED`) mapping of part of a file, e.g. the memfd holding a guest's
+/// RAM that a VMM sent over a socket. Unmapped when dropped.
+///
+/// This process never reads or writes it through this type; it is memory to map for a
+/// device. Mapping refuses a range that reaches past the end of the file as it is when
+/// mapped. A file shrunk later faults on access (pages the IOMMU has pinned stay
+/// pinned): the sender of the fd must not do that, and seals (`F_SEAL_SHRINK`) can
+/// make it impossible.
+#[derive(Debug)]
+pub struct FdMemory {
+    ptr: NonNull<u8>,
+    len: u64,
+    writable: bool,
+}
+
+// SAFETY: the mapping is process-wide with no thread affinity, and this type gives no
+// access to its bytes, only their address.
+unsafe impl Send for FdMemory {}
+// SAFETY: see `Send`; nothing here mutates through `&self`.
+unsafe impl Sync for FdMemory {}
+
+impl FdMemory {
+    /// Maps `len` bytes of `fd` from `offset` (a multiple of the page size), readable,
+    /// and writable if `writable`. Refuses a range that overflows or reaches past the
+    /// end of the file.
+    pub fn map(fd: impl AsFd, offset: u64, len: u64, writable: bool) -> Result<FdMemory, DmaError> {
+        if len == 0 {
+            return Err(DmaError::EmptyRange { start: offset });
+        }
+        if !offset.is_multiple_of(PAGE_SIZE) {
+            return Err(DmaError::Misaligned {
+                what: "file offset",
+                value: offset,
+                align: PAGE_SIZE,
+            });
+        }
+        let end = offset
+            .checked_add(len)
+            .ok_or(DmaError::RangeOverflow { start: offset, len })?;
+        let system = |op: &'static str| {
+            move |e: Errno| DmaError::System {
+                op,
+                source: e.into(),
+            }
+        };
+        let stat = nix::sys::stat::fstat(fd.as_fd()).map_err(system("fstat of a memory fd"))?;
+        let file_len = u64::try_from(stat.st_size).unwrap_or(0);
+        if end > file_len {
+            return Err(DmaError::BeyondFile {
+                offset,
+                len,
+                file_len,
+            });
+        }
+        let length = usize::try_from(len)
+            .ok()
+            .and_then(NonZeroUsize::new)
+            .ok_or(DmaError::RangeOverflow { start: offset, len })?;
+        let file_offset =
+            i64::try_from(offset).map_err(|_| DmaError::RangeOverflow { start: offset, len })?;
+        let prot = if writable {
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
+        } else {
+            ProtFlags::PROT_READ
+        };
+        // SAFETY: a new mapping at an address the kernel picks (no hint, no MAP_FIXED)
+        // replaces nothing; the range lies inside the file (checked above), and the
+        // mapping is owned by the returned value, which unmaps it on drop.
+        let ptr = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                length,
+                prot,
+                MapFlags::MAP_SHARED,
+                fd.as_fd(),
+                file_offset,
+            )
+        }
+        .map_err(system("mmap of a memory fd"))?;
+        Ok(FdMemory {
+            ptr: ptr.cast(),
+            len,
+            writable,
+        })
+    }
+
+    /// Host virtual address of the first byte.
+    pub fn vaddr(&self) -> HostVirtAddr {
+        HostVirtAddr(self.ptr.as_ptr() as u64)
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Always false: a mapping is never empty.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl Drop for FdMemory {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are the mapping `map` made and this value owns; nothing
+        // else unmaps it, and no reference into it exists.
+        let _ = unsafe { nix::sys::mman::munmap(self.ptr.cast(), self.len as usize) };
+    }
+}
+
+// SAFETY: the mapping is owned by the value and unmapped only in its `Drop`; this type
+// hands out no references into it. `writable` is the protection it was mapped with.
+unsafe impl DmaBacking for FdMemory {
+    fn host_range(&self) -> (HostVirtAddr, u64) {
+        (self.vaddr(), self.len)
+    }
+
+    fn writable(&self) -> bool {
+        self.writable
+    }
+}
+
+/// Memory mapped by someone else (a VMM that links this crate, a test's fake address
+/// space), described by address and length. Its constructor is where the owner of the
+/// memory makes the [`DmaBacking`] promise.
+#[derive(Debug)]
+pub struct RawMemory {
+    vaddr: HostVirtAddr,
+    len: u64,
+}
+
+impl RawMemory {
+    /// Describes `[vaddr, vaddr + len)`.
+    ///
+    /// # Safety
+    ///
+    /// The caller promises what [`DmaBacking`] requires for as long as the value (and
+    /// any IOMMU mapping made of it) lives: the range stays mapped in this process,
+    /// nothing else is put there, and the device may read and write it at any time
+    /// without Rust code holding references into it. A mapper that never dereferences
+    /// or pins addresses (a recording mapper in tests) needs no real memory behind it.
+    pub unsafe fn new(vaddr: HostVirtAddr, len: u64) -> RawMemory {
+        RawMemory { vaddr, len }
+    }
+}
+
+// SAFETY: the constructor's caller made the promise this trait requires.
+unsafe impl DmaBacking for RawMemory {
+    fn host_range(&self) -> (HostVirtAddr, u64) {
+        (self.vaddr, self.len)
+    }
+}
+
 /// DMA memory mapped for a device: knows its IOVA, unmaps itself when dropped.
 pub struct DmaBuffer<M: DmaMapper> {
-    memory: DmaMemory,
+    /// Dropped by hand once the device can no longer reach it, and leaked if the
+    /// unmap failed.
+    memory: ManuallyDrop<DmaMemory>,
     mapper: M,
     iova: IovaRange,
     iovas: Option<Arc<IovaAllocator>>,
@@ -322,13 +519,20 @@ impl<M: DmaMapper> DmaBuffer<M> {
         range: IovaRange,
         access: DmaAccess,
     ) -> Result<DmaBuffer<M>, DmaError> {
-        mapper.map(&DmaMapping {
-            range,
-            vaddr: memory.vaddr(),
-            access,
-        })?;
+        let mapping = DmaMapping::new(range.start(), memory.vaddr(), range.len(), access)?;
+        if range.len() > memory.len as u64 {
+            return Err(DmaError::OutsideBacking {
+                offset: 0,
+                len: range.len(),
+                backing_len: memory.len as u64,
+            });
+        }
+        // SAFETY: `memory` owns the range (checked above to cover the mapping), and the
+        // returned buffer keeps it until the mapping is gone: `Drop` leaks the memory
+        // when the unmap fails.
+        unsafe { mapper.map(&mapping)? };
         Ok(DmaBuffer {
-            memory,
+            memory: ManuallyDrop::new(memory),
             mapper,
             iova: range,
             iovas: None,
@@ -400,9 +604,12 @@ impl<M: DmaMapper> Deref for DmaBuffer<M> {
 
 impl<M: DmaMapper> Drop for DmaBuffer<M> {
     fn drop(&mut self) {
-        // If the unmap fails the IOVA stays allocated (never reused), but the memory is
-        // still freed below; the IOMMU keeps the pages pinned until the container goes.
-        let _ = self.release();
+        // If the unmap fails the IOVA stays allocated (never reused) and the memory is
+        // leaked: the device may still reach it, so it must never be reused.
+        if self.release().is_ok() || !self.mapped {
+            // SAFETY: dropped once, here; the device can no longer reach it.
+            unsafe { ManuallyDrop::drop(&mut self.memory) };
+        }
     }
 }
 
@@ -413,6 +620,40 @@ mod tests {
 
     fn small(len: usize) -> DmaMemory {
         DmaMemory::allocate_with(len, PagePreference::SmallOnly).unwrap()
+    }
+
+    #[test]
+    fn fd_memory_refuses_what_the_file_does_not_hold() {
+        let file =
+            nix::sys::memfd::memfd_create(c"fd-memory-test", nix::sys::memfd::MFdFlags::empty())
+                .unwrap();
+        nix::unistd::ftruncate(&file, 0x3000).unwrap();
+        let m = FdMemory::map(&file, 0x1000, 0x2000, true).unwrap();
+        let (vaddr, len) = m.host_range();
+        assert_eq!((vaddr, len), (m.vaddr(), 0x2000));
+        assert!(vaddr.0.is_multiple_of(PAGE_SIZE) && m.writable());
+        for (offset, len) in [(0x2000, 0x2000), (0x3000, 0x1000), (0, 0x3001)] {
+            assert!(matches!(
+                FdMemory::map(&file, offset, len, true),
+                Err(DmaError::BeyondFile {
+                    file_len: 0x3000,
+                    ..
+                })
+            ));
+        }
+        assert!(matches!(
+            FdMemory::map(&file, u64::MAX - 0xfff, 0x2000, true),
+            Err(DmaError::RangeOverflow { .. })
+        ));
+        assert!(matches!(
+            FdMemory::map(&file, 0x800, 0x800, true),
+            Err(DmaError::Misaligned { .. })
+        ));
+        assert!(matches!(
+            FdMemory::map(&file, 0, 0, true),
+            Err(DmaError::EmptyRange { .. })
+        ));
+        assert!(!FdMemory::map(&file, 0, 0x1000, false).unwrap().writable());
     }
 
     #[test]

@@ -99,6 +99,19 @@ impl RecordingMapper {
         state.unmap_calls = 0;
     }
 
+    /// [`DmaMapper::map`], safe here: this mapper only records the mapping, and
+    /// nothing ever reaches the host memory it names.
+    pub fn record(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
+        // SAFETY: this mapper never dereferences, pins or hands on a host address.
+        unsafe { self.map(mapping) }
+    }
+
+    /// [`DmaMapper::map_batch`], safe here for the reason [`RecordingMapper::record`] is.
+    pub fn record_batch(&self, mappings: &[DmaMapping]) -> Result<(), DmaError> {
+        // SAFETY: as in `record`.
+        unsafe { self.map_batch(mappings) }
+    }
+
     /// What the IOMMU would translate `iova` to, and with which access.
     pub fn translate(&self, iova: Iova) -> Option<(HostVirtAddr, DmaAccess)> {
         let state = self.lock();
@@ -118,7 +131,7 @@ impl DmaMapper for RecordingMapper {
         self.page_size
     }
 
-    fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
+    unsafe fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
         let mut state = self.lock();
         state.map_calls += 1;
         mapping.check_alignment(self.page_size)?;
@@ -194,7 +207,8 @@ mod tests {
     #[test]
     fn records_and_translates() {
         let m = RecordingMapper::new();
-        m.map(&mapping(0x10000, 0x7f00_0000_0000, 0x2000)).unwrap();
+        m.record(&mapping(0x10000, 0x7f00_0000_0000, 0x2000))
+            .unwrap();
         assert_eq!(m.mapping_count(), 1);
         assert_eq!(
             m.translate(Iova(0x11008)),
@@ -207,25 +221,27 @@ mod tests {
     #[test]
     fn rejects_overlap_and_misalignment() {
         let m = RecordingMapper::new();
-        m.map(&mapping(0x10000, 0x1000_0000, 0x2000)).unwrap();
-        let err = m.map(&mapping(0x11000, 0x2000_0000, 0x1000)).unwrap_err();
+        m.record(&mapping(0x10000, 0x1000_0000, 0x2000)).unwrap();
+        let err = m
+            .record(&mapping(0x11000, 0x2000_0000, 0x1000))
+            .unwrap_err();
         assert!(matches!(err, DmaError::MapOverlap { .. }), "{err}");
-        let err = m.map(&mapping(0xf000, 0x2000_0000, 0x2000)).unwrap_err();
+        let err = m.record(&mapping(0xf000, 0x2000_0000, 0x2000)).unwrap_err();
         assert!(matches!(err, DmaError::MapOverlap { .. }), "{err}");
         assert!(matches!(
-            m.map(&mapping(0x20800, 0x3000_0000, 0x1000)),
+            m.record(&mapping(0x20800, 0x3000_0000, 0x1000)),
             Err(DmaError::Misaligned { what: "iova", .. })
         ));
         assert!(matches!(
-            m.map(&mapping(0x20000, 0x3000_0800, 0x1000)),
+            m.record(&mapping(0x20000, 0x3000_0800, 0x1000)),
             Err(DmaError::Misaligned { what: "vaddr", .. })
         ));
         assert!(matches!(
-            m.map(&mapping(0x20000, 0x3000_0000, 0x800)),
+            m.record(&mapping(0x20000, 0x3000_0000, 0x800)),
             Err(DmaError::Misaligned { what: "size", .. })
         ));
         // Adjacent is fine.
-        m.map(&mapping(0x12000, 0x2000_0000, 0x1000)).unwrap();
+        m.record(&mapping(0x12000, 0x2000_0000, 0x1000)).unwrap();
         assert_eq!(m.map_calls(), 7);
         assert_eq!(m.mapping_count(), 2);
     }
@@ -233,9 +249,9 @@ mod tests {
     #[test]
     fn unmap_removes_whole_mappings_and_refuses_splits() {
         let m = RecordingMapper::new();
-        m.map(&mapping(0x10000, 0x1000_0000, 0x2000)).unwrap();
-        m.map(&mapping(0x12000, 0x2000_0000, 0x1000)).unwrap();
-        m.map(&mapping(0x20000, 0x3000_0000, 0x1000)).unwrap();
+        m.record(&mapping(0x10000, 0x1000_0000, 0x2000)).unwrap();
+        m.record(&mapping(0x12000, 0x2000_0000, 0x1000)).unwrap();
+        m.record(&mapping(0x20000, 0x3000_0000, 0x1000)).unwrap();
         assert!(matches!(
             m.unmap(range(0x11000, 0x1000)),
             Err(DmaError::PartialUnmap { .. })
@@ -254,10 +270,10 @@ mod tests {
     #[test]
     fn enforces_mapping_limit() {
         let m = RecordingMapper::new().with_max_mappings(2);
-        m.map(&mapping(0x1000, 0x1000, 0x1000)).unwrap();
-        m.map(&mapping(0x2000, 0x2000, 0x1000)).unwrap();
+        m.record(&mapping(0x1000, 0x1000, 0x1000)).unwrap();
+        m.record(&mapping(0x2000, 0x2000, 0x1000)).unwrap();
         assert!(matches!(
-            m.map(&mapping(0x3000, 0x3000, 0x1000)),
+            m.record(&mapping(0x3000, 0x3000, 0x1000)),
             Err(DmaError::TooManyMappings { limit: 2 })
         ));
     }
@@ -265,15 +281,15 @@ mod tests {
     #[test]
     fn map_batch_is_all_or_nothing() {
         let m = RecordingMapper::new();
-        m.map(&mapping(0x5000, 0x9000, 0x1000)).unwrap();
+        m.record(&mapping(0x5000, 0x9000, 0x1000)).unwrap();
         let batch = [
             mapping(0x1000, 0x1000, 0x1000),
             mapping(0x2000, 0x2000, 0x1000),
             mapping(0x5000, 0x5000, 0x1000),
         ];
-        assert!(m.map_batch(&batch).is_err());
+        assert!(m.record_batch(&batch).is_err());
         assert_eq!(m.mappings(), vec![mapping(0x5000, 0x9000, 0x1000)]);
-        m.map_batch(&batch[..2]).unwrap();
+        m.record_batch(&batch[..2]).unwrap();
         assert_eq!(m.mapping_count(), 3);
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use dma::{
     BatchConfig, BatchedPolicy, BusSgList, DmaAccess, DmaError, DmaMapper, DmaPolicy,
     GuestMemoryRegion, GuestPhysAddr, GuestSgList, HostVirtAddr, IdentityPolicy, Iova,
-    IovaAllocator, IovaRange, RecordingMapper, StrictPolicy,
+    IovaAllocator, IovaRange, RawMemory, RecordingMapper, StrictPolicy,
 };
 
 const PAGE: u64 = 0x1000;
@@ -24,11 +24,15 @@ fn rig_iovas() -> Arc<IovaAllocator> {
 
 /// 16 MiB of guest RAM at guest-physical 0, at HOST_BASE in this process.
 fn ram() -> GuestMemoryRegion {
-    GuestMemoryRegion {
-        gpa: GuestPhysAddr(0),
-        len: 16 << 20,
-        vaddr: HostVirtAddr(HOST_BASE),
-    }
+    region(GuestPhysAddr(0), 16 << 20, HostVirtAddr(HOST_BASE))
+}
+
+/// Guest RAM at `gpa` in a made-up host address space.
+fn region(gpa: GuestPhysAddr, len: u64, vaddr: HostVirtAddr) -> GuestMemoryRegion {
+    // SAFETY: the recording mapper behind every policy here never touches, pins or
+    // hands on a host address, so no memory needs to be there.
+    let fake = unsafe { RawMemory::new(vaddr, len) };
+    GuestMemoryRegion::new(gpa, Arc::new(fake))
 }
 
 fn sg(pieces: &[(u64, u64)]) -> GuestSgList {
@@ -94,11 +98,11 @@ fn identity_maps_region_once_and_map_sg_costs_nothing() {
 fn identity_refuses_guest_ram_over_the_msi_hole() {
     let mapper = Arc::new(RecordingMapper::new());
     let policy = IdentityPolicy::new(mapper.clone(), rig_iovas());
-    let over_hole = GuestMemoryRegion {
-        gpa: GuestPhysAddr(0xfe00_0000),
-        len: 0x200_0000,
-        vaddr: HostVirtAddr(HOST_BASE),
-    };
+    let over_hole = region(
+        GuestPhysAddr(0xfe00_0000),
+        0x200_0000,
+        HostVirtAddr(HOST_BASE),
+    );
     assert!(matches!(
         policy.add_region(over_hole),
         Err(DmaError::IovaUnavailable { .. })
@@ -106,10 +110,11 @@ fn identity_refuses_guest_ram_over_the_msi_hole() {
     assert_eq!(mapper.map_calls(), 0);
     // The failed region was not kept: the same range minus the hole can be added.
     policy
-        .add_region(GuestMemoryRegion {
-            len: 0xe0_0000,
-            ..over_hole
-        })
+        .add_region(region(
+            GuestPhysAddr(0xfe00_0000),
+            0xe0_0000,
+            HostVirtAddr(HOST_BASE),
+        ))
         .unwrap();
 }
 
@@ -223,11 +228,12 @@ fn strict_will_not_remove_a_region_in_use() {
 fn strict_large_requests_after_others_map_exactly_their_own_pages() {
     let mapper = Arc::new(RecordingMapper::new());
     let policy = StrictPolicy::new(mapper.clone(), rig_iovas());
-    let small = GuestMemoryRegion {
-        len: 0x100_0000 - 0x1000,
-        ..ram()
-    };
-    policy.add_region(small).unwrap();
+    let small = region(
+        GuestPhysAddr(0),
+        0x100_0000 - 0x1000,
+        HostVirtAddr(HOST_BASE),
+    );
+    policy.add_region(small.clone()).unwrap();
     let scattered = |first: u64, n: u64| -> Vec<(u64, u64)> {
         (0..n).map(|i| (first + 2 * i * PAGE, PAGE)).collect()
     };
@@ -239,7 +245,7 @@ fn strict_large_requests_after_others_map_exactly_their_own_pages() {
     ] {
         // A refused request first: its last page lies past the region.
         let mut refused = scattered(first, n);
-        refused.push((small.len, PAGE));
+        refused.push((small.len(), PAGE));
         assert!(matches!(
             policy.map_sg(&sg(&refused), DmaAccess::ReadWrite),
             Err(DmaError::OutsideGuestMemory { .. })
@@ -295,16 +301,12 @@ fn strict_unmaps_a_segment_spanning_requests_next_to_each_other() {
 fn strict_splits_requests_across_regions_by_host_address() {
     let mapper = Arc::new(RecordingMapper::new());
     let policy = StrictPolicy::new(mapper.clone(), rig_iovas());
-    let low = GuestMemoryRegion {
-        gpa: GuestPhysAddr(0),
-        len: 0x10_0000,
-        vaddr: HostVirtAddr(HOST_BASE),
-    };
-    let high = GuestMemoryRegion {
-        gpa: GuestPhysAddr(0x10_0000),
-        len: 0x10_0000,
-        vaddr: HostVirtAddr(0x5000_0000),
-    };
+    let low = region(GuestPhysAddr(0), 0x10_0000, HostVirtAddr(HOST_BASE));
+    let high = region(
+        GuestPhysAddr(0x10_0000),
+        0x10_0000,
+        HostVirtAddr(0x5000_0000),
+    );
     policy.add_region(low).unwrap();
     policy.add_region(high).unwrap();
     let bus = policy
@@ -441,10 +443,11 @@ fn policies_work_as_trait_objects_over_a_shared_mapper() {
     policies[0].add_region(ram()).unwrap();
     // A second guest's memory for the strict policy, elsewhere in host memory.
     policies[1]
-        .add_region(GuestMemoryRegion {
-            vaddr: HostVirtAddr(0x6000_0000),
-            ..ram()
-        })
+        .add_region(region(
+            GuestPhysAddr(0),
+            16 << 20,
+            HostVirtAddr(0x6000_0000),
+        ))
         .unwrap();
     let bus = policies[1]
         .map_sg(&sg(&[(0, PAGE)]), DmaAccess::ReadWrite)
@@ -461,8 +464,8 @@ struct FailingUnmaps {
 }
 
 impl DmaMapper for FailingUnmaps {
-    fn map(&self, mapping: &dma::DmaMapping) -> Result<(), DmaError> {
-        self.inner.map(mapping)
+    unsafe fn map(&self, mapping: &dma::DmaMapping) -> Result<(), DmaError> {
+        self.inner.record(mapping)
     }
 
     fn unmap(&self, range: IovaRange) -> Result<u64, DmaError> {

@@ -278,15 +278,34 @@ fn without_a_service_status_shows_the_state_file_and_attach_serve_says_to_start_
 #[test]
 fn attach_serve_refuses_a_spec_it_cannot_use_before_asking_anyone() {
     let out = Command::new(UDRV)
-        .args(["attach", "00:04.0", "--serve", "vfio-user:/x.sock"])
+        .args(["attach", "00:04.0", "--serve", "vhost:/x.sock"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("unknown frontend kind \"vfio-user\""),
+        stderr.contains("unknown frontend kind \"vhost\""),
         "{stderr}"
     );
+    let out = Command::new(UDRV)
+        .args(["attach", "00:04.0", "--serve", "vfio-user:/x.sock,user=bob"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("direct-mmio"), "{stderr}");
+    let out = Command::new(UDRV)
+        .args([
+            "attach",
+            "00:04.0",
+            "--serve",
+            "uml:/x.sock",
+            "--user",
+            "root",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "--user with a UML socket");
     let out = Command::new(UDRV)
         .args(["attach", "00:04.0", "--uml-device-id", "7"])
         .output()

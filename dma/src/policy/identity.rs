@@ -1,7 +1,9 @@
 //! Identity mapping: the guest's memory is mapped once, IOVA = guest-physical address.
 //!
-//! For guests whose DMA addresses are their physical addresses (UML, a guest without a
-//! vIOMMU). Mapping happens when a region is registered, so `map_sg` and `unmap_sg`
+//! For guests whose DMA addresses are their physical addresses (a guest without a
+//! vIOMMU) that make `map_sg` requests through a policy. Mapping happens when a region
+//! is registered, through [`DmaMappings::map_identity`] (the one identity mapping,
+//! which UML's frontend also uses for its memory table), so `map_sg` and `unmap_sg`
 //! only check that the request lies in registered memory; they never reach the mapper.
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,16 +13,23 @@ use crate::error::DmaError;
 use crate::guest_memory::{GuestMemory, GuestMemoryRegion};
 use crate::iova::{Iova, IovaRange};
 use crate::iova_allocator::IovaAllocator;
-use crate::mapper::{DmaAccess, DmaMapper, DmaMapping};
+use crate::mapper::{DmaAccess, DmaMapper};
+use crate::mappings::DmaMappings;
 use crate::policy::DmaPolicy;
 use crate::sg_list::{BusSgList, GuestSgList};
 
 /// Maps whole guest memory regions at IOVA = guest-physical address.
 #[derive(Debug)]
-pub struct IdentityPolicy<M> {
-    mapper: M,
+pub struct IdentityPolicy<M: DmaMapper> {
     iovas: Arc<IovaAllocator>,
-    memory: Mutex<GuestMemory>,
+    state: Mutex<State<M>>,
+}
+
+/// The registered regions and their mappings, changed together.
+#[derive(Debug)]
+struct State<M: DmaMapper> {
+    memory: GuestMemory,
+    mappings: DmaMappings<M>,
 }
 
 impl<M: DmaMapper> IdentityPolicy<M> {
@@ -29,70 +38,74 @@ impl<M: DmaMapper> IdentityPolicy<M> {
     /// with every other policy on the same mapper.
     pub fn new(mapper: M, iovas: Arc<IovaAllocator>) -> IdentityPolicy<M> {
         IdentityPolicy {
-            mapper,
             iovas,
-            memory: Mutex::new(GuestMemory::new()),
+            state: Mutex::new(State {
+                memory: GuestMemory::new(),
+                mappings: DmaMappings::new(mapper),
+            }),
         }
     }
 
-    /// The mapper.
-    pub fn mapper(&self) -> &M {
-        &self.mapper
-    }
-
-    fn memory(&self) -> MutexGuard<'_, GuestMemory> {
-        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> MutexGuard<'_, State<M>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl<M: DmaMapper> DmaPolicy for IdentityPolicy<M> {
     fn add_region(&self, region: GuestMemoryRegion) -> Result<(), DmaError> {
-        let mut memory = self.memory();
-        memory.add(region, self.mapper.page_size())?;
-        let rollback = |memory: &mut GuestMemory| {
+        let mut state = self.state();
+        let page = state.mappings.mapper().page_size();
+        let gpa = region.gpa();
+        state.memory.add(region.clone(), page)?;
+        let rollback = |state: &mut State<M>| {
             // Just added above, so it is there to remove.
-            let _ = memory.remove(region.gpa);
+            let _ = state.memory.remove(gpa);
         };
         // Reserving the IOVAs first refuses guest RAM placed over an IOMMU hole (the
         // MSI window) before anything is mapped.
-        let range = match IovaRange::new(Iova(region.gpa.0), region.len)
-            .and_then(|r| self.iovas.alloc_at(r))
-        {
-            Ok(range) => range,
-            Err(err) => {
-                rollback(&mut memory);
-                return Err(err);
-            }
-        };
-        let mapping = DmaMapping {
-            range,
-            vaddr: region.vaddr,
-            access: DmaAccess::ReadWrite,
-        };
-        if let Err(err) = self.mapper.map(&mapping) {
-            rollback(&mut memory);
+        let range =
+            match IovaRange::new(Iova(gpa.0), region.len()).and_then(|r| self.iovas.alloc_at(r)) {
+                Ok(range) => range,
+                Err(err) => {
+                    rollback(&mut state);
+                    return Err(err);
+                }
+            };
+        // The region is page-aligned (checked by `add`), so the identity mapping covers
+        // it whole.
+        let (vaddr, _) = region.backing().host_range();
+        let offset = region.vaddr().0 - vaddr.0;
+        let mapped =
+            state
+                .mappings
+                .map_identity(gpa, region.backing().clone(), offset, region.len());
+        if let Err(err) = mapped {
+            rollback(&mut state);
             let _ = self.iovas.free(range);
             return Err(err);
         }
+        debug_assert_eq!(mapped.ok().flatten(), Some(range));
         Ok(())
     }
 
     fn remove_region(&self, gpa: GuestPhysAddr) -> Result<GuestMemoryRegion, DmaError> {
-        let mut memory = self.memory();
-        let region = *memory
+        let mut state = self.state();
+        let state = &mut *state;
+        let region = state
+            .memory
             .get(gpa)
             .ok_or(DmaError::RegionNotFound { gpa: gpa.0 })?;
-        let range = IovaRange::new(Iova(region.gpa.0), region.len)?;
-        self.mapper.unmap(range)?;
+        let range = IovaRange::new(Iova(region.gpa().0), region.len())?;
+        state.mappings.unmap(range)?;
         self.iovas.free(range)?;
-        memory.remove(gpa)
+        state.memory.remove(gpa)
     }
 
     fn map_sg(&self, sg: &GuestSgList, _access: DmaAccess) -> Result<BusSgList, DmaError> {
-        let memory = self.memory();
+        let state = self.state();
         let mut bus = BusSgList::new();
         for seg in sg.segments() {
-            if !memory.contains(seg.addr, seg.len) {
+            if !state.memory.contains(seg.addr, seg.len) {
                 return Err(DmaError::OutsideGuestMemory {
                     gpa: seg.addr.0,
                     len: seg.len,
@@ -104,9 +117,9 @@ impl<M: DmaMapper> DmaPolicy for IdentityPolicy<M> {
     }
 
     fn unmap_sg(&self, bus: &BusSgList) -> Result<(), DmaError> {
-        let memory = self.memory();
+        let state = self.state();
         for seg in bus.segments() {
-            if !memory.contains(GuestPhysAddr(seg.addr.0), seg.len) {
+            if !state.memory.contains(GuestPhysAddr(seg.addr.0), seg.len) {
                 return Err(DmaError::UnknownBusAddress {
                     addr: seg.addr.0,
                     len: seg.len,

@@ -208,6 +208,14 @@ impl<M: DmaMapper> Drop for RequestTable<M> {
         // Live requests keep their IOVAs (dropped leases stay allocated): their
         // mappings outlive the table. An idle slot window goes back.
         let tables = self.tables.get_mut().unwrap_or_else(|p| p.into_inner());
+        let reachable = tables.cold.live.len() != 0
+            || !tables.cold.deferred.is_empty()
+            || tables.slots.mapped_pages().next().is_some();
+        if reachable {
+            // The device may still reach the regions' memory: leak it rather than let
+            // it be freed and reused.
+            std::mem::forget(std::mem::take(&mut tables.memory));
+        }
         let slots = std::mem::take(&mut tables.slots);
         if let Some(window) = slots.window() {
             self.mapper.forget_pages(window);
@@ -260,12 +268,12 @@ impl<M: DmaMapper> RequestTable<M> {
         drain: impl FnOnce(&mut Tables) -> Result<(), DmaError>,
     ) -> Result<GuestMemoryRegion, DmaError> {
         let mut tables = self.lock();
-        let region = *tables
+        let (lo, hi) = tables
             .memory
             .get(gpa)
+            .map(|r| (r.gpa().0, r.gpa().0 + r.len()))
             .ok_or(DmaError::RegionNotFound { gpa: gpa.0 })?;
         drain(&mut tables)?;
-        let (lo, hi) = (region.gpa.0, region.gpa.0 + region.len);
         let reaches = |start: u64, len: u64| start < hi && start.saturating_add(len) > lo;
         let busy = tables
             .cold
@@ -431,9 +439,9 @@ impl<M: DmaMapper> RequestTable<M> {
         };
         let bus = BusSgList::single(Iova(iova.0 + (seg.addr.0 - run.start.0)), seg.len);
         let mapped = bus.and_then(|bus| {
-            self.mapper
-                .map(&DmaMapping::new(iova, vaddr, run.len, access)?)
-                .map(|()| bus)
+            let mapping = DmaMapping::new(iova, vaddr, run.len, access)?;
+            // SAFETY: see `map_pieces`: the page lies in a registered region.
+            unsafe { self.mapper.map(&mapping) }.map(|()| bus)
         });
         match mapped {
             Ok(bus) => {
@@ -450,9 +458,15 @@ impl<M: DmaMapper> RequestTable<M> {
     /// One mapping (a request in one host piece) straight to the mapper; more as one
     /// all-or-nothing batch.
     fn map_pieces(&self, mappings: &[DmaMapping]) -> Result<(), DmaError> {
-        match mappings {
-            [one] => self.mapper.map(one),
-            _ => self.mapper.map_batch(mappings),
+        // SAFETY: every host address comes from `Tables::memory`, whose regions hold
+        // their `DmaBacking`s. A region is removed only when no live mapping reaches it
+        // (`remove_region`), and `Drop` leaks the regions' memory while any mapping may
+        // remain, so the memory outlives the mappings.
+        unsafe {
+            match mappings {
+                [one] => self.mapper.map(one),
+                _ => self.mapper.map_batch(mappings),
+            }
         }
     }
 

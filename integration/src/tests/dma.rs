@@ -63,23 +63,26 @@ const GUEST_RAM_GPA: u64 = 0x4000_0000;
 /// A guest's RAM: anonymous memory of this process, registered under a guest-physical
 /// base. The tests read and write it by guest-physical address, as a guest would.
 struct GuestRam {
-    memory: DmaMemory,
+    memory: Arc<DmaMemory>,
     region: GuestMemoryRegion,
 }
 
 impl GuestRam {
     fn new(len: usize) -> Result<GuestRam> {
-        let memory = DmaMemory::allocate_with(len, PagePreference::SmallOnly)?;
-        let region = GuestMemoryRegion {
-            gpa: GuestPhysAddr(GUEST_RAM_GPA),
-            len: memory.len() as u64,
-            vaddr: memory.vaddr(),
-        };
+        let memory = Arc::new(DmaMemory::allocate_with(len, PagePreference::SmallOnly)?);
+        let region = GuestMemoryRegion::new(GuestPhysAddr(GUEST_RAM_GPA), memory.clone());
         Ok(GuestRam { memory, region })
     }
 
     fn gpa(&self, offset: u64) -> GuestPhysAddr {
         GuestPhysAddr(GUEST_RAM_GPA + offset)
+    }
+
+    /// Keeps the memory from ever being freed, for benchmarks that map it straight
+    /// through a mapper: a mapping an error path leaves behind then never reaches
+    /// memory put to another use.
+    fn keep_forever(&self) {
+        std::mem::forget(Arc::clone(&self.memory));
     }
 }
 
@@ -488,13 +491,13 @@ fn identity_e1000_frame() -> Result<()> {
         &nics.container.iommu_info()?.iova_ranges,
     )?);
     let policy = IdentityPolicy::new(nics.container.clone(), iovas);
-    policy.add_region(ram.region)?;
+    policy.add_region(ram.region.clone())?;
     let mappings = nics.container.mappings();
     ensure!(
         mappings.len() == 1
             && mappings[0].iova().0 == GUEST_RAM_GPA
-            && mappings[0].len() == ram.region.len
-            && mappings[0].vaddr == ram.region.vaddr,
+            && mappings[0].len() == ram.region.len()
+            && mappings[0].vaddr == ram.region.vaddr(),
         "identity mapping is {mappings:?}"
     );
 
@@ -511,7 +514,7 @@ fn identity_e1000_frame() -> Result<()> {
     policy.unmap_sg(&bus)?;
     link.stop()?;
 
-    policy.remove_region(ram.region.gpa)?;
+    policy.remove_region(ram.region.gpa())?;
     ensure!(
         nics.container.mappings().is_empty(),
         "mappings left after removing the region: {:?}",
@@ -531,12 +534,12 @@ fn strict_e1000_frame_then_unmap_faults() -> Result<()> {
         &nics.container.iommu_info()?.iova_ranges,
     )?);
     let policy = StrictPolicy::new(nics.container.clone(), iovas);
-    policy.add_region(ram.region)?;
+    policy.add_region(ram.region.clone())?;
     let mut link = Link::start(&nics, &ram, &policy)?;
 
     let before = nics.container.mappings();
     let outside = GuestSgList::from_pieces([(
-        GuestPhysAddr(GUEST_RAM_GPA + ram.region.len - PAGE),
+        GuestPhysAddr(GUEST_RAM_GPA + ram.region.len() - PAGE),
         2 * PAGE,
     )])?;
     let e = policy
@@ -585,7 +588,7 @@ fn batched_e1000_frame_then_flush_faults() -> Result<()> {
         max_delay: Duration::from_secs(3600),
     };
     let policy = BatchedPolicy::new(nics.container.clone(), iovas, config);
-    policy.add_region(ram.region)?;
+    policy.add_region(ram.region.clone())?;
     let mut link = Link::start(&nics, &ram, &policy)?;
 
     let (payload, bus) = frame_through_policy(&mut link, "batched")?;
@@ -645,9 +648,10 @@ impl<M: DmaMapper> DmaMapper for CountingMapper<M> {
         self.inner.page_size()
     }
 
-    fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
+    unsafe fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
         self.maps.fetch_add(1, Ordering::Relaxed);
-        self.inner.map(mapping)
+        // SAFETY: passed on from our caller.
+        unsafe { self.inner.map(mapping) }
     }
 
     fn unmap(&self, range: IovaRange) -> Result<u64, DmaError> {
@@ -726,7 +730,7 @@ struct BareIoctls {
 }
 
 impl DmaMapper for BareIoctls {
-    fn map(&self, m: &DmaMapping) -> Result<(), DmaError> {
+    unsafe fn map(&self, m: &DmaMapping) -> Result<(), DmaError> {
         let mut flags = 0;
         if m.access.device_reads() {
             flags |= VFIO_DMA_MAP_FLAG_READ;
@@ -742,10 +746,8 @@ impl DmaMapper for BareIoctls {
             size: m.len(),
         };
         let fd = std::os::fd::AsRawFd::as_raw_fd(&self.container.as_fd());
-        // SAFETY: `arg` is a live vfio_iommu_type1_dma_map that the kernel only reads.
-        // The memory at `vaddr` is the benchmark's guest RAM, which outlives every
-        // mapping of it (each run unmaps all it mapped), and no device in the container
-        // is opened, so nothing reaches it by DMA.
+        // SAFETY: `arg` is a live vfio_iommu_type1_dma_map that the kernel only reads;
+        // the memory it names is owned for DMA until unmapped, as our caller promised.
         let r = unsafe { libc::ioctl(fd, VFIO_IOMMU_MAP_DMA, &arg as *const VfioDmaMap) };
         if r != 0 {
             return Err(DmaError::Backend {
@@ -783,7 +785,7 @@ impl DmaMapper for BareIoctls {
 struct NoIommu;
 
 impl DmaMapper for NoIommu {
-    fn map(&self, _mapping: &DmaMapping) -> Result<(), DmaError> {
+    unsafe fn map(&self, _mapping: &DmaMapping) -> Result<(), DmaError> {
         Ok(())
     }
 
@@ -799,7 +801,7 @@ fn strict_policy<M: DmaMapper>(
     ram: &GuestRam,
 ) -> Result<StrictPolicy<M>> {
     let policy = StrictPolicy::new(mapper, Arc::new(IovaAllocator::new(windows)?));
-    policy.add_region(ram.region)?;
+    policy.add_region(ram.region.clone())?;
     Ok(policy)
 }
 
@@ -844,6 +846,8 @@ impl SinglePages {
         // run returns it to the same state): ask one which, so that every run maps the
         // same pages at the same IOVAs, through the same IOMMU page tables.
         let picked = picked_iovas(&pages.strict_unchecked(NoIommu, ram)?, &pages.requests)?;
+        // `through_mapper` maps these pages straight through a mapper.
+        ram.keep_forever();
         pages.mappings = pages
             .requests
             .iter()
@@ -852,7 +856,7 @@ impl SinglePages {
                 let offset = sg.segments()[0].addr.0 - GUEST_RAM_GPA;
                 DmaMapping::new(
                     iova,
-                    dma::HostVirtAddr(ram.region.vaddr.0 + offset),
+                    dma::HostVirtAddr(ram.region.vaddr().0 + offset),
                     PAGE,
                     DmaAccess::DeviceReads,
                 )
@@ -895,10 +899,14 @@ impl SinglePages {
         Ok(())
     }
 
-    /// The same pages straight through `mapper`: map each, then unmap each.
-    fn through_mapper(&self, mapper: &dyn DmaMapper) -> Result<()> {
+    /// The same pages straight through `mapper`: map each, then unmap each. `ram` is
+    /// the memory `mappings` were planned in.
+    fn through_mapper(&self, mapper: &dyn DmaMapper, ram: &GuestRam) -> Result<()> {
         for m in &self.mappings {
-            mapper.map(m)?;
+            ensure!(ram.memory.offset_of_ptr(m.vaddr.0 as *const u8).is_some());
+            // SAFETY: the page lies in `ram` (checked above), whose memory is never freed
+            // (`GuestRam::keep_forever`, called where the pages were planned).
+            unsafe { mapper.map(m)? };
         }
         for m in &self.mappings {
             mapper.unmap(m.range)?;
@@ -952,8 +960,8 @@ fn map_sg_vs_raw_ioctl() -> Result<()> {
     let times = interleaved(
         ROUNDS,
         &mut [
-            &mut || pages.through_mapper(&bare),
-            &mut || pages.through_mapper(&container),
+            &mut || pages.through_mapper(&bare, &ram),
+            &mut || pages.through_mapper(&container, &ram),
             &mut || pages.through_policy(&strict_container, bus_c),
             &mut || pages.through_policy(&strict_bare, bus_b),
             &mut || pages.through_policy(&strict_alone, bus_a),
@@ -1038,6 +1046,8 @@ fn map_sg_list_vs_raw_ioctls() -> Result<()> {
     );
     for n in [1u64, 8, 64] {
         let ram = GuestRam::new((2 * n * PAGE) as usize)?;
+        // `plain` maps its pages straight through a mapper.
+        ram.keep_forever();
         let list = GuestSgList::from_pieces((0..n).map(|i| (ram.gpa(2 * i * PAGE), PAGE)))?;
         let strict_container = strict_policy(container.clone(), &windows, &ram)?;
         let strict_bare = strict_policy(&bare, &windows, &ram)?;
@@ -1052,7 +1062,7 @@ fn map_sg_list_vs_raw_ioctls() -> Result<()> {
             .map(|i| {
                 DmaMapping::new(
                     Iova(start.0 + i * PAGE),
-                    dma::HostVirtAddr(ram.region.vaddr.0 + 2 * i * PAGE),
+                    dma::HostVirtAddr(ram.region.vaddr().0 + 2 * i * PAGE),
                     PAGE,
                     DmaAccess::DeviceReads,
                 )
@@ -1063,7 +1073,9 @@ fn map_sg_list_vs_raw_ioctls() -> Result<()> {
         let plain = |mapper: &dyn DmaMapper| -> Result<f64> {
             let started = Instant::now();
             for m in &planned {
-                mapper.map(m)?;
+                // SAFETY: the pages lie in `ram` (planned from its address), whose
+                // memory is never freed (`keep_forever` above).
+                unsafe { mapper.map(m)? };
             }
             let t = started.elapsed().as_secs_f64();
             mapper.unmap(whole)?;
@@ -1126,9 +1138,11 @@ fn ioctls_for_64_page_sg() -> Result<()> {
     let (container, _group) = bench_container()?;
     let counter = Arc::new(CountingMapper::new(container.clone()));
     let ram = GuestRam::new((2 * PAGES * PAGE) as usize)?;
+    // `per_page` maps its pages straight through the counting mapper.
+    ram.keep_forever();
     let iovas = Arc::new(IovaAllocator::new(&container.iommu_info()?.iova_ranges)?);
     let strict = StrictPolicy::new(counter.clone(), iovas.clone());
-    strict.add_region(ram.region)?;
+    strict.add_region(ram.region.clone())?;
     let batched = BatchedPolicy::new(
         counter.clone(),
         iovas.clone(),
@@ -1137,7 +1151,7 @@ fn ioctls_for_64_page_sg() -> Result<()> {
             max_delay: Duration::from_secs(3600),
         },
     );
-    batched.add_region(ram.region)?;
+    batched.add_region(ram.region.clone())?;
 
     let lists = [
         (
@@ -1163,13 +1177,16 @@ fn ioctls_for_64_page_sg() -> Result<()> {
                 let mut ranges = Vec::with_capacity(PAGES as usize);
                 for page in sg.pages(PAGE) {
                     let r = iovas.alloc(PAGE, PAGE)?;
-                    let vaddr = ram.region.vaddr.0 + (page.0 - GUEST_RAM_GPA);
-                    counter.map(&DmaMapping::new(
+                    let vaddr = ram.region.vaddr().0 + (page.0 - GUEST_RAM_GPA);
+                    let mapping = DmaMapping::new(
                         r.start(),
                         dma::HostVirtAddr(vaddr),
                         PAGE,
                         DmaAccess::ReadWrite,
-                    )?)?;
+                    )?;
+                    // SAFETY: the page lies in `ram`, whose memory is never freed
+                    // (`keep_forever` above).
+                    unsafe { counter.map(&mapping)? };
                     ranges.push(r);
                 }
                 for r in ranges {

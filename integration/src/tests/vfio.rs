@@ -856,37 +856,44 @@ fn bad_requests_are_errors() -> Result<()> {
     ensure!(e.contains("1 vector"), "{e}");
     println!("region errors ok");
 
-    let mem = DmaMemory::allocate(4096)?;
+    // Leaked: it is mapped straight through the container, and an early return must
+    // not free it under a mapping.
+    let mem: &'static DmaMemory = Box::leak(Box::new(DmaMemory::allocate(4096)?));
     let at =
         |iova: u64, len: u64| DmaMapping::new(Iova(iova), mem.vaddr(), len, DmaAccess::ReadWrite);
-    let e = o
-        .container
-        .map(&at(0xfee0_0000, 4096)?)
-        .unwrap_err()
-        .to_string();
+    // SAFETY: every mapping made by `map` and `map_batch` below is of `mem`, which is
+    // never freed.
+    let map = |m: &DmaMapping| unsafe { o.container.map(m) };
+    let e = map(&at(0xfee0_0000, 4096)?).unwrap_err().to_string();
     ensure!(e.contains("outside the IOMMU's usable IOVA windows"), "{e}");
-    let e = o.container.map(&at(0x1000_0800, 4096)?).unwrap_err();
+    let e = map(&at(0x1000_0800, 4096)?).unwrap_err();
     ensure!(matches!(e, DmaError::Misaligned { .. }), "{e}");
-    o.container.map(&at(0x10_0000, 4096)?)?;
-    let e = o.container.map(&at(0x10_0000, 4096)?).unwrap_err();
+    map(&at(0x10_0000, 4096)?)?;
+    let e = map(&at(0x10_0000, 4096)?).unwrap_err();
     ensure!(matches!(e, DmaError::MapOverlap { .. }), "{e}");
     // A batch is all or nothing: its second piece overlaps, so its first is undone.
-    let e = o
-        .container
-        .map_batch(&[at(0x20_0000, 4096)?, at(0x10_0000, 4096)?])
-        .unwrap_err();
+    // SAFETY: as for `map`.
+    let e = unsafe {
+        o.container
+            .map_batch(&[at(0x20_0000, 4096)?, at(0x10_0000, 4096)?])
+    }
+    .unwrap_err();
     ensure!(matches!(e, DmaError::MapOverlap { .. }), "{e}");
     let left: Vec<u64> = o.container.mappings().iter().map(|m| m.iova().0).collect();
     ensure!(
         left == [0x10_0000],
         "after a refused batch the container holds {left:#x?}, not only the earlier mapping"
     );
-    let e = o.container.map(&DmaMapping::new(
+    let nothing_there = DmaMapping::new(
         Iova(0x30_0000),
         HostVirtAddr(0x1000),
         4096,
         DmaAccess::DeviceReads,
-    )?);
+    )?;
+    // SAFETY: 0x1000 lies below vm.mmap_min_addr, so no memory of this process is
+    // there: the kernel finds nothing to pin and refuses (checked below), and no
+    // mapping is made.
+    let e = unsafe { o.container.map(&nothing_there) };
     println!("map of an unmapped host address: {e:?}");
     ensure!(
         e.is_err(),
@@ -917,7 +924,8 @@ fn bad_requests_are_errors() -> Result<()> {
 fn memlock_limit_refuses_mapping(container: &VfioContainer) -> Result<()> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_MEMLOCK)?;
-    let mem = DmaMemory::allocate(4 << 20)?;
+    // Leaked: should the map succeed and its unmap fail, the memory must stay.
+    let mem: &'static DmaMemory = Box::leak(Box::new(DmaMemory::allocate(4 << 20)?));
     let mapping = DmaMapping::new(
         Iova(0x40_0000),
         mem.vaddr(),
@@ -928,7 +936,8 @@ fn memlock_limit_refuses_mapping(container: &VfioContainer) -> Result<()> {
     let c = container.clone();
     let outcome = std::thread::spawn(move || -> Result<String> {
         drop_ipc_lock_on_this_thread()?;
-        match c.map(&mapping) {
+        // SAFETY: `mem` is never freed.
+        match unsafe { c.map(&mapping) } {
             Ok(()) => {
                 let _ = c.unmap(mapping.range);
                 bail!("4 MiB mapped under a 1 MiB RLIMIT_MEMLOCK without CAP_IPC_LOCK")

@@ -141,18 +141,29 @@ impl VfioContainer {
     /// Maps after the checks; `memlock` is `None` for a thread exempt from the
     /// locked-memory limit. Every refusal is built out of line, which keeps this
     /// function's stack frame (touched on every map) small.
+    ///
+    /// # Safety
+    ///
+    /// As for [`DmaMapper::map`]: the memory of every mapping stays mapped and owned for
+    /// the device's DMA until its range is unmapped.
     #[inline]
-    fn map_checked(
+    unsafe fn map_checked(
         &self,
         mapping: &DmaMapping,
         memlock: Option<&MemlockStatus>,
     ) -> Result<(), DmaError> {
-        self.map_locked(&mut self.lock(), mapping, memlock)
+        // SAFETY: passed on from our caller.
+        unsafe { self.map_locked(&mut self.lock(), mapping, memlock) }
     }
 
     /// [`VfioContainer::map_checked`] with the state already locked.
+    ///
+    /// # Safety
+    ///
+    /// As for [`DmaMapper::map`]: the memory of every mapping stays mapped and owned for
+    /// the device's DMA until its range is unmapped.
     #[inline]
-    fn map_locked(
+    unsafe fn map_locked(
         &self,
         state: &mut ContainerState,
         mapping: &DmaMapping,
@@ -162,7 +173,8 @@ impl VfioContainer {
         if let Some(memlock) = memlock {
             memlock.check(mapping.len(), "mapping")?;
         }
-        if let Err(errno) = self.map_ioctl(mapping) {
+        // SAFETY: passed on from our caller.
+        if let Err(errno) = unsafe { self.map_ioctl(mapping) } {
             return Err(map_refusal(
                 state,
                 mapping.range,
@@ -212,8 +224,13 @@ impl VfioContainer {
     }
 
     /// VFIO_IOMMU_MAP_DMA of a checked mapping.
+    ///
+    /// # Safety
+    ///
+    /// As for [`DmaMapper::map`]: the memory of every mapping stays mapped and owned for
+    /// the device's DMA until its range is unmapped.
     #[inline(always)]
-    fn map_ioctl(&self, mapping: &DmaMapping) -> Result<(), nix::errno::Errno> {
+    unsafe fn map_ioctl(&self, mapping: &DmaMapping) -> Result<(), nix::errno::Errno> {
         let mut flags = 0;
         if mapping.access.device_reads() {
             flags |= VFIO_DMA_MAP_FLAG_READ;
@@ -221,9 +238,10 @@ impl VfioContainer {
         if mapping.access.device_writes() {
             flags |= VFIO_DMA_MAP_FLAG_WRITE;
         }
-        // SAFETY: the DmaMapper contract puts the choice of memory with the caller: the
-        // layers above map only memory set aside for the device (DMA buffers, a guest's
-        // RAM). The kernel pins the pages, so the mapping never points at freed memory.
+        // SAFETY: `iommu_map_dma` needs the memory owned for DMA and mapped while the
+        // IOVA range is: exactly what this function's caller promised (the contract of
+        // `DmaMapper::map`, passed down unchanged by every caller in this file). The
+        // kernel pins the pages for as long as the range stays mapped.
         unsafe {
             ioctl::iommu_map_dma(
                 self.as_fd(),
@@ -239,14 +257,20 @@ impl VfioContainer {
     /// under one hold of the lock. The mappings are recorded after the last ioctl,
     /// together: recording each one straight after its ioctl finds the mirror's lines
     /// evicted by the kernel's work every time.
-    fn map_batch_exempt(
+    ///
+    /// # Safety
+    ///
+    /// As for [`DmaMapper::map`]: the memory of every mapping stays mapped and owned for
+    /// the device's DMA until its range is unmapped.
+    unsafe fn map_batch_exempt(
         &self,
         state: &mut ContainerState,
         mappings: &[DmaMapping],
     ) -> Result<(), DmaError> {
         for (done, mapping) in mappings.iter().enumerate() {
             let mapped = self.check_map(state, mapping, done).and_then(|_| {
-                self.map_ioctl(mapping).map_err(|errno| {
+                // SAFETY: passed on from our caller.
+                unsafe { self.map_ioctl(mapping) }.map_err(|errno| {
                     map_refusal(
                         state,
                         mapping.range,
@@ -279,13 +303,19 @@ impl VfioContainer {
     /// differ in it): a thread without it maps unchecked until the kernel refuses with
     /// ENOMEM, and then `memlock_refusal` reads that thread's status,
     /// gives the actionable error, and clears the exemption.
+    ///
+    /// # Safety
+    ///
+    /// As for [`DmaMapper::map`]: the memory of every mapping stays mapped and owned for
+    /// the device's DMA until its range is unmapped.
     #[inline(never)]
-    fn map_counting_memlock(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
+    unsafe fn map_counting_memlock(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
         let status = read_thread_memlock()?;
         if exempt(&status) {
             self.0.memlock_exempt.store(true, Ordering::Relaxed);
         }
-        self.map_checked(mapping, Some(&status))
+        // SAFETY: passed on from our caller.
+        unsafe { self.map_checked(mapping, Some(&status)) }
     }
 
     /// The error for a map the kernel refused with ENOMEM: the limit error when the
@@ -335,11 +365,12 @@ impl DmaMapper for VfioContainer {
     }
 
     #[inline]
-    fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
+    unsafe fn map(&self, mapping: &DmaMapping) -> Result<(), DmaError> {
+        // SAFETY (both calls): passed on from our caller, under the trait's contract.
         if self.0.memlock_exempt.load(Ordering::Relaxed) {
-            self.map_checked(mapping, None)
+            unsafe { self.map_checked(mapping, None) }
         } else {
-            self.map_counting_memlock(mapping)
+            unsafe { self.map_counting_memlock(mapping) }
         }
     }
 
@@ -351,19 +382,22 @@ impl DmaMapper for VfioContainer {
     /// All of `mappings` under one hold of the container's lock (a request of many
     /// pieces otherwise takes and releases it per piece). All or nothing, as the trait
     /// asks: on a refusal the pieces already mapped are unmapped again.
-    fn map_batch(&self, mappings: &[DmaMapping]) -> Result<(), DmaError> {
+    unsafe fn map_batch(&self, mappings: &[DmaMapping]) -> Result<(), DmaError> {
         let mut state = self.lock();
         if self.0.memlock_exempt.load(Ordering::Relaxed) {
-            return self.map_batch_exempt(&mut state, mappings);
+            // SAFETY: passed on from our caller, under the trait's contract.
+            return unsafe { self.map_batch_exempt(&mut state, mappings) };
         }
         for (done, mapping) in mappings.iter().enumerate() {
             // A thread not known to be exempt has its limit read per map, as `map`
             // does (outside the lock: it reads /proc).
             let mapped = if self.0.memlock_exempt.load(Ordering::Relaxed) {
-                self.map_locked(&mut state, mapping, None)
+                // SAFETY: passed on from our caller, under the trait's contract.
+                unsafe { self.map_locked(&mut state, mapping, None) }
             } else {
                 drop(state);
-                let mapped = self.map_counting_memlock(mapping);
+                // SAFETY: as above.
+                let mapped = unsafe { self.map_counting_memlock(mapping) };
                 state = self.lock();
                 mapped
             };
@@ -423,6 +457,17 @@ mod tests {
         .unwrap()
     }
 
+    /// [`VfioContainer::map_checked`] on a container that is not one.
+    fn map_checked(
+        c: &VfioContainer,
+        mapping: &DmaMapping,
+        memlock: Option<&MemlockStatus>,
+    ) -> Result<(), DmaError> {
+        // SAFETY: `rig_like` containers are not VFIO containers: the map ioctl fails
+        // (ENOTTY) and no IOMMU ever learns of the made-up host address.
+        unsafe { c.map_checked(mapping, memlock) }
+    }
+
     fn unlimited() -> MemlockStatus {
         MemlockStatus::from_parts(u64::MAX, u64::MAX, "VmLck:\t0 kB\n")
     }
@@ -430,9 +475,7 @@ mod tests {
     #[test]
     fn misaligned_requests_are_refused() {
         let c = rig_like(10);
-        let e = c
-            .map_checked(&mapping(0x1800, 0x1000), Some(&unlimited()))
-            .unwrap_err();
+        let e = map_checked(&c, &mapping(0x1800, 0x1000), Some(&unlimited())).unwrap_err();
         assert!(
             matches!(e, DmaError::Misaligned { what: "iova", .. }),
             "{e}"
@@ -442,8 +485,7 @@ mod tests {
     #[test]
     fn iova_outside_the_windows_is_refused_naming_them() {
         let c = rig_like(10);
-        let e = c
-            .map_checked(&mapping(0xfee0_0000, 0x1000), Some(&unlimited()))
+        let e = map_checked(&c, &mapping(0xfee0_0000, 0x1000), Some(&unlimited()))
             .unwrap_err()
             .to_string();
         assert!(e.contains("outside the IOMMU's usable IOVA windows"), "{e}");
@@ -462,9 +504,7 @@ mod tests {
             0x10_0000,
             "VmLck:\t4 kB\nCapEff:\t0000000000000000\n",
         );
-        let e = c
-            .map_checked(&mapping(0x10_0000, 0x10_0000), Some(&tight))
-            .unwrap_err();
+        let e = map_checked(&c, &mapping(0x10_0000, 0x10_0000), Some(&tight)).unwrap_err();
         assert!(matches!(e, DmaError::MemlockLimit { .. }), "{e}");
         let e = e.to_string();
         assert!(e.contains("mapping 1 MiB needs RLIMIT_MEMLOCK"), "{e}");
@@ -476,18 +516,14 @@ mod tests {
             0x10_0000,
             "VmLck:\t4 kB\nCapEff:\t0000000000004000\n",
         );
-        let e = c
-            .map_checked(&mapping(0x10_0000, 0x10_0000), Some(&cap))
-            .unwrap_err();
+        let e = map_checked(&c, &mapping(0x10_0000, 0x10_0000), Some(&cap)).unwrap_err();
         assert!(matches!(e, DmaError::Backend { .. }), "{e}");
     }
 
     #[test]
     fn a_request_that_passes_the_checks_reaches_the_kernel() {
         let c = rig_like(10);
-        let e = c
-            .map_checked(&mapping(0x10_0000, 0x1000), Some(&unlimited()))
-            .unwrap_err();
+        let e = map_checked(&c, &mapping(0x10_0000, 0x1000), Some(&unlimited())).unwrap_err();
         match e {
             DmaError::Backend { op, source, .. } => {
                 assert_eq!(op, "VFIO_IOMMU_MAP_DMA");
@@ -502,13 +538,9 @@ mod tests {
     fn overlap_limit_and_partial_unmap_use_the_mirror() {
         let c = rig_like(1);
         c.insert_mapping_for_test(mapping(0x10_0000, 0x4000));
-        let e = c
-            .map_checked(&mapping(0x10_3000, 0x2000), Some(&unlimited()))
-            .unwrap_err();
+        let e = map_checked(&c, &mapping(0x10_3000, 0x2000), Some(&unlimited())).unwrap_err();
         assert!(matches!(e, DmaError::MapOverlap { .. }), "{e}");
-        let e = c
-            .map_checked(&mapping(0x20_0000, 0x1000), Some(&unlimited()))
-            .unwrap_err();
+        let e = map_checked(&c, &mapping(0x20_0000, 0x1000), Some(&unlimited())).unwrap_err();
         assert!(matches!(e, DmaError::TooManyMappings { limit: 1 }), "{e}");
         let e = c
             .unmap(IovaRange::new(Iova(0x10_1000), 0x1000).unwrap())

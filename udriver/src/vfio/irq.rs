@@ -10,7 +10,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use vfio_bindings::bindings::vfio::{
     VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE,
     VFIO_IRQ_INFO_NORESIZE, VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER,
-    VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
+    VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_BOOL, VFIO_IRQ_SET_DATA_EVENTFD,
+    VFIO_IRQ_SET_DATA_NONE,
 };
 
 use super::device::VfioDevice;
@@ -144,6 +145,40 @@ impl IrqSet {
     }
 }
 
+/// What a `VFIO_DEVICE_SET_IRQS` does to the vectors it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IrqAction {
+    /// Mask them (or, with eventfds, signal those when they are masked).
+    Mask,
+    /// Unmask them (or, with eventfds, signal those when they are unmasked: INTx's
+    /// resample fd).
+    Unmask,
+    /// Trigger them (or, with eventfds, signal those when the device interrupts).
+    Trigger,
+}
+
+impl IrqAction {
+    fn flag(self) -> u32 {
+        match self {
+            IrqAction::Mask => VFIO_IRQ_SET_ACTION_MASK,
+            IrqAction::Unmask => VFIO_IRQ_SET_ACTION_UNMASK,
+            IrqAction::Trigger => VFIO_IRQ_SET_ACTION_TRIGGER,
+        }
+    }
+}
+
+/// The vectors a `VFIO_DEVICE_SET_IRQS` acts on, and its data.
+#[derive(Clone, Copy, Debug)]
+pub enum IrqData<'a> {
+    /// `count` vectors from the start, unconditionally. A count of 0 with
+    /// [`IrqAction::Trigger`] disables the whole index.
+    None { count: u32 },
+    /// Vector `start + i` where `flags[i]` is true.
+    Bool(&'a [bool]),
+    /// Vector `start + i` signals `fds[i]`; `None` de-assigns it.
+    Eventfds(&'a [Option<BorrowedFd<'a>>]),
+}
+
 /// The `VFIO_DEVICE_SET_IRQS` payload for eventfds: one i32 per vector, -1 to detach.
 pub(crate) fn eventfd_payload(fds: &[Option<BorrowedFd<'_>>]) -> Vec<u8> {
     fds.iter()
@@ -218,6 +253,54 @@ impl VfioDevice {
         )
         .map_err(|e| self.ioctl_error(format!("VFIO_DEVICE_SET_IRQS({index} {op})"), e))?;
         self.note_irqs_enabled(index, true);
+        Ok(())
+    }
+
+    /// `VFIO_DEVICE_SET_IRQS` as a client of the device asked for it: any action with
+    /// any data, for consumers (a vfio-user server) that pass a VMM's requests on. The
+    /// kernel checks the vector range against what the index offers.
+    pub fn set_irqs(
+        &self,
+        index: IrqIndex,
+        action: IrqAction,
+        start: u32,
+        data: IrqData<'_>,
+    ) -> Result<()> {
+        let (data_flag, count, payload) = match data {
+            IrqData::None { count } => (VFIO_IRQ_SET_DATA_NONE, count, Vec::new()),
+            IrqData::Bool(flags) => (
+                VFIO_IRQ_SET_DATA_BOOL,
+                u32::try_from(flags.len()).unwrap_or(u32::MAX),
+                flags.iter().map(|b| u8::from(*b)).collect(),
+            ),
+            IrqData::Eventfds(fds) => (
+                VFIO_IRQ_SET_DATA_EVENTFD,
+                u32::try_from(fds.len()).unwrap_or(u32::MAX),
+                eventfd_payload(fds),
+            ),
+        };
+        let op = format!(
+            "{action:?} vectors {start}..{}",
+            start.saturating_add(count)
+        );
+        ioctl::device_set_irqs(
+            self.as_fd(),
+            data_flag | action.flag(),
+            index.raw(),
+            start,
+            count,
+            &payload,
+        )
+        .map_err(|e| self.ioctl_error(format!("VFIO_DEVICE_SET_IRQS({index} {op})"), e))?;
+        if action == IrqAction::Trigger {
+            match data {
+                IrqData::None { count: 0 } => self.note_irqs_enabled(index, false),
+                IrqData::Eventfds(fds) if fds.iter().any(Option::is_some) => {
+                    self.note_irqs_enabled(index, true)
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 

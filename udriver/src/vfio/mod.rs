@@ -12,8 +12,10 @@
 //! `container.attach(&group)`, `group.open_device("0000:00:02.0")`, then `device.bar(0)`,
 //! `device.enable_irqs(IrqIndex::Msix, n)`, and `container.map(...)` for DMA.
 //!
-//! All unsafe code of the layer is in `ioctl` (the kernel interface) and `mmio` (the
-//! mmap'd device memory).
+//! The layer's unsafe code is in `ioctl` (the kernel interface), `mmio` (the mmap'd
+//! device memory) and `dma_map`, whose blocks issue VFIO_IOMMU_MAP_DMA under the
+//! contract of the `unsafe` [`dma::DmaMapper::map`] (the caller keeps the memory
+//! mapped and owned for DMA until it is unmapped).
 
 mod bar;
 mod capability;
@@ -36,7 +38,7 @@ pub use device::{DeviceInfo, VfioDevice};
 pub use error::{Access, Result, VfioError};
 pub use eventfd::EventFd;
 pub use group::{VfioGroup, VFIO_DEV_DIR};
-pub use irq::{IrqIndex, IrqInfo, IrqSet};
+pub use irq::{IrqAction, IrqData, IrqIndex, IrqInfo, IrqSet};
 pub use mmio::MmioValue;
 pub use region::{MmapArea, Region, RegionInfo, RegionName, RegionType};
 pub use reset::ResetMethod;

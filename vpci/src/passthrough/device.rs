@@ -10,7 +10,7 @@
 
 use std::os::fd::BorrowedFd;
 
-use udriver::vfio::{IrqIndex, MmapArea};
+use udriver::vfio::{IrqAction, IrqData, IrqIndex, MmapArea};
 
 use super::error::DeviceError;
 use crate::bar::BarIndex;
@@ -64,4 +64,89 @@ pub trait PassthroughDevice: Send {
 
     /// Unmask INTx after the guest serviced it (the kernel masked it when it fired).
     fn unmask_intx(&self) -> Result<(), DeviceError>;
+
+    /// A `VFIO_DEVICE_SET_IRQS` exactly as a VMM asked for it (a vfio-user client
+    /// wiring its own eventfds): any index, action and data.
+    fn set_irqs(
+        &self,
+        index: IrqIndex,
+        action: IrqAction,
+        start: u32,
+        data: IrqData<'_>,
+    ) -> Result<(), DeviceError>;
+
+    /// Whether [`reset`](Self::reset) can reset the device.
+    fn can_reset(&self) -> bool;
+
+    /// Reset the device (function-level or whatever VFIO offers).
+    fn reset(&self) -> Result<(), DeviceError>;
+
+    /// The fd a VMM mmaps the regions' [`mmap_areas`](DeviceRegion::mmap_areas) from,
+    /// at [`fd_offset`](DeviceRegion::fd_offset): the VFIO device fd. Handing it out
+    /// gives the holder the whole device (config, reset, interrupts) but never the
+    /// IOMMU.
+    fn mmap_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+}
+
+/// A shared device: the owner of the `Arc` keeps a handle (a test firing a fake's
+/// vectors while a frontend serves it).
+impl<T: PassthroughDevice + Sync + ?Sized> PassthroughDevice for std::sync::Arc<T> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn config_len(&self) -> usize {
+        (**self).config_len()
+    }
+    fn read_config(&self, offset: u16, data: &mut [u8]) -> Result<(), DeviceError> {
+        (**self).read_config(offset, data)
+    }
+    fn write_config(&self, offset: u16, data: &[u8]) -> Result<(), DeviceError> {
+        (**self).write_config(offset, data)
+    }
+    fn region(&self, index: BarIndex) -> Option<DeviceRegion> {
+        (**self).region(index)
+    }
+    fn read_region(
+        &self,
+        index: BarIndex,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<(), DeviceError> {
+        (**self).read_region(index, offset, data)
+    }
+    fn write_region(&self, index: BarIndex, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        (**self).write_region(index, offset, data)
+    }
+    fn irq_count(&self, index: IrqIndex) -> u32 {
+        (**self).irq_count(index)
+    }
+    fn wire_irqs(&self, index: IrqIndex, eventfds: &[BorrowedFd<'_>]) -> Result<(), DeviceError> {
+        (**self).wire_irqs(index, eventfds)
+    }
+    fn disable_irqs(&self, index: IrqIndex) -> Result<(), DeviceError> {
+        (**self).disable_irqs(index)
+    }
+    fn unmask_intx(&self) -> Result<(), DeviceError> {
+        (**self).unmask_intx()
+    }
+    fn set_irqs(
+        &self,
+        index: IrqIndex,
+        action: IrqAction,
+        start: u32,
+        data: IrqData<'_>,
+    ) -> Result<(), DeviceError> {
+        (**self).set_irqs(index, action, start, data)
+    }
+    fn can_reset(&self) -> bool {
+        (**self).can_reset()
+    }
+    fn reset(&self) -> Result<(), DeviceError> {
+        (**self).reset()
+    }
+    fn mmap_fd(&self) -> Option<BorrowedFd<'_>> {
+        (**self).mmap_fd()
+    }
 }

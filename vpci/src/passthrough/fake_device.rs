@@ -6,7 +6,9 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 
-use udriver::vfio::{IrqIndex, MmapArea};
+use std::collections::BTreeMap;
+
+use udriver::vfio::{IrqAction, IrqData, IrqIndex, MmapArea};
 
 use super::device::{DeviceRegion, PassthroughDevice};
 use super::error::DeviceError;
@@ -19,6 +21,8 @@ pub enum IrqOp {
     Wire(IrqIndex, usize),
     Disable(IrqIndex),
     UnmaskIntx,
+    /// A client's SET_IRQS: index, action, start, count (fds, bools or none).
+    Set(IrqIndex, IrqAction, u32, u32),
 }
 
 #[derive(Debug)]
@@ -39,6 +43,12 @@ pub struct FakeDevice {
     pub irq_log: Mutex<Vec<IrqOp>>,
     /// Config reads and BAR accesses fail while set.
     pub broken: Mutex<bool>,
+    /// Eventfds a client wired through `set_irqs` (TRIGGER), by index and vector.
+    pub client_fds: Mutex<BTreeMap<(u32, u32), OwnedFd>>,
+    /// Resets done.
+    pub resets: Mutex<u32>,
+    /// What `mmap_fd` hands out (the VFIO device fd's stand-in).
+    pub mmap_file: Option<OwnedFd>,
 }
 
 fn irq_slot(index: IrqIndex) -> usize {
@@ -60,6 +70,9 @@ impl FakeDevice {
             wired: Mutex::new(None),
             irq_log: Mutex::new(Vec::new()),
             broken: Mutex::new(false),
+            client_fds: Mutex::new(BTreeMap::new()),
+            resets: Mutex::new(0),
+            mmap_file: None,
         }
     }
 
@@ -99,6 +112,15 @@ impl FakeDevice {
 
     /// The device raises `vector` of the live index (as VFIO signals its eventfd).
     pub fn fire(&self, index: IrqIndex, vector: usize) -> bool {
+        if let Some(fd) = self
+            .client_fds
+            .lock()
+            .unwrap()
+            .get(&(index.raw(), vector as u32))
+        {
+            nix::unistd::write(fd, &1u64.to_ne_bytes()).unwrap();
+            return true;
+        }
         let wired = self.wired.lock().unwrap();
         match wired.as_ref() {
             Some((live, fds)) if *live == index && vector < fds.len() => {
@@ -214,7 +236,11 @@ impl PassthroughDevice for FakeDevice {
     }
 
     fn irq_count(&self, index: IrqIndex) -> u32 {
-        self.irq_counts.get(irq_slot(index)).copied().unwrap_or(0)
+        match index {
+            // As vfio-pci: one ERR and one REQ notifier.
+            IrqIndex::Err | IrqIndex::Req => 1,
+            _ => self.irq_counts.get(irq_slot(index)).copied().unwrap_or(0),
+        }
     }
 
     fn wire_irqs(&self, index: IrqIndex, eventfds: &[BorrowedFd<'_>]) -> Result<(), DeviceError> {
@@ -249,5 +275,67 @@ impl PassthroughDevice for FakeDevice {
     fn unmask_intx(&self) -> Result<(), DeviceError> {
         self.irq_log.lock().unwrap().push(IrqOp::UnmaskIntx);
         Ok(())
+    }
+
+    fn set_irqs(
+        &self,
+        index: IrqIndex,
+        action: IrqAction,
+        start: u32,
+        data: IrqData<'_>,
+    ) -> Result<(), DeviceError> {
+        let offered = self.irq_count(index);
+        let count = match data {
+            IrqData::None { count } => count,
+            IrqData::Bool(b) => b.len() as u32,
+            IrqData::Eventfds(f) => f.len() as u32,
+        };
+        // As the kernel: a range past the vectors offered is EINVAL.
+        if start.checked_add(count).is_none_or(|end| end > offered) {
+            return Err(format!(
+                "{}: {index}: vectors {start}+{count} of {offered} (EINVAL)",
+                self.name
+            )
+            .into());
+        }
+        let mut client = self.client_fds.lock().unwrap();
+        match (action, data) {
+            (IrqAction::Trigger, IrqData::None { count: 0 }) => {
+                client.retain(|(i, _), _| *i != index.raw());
+            }
+            (IrqAction::Trigger, IrqData::Eventfds(fds)) => {
+                for (i, fd) in fds.iter().enumerate() {
+                    let key = (index.raw(), start + i as u32);
+                    match fd {
+                        Some(fd) => {
+                            client.insert(key, fd.try_clone_to_owned()?);
+                        }
+                        None => {
+                            client.remove(&key);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.irq_log
+            .lock()
+            .unwrap()
+            .push(IrqOp::Set(index, action, start, count));
+        Ok(())
+    }
+
+    fn can_reset(&self) -> bool {
+        true
+    }
+
+    fn reset(&self) -> Result<(), DeviceError> {
+        self.check("reset")?;
+        *self.resets.lock().unwrap() += 1;
+        Ok(())
+    }
+
+    fn mmap_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.mmap_file.as_ref().map(AsFd::as_fd)
     }
 }

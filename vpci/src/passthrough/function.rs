@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::ops::Range;
 
-use udriver::vfio::{EventFd, IrqIndex, MmapArea};
+use udriver::vfio::{EventFd, IrqAction, IrqData, IrqIndex, MmapArea};
 
 use super::capability_filter::{hide_capabilities, HiddenCapability};
 use super::config_overlay::ConfigOverlay;
@@ -81,6 +81,10 @@ pub struct PassthroughFunction<D: PassthroughDevice = VfioPassthroughDevice> {
     unmasked: Vec<MsiMessage>,
     hidden: Vec<HiddenCapability>,
     errors: VecDeque<PassthroughError>,
+    /// `Some` once a VMM wires the device's interrupts itself (vfio-user): bit `i` set
+    /// while it has eventfds on index `i`. The guest's MSI/MSI-X programming then no
+    /// longer rewires anything.
+    client_irqs: Option<u8>,
 }
 
 fn irq_index(kind: InterruptKind) -> IrqIndex {
@@ -231,6 +235,7 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
             unmasked: Vec::new(),
             hidden,
             errors: VecDeque::new(),
+            client_irqs: None,
         };
         function.prepare_device()?;
         let want = function.wanted_irqs().map(|(live, _)| live);
@@ -292,7 +297,102 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
                     .map_err(|e| PassthroughError::device(&name, "turning bus mastering off", e))
             });
         let vectors = self.irqs.apply(&self.device, None);
-        bus_master.and(vectors)
+        let client = self.disable_client_irqs();
+        bus_master.and(vectors).and(client)
+    }
+
+    /// Let a VMM wire the device's interrupts to eventfds of its own, as VFIO lets
+    /// QEMU's vfio-pci do: the function's own vectors are disabled, and from now on
+    /// the guest's MSI/MSI-X programming (which the VMM emulates and turns into
+    /// [`set_client_irqs`](Self::set_client_irqs) calls) changes no wiring.
+    pub fn hand_interrupts_to_client(&mut self) -> Result<(), PassthroughError> {
+        self.irqs.apply(&self.device, None)?;
+        self.client_irqs.get_or_insert(0);
+        Ok(())
+    }
+
+    /// A VMM's `VFIO_DEVICE_SET_IRQS`, passed to the device as it is: its eventfds are
+    /// signalled by the kernel with no hop through this process. Only after
+    /// [`hand_interrupts_to_client`](Self::hand_interrupts_to_client).
+    pub fn set_client_irqs(
+        &mut self,
+        index: IrqIndex,
+        action: IrqAction,
+        start: u32,
+        data: IrqData<'_>,
+    ) -> Result<(), PassthroughError> {
+        let Some(wired) = self.client_irqs else {
+            return Err(PassthroughError::device(
+                self.device.name(),
+                format!("wiring {index} for a VMM"),
+                "the function wires its own vectors; hand them to the VMM first".into(),
+            ));
+        };
+        self.device
+            .set_irqs(index, action, start, data)
+            .map_err(|e| {
+                PassthroughError::device(
+                    self.device.name(),
+                    format!("{action:?} on {index} vectors from {start}"),
+                    e,
+                )
+            })?;
+        let bit = 1u8 << index.raw();
+        let wired = match (action, data) {
+            (IrqAction::Trigger, IrqData::None { count: 0 }) => wired & !bit,
+            (IrqAction::Trigger, IrqData::Eventfds(fds)) if fds.iter().any(Option::is_some) => {
+                wired | bit
+            }
+            _ => wired,
+        };
+        self.client_irqs = Some(wired);
+        Ok(())
+    }
+
+    /// Reset the device for a VMM that wires its own interrupts (vfio-user
+    /// DEVICE_RESET): its INTx/MSI/MSI-X vectors and bus mastering off, the device
+    /// reset, the virtual config back to its state after [`new`](Self::new). The
+    /// VMM's ERR and REQ eventfds stay wired, as a kernel VFIO reset leaves them: QEMU
+    /// registers them once and resets the device afterwards.
+    pub fn reset_for_client(mut self) -> Result<Self, PassthroughError> {
+        let wired = self.client_irqs.unwrap_or(0);
+        let kept = (1u8 << IrqIndex::Err.raw()) | (1u8 << IrqIndex::Req.raw());
+        self.client_irqs = Some(wired & !kept);
+        self.quiesce()?;
+        self.device
+            .reset()
+            .map_err(|e| PassthroughError::device(self.device.name(), "resetting", e))?;
+        let mut fresh = Self::new(self.device)?;
+        fresh.hand_interrupts_to_client()?;
+        fresh.client_irqs = Some(wired & kept);
+        Ok(fresh)
+    }
+
+    /// Indexes a VMM has wired eventfds on now.
+    pub fn client_irq_indexes(&self) -> Vec<IrqIndex> {
+        let wired = self.client_irqs.unwrap_or(0);
+        IrqIndex::ALL
+            .into_iter()
+            .filter(|i| wired & (1 << i.raw()) != 0)
+            .collect()
+    }
+
+    /// Disable every index a VMM wired; all are tried, the first error returned.
+    fn disable_client_irqs(&mut self) -> Result<(), PassthroughError> {
+        let mut result = Ok(());
+        for index in self.client_irq_indexes() {
+            let done = self
+                .device
+                .set_irqs(index, IrqAction::Trigger, 0, IrqData::None { count: 0 })
+                .map_err(|e| {
+                    PassthroughError::device(self.device.name(), format!("disabling {index}"), e)
+                });
+            if done.is_ok() {
+                self.client_irqs = self.client_irqs.map(|w| w & !(1 << index.raw()));
+            }
+            result = result.and(done);
+        }
+        result
     }
 
     /// The device, for building a fresh function over it or giving it back. Vectors
@@ -478,6 +578,9 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
     }
 
     fn rewire(&mut self) {
+        if self.client_irqs.is_some() {
+            return;
+        }
         let want = self.wanted_irqs();
         let live = want.map(|(live, _)| live);
         if live.filter(|l| l.vectors > 0) == self.irqs.live() {

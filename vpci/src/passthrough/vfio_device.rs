@@ -4,9 +4,9 @@
 //! access that lands there is a volatile load or store with no syscall, and the rest
 //! goes through pread/pwrite on the device fd.
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
-use udriver::vfio::{IrqIndex, Region, RegionName, VfioDevice};
+use udriver::vfio::{IrqAction, IrqData, IrqIndex, Region, RegionName, VfioDevice};
 
 use super::device::{DeviceRegion, PassthroughDevice};
 use super::error::{DeviceError, PassthroughError};
@@ -19,16 +19,13 @@ pub struct VfioPassthroughDevice {
     device: VfioDevice,
     /// BAR0..=BAR5, then the ROM; `None` where the device implements nothing.
     regions: Vec<Option<Region>>,
-    irq_counts: [u32; 3],
+    /// Per index, in VFIO order.
+    irq_counts: [u32; 5],
+    can_reset: bool,
 }
 
 fn irq_slot(index: IrqIndex) -> Option<usize> {
-    match index {
-        IrqIndex::Intx => Some(0),
-        IrqIndex::Msi => Some(1),
-        IrqIndex::Msix => Some(2),
-        _ => None,
-    }
+    IrqIndex::ALL.iter().position(|i| *i == index)
 }
 
 fn region_name(index: BarIndex) -> RegionName {
@@ -58,8 +55,8 @@ impl VfioPassthroughDevice {
             };
             regions.push(region);
         }
-        let mut irq_counts = [0; 3];
-        for index in [IrqIndex::Intx, IrqIndex::Msi, IrqIndex::Msix] {
+        let mut irq_counts = [0; 5];
+        for index in IrqIndex::ALL {
             let info = device.irq_info(index).map_err(|e| {
                 PassthroughError::device(&name, format!("reading {index} info"), e.into())
             })?;
@@ -67,10 +64,12 @@ impl VfioPassthroughDevice {
                 irq_counts[slot] = if info.eventfd { info.count } else { 0 };
             }
         }
+        let can_reset = device.info().reset;
         Ok(Self {
             device,
             regions,
             irq_counts,
+            can_reset,
         })
     }
 
@@ -141,5 +140,28 @@ impl PassthroughDevice for VfioPassthroughDevice {
 
     fn unmask_intx(&self) -> Result<(), DeviceError> {
         Ok(self.device.unmask_intx()?)
+    }
+
+    fn set_irqs(
+        &self,
+        index: IrqIndex,
+        action: IrqAction,
+        start: u32,
+        data: IrqData<'_>,
+    ) -> Result<(), DeviceError> {
+        Ok(self.device.set_irqs(index, action, start, data)?)
+    }
+
+    fn can_reset(&self) -> bool {
+        self.can_reset
+    }
+
+    fn reset(&self) -> Result<(), DeviceError> {
+        self.device.reset()?;
+        Ok(())
+    }
+
+    fn mmap_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.device.as_fd())
     }
 }

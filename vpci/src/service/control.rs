@@ -384,6 +384,9 @@ pub struct FrontendReport {
     pub dma_mapped_bytes: u64,
     /// The last error, if any.
     pub last_error: Option<String>,
+    /// A vfio-user frontend's own state: its client, DMA mappings, message counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vfio_user: Option<crate::frontend::vfio_user::VfioUserStatus>,
 }
 
 /// A device the daemon serves.
@@ -540,6 +543,7 @@ mod tests {
                 interrupts: 6,
                 dma_mapped_bytes: 96 << 20,
                 last_error: Some("guest vanished".into()),
+                vfio_user: None,
             },
             since: 1_700_000_000,
             recovered: true,

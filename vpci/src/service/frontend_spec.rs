@@ -1,7 +1,8 @@
 //! Which frontend serves a device, written as `KIND:ARGUMENT[,OPTION=VALUE...]` on the
 //! command line, in control requests and in the claim state file
-//! (`uml:/run/udrv/nic.sock`, `uml:/run/udrv/nic.sock,poll-us=200,worker-cpu=1`), so a
-//! restarted service serves each device as it was served before.
+//! (`uml:/run/udrv/nic.sock`, `uml:/run/udrv/nic.sock,poll-us=200,worker-cpu=1`,
+//! `vfio-user:/run/udrv/nic.sock,direct-mmio,user=1000`), so a restarted service
+//! serves each device as it was served before.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -29,7 +30,25 @@ pub enum FrontendSpec {
         /// (options `poll-us=MICROSECONDS`, `worker-cpu=CPU`).
         worker: WorkerOptions,
     },
+    /// A vfio-user client (QEMU's `vfio-user-pci`, cloud-hypervisor's
+    /// `--user-device`), listening at `socket`.
+    VfioUser {
+        /// The vfio-user socket the frontend creates (mode 0600).
+        socket: PathBuf,
+        /// Hand clients the VFIO device fd for direct access to the mmap-able parts of
+        /// the BARs (option `direct-mmio`). The client can then also reset the
+        /// device, program its interrupts and write its config, but never reach the
+        /// IOMMU.
+        direct_mmio: bool,
+        /// A user (uid) besides root and the service's own that may connect, and who
+        /// owns the socket (option `user=UID`): a VMM that does not run as root.
+        user: Option<u32>,
+    },
 }
+
+/// The `vfio-user:` options.
+const DIRECT_MMIO: &str = "direct-mmio";
+const USER: &str = "user";
 
 /// The `uml:` options, as written after the socket path.
 const POLL_US: &str = "poll-us";
@@ -44,24 +63,38 @@ impl FrontendSpec {
         }
     }
 
+    /// A vfio-user frontend on `socket`: trapped BAR access, root and the service's
+    /// user only.
+    pub fn vfio_user(socket: impl Into<PathBuf>) -> Self {
+        FrontendSpec::VfioUser {
+            socket: socket.into(),
+            direct_mmio: false,
+            user: None,
+        }
+    }
+
     /// The socket the frontend listens on.
     pub fn socket(&self) -> &Path {
         match self {
-            FrontendSpec::Uml { socket, .. } => socket,
+            FrontendSpec::Uml { socket, .. } | FrontendSpec::VfioUser { socket, .. } => socket,
         }
     }
 
-    /// How the frontend's worker waits for commands and where it runs.
+    /// How the frontend's worker waits for commands and where it runs (the UML
+    /// frontend's; a vfio-user frontend has no such options).
     pub fn worker(&self) -> WorkerOptions {
         match self {
             FrontendSpec::Uml { worker, .. } => *worker,
+            FrontendSpec::VfioUser { .. } => WorkerOptions::default(),
         }
     }
 
-    /// The same frontend with its worker options replaced.
+    /// The same frontend with its worker options replaced (UML only; a vfio-user
+    /// spec is returned as it is).
     pub fn with_worker(self, worker: WorkerOptions) -> Self {
         match self {
             FrontendSpec::Uml { socket, .. } => FrontendSpec::Uml { socket, worker },
+            other => other,
         }
     }
 
@@ -69,6 +102,7 @@ impl FrontendSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             FrontendSpec::Uml { .. } => "uml",
+            FrontendSpec::VfioUser { .. } => "vfio-user",
         }
     }
 }
@@ -81,7 +115,7 @@ pub enum FrontendSpecError {
     NoKind(String),
     /// A kind udrv does not know.
     #[error(
-        "unknown frontend kind {kind:?} in {spec:?} (known: uml, as in uml:/run/udrv/nic.sock)"
+        "unknown frontend kind {kind:?} in {spec:?} (known: uml, as in uml:/run/udrv/nic.sock; vfio-user, as in vfio-user:/run/udrv/nic.sock)"
     )]
     UnknownKind {
         /// The kind.
@@ -110,6 +144,62 @@ pub enum FrontendSpecError {
         /// What is wrong with it.
         why: &'static str,
     },
+    /// A `vfio-user:` option that is unknown or has a bad value.
+    #[error("vfio-user option {option:?} in {spec:?}: {why} (options: {DIRECT_MMIO}, {USER}=UID, as in vfio-user:/run/udrv/nic.sock,{DIRECT_MMIO},{USER}=1000)")]
+    BadVfioUserOption {
+        /// The option as written.
+        option: String,
+        /// The whole spec.
+        spec: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+}
+
+/// Splits `,direct-mmio` and `,user=UID` off the end of a vfio-user socket argument
+/// (trailing segments without a `/`; the rest is the path, which may hold commas).
+fn vfio_user_options<'a>(
+    argument: &'a str,
+    spec: &str,
+) -> Result<(&'a str, bool, Option<u32>), FrontendSpecError> {
+    let mut path = argument;
+    let mut options = Vec::new();
+    while let Some((head, option)) = path.rsplit_once(',') {
+        if option.contains('/') || !(option == DIRECT_MMIO || option.contains('=')) {
+            break;
+        }
+        options.push(option);
+        path = head;
+    }
+    let (mut direct_mmio, mut user) = (false, None);
+    for option in options.into_iter().rev() {
+        let bad = |why| FrontendSpecError::BadVfioUserOption {
+            option: option.to_string(),
+            spec: spec.to_string(),
+            why,
+        };
+        match option.split_once('=') {
+            None => direct_mmio = true,
+            Some((USER, uid)) => {
+                user = Some(uid.parse().map_err(|_| bad("the user is a numeric uid"))?)
+            }
+            Some(_) => return Err(bad("unknown option")),
+        }
+    }
+    Ok((path, direct_mmio, user))
+}
+
+fn check_socket_path(path: &str) -> Result<(), FrontendSpecError> {
+    if !path.starts_with('/') {
+        return Err(FrontendSpecError::RelativePath(path.to_string()));
+    }
+    if path.len() > MAX_SOCKET_PATH {
+        return Err(FrontendSpecError::TooLong {
+            path: path.to_string(),
+            len: path.len(),
+        });
+    }
+    Ok(())
 }
 
 /// Splits `,KEY=VALUE` options off the end of a UML socket argument: trailing
@@ -165,18 +255,19 @@ impl FromStr for FrontendSpec {
         match kind {
             "uml" => {
                 let (path, worker) = uml_options(argument, spec)?;
-                if !path.starts_with('/') {
-                    return Err(FrontendSpecError::RelativePath(path.to_string()));
-                }
-                if path.len() > MAX_SOCKET_PATH {
-                    return Err(FrontendSpecError::TooLong {
-                        path: path.to_string(),
-                        len: path.len(),
-                    });
-                }
+                check_socket_path(path)?;
                 Ok(FrontendSpec::Uml {
                     socket: PathBuf::from(path),
                     worker,
+                })
+            }
+            "vfio-user" => {
+                let (path, direct_mmio, user) = vfio_user_options(argument, spec)?;
+                check_socket_path(path)?;
+                Ok(FrontendSpec::VfioUser {
+                    socket: PathBuf::from(path),
+                    direct_mmio,
+                    user,
                 })
             }
             _ => Err(FrontendSpecError::UnknownKind {
@@ -190,6 +281,18 @@ impl FromStr for FrontendSpec {
 impl fmt::Display for FrontendSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.kind(), self.socket().display())?;
+        if let FrontendSpec::VfioUser {
+            direct_mmio, user, ..
+        } = self
+        {
+            if *direct_mmio {
+                write!(f, ",{DIRECT_MMIO}")?;
+            }
+            if let Some(uid) = user {
+                write!(f, ",{USER}={uid}")?;
+            }
+            return Ok(());
+        }
         let worker = self.worker();
         if !worker.poll.is_zero() {
             write!(f, ",{POLL_US}={}", worker.poll.as_micros())?;
@@ -265,12 +368,13 @@ mod tests {
     fn refusals_name_the_problem() {
         let err = |s: &str| s.parse::<FrontendSpec>().unwrap_err().to_string();
         assert!(err("/run/x.sock").contains("has no kind"), "{}", err("/x"));
-        let unknown = err("vfio-user:/run/x.sock");
+        let unknown = err("vhost:/run/x.sock");
         assert!(
-            unknown.contains("unknown frontend kind \"vfio-user\""),
+            unknown.contains("unknown frontend kind \"vhost\""),
             "{unknown}"
         );
         assert!(unknown.contains("known: uml"), "{unknown}");
+        assert!(unknown.contains("vfio-user"), "{unknown}");
         assert!(err("uml:nic.sock").contains("not an absolute path"));
         let long = format!("uml:/{}", "a".repeat(120));
         assert!(err(&long).contains("at most 107"), "{}", err(&long));
@@ -285,5 +389,37 @@ mod tests {
         // Through serde too: a bad spec in a request is an error, not a panic.
         let bad = serde_json::from_str::<FrontendSpec>("\"uml:relative\"").unwrap_err();
         assert!(bad.to_string().contains("not an absolute path"), "{bad}");
+    }
+
+    #[test]
+    fn vfio_user_specs_parse_print_and_refuse() {
+        let spec: FrontendSpec = "vfio-user:/run/udrv/nic.sock".parse().unwrap();
+        assert_eq!(spec, FrontendSpec::vfio_user("/run/udrv/nic.sock"));
+        assert_eq!(spec.kind(), "vfio-user");
+        assert_eq!(spec.to_string(), "vfio-user:/run/udrv/nic.sock");
+        let spec: FrontendSpec = "vfio-user:/run/a,b/nic.sock,direct-mmio,user=1000"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            spec,
+            FrontendSpec::VfioUser {
+                socket: "/run/a,b/nic.sock".into(),
+                direct_mmio: true,
+                user: Some(1000),
+            }
+        );
+        let text = spec.to_string();
+        assert_eq!(text, "vfio-user:/run/a,b/nic.sock,direct-mmio,user=1000");
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<FrontendSpec>(&json).unwrap(), spec);
+        assert_eq!(spec.clone().with_worker(WorkerOptions::default()), spec);
+        let err = |s: &str| s.parse::<FrontendSpec>().unwrap_err().to_string();
+        assert!(err("vfio-user:nic.sock").contains("not an absolute path"));
+        let typo = err("vfio-user:/run/nic.sock,usr=5");
+        assert!(
+            typo.contains("unknown option") && typo.contains("direct-mmio"),
+            "{typo}"
+        );
+        assert!(err("vfio-user:/run/nic.sock,user=alice").contains("numeric uid"));
     }
 }

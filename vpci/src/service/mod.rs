@@ -9,7 +9,8 @@
 //!   Service           requests -> udriver's Claimer + state file, frontends
 //!     Served          served devices and their frontends' last status
 //!     FrontendLauncher  opens a claimed device and starts its frontend
-//!       UmlLauncher     VFIO (a container per served group) + the UML frontend
+//!       UmlLauncher     VFIO (a container per served group) + the UML frontend,
+//!                       or a vfio-user server (vfio_user_launcher)
 //! ControlClient       what the udrv commands use to talk to the daemon
 //! ```
 //!
@@ -32,6 +33,7 @@ mod requests;
 mod served;
 mod signals;
 mod uml_launcher;
+mod vfio_user_launcher;
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 //! The daemon's launcher: claimed devices opened through VFIO and served to User-Mode
-//! Linux guests by a [`UmlFrontend`].
+//! Linux guests by a [`UmlFrontend`], or to vfio-user clients (see
+//! [`vfio_user_launcher`](super::vfio_user_launcher)).
 //!
 //! Each IOMMU group gets a container (an IOVA space) of its own while one of its
 //! devices is served: a UML guest's memory is mapped at IOVA = UML physical address,
@@ -32,14 +33,15 @@ impl From<FrontendStatus> for FrontendReport {
             interrupts: status.interrupts,
             dma_mapped_bytes: status.dma_mapped_bytes,
             last_error: status.last_error,
+            vfio_user: None,
         }
     }
 }
 
 /// An IOMMU group in its own container, for as long as a served device of it holds this.
-struct GroupLease {
-    container: VfioContainer,
-    group: VfioGroup,
+pub(super) struct GroupLease {
+    pub(super) container: VfioContainer,
+    pub(super) group: VfioGroup,
 }
 
 impl Drop for GroupLease {
@@ -86,8 +88,22 @@ impl FrontendLauncher for UmlLauncher {
         iommu_group: u32,
         spec: &FrontendSpec,
     ) -> Result<Box<dyn RunningFrontend>, LaunchError> {
-        let FrontendSpec::Uml { socket, worker } = spec;
         let lease = self.lease(iommu_group)?;
+        let (socket, worker) = match spec {
+            FrontendSpec::Uml { socket, worker } => (socket, worker),
+            FrontendSpec::VfioUser {
+                socket,
+                direct_mmio,
+                user,
+            } => {
+                let options = super::vfio_user_launcher::VfioUserOptions {
+                    socket: socket.clone(),
+                    direct_mmio: *direct_mmio,
+                    user: *user,
+                };
+                return super::vfio_user_launcher::start(lease, device, options);
+            }
+        };
         let vfio = lease.group.open_device(&device.to_string())?;
         let function = PassthroughFunction::new(VfioPassthroughDevice::new(vfio)?)?;
         let mapper = Arc::new(lease.container.clone());

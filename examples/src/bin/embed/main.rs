@@ -21,7 +21,7 @@
 //! use udriver::vfio::{VfioContainer, VfioGroup};
 //! use vpci::passthrough::{PassthroughFunction, VfioPassthroughDevice};
 //! use vpci::{BusConfig, BusEvent, DevFn, VirtualBus};
-//! use dma::{DmaPolicy, GuestMemoryRegion, GuestSgList, IovaAllocator, StrictPolicy};
+//! use dma::{DmaPolicy, FdMemory, GuestMemoryRegion, GuestSgList, IovaAllocator, StrictPolicy};
 //!
 //! // 1. Claim the device and build the bus. The bus places BARs as firmware would;
 //! //    `bus.describe()` gives what the guest's ACPI tables (MCFG, _CRS, _PRT) say.
@@ -36,7 +36,8 @@
 //! // 2. Guest memory the device may DMA to: registered, never mapped wholesale.
 //! let iovas = Arc::new(IovaAllocator::new(&container.iommu_info()?.iova_ranges)?);
 //! let policy = StrictPolicy::new(container.clone(), iovas);
-//! policy.add_region(GuestMemoryRegion { gpa, len, vaddr })?; // the guest's memfd
+//! let ram = Arc::new(FdMemory::map(&guest_memfd, 0, ram_len, true)?); // the guest's RAM
+//! policy.add_region(GuestMemoryRegion::new(gpa, ram))?;
 //!
 //! // 3. Exit handler: ECAM, 0xCF8/0xCFC and BAR accesses, all through the bus.
 //! bus.mmio_read(gpa, &mut data)?;   bus.mmio_write(gpa, &data)?;

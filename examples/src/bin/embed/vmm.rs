@@ -36,9 +36,10 @@ pub struct Vmm {
     bus: VirtualBus,
     devfn: DevFn,
     policy: StrictPolicy<VfioContainer>,
-    /// The guest's RAM. A real VMM shares a memfd with the guest; anonymous memory
-    /// behaves the same for DMA.
-    ram: DmaMemory,
+    /// The guest's RAM, shared with the policy, which keeps it while the device may
+    /// reach it. A real VMM shares a memfd with the guest (`dma::FdMemory`); anonymous
+    /// memory behaves the same for DMA.
+    ram: Arc<DmaMemory>,
 }
 
 impl Vmm {
@@ -68,12 +69,11 @@ impl Vmm {
         let window = usable_window(&container)?;
         let iovas = Arc::new(IovaAllocator::new(&window)?);
         let policy = StrictPolicy::new(container, iovas);
-        let ram = DmaMemory::allocate_with(ram_bytes, PagePreference::SmallOnly)?;
-        policy.add_region(GuestMemoryRegion {
-            gpa: GuestPhysAddr(RAM_BASE),
-            len: ram.len() as u64,
-            vaddr: ram.vaddr(),
-        })?;
+        let ram = Arc::new(DmaMemory::allocate_with(
+            ram_bytes,
+            PagePreference::SmallOnly,
+        )?);
+        policy.add_region(GuestMemoryRegion::new(GuestPhysAddr(RAM_BASE), ram.clone()))?;
         let mut vmm = Vmm {
             bus,
             devfn,

@@ -29,8 +29,14 @@ use crate::serve::ControlArgs;
 /// if it is not loaded. Needs root.
 ///
 /// With --serve, the running `udrv serve` claims the device (same checks, same state
-/// file) and serves it to User-Mode Linux guests on a vhost-user socket, then this
-/// prints how to start such a guest. Start `udrv serve` first. With a CPU the guest
+/// file) and serves it to User-Mode Linux guests on a vhost-user socket, or to
+/// vfio-user clients (QEMU's vfio-user-pci, cloud-hypervisor), then this prints how to
+/// start such a guest. Start `udrv serve` first. A vfio-user socket is 0600; --user
+/// lets a VMM that does not run as root connect. With `,direct-mmio` the client gets
+/// the VFIO device fd and maps the BARs' mmap-able parts into its guest (the MSI-X
+/// table and PBA stay trapped): it can then also reset the device, program its
+/// interrupts and write its config through the kernel's vfio-pci, but never reach the
+/// IOMMU, which stays udrv's. With a CPU the guest
 /// does not need, --poll-us and --worker-cpu make the guest's register reads several
 /// times faster; on a machine where the guest needs every CPU they slow it down.
 ///
@@ -44,6 +50,10 @@ use crate::serve::ControlArgs;
 ///   udrv attach 00:04.0 --serve uml:/run/udrv/nic.sock --poll-us 500 --worker-cpu 3
 ///                                         the same, served by a worker on CPU 3 that
 ///                                         polls for the guest's next command
+///   udrv attach 00:04.0 --serve vfio-user:/run/udrv/nic.sock --user qemu
+///                                         serve it to a QEMU run as user qemu
+///   udrv attach 00:04.0 --serve vfio-user:/run/udrv/nic.sock,direct-mmio
+///                                         the same, BARs mapped straight into the guest
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct AttachArgs {
@@ -57,14 +67,16 @@ pub struct AttachArgs {
     #[arg(long)]
     pub group: bool,
     /// Give /dev/vfio/N to this user (name or uid), so a non-root driver can open it.
-    #[arg(long, value_name = "USER", conflicts_with = "serve")]
+    /// With --serve vfio-user:SOCKET: the user a VMM runs as, who may connect.
+    #[arg(long, value_name = "USER")]
     pub user: Option<String>,
     /// Give /dev/vfio/N to this group (name or gid), mode 0660.
     #[arg(long, value_name = "GROUP", conflicts_with = "serve")]
     pub group_owner: Option<String>,
     /// Have `udrv serve` claim the (one) device and serve it on this frontend:
-    /// uml:SOCKET, a vhost-user socket a User-Mode Linux guest connects to.
-    #[arg(long, value_name = "uml:SOCKET", value_parser = parse_serve)]
+    /// uml:SOCKET, a vhost-user socket a User-Mode Linux guest connects to, or
+    /// vfio-user:SOCKET[,direct-mmio], a socket QEMU or cloud-hypervisor connects to.
+    #[arg(long, value_name = "uml:SOCKET|vfio-user:SOCKET", value_parser = parse_serve)]
     pub serve: Option<FrontendSpec>,
     /// The device ID in the printed UML command line (virtio_uml.device=SOCKET:ID); it
     /// must equal the guest kernel's CONFIG_UML_PCI_OVER_VIRTIO_DEVICE_ID.
@@ -99,6 +111,27 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         }
         if let Some(cpu) = args.worker_cpu {
             worker.cpu = Some(cpu);
+        }
+        let spec = match (spec, &args.user) {
+            (
+                FrontendSpec::VfioUser {
+                    socket,
+                    direct_mmio,
+                    ..
+                },
+                Some(user),
+            ) => FrontendSpec::VfioUser {
+                socket,
+                direct_mmio,
+                user: Some(resolve_user(user)?),
+            },
+            (FrontendSpec::Uml { .. }, Some(_)) => {
+                bail!("--user with --serve uml: the UML socket is the service's; drop --user")
+            }
+            (spec, _) => spec,
+        };
+        if args.group_owner.is_some() {
+            bail!("--group-owner does not apply with --serve: the service holds /dev/vfio/N");
         }
         return run_served(&args, spec.with_worker(worker));
     }
@@ -239,6 +272,22 @@ fn run_served(args: &AttachArgs, spec: FrontendSpec) -> anyhow::Result<()> {
     for warning in &reply.warnings {
         eprintln!("udrv: warning: {warning}");
     }
+    if let FrontendSpec::VfioUser { .. } = spec {
+        let commands = vfio_user_commands(&spec);
+        let text = if args.json {
+            let mut value = serde_json::to_value(&reply).context("encoding JSON")?;
+            value["client_commands"] = serde_json::json!({
+                "qemu": commands.qemu,
+                "cloud_hypervisor": commands.cloud_hypervisor,
+            });
+            let mut text = serde_json::to_string_pretty(&value).context("encoding JSON")?;
+            text.push('\n');
+            text
+        } else {
+            render_vfio_user_text(&reply, &spec, &commands)
+        };
+        return write_stdout(&text);
+    }
     let guest = uml_command(&spec, args.uml_device_id);
     let text = if args.json {
         let mut value = serde_json::to_value(&reply).context("encoding JSON")?;
@@ -250,6 +299,67 @@ fn run_served(args: &AttachArgs, spec: FrontendSpec) -> anyhow::Result<()> {
         render_served_text(&reply, &spec, &guest, args.uml_device_id)
     };
     write_stdout(&text)
+}
+
+/// How to start a VMM on a vfio-user socket.
+struct VfioUserCommands {
+    qemu: String,
+    cloud_hypervisor: String,
+}
+
+fn vfio_user_commands(spec: &FrontendSpec) -> VfioUserCommands {
+    let socket = spec.socket().display();
+    let device = serde_json::json!({
+        "driver": "vfio-user-pci",
+        "socket": {"type": "unix", "path": spec.socket()},
+    });
+    VfioUserCommands {
+        // Guest RAM must be a shared fd (memfd) or the DMA_MAPs come without fds and
+        // the device cannot reach guest memory.
+        qemu: format!(
+            "qemu-system-x86_64 -machine q35,memory-backend=mem \\\n    -object memory-backend-memfd,id=mem,size=1G,share=on \\\n    -device '{device}' ..."
+        ),
+        cloud_hypervisor: format!(
+            "cloud-hypervisor --memory size=1G,shared=on --user-device socket={socket} ..."
+        ),
+    }
+}
+
+fn render_vfio_user_text(
+    reply: &AttachReply,
+    spec: &FrontendSpec,
+    commands: &VfioUserCommands,
+) -> String {
+    let mut out = render_claims(reply);
+    if let (
+        Some(served),
+        FrontendSpec::VfioUser {
+            direct_mmio, user, ..
+        },
+    ) = (&reply.served, spec)
+    {
+        let _ = writeln!(
+            out,
+            "{}: served by udrv serve to vfio-user clients at {} ({}; {})",
+            served.address,
+            spec.socket().display(),
+            if *direct_mmio {
+                "direct MMIO: the client gets the VFIO device fd"
+            } else {
+                "BAR accesses trapped"
+            },
+            match user {
+                Some(uid) => format!("root and uid {uid} may connect"),
+                None => "root may connect".to_string(),
+            }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "Start QEMU (>= 10.1) with shared guest memory:\n  {}\nor cloud-hypervisor:\n  {}\n(`udrv status` shows when it connects)",
+        commands.qemu, commands.cloud_hypervisor
+    );
+    out
 }
 
 /// How to start a UML guest on `spec`'s socket.

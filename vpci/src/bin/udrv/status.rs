@@ -93,6 +93,25 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 fn counters(s: &FrontendReport) -> String {
+    if let Some(v) = &s.vfio_user {
+        let client = match v.client {
+            Some(c) => format!("client pid {} uid {}", c.pid, c.uid),
+            None => "no client".to_string(),
+        };
+        return format!(
+            "{client}  clients {}  msgs {} (errors {})  region r{}/w{}  dma {} maps, {} KiB  irq sets {}  resets {}{}",
+            v.clients_served,
+            v.messages,
+            v.error_replies,
+            v.region_reads,
+            v.region_writes,
+            v.dma_mappings,
+            v.dma_mapped_bytes / 1024,
+            v.irq_sets,
+            v.resets,
+            if v.direct_mmio { "  direct-mmio" } else { "" }
+        );
+    }
     format!(
         "config {}  mmio r{}/w{}  irqs {}  dma {} KiB",
         s.config_accesses,

@@ -3,70 +3,61 @@
 //! devices.
 //!
 //! UML sends its memory in SET_MEM_TABLE as one fd-backed region (the part of its RAM
-//! file after its own image). Each region is mapped in whole pages, rounded inwards, so
-//! a mapping never reaches host memory outside what UML shared.
+//! file after its own image). This module decides what of that table is mapped: each
+//! region's fd is mapped once more ([`FdMemory`], which refuses a region reaching past
+//! the end of its file), and [`DmaMappings::map_identity`] maps its whole pages, rounded
+//! inwards, so a mapping never reaches host memory outside what UML shared. The table
+//! holds each mapping's memory until the mapping is gone.
 
 use std::sync::Arc;
 
-use dma::{DmaAccess, DmaError, DmaMapper, DmaMapping, HostVirtAddr, Iova, IovaRange};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+use dma::{DmaBacking, DmaError, DmaMapper, DmaMappings, FdMemory, GuestPhysAddr};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-/// What is mapped for the current guest, and the memory kept alive behind it.
+/// What is mapped for the current guest, with the memory behind it.
 #[derive(Default)]
 pub(super) struct GuestDma {
-    mapped: Vec<IovaRange>,
-    /// The mmap'd regions behind `mapped`: kept until they are unmapped, so the IOMMU
-    /// never points at memory this process has let go of.
-    memory: Option<GuestMemoryMmap>,
+    /// Made on the first memory table, with the frontend's mapper.
+    mappings: Option<DmaMappings<Arc<dyn DmaMapper>>>,
 }
 
-/// One region's page-aligned identity mapping, or why it has none.
-fn identity_mapping(gpa: u64, len: u64, vaddr: u64, page: u64) -> Option<DmaMapping> {
-    let start = gpa.checked_next_multiple_of(page)?;
-    let end = gpa.checked_add(len)? / page * page;
-    let shifted = vaddr.checked_add(start - gpa)?;
-    if end <= start || !shifted.is_multiple_of(page) {
-        return None;
-    }
-    DmaMapping::new(
-        Iova(start),
-        HostVirtAddr(shifted),
-        end - start,
-        DmaAccess::ReadWrite,
-    )
-    .ok()
+/// One region of a memory table: where UML has it, and this process's own mapping of
+/// its fd.
+struct TableRegion {
+    gpa: u64,
+    len: u64,
+    memory: Arc<dyn DmaBacking>,
 }
 
-/// Refuse regions that reach past the end of their file: touching such a page (the
-/// device through the IOMMU, or this process reading a descriptor) would fault, and in
-/// this process that is a SIGBUS. vm-memory maps them without checking.
-fn check_backed(memory: &GuestMemoryMmap) -> Result<(), String> {
-    for region in memory.iter() {
-        let gpa = region.start_addr().0;
-        let Some(file) = region.file_offset() else {
-            continue;
-        };
-        let size = file
-            .file()
-            .metadata()
-            .map_err(|e| format!("region at {gpa:#x}: cannot stat its fd: {e}"))?
-            .len();
-        let end = file.start().checked_add(region.len());
-        if end.is_none_or(|end| end > size) {
-            return Err(format!(
-                "region at UML physical {gpa:#x} (+{:#x}) reaches past the end of its {size:#x}-byte file (offset {:#x}); refused",
-                region.len(),
-                file.start()
-            ));
-        }
-    }
-    Ok(())
+/// Maps the fd behind each region of `memory`, refusing the table if one has no fd or
+/// reaches past the end of its file (touching such a page, the device through the
+/// IOMMU or this process reading a descriptor, would fault; in this process that is a
+/// SIGBUS, and vm-memory maps such regions without checking).
+fn table_regions(memory: &GuestMemoryMmap) -> Result<Vec<TableRegion>, String> {
+    memory
+        .iter()
+        .map(|region| {
+            let gpa = region.start_addr().0;
+            let len = region.len();
+            let file = region
+                .file_offset()
+                .ok_or_else(|| format!("region at UML physical {gpa:#x} has no fd"))?;
+            let memory = FdMemory::map(file.file(), file.start(), len, true).map_err(|e| {
+                format!("region at UML physical {gpa:#x} (+{len:#x}): {e}; refused")
+            })?;
+            Ok(TableRegion {
+                gpa,
+                len,
+                memory: Arc::new(memory),
+            })
+        })
+        .collect()
 }
 
 impl GuestDma {
     /// Bytes mapped now.
     pub(super) fn mapped_bytes(&self) -> u64 {
-        self.mapped.iter().map(|r| r.len()).sum()
+        self.mappings.as_ref().map_or(0, |m| m.bytes())
     }
 
     /// Map `memory` (a new memory table) in place of what was mapped. All or nothing:
@@ -78,76 +69,42 @@ impl GuestDma {
     ) -> Result<u64, String> {
         self.unmap_all(mapper)
             .map_err(|e| format!("unmapping the previous memory table: {e}"))?;
-        check_backed(memory)?;
-        let page = mapper.page_size();
-        let mut mappings = Vec::new();
-        for region in memory.iter() {
-            let gpa = region.start_addr().0;
-            let len = region.len();
-            let vaddr = region
-                .get_host_address(MemoryRegionAddress(0))
-                .map_err(|e| format!("region at {gpa:#x}: no host address: {e}"))?
-                as u64;
-            match identity_mapping(gpa, len, vaddr, page) {
-                Some(m) => mappings.push(m),
-                None => tracing::warn!(
-                    gpa,
-                    len,
+        let regions = table_regions(memory)?;
+        let mappings = self
+            .mappings
+            .get_or_insert_with(|| DmaMappings::new(mapper.clone()));
+        let mut mapped = Ok(());
+        for region in regions {
+            match mappings.map_identity(GuestPhysAddr(region.gpa), region.memory, 0, region.len)
+            {
+                Ok(Some(_)) => {}
+                Ok(None) => tracing::warn!(
+                    gpa = region.gpa,
+                    len = region.len,
                     "UML memory region has no whole page to map for DMA (its guest and host addresses are not page-aligned alike); the device cannot reach it"
                 ),
+                Err(e) => {
+                    mapped = Err(e);
+                    break;
+                }
             }
         }
-        mapper.map_batch(&mappings).map_err(|e| {
-            let first = mappings.first().map_or(0, |m| m.iova().0);
-            let total: u64 = mappings.iter().map(|m| m.len()).sum();
-            format!(
+        if let Err(e) = mapped {
+            let (first, total) = memory.iter().fold((u64::MAX, 0), |(first, total), r| {
+                (first.min(r.start_addr().0), total + r.len())
+            });
+            // Best effort: the refusal is the error worth reporting.
+            let _ = self.unmap_all(mapper);
+            return Err(format!(
                 "mapping UML memory ({total:#x} bytes from UML physical {first:#x}) for DMA: {e}"
-            )
-        })?;
-        self.mapped = mappings.iter().map(|m| m.range).collect();
-        self.memory = Some(memory.clone());
+            ));
+        }
         Ok(self.mapped_bytes())
     }
 
     /// Unmap everything; returns the bytes unmapped. Unmaps what it can even if one
     /// range fails, and reports the first failure.
-    pub(super) fn unmap_all(&mut self, mapper: &Arc<dyn DmaMapper>) -> Result<u64, DmaError> {
-        let mut total = 0;
-        let mut first_error = None;
-        for range in self.mapped.drain(..) {
-            match mapper.unmap(range) {
-                Ok(n) => total += n,
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        self.memory = None;
-        first_error.map_or(Ok(total), Err)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn regions_are_mapped_in_whole_pages_inside_them() {
-        let m = identity_mapping(0x1000, 0x3000, 0x7f00_0000_1000, 0x1000).unwrap();
-        assert_eq!(
-            (m.iova().0, m.len(), m.vaddr.0),
-            (0x1000, 0x3000, 0x7f00_0000_1000)
-        );
-        // UML's region starts after its image, not always on a page: round inwards.
-        let m = identity_mapping(0x1800, 0x3000, 0x7f00_0000_1800, 0x1000).unwrap();
-        assert_eq!(
-            (m.iova().0, m.len(), m.vaddr.0),
-            (0x2000, 0x2000, 0x7f00_0000_2000)
-        );
-        // Guest and host offsets within a page differ: an identity map would expose
-        // the neighbouring host bytes.
-        assert!(identity_mapping(0x1000, 0x3000, 0x7f00_0000_1800, 0x1000).is_none());
-        assert!(identity_mapping(0x1800, 0x400, 0x7f00_0000_1800, 0x1000).is_none());
-        assert!(identity_mapping(u64::MAX - 0xfff, 0x2000, 0x1000, 0x1000).is_none());
+    pub(super) fn unmap_all(&mut self, _mapper: &Arc<dyn DmaMapper>) -> Result<u64, DmaError> {
+        self.mappings.as_mut().map_or(Ok(0), DmaMappings::unmap_all)
     }
 }

@@ -91,6 +91,21 @@ impl PassthroughDevice for SharedFake {
     fn unmask_intx(&self) -> Result<(), DeviceError> {
         self.0.unmask_intx()
     }
+    fn set_irqs(
+        &self,
+        index: IrqIndex,
+        action: udriver::vfio::IrqAction,
+        start: u32,
+        data: udriver::vfio::IrqData<'_>,
+    ) -> Result<(), DeviceError> {
+        self.0.set_irqs(index, action, start, data)
+    }
+    fn can_reset(&self) -> bool {
+        self.0.can_reset()
+    }
+    fn reset(&self) -> Result<(), DeviceError> {
+        self.0.reset()
+    }
 }
 
 struct Rig {

@@ -1,0 +1,381 @@
+//! The socket and its clients: bound mode 0600 (owned by the allowed user, if one is
+//! named), one client served at a time on a thread of its own, each client's peer
+//! credentials checked, and each session ended (device quiesced, DMA unmapped,
+//! function rebuilt) before the next client is accepted.
+
+use std::fs;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use dma::DmaMapper;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use udriver::vfio::EventFd;
+
+use super::protocol::{reply_header, Reply};
+use super::session::{Outcome, Session, SessionEndError, SessionOptions};
+use super::status::{bump, ClientPeer, Counters, VfioUserStatus};
+use super::wire::{read_message, send_reply, ReadError};
+use crate::passthrough::{PassthroughDevice, PassthroughError, PassthroughFunction};
+
+/// How a [`VfioUserServer`] listens.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// The socket to create.
+    pub socket: PathBuf,
+    /// Besides root and this process's user, the user a VMM may run as (the socket
+    /// is owned by it).
+    pub allowed_uid: Option<u32>,
+    /// What each session offers.
+    pub session: SessionOptions,
+}
+
+/// Why a server could not start or ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("vfio-user socket {path}: {action}: {error}")]
+    Socket {
+        path: PathBuf,
+        action: &'static str,
+        error: io::Error,
+    },
+    #[error("vfio-user socket {0}: a server answers there already")]
+    InUse(PathBuf),
+    #[error("vfio-user socket {0}: something other than a socket is there")]
+    NotASocket(PathBuf),
+    #[error("vfio-user: {0}")]
+    Function(#[from] PassthroughError),
+    #[error("vfio-user: {0}")]
+    Session(#[from] SessionEndError),
+    #[error("vfio-user server thread: {0}")]
+    Thread(String),
+}
+
+/// A passthrough function served over vfio-user on a socket.
+pub struct VfioUserServer<D: PassthroughDevice + 'static> {
+    socket: PathBuf,
+    direct_mmio: bool,
+    counters: Arc<Counters>,
+    stop: Arc<Stop>,
+    thread: Option<JoinHandle<Result<PassthroughFunction<D>, ServerError>>>,
+}
+
+/// Asks the server thread to end: a flag, an eventfd that wakes its accept, and the
+/// connection it serves (shut down so that a blocked read returns).
+struct Stop {
+    requested: AtomicBool,
+    wake: EventFd,
+    client: Mutex<Option<UnixStream>>,
+}
+
+/// The socket file: removed on drop if it is still the one bound.
+struct SocketFile {
+    path: PathBuf,
+    inode: u64,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.inode) {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn bind(path: &Path, owner: Option<u32>) -> Result<(SocketFile, UnixListener), ServerError> {
+    let error = |action, error| ServerError::Socket {
+        path: path.to_path_buf(),
+        action,
+        error,
+    };
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(ServerError::NotASocket(path.to_path_buf()))
+        }
+        Ok(_) => match UnixStream::connect(path) {
+            Ok(_) => return Err(ServerError::InUse(path.to_path_buf())),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+            Err(e) => return Err(error("checking for a server at", e)),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(error("inspecting", e)),
+    }
+    // Bound under a temporary name, made 0600 (and given to the VMM's user), then
+    // renamed into place: never reachable with the umask's looser mode.
+    let mut temp_name = path.file_name().unwrap_or_default().to_os_string();
+    temp_name.push(format!(".{}.new", std::process::id()));
+    let temp = path.with_file_name(temp_name);
+    let _ = fs::remove_file(&temp);
+    let listener = UnixListener::bind(&temp).map_err(|e| error("binding", e))?;
+    let placed = fs::set_permissions(&temp, fs::Permissions::from_mode(0o600))
+        .and_then(|()| match owner {
+            Some(uid) => std::os::unix::fs::chown(&temp, Some(uid), None),
+            None => Ok(()),
+        })
+        .and_then(|()| fs::rename(&temp, path));
+    if let Err(e) = placed {
+        let _ = fs::remove_file(&temp);
+        return Err(error("placing", e));
+    }
+    let inode = fs::symlink_metadata(path)
+        .map_err(|e| error("inspecting", e))?
+        .ino();
+    Ok((
+        SocketFile {
+            path: path.to_path_buf(),
+            inode,
+        },
+        listener,
+    ))
+}
+
+/// Who may connect: root, this process's user, and the allowed one.
+fn authorize(peer: &ClientPeer, allowed: Option<u32>) -> Result<(), String> {
+    let me = nix::unistd::geteuid().as_raw();
+    if peer.uid == 0 || peer.uid == me || Some(peer.uid) == allowed {
+        return Ok(());
+    }
+    Err(format!(
+        "uid {} (pid {}) may not use this device: only root, uid {me}{} may",
+        peer.uid,
+        peer.pid,
+        allowed.map(|u| format!(" and uid {u}")).unwrap_or_default()
+    ))
+}
+
+impl<D: PassthroughDevice + 'static> VfioUserServer<D> {
+    /// Serve `function` on a new socket at `options.socket`, its DMA through `mapper`
+    /// (the IOMMU container the device is attached to). Returns once the socket
+    /// listens.
+    pub fn start(
+        function: PassthroughFunction<D>,
+        mapper: Arc<dyn DmaMapper>,
+        options: ServerOptions,
+    ) -> Result<Self, ServerError> {
+        let (file, listener) = bind(&options.socket, options.allowed_uid)?;
+        let counters = Arc::new(Counters::default());
+        let stop = Arc::new(Stop {
+            requested: AtomicBool::new(false),
+            wake: EventFd::new().map_err(|e| ServerError::Socket {
+                path: options.socket.clone(),
+                action: "creating its stop eventfd",
+                error: e,
+            })?,
+            client: Mutex::new(None),
+        });
+        let socket = options.socket.clone();
+        let direct_mmio = options.session.direct_mmio;
+        let thread = {
+            let counters = counters.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("udrv-vfio-user".into())
+                .spawn(move || {
+                    let _file = file;
+                    serve(function, mapper, options, listener, &counters, &stop)
+                })
+                .map_err(|e| ServerError::Thread(e.to_string()))?
+        };
+        Ok(VfioUserServer {
+            socket,
+            direct_mmio,
+            counters,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The socket clients connect to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Counters and the client now.
+    pub fn status(&self) -> VfioUserStatus {
+        self.counters
+            .snapshot(self.socket.clone(), self.direct_mmio)
+    }
+
+    /// Disconnect the client (its session ends as on a disconnect: device
+    /// quiesced, DMA unmapped), remove the socket and give the function back.
+    pub fn stop(mut self) -> Result<PassthroughFunction<D>, ServerError> {
+        self.request_stop();
+        let thread = self.thread.take().expect("joined only here");
+        thread
+            .join()
+            .map_err(|_| ServerError::Thread("panicked".into()))?
+    }
+
+    fn request_stop(&self) {
+        self.stop.requested.store(true, Ordering::SeqCst);
+        let _ = self.stop.wake.signal();
+        if let Some(client) = self
+            .stop
+            .client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let _ = client.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl<D: PassthroughDevice + 'static> Drop for VfioUserServer<D> {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.request_stop();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Wait for a client or a stop; `None` on stop.
+fn accept(listener: &UnixListener, stop: &Stop) -> io::Result<Option<UnixStream>> {
+    loop {
+        if stop.requested.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let mut fds = [
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.wake.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        if fds[1].any().unwrap_or(false) {
+            return Ok(None);
+        }
+        if fds[0].any().unwrap_or(false) {
+            let (stream, _) = listener.accept()?;
+            return Ok(Some(stream));
+        }
+    }
+}
+
+fn serve<D: PassthroughDevice + 'static>(
+    mut function: PassthroughFunction<D>,
+    mapper: Arc<dyn DmaMapper>,
+    options: ServerOptions,
+    listener: UnixListener,
+    counters: &Arc<Counters>,
+    stop: &Stop,
+) -> Result<PassthroughFunction<D>, ServerError> {
+    loop {
+        let stream = match accept(&listener, stop) {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(function),
+            Err(e) => {
+                counters.error(format!("accepting a client: {e}"));
+                continue;
+            }
+        };
+        let peer = match getsockopt(&stream, PeerCredentials) {
+            Ok(c) => ClientPeer {
+                pid: c.pid(),
+                uid: c.uid(),
+            },
+            Err(e) => {
+                counters.error(format!("reading a client's credentials: {e}"));
+                continue;
+            }
+        };
+        if let Err(why) = authorize(&peer, options.allowed_uid) {
+            counters.error(why);
+            continue;
+        }
+        let Ok(clone) = stream.try_clone() else {
+            counters.error("duplicating a client's socket".into());
+            continue;
+        };
+        *stop.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(clone);
+        if stop.requested.load(Ordering::SeqCst) {
+            return Ok(function);
+        }
+        counters.set_client(Some(peer));
+        bump(&counters.clients_served);
+        tracing::info!(pid = peer.pid, uid = peer.uid, socket = %options.socket.display(), "vfio-user client connected");
+        let session = Session::with_counters(
+            function,
+            mapper.clone(),
+            options.session.clone(),
+            counters.clone(),
+        )?;
+        let session = converse(session, stream, counters);
+        *stop.client.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        counters.set_client(None);
+        function = session.end()?;
+        tracing::info!(
+            pid = peer.pid,
+            "vfio-user client gone; device quiesced, DMA unmapped"
+        );
+    }
+}
+
+/// Serve one client until it goes away or must be disconnected.
+fn converse<D: PassthroughDevice + 'static>(
+    mut session: Session<D>,
+    mut stream: UnixStream,
+    counters: &Counters,
+) -> Session<D> {
+    let mut payload = Vec::new();
+    loop {
+        let incoming = match read_message(&mut stream, &mut payload) {
+            Ok(m) => m,
+            Err(ReadError::Closed) => return session,
+            Err(ReadError::BadHeader(header, refusal)) => {
+                bump(&counters.disconnects_for_errors);
+                counters.error(format!("{refusal}; disconnecting"));
+                let _ = send_reply(
+                    &stream,
+                    &reply_header(&header, 0, Some(refusal.errno)),
+                    &Reply::empty(),
+                );
+                return session;
+            }
+            Err(ReadError::Io(e)) => {
+                counters.error(format!("reading from the client: {e}"));
+                return session;
+            }
+        };
+        let outcome = match incoming.fd_refusal {
+            // The fds were cut off: whatever the command, it cannot be carried out.
+            Some(refusal) => {
+                bump(&counters.messages);
+                bump(&counters.error_replies);
+                counters.error(refusal.to_string());
+                if incoming.header.no_reply() {
+                    Outcome::Nothing
+                } else {
+                    Outcome::Reply(
+                        reply_header(&incoming.header, 0, Some(refusal.errno)),
+                        Reply::empty(),
+                    )
+                }
+            }
+            None => session.handle(&incoming.header, &payload, incoming.fds),
+        };
+        let (reply, last) = match outcome {
+            Outcome::Reply(h, r) => (Some((h, r)), false),
+            Outcome::Nothing => (None, false),
+            Outcome::Disconnect(r) => (r, true),
+        };
+        if let Some((header, reply)) = reply {
+            if let Err(e) = send_reply(&stream, &header, &reply) {
+                counters.error(format!("replying to the client: {e}"));
+                return session;
+            }
+        }
+        if last {
+            return session;
+        }
+    }
+}
