@@ -4,7 +4,5 @@
 
 pub use udrv_examples::disk_pattern;
 pub mod harness;
-pub mod initramfs;
-pub mod qemu_guest;
 pub mod rig;
 pub mod tests;

@@ -1,4 +1,4 @@
-//! QEMU 11 guests: Debian sid's QEMU (the `vfio-user-pci` client) from the sysroot that
+//! QEMU 11 guests for udrv's tests: Debian sid's QEMU (the `vfio-user-pci` client) from the sysroot that
 //! `integration/rig setup` makes, booting the small x86_64 kernel built from
 //! integration/guest/qemu-guest/kernel.config with a busybox initramfs whose init
 //! (integration/guest/qemu-guest/init) reports what the guest kernel found.
@@ -23,10 +23,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::initramfs::Initramfs;
+pub mod initramfs;
+
+use initramfs::Initramfs;
 
 /// The guest init's source, built into the binary so that it also exists in the rig.
-const GUEST_INIT: &str = include_str!("../guest/qemu-guest/init");
+const GUEST_INIT: &str = include_str!("../../guest/qemu-guest/init");
 /// Where the rig puts QEMU's sysroot subset, the wrapper and the guest kernel.
 const RIG_QEMU_DIR: &str = "/rig/qemu";
 
@@ -90,7 +92,7 @@ impl QemuKit {
             ));
         }
         Ok(Self {
-            qemu11: Path::new(env!("CARGO_MANIFEST_DIR")).join("qemu11"),
+            qemu11: Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu11"),
             sysroot,
             kernel,
             busybox,

@@ -6,7 +6,7 @@
 //! Skipped, saying why, when `integration/rig setup` has not made the QEMU 11 sysroot and
 //! guest kernel; under `CI=true` a missing kit fails instead.
 
-use udrv_integration::qemu_guest::{GuestBoot, Poke, QemuKit};
+use udrv_qemu_guest::{GuestBoot, Poke, QemuKit};
 
 /// Intel 82540EM, QEMU's `e1000`.
 const E1000_IDS: (u16, u16) = (0x8086, 0x100e);
