@@ -54,7 +54,7 @@ impl StandIn {
         let start =
             usize::try_from(offset).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
         bytes
-            .get_mut(start..start.checked_add(len).unwrap_or(usize::MAX))
+            .get_mut(start..start.saturating_add(len))
             .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))
     }
 }
