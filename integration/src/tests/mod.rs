@@ -5,6 +5,7 @@ mod acpi;
 mod attach;
 mod dma;
 mod drivers;
+mod nested;
 mod service;
 mod smoke;
 mod uml;
@@ -29,6 +30,7 @@ pub fn all() -> Vec<RigTest> {
         uml::tests(),
         uml_served::tests(),
         service::tests(),
+        nested::tests(),
     ]
     .into_iter()
     .flatten()

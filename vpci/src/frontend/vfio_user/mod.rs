@@ -74,6 +74,8 @@ mod status;
 mod wire;
 
 #[cfg(test)]
+mod qemu_tests;
+#[cfg(test)]
 mod tests;
 
 pub use dma::{DmaLimits, DmaUsage, MSI_WINDOW};
