@@ -31,6 +31,10 @@ pub const MAX_MSG_FDS: usize = 16;
 /// Most DMA mappings a client may hold at once.
 pub const MAX_DMA_MAPS: usize = 65535;
 
+/// Most vectors one DEVICE_SET_IRQS may name: MSI-X's 2048, the most any PCI
+/// interrupt index has. A count is checked before anything is sized by it.
+pub const MAX_IRQ_VECTORS: u32 = 2048;
+
 /// Longest VERSION JSON accepted: capabilities are a few hundred bytes.
 pub const MAX_VERSION_JSON: usize = 4096;
 
@@ -654,6 +658,11 @@ fn parse_set_irqs(p: &[u8], fds: Vec<OwnedFd>) -> Result<Request, Refusal> {
     if start.checked_add(count).is_none() {
         return bad(format!("start {start} + count {count} overflows"));
     }
+    if count > MAX_IRQ_VECTORS {
+        return bad(format!(
+            "count {count}: no interrupt index has more than {MAX_IRQ_VECTORS} vectors"
+        ));
+    }
     let data_len = p.len() - sizes::IRQ_SET;
     let data = match flags & irq_flags::DATA_TYPE_MASK {
         irq_flags::DATA_NONE => {
@@ -974,6 +983,12 @@ mod tests {
             .u32(2)
             .0;
         assert!(parse(8, &p).is_err());
+        // A count past any index's vectors is refused before it sizes anything (an
+        // eventfd set with count u32::MAX once made the parser allocate 16 GiB).
+        let p = set(DATA_EVENTFD | ACTION_TRIGGER, u32::MAX, &[]);
+        let h = header(8, &p);
+        let refused = parse_request(&h, &p, vec![eventfd()]).unwrap_err();
+        assert!(refused.reason.contains("2048 vectors"), "{}", refused.reason);
         // argsz smaller than what was sent.
         let mut p = set(DATA_BOOL | ACTION_MASK, 2, &[1, 1]);
         p[0..4].copy_from_slice(&20u32.to_ne_bytes());
