@@ -69,8 +69,6 @@
 //!   configurable emulated function for tests.
 
 #![forbid(unsafe_code)]
-// Public items without a doc yet; remove this line to list them.
-#![allow(missing_docs)]
 
 pub mod bar;
 pub mod bus;

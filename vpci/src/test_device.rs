@@ -31,21 +31,33 @@ pub enum TestExtendedCapability {
     /// Device Serial Number with this serial.
     SerialNumber(u64),
     /// Vendor-specific capability of `len` bytes with this VSEC ID.
-    VendorSpecific { vsec_id: u16, len: u16 },
+    VendorSpecific {
+        /// The vendor's ID for the capability's layout.
+        vsec_id: u16,
+        /// Length in bytes, headers included.
+        len: u16,
+    },
 }
 
 /// What a [`TestDevice`] implements.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TestDeviceConfig {
+    /// IDs, class, interrupt pin, multi-function bit.
     pub header: Type0Header,
+    /// BARs to implement; each index once.
     pub bars: Vec<(BarIndex, BarDefinition)>,
+    /// Expansion ROM size in bytes, if any.
     pub rom_size: Option<u64>,
+    /// Add a PCI Power Management capability (version 1.2).
     pub power_management: bool,
+    /// Add an MSI capability laid out so.
     pub msi: Option<MsiConfig>,
+    /// Add an MSI-X capability, its table and PBA in the BARs named.
     pub msix: Option<MsixConfig>,
     /// Add a PCI Express capability (root complex integrated endpoint) and make config
     /// space 4 KiB; required for extended capabilities.
     pub pci_express: bool,
+    /// Extended capabilities, in list order (needs `pci_express`).
     pub extended: Vec<TestExtendedCapability>,
 }
 
@@ -139,15 +151,20 @@ impl TestDeviceConfig {
 /// Direction of a logged BAR access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AccessKind {
+    /// The guest read.
     Read,
+    /// The guest wrote.
     Write,
 }
 
 /// One BAR access the test device served (MSI-X table/PBA accesses included).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BarAccess {
+    /// Read or write.
     pub kind: AccessKind,
+    /// The BAR accessed.
     pub bar: BarIndex,
+    /// Byte offset within the BAR.
     pub offset: u64,
     /// Bytes written, or bytes returned by the read.
     pub data: Vec<u8>,
@@ -211,14 +228,17 @@ impl TestDevice {
         (offset as u8) ^ (bar.get() << 5) ^ 0x5a
     }
 
+    /// Its config registers as the guest sees them.
     pub fn config_space(&self) -> &ConfigSpace {
         &self.space
     }
 
+    /// The MSI capability, if configured.
     pub fn msi(&self) -> Option<&MsiCapability> {
         self.interrupts.msi()
     }
 
+    /// The MSI-X capability, if configured.
     pub fn msix(&self) -> Option<&MsixCapability> {
         self.interrupts.msix()
     }

@@ -8,10 +8,15 @@ use crate::bus::devfn::DevFn;
 /// A BAR that currently decodes `[base, base + size)` in `space`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DecodedBar {
+    /// The function owning the BAR.
     pub devfn: DevFn,
+    /// Which of its BARs (or the ROM).
     pub bar: BarIndex,
+    /// IO or memory.
     pub space: AddressSpace,
+    /// Guest address the BAR is programmed at.
     pub base: u64,
+    /// Size in bytes.
     pub size: u64,
 }
 
@@ -35,6 +40,7 @@ pub struct BarDecoder {
 }
 
 impl BarDecoder {
+    /// Nothing decoding.
     pub fn new() -> Self {
         Self::default()
     }

@@ -30,6 +30,7 @@ impl BarIndex {
         self.0
     }
 
+    /// This is the expansion ROM, not BAR0..=BAR5.
     pub fn is_rom(self) -> bool {
         self == Self::ROM
     }
@@ -57,7 +58,9 @@ impl fmt::Display for BarIndex {
 /// The address space a decoder claims addresses in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum AddressSpace {
+    /// IO ports (16-bit on x86).
     Io,
+    /// Memory (MMIO) addresses.
     Memory,
 }
 
@@ -78,7 +81,9 @@ impl From<BarKind> for AddressSpace {
 /// A BAR as a function implements it: its kind and its size (a power of two).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BarDefinition {
+    /// IO, 32-bit or 64-bit memory, and prefetchability.
     pub kind: BarKind,
+    /// Size in bytes, a power of two within the kind's limits.
     pub size: u64,
 }
 
@@ -96,25 +101,50 @@ pub const MAX_MEMORY64_BAR_SIZE: u64 = 1 << 63;
 /// Why a BAR definition cannot be implemented.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum BarError {
+    /// A size that is not a power of two, or outside what the kind can encode.
     #[error("{index} ({kind}) size {size:#x}: not a power of two between {min:#x} and {max:#x}")]
     BadSize {
+        /// The BAR.
         index: BarIndex,
+        /// Its kind.
         kind: BarKind,
+        /// The size asked for, in bytes.
         size: u64,
+        /// Smallest size the kind allows.
         min: u64,
+        /// Largest size the kind allows.
         max: u64,
     },
+    /// A 64-bit BAR at BAR5, which has no register after it.
     #[error("{index}: a 64-bit BAR needs the next register for its upper half; use BAR0..=BAR4")]
-    NoRoomForUpperHalf { index: BarIndex },
+    NoRoomForUpperHalf {
+        /// The BAR.
+        index: BarIndex,
+    },
+    /// A BAR at the register holding a 64-bit BAR's upper half.
     #[error("{index}: already the upper half of 64-bit {lower}; pick another index")]
-    UpperHalfInUse { index: BarIndex, lower: BarIndex },
+    UpperHalfInUse {
+        /// The BAR asked for.
+        index: BarIndex,
+        /// The 64-bit BAR whose upper half it is.
+        lower: BarIndex,
+    },
+    /// A BAR (or ROM, or a 64-bit BAR's upper half) defined twice.
     #[error("{index}: already implemented; each BAR is defined once")]
-    AlreadyDefined { index: BarIndex },
+    AlreadyDefined {
+        /// The register already in use.
+        index: BarIndex,
+    },
+    /// A ROM size that is not a power of two from 2 KiB to 2 GiB.
     #[error("ROM size {size:#x}: not a power of two between 0x800 and 0x80000000")]
-    BadRomSize { size: u64 },
+    BadRomSize {
+        /// The size asked for, in bytes.
+        size: u64,
+    },
 }
 
 impl BarDefinition {
+    /// A BAR of `kind` and `size` bytes, checked when it is added to a layout.
     pub fn new(kind: BarKind, size: u64) -> Self {
         Self { kind, size }
     }
@@ -189,6 +219,7 @@ pub struct BarLayout {
 }
 
 impl BarLayout {
+    /// No BARs and no ROM.
     pub fn new() -> Self {
         Self::default()
     }
@@ -241,6 +272,7 @@ impl BarLayout {
         }
     }
 
+    /// The expansion ROM's size in bytes, if there is one.
     pub fn rom_size(&self) -> Option<u64> {
         self.rom_size
     }

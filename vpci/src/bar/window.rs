@@ -7,11 +7,14 @@ use std::ops::Range;
 /// `size` bytes of address space from `base`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AddressWindow {
+    /// First address.
     pub base: u64,
+    /// Length in bytes (IO ports for an IO window).
     pub size: u64,
 }
 
 impl AddressWindow {
+    /// `size` bytes from `base`, unchecked: a window may wrap (see [`AddressWindow::end`]).
     pub const fn new(base: u64, size: u64) -> Self {
         Self { base, size }
     }

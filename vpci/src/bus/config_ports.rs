@@ -24,9 +24,13 @@ const LATCH_MASK: u32 = ENABLE | 0x00ff_fffc;
 /// The config register a data-port access reaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConfigTarget {
+    /// Bus number from the latch.
     pub bus: u8,
+    /// Device and function from the latch.
     pub devfn: DevFn,
+    /// Config-space byte offset: the latch's dword plus the data port's byte lane.
     pub register: u16,
+    /// Width of the data-port access.
     pub width: AccessWidth,
 }
 
@@ -50,6 +54,7 @@ pub struct ConfigPorts {
 }
 
 impl ConfigPorts {
+    /// The latch cleared (disabled), as after reset.
     pub fn new() -> Self {
         Self::default()
     }

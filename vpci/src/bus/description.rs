@@ -7,14 +7,19 @@ use crate::interrupt::intx::IntxRoute;
 /// What a guest's firmware tables must say about the virtual root bridge.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BusDescription {
+    /// PCI segment (domain) number.
     pub segment: u16,
     /// Bus numbers the root bridge decodes, both included; functions live on the first.
     pub first_bus: u8,
+    /// Last bus number decoded (the buses after the first are empty).
     pub last_bus: u8,
     /// The ECAM area of `first_bus..=last_bus` (1 MiB per bus, starting at `first_bus`).
     pub ecam: AddressWindow,
+    /// IO ports the bridge forwards, if the guest has IO ports.
     pub io: Option<AddressWindow>,
+    /// Memory window below 4 GiB the bridge forwards.
     pub mem32: AddressWindow,
+    /// Memory window for 64-bit BARs, if there is one.
     pub mem64: Option<AddressWindow>,
     /// Whether the legacy config ports 0xCF8-0xCFF reach this bus.
     pub config_ports: bool,

@@ -31,10 +31,12 @@ impl DevFn {
         self.0
     }
 
+    /// Device number, 0..32.
     pub fn device(self) -> u8 {
         self.0 >> 3
     }
 
+    /// Function number, 0..8.
     pub fn function(self) -> u8 {
         self.0 & 0x7
     }

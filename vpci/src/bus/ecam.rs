@@ -14,8 +14,11 @@ const REGISTER_MASK: u64 = 0xfff;
 /// first bus.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EcamAddress {
+    /// Bus number, relative to the area's first bus.
     pub bus: u8,
+    /// Device and function.
     pub devfn: DevFn,
+    /// Config-space byte offset, below 4 KiB.
     pub register: u16,
 }
 

@@ -22,23 +22,38 @@ use crate::interrupt::routing::MsiRouting;
 /// Why a function could not serve a BAR access.
 #[derive(Debug, Error)]
 pub enum FunctionError {
+    /// An access that does not fit inside the BAR.
     #[error(
         "{bar} access of {len} bytes at {offset:#x}: out of range (the BAR is {size:#x} bytes)"
     )]
     OutOfRange {
+        /// The BAR.
         bar: BarIndex,
+        /// Byte offset within the BAR.
         offset: u64,
+        /// Bytes accessed.
         len: usize,
+        /// The BAR's size in bytes.
         size: u64,
     },
+    /// An access to a BAR the function does not implement.
     #[error("{bar}: not implemented by this function")]
-    NoSuchBar { bar: BarIndex },
+    NoSuchBar {
+        /// The BAR.
+        bar: BarIndex,
+    },
+    /// The device behind the function failed the access (a VFIO region read/write).
     #[error("{bar} {operation} of {len} bytes at {offset:#x}: {source}")]
     Io {
+        /// The BAR.
         bar: BarIndex,
+        /// "read" or "write".
         operation: &'static str,
+        /// Byte offset within the BAR.
         offset: u64,
+        /// Bytes accessed.
         len: usize,
+        /// The device's error.
         #[source]
         source: io::Error,
     },

@@ -41,6 +41,7 @@ impl HostBridge {
         }
     }
 
+    /// The bridge's config registers as the guest sees them.
     pub fn config_space(&self) -> &ConfigSpace {
         &self.space
     }

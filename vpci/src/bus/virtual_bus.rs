@@ -49,6 +49,7 @@ pub const MAX_EVENTS: usize = 1 << 16;
 /// The root bridge's resources.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BusConfig {
+    /// PCI segment (domain) number firmware tables give the bus.
     pub segment: u16,
     /// The root bus number; all functions live on it.
     pub first_bus: u8,
@@ -65,6 +66,7 @@ pub struct BusConfig {
     pub mem64: Option<AddressWindow>,
     /// Decode the legacy config ports 0xCF8-0xCFF.
     pub config_ports: bool,
+    /// GSIs the functions' INTx pins are swizzled onto.
     pub intx: IntxSwizzle,
 }
 
@@ -183,46 +185,87 @@ impl BusConfig {
 /// Why the bus refused an operation.
 #[derive(Debug, Error)]
 pub enum BusError {
+    /// A [`BusConfig`] that [`BusConfig::validate`] refuses.
     #[error("bus config: {what} {window}: {reason}")]
     BadConfig {
+        /// The part at fault: "bus range", "ECAM", "IO window", "INTx swizzle"...
         what: &'static str,
+        /// That part's range, as text.
         window: String,
+        /// What is wrong with it.
         reason: String,
     },
+    /// Adding a function where one already is.
     #[error("{devfn}: already holds a function; pick a free device/function")]
-    Occupied { devfn: DevFn },
+    Occupied {
+        /// The slot asked for.
+        devfn: DevFn,
+    },
+    /// Adding function 1..=7 of a device without function 0, which a guest would not
+    /// scan.
     #[error("{devfn}: function {function} needs function 0 of device {device:02x} first")]
     NoFunctionZero {
+        /// The slot asked for.
         devfn: DevFn,
+        /// Its device number.
         device: u8,
+        /// Its function number.
         function: u8,
     },
+    /// Removing function 0 while other functions of its device remain.
     #[error("{devfn}: function 0 still has sibling functions; remove them first")]
-    HasSiblings { devfn: DevFn },
+    HasSiblings {
+        /// The function 0 asked for.
+        devfn: DevFn,
+    },
+    /// Removing the host bridge.
     #[error("{devfn}: the host bridge stays at 00.0")]
-    HostBridge { devfn: DevFn },
+    HostBridge {
+        /// 00.0.
+        devfn: DevFn,
+    },
+    /// No function at that slot.
     #[error("{devfn}: no function there")]
-    NoFunction { devfn: DevFn },
+    NoFunction {
+        /// The slot asked for.
+        devfn: DevFn,
+    },
+    /// A BAR access (or one of 0 bytes) that no decoding BAR covers.
     #[error("{space:?} access of {len} bytes at {address:#x}: nothing decodes it")]
     Unclaimed {
+        /// Memory or IO.
         space: AddressSpace,
+        /// Guest address of the access.
         address: u64,
+        /// Bytes accessed.
         len: usize,
     },
+    /// An access that starts in a BAR and runs past its end.
     #[error("{space:?} access of {len} bytes at {address:#x}: runs past the end of {devfn} {bar} ({base:#x}, {size:#x} bytes)")]
     CrossesBarEnd {
+        /// Memory or IO.
         space: AddressSpace,
+        /// Guest address of the access.
         address: u64,
+        /// Bytes accessed.
         len: usize,
+        /// The function whose BAR it starts in.
         devfn: DevFn,
+        /// That BAR.
         bar: BarIndex,
+        /// The BAR's guest address.
         base: u64,
+        /// The BAR's size in bytes.
         size: u64,
     },
+    /// The function refused a BAR access.
     #[error("{devfn} {bar}: {source}")]
     Function {
+        /// The function.
         devfn: DevFn,
+        /// The BAR accessed.
         bar: BarIndex,
+        /// The function's error.
         #[source]
         source: FunctionError,
     },
@@ -233,8 +276,11 @@ pub enum BusError {
 pub enum AccessTarget {
     /// A config register, through ECAM or the 0xCFC data port.
     Config {
+        /// Bus number addressed (buses after the first hold no functions).
         bus: u8,
+        /// Function addressed.
         devfn: DevFn,
+        /// Config-space byte offset.
         register: u16,
     },
     /// The 0xCF8 CONFIG_ADDRESS latch.
@@ -244,8 +290,11 @@ pub enum AccessTarget {
     ConfigRefused,
     /// Offset `offset` of BAR `bar` of function `devfn`.
     Bar {
+        /// The function.
         devfn: DevFn,
+        /// The BAR.
         bar: BarIndex,
+        /// Byte offset within the BAR.
         offset: u64,
     },
 }
@@ -258,13 +307,20 @@ pub enum BusEvent {
     /// The BAR stopped decoding that range.
     BarUnmapped(DecodedBar),
     /// A function's MSI/MSI-X vector changed.
-    MsiRouting { devfn: DevFn, routing: MsiRouting },
+    MsiRouting {
+        /// The function.
+        devfn: DevFn,
+        /// The vector's new state.
+        routing: MsiRouting,
+    },
 }
 
 /// A BAR as the bus tracks it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BarStatus {
+    /// Which BAR (or the ROM).
     pub bar: BarIndex,
+    /// Its kind and size.
     pub definition: BarDefinition,
     /// The address in the register (`None` if 0), whether or not it decodes.
     pub programmed: Option<u64>,
@@ -350,6 +406,7 @@ impl VirtualBus {
         Ok(bus)
     }
 
+    /// The resources the bus was created with.
     pub fn config(&self) -> &BusConfig {
         &self.config
     }

@@ -5,8 +5,11 @@ use std::fmt;
 /// Width of a configuration access: PCI config cycles are 1, 2 or 4 bytes wide.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AccessWidth {
+    /// 1 byte.
     Byte,
+    /// 2 bytes.
     Word,
+    /// 4 bytes.
     Dword,
 }
 

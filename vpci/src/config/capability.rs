@@ -18,15 +18,20 @@ use crate::config::space::{ConfigSpace, ConfigSpaceError, RegisterMask};
 /// A capability in the standard list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capability {
+    /// Capability ID, one of [`cap`]'s.
     pub id: u8,
+    /// Config-space offset of its ID byte.
     pub offset: u16,
 }
 
 /// A capability in the extended list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExtendedCapability {
+    /// Capability ID, one of [`ext_cap`]'s (0 for the null header at 0x100).
     pub id: u16,
+    /// Capability version from the header's bits 19:16.
     pub version: u8,
+    /// Config-space offset of its header dword (0x100 or above).
     pub offset: u16,
 }
 

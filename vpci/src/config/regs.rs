@@ -3,6 +3,14 @@
 //!
 //! Every other module names registers through these constants rather than numbers.
 
+// The constants carry the specs' own register and field names: PCI Local Bus 3.0
+// chapter 6 (6.1 header, 6.2.2 command, 6.2.3 status, 6.2.5 BARs and expansion ROM,
+// 6.7 capability list, 6.8 MSI/MSI-X), PCI Bus Power Management 1.2 section 3.2,
+// PCI Express Base 4.0 chapter 7 (PCIe capability, AER, DSN, VSEC) and the PCI Code
+// and ID Assignment spec for IDs. A doc is written where the spec name alone does not
+// say the unit or how the value is used.
+#![allow(missing_docs)]
+
 /// Size of conventional PCI configuration space.
 pub const CONFIG_SPACE_SIZE: usize = 0x100;
 /// Size of PCI Express extended configuration space.
@@ -15,6 +23,7 @@ pub mod header {
     pub const COMMAND: u16 = 0x04;
     pub const STATUS: u16 = 0x06;
     pub const REVISION_ID: u16 = 0x08;
+    /// Programming interface, the low byte of the 24-bit class code.
     pub const CLASS_PROG_IF: u16 = 0x09;
     pub const CLASS_SUBCLASS: u16 = 0x0a;
     pub const CLASS_BASE: u16 = 0x0b;
@@ -47,6 +56,7 @@ pub mod header {
 
 /// Header type register bits.
 pub mod header_type {
+    /// Header layout bits (NORMAL, BRIDGE, CARDBUS), without MULTI_FUNCTION.
     pub const LAYOUT_MASK: u8 = 0x7f;
     pub const NORMAL: u8 = 0x00;
     pub const BRIDGE: u8 = 0x01;
@@ -77,6 +87,7 @@ pub mod status {
     pub const CAPABLE_66MHZ: u16 = 1 << 5;
     pub const FAST_BACK_TO_BACK: u16 = 1 << 7;
     pub const MASTER_DATA_PARITY_ERROR: u16 = 1 << 8;
+    /// DEVSEL timing field (read-only, 0 = fast).
     pub const DEVSEL_MASK: u16 = 0x3 << 9;
     pub const SIGNALED_TARGET_ABORT: u16 = 1 << 11;
     pub const RECEIVED_TARGET_ABORT: u16 = 1 << 12;
@@ -149,10 +160,14 @@ pub mod ext_cap {
     pub const START: u16 = 0x100;
     /// Size of the 32-bit extended capability header.
     pub const HEADER_SIZE: u16 = 4;
+    /// Capability ID bits of the header dword.
     pub const ID_MASK: u32 = 0xffff;
     pub const VERSION_SHIFT: u32 = 16;
+    /// Version bits, applied after shifting by [`VERSION_SHIFT`].
     pub const VERSION_MASK: u32 = 0xf;
     pub const NEXT_SHIFT: u32 = 20;
+    /// Next-capability offset bits, applied after shifting by [`NEXT_SHIFT`]; the low
+    /// two are reserved.
     pub const NEXT_MASK: u32 = 0xffc;
 
     /// Build an extended capability header dword.
@@ -222,8 +237,11 @@ pub mod msi {
 /// MSI-X capability and table layout.
 pub mod msix {
     pub const CONTROL: u16 = 0x02;
+    /// Table offset and BIR register.
     pub const TABLE: u16 = 0x04;
+    /// PBA offset and BIR register.
     pub const PBA: u16 = 0x08;
+    /// Capability length in bytes.
     pub const SIZE: u16 = 0x0c;
 
     /// Table size field holds N-1.
@@ -233,10 +251,13 @@ pub mod msix {
 
     /// BAR indicator in the table/PBA offset registers.
     pub const BIR_MASK: u32 = 0x7;
+    /// Byte offset into the BIR's BAR, in the table/PBA offset registers.
     pub const OFFSET_MASK: u32 = !0x7;
 
+    /// Most table entries a function may have (table size field 0x7ff).
     pub const MAX_VECTORS: u16 = 2048;
 
+    /// Bytes per table entry; the ENTRY_* offsets are within one entry.
     pub const ENTRY_SIZE: u64 = 16;
     pub const ENTRY_ADDRESS_LO: u64 = 0x0;
     pub const ENTRY_ADDRESS_HI: u64 = 0x4;
@@ -249,9 +270,11 @@ pub mod msix {
 pub mod pm {
     pub const CAPABILITIES: u16 = 0x02;
     pub const CONTROL_STATUS: u16 = 0x04;
+    /// Capability length in bytes.
     pub const SIZE: u16 = 0x08;
     /// Version 3 of the PM interface spec (PCI PM 1.2).
     pub const CAPABILITIES_VERSION_1_2: u16 = 0x3;
+    /// Power state field: 0 = D0 to 3 = D3hot.
     pub const CONTROL_POWER_STATE_MASK: u16 = 0x3;
     pub const CONTROL_NO_SOFT_RESET: u16 = 1 << 3;
     pub const CONTROL_PME_ENABLE: u16 = 1 << 8;
@@ -260,6 +283,7 @@ pub mod pm {
 
 /// PCI Express capability layout (version 2).
 pub mod exp {
+    /// PCI Express Capabilities register: version and device/port type.
     pub const FLAGS: u16 = 0x02;
     pub const DEVICE_CAPABILITIES: u16 = 0x04;
     pub const DEVICE_CONTROL: u16 = 0x08;
@@ -300,7 +324,9 @@ pub mod aer {
     pub const CORRECTABLE_STATUS: u16 = 0x10;
     pub const CORRECTABLE_MASK: u16 = 0x14;
     pub const CAPABILITIES_CONTROL: u16 = 0x18;
+    /// First of the four header log dwords.
     pub const HEADER_LOG: u16 = 0x1c;
+    /// Capability length in bytes, through the TLP prefix log.
     pub const SIZE: u16 = 0x48;
     /// Uncorrectable error bits defined by PCIe 4.0 (bits 4..=25, without reserved 6..=11).
     pub const UNCORRECTABLE_ERRORS: u32 = 0x03ff_f010;
@@ -312,6 +338,7 @@ pub mod aer {
 pub mod dsn {
     pub const SERIAL_LO: u16 = 0x04;
     pub const SERIAL_HI: u16 = 0x08;
+    /// Capability length in bytes.
     pub const SIZE: u16 = 0x0c;
 }
 
@@ -319,6 +346,7 @@ pub mod dsn {
 pub mod vsec {
     /// VSEC ID (bits 15:0), revision (19:16), length (31:20).
     pub const HEADER: u16 = 0x04;
+    /// Shift of the length field (whole capability, bytes) in [`HEADER`].
     pub const LENGTH_SHIFT: u32 = 20;
 }
 

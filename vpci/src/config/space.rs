@@ -25,11 +25,14 @@ use crate::config::regs::{
 /// Conventional (256 bytes) or PCI Express extended (4 KiB) configuration space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfigSize {
+    /// 256 bytes: header and capabilities, no extended capabilities.
     Conventional,
+    /// 4096 bytes: extended capabilities from 0x100.
     Extended,
 }
 
 impl ConfigSize {
+    /// Size in bytes.
     pub fn bytes(self) -> usize {
         match self {
             Self::Conventional => CONFIG_SPACE_SIZE,
@@ -50,11 +53,13 @@ pub struct RegisterMask {
 }
 
 impl RegisterMask {
+    /// No bit changes on a guest write.
     pub const READ_ONLY: RegisterMask = RegisterMask {
         writable: 0,
         write_one_to_clear: 0,
     };
 
+    /// `mask` bits take the written value, the rest are read-only.
     pub const fn writable(mask: u32) -> Self {
         Self {
             writable: mask,
@@ -62,6 +67,7 @@ impl RegisterMask {
         }
     }
 
+    /// `mask` bits clear when written with 1, the rest are read-only.
     pub const fn write_one_to_clear(mask: u32) -> Self {
         Self {
             writable: 0,
@@ -73,54 +79,119 @@ impl RegisterMask {
 /// Why an access or a layout change was refused.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum ConfigSpaceError {
+    /// An access not aligned to its own width.
     #[error("config {width} access at {offset:#x}: not naturally aligned")]
-    Unaligned { offset: u16, width: AccessWidth },
+    Unaligned {
+        /// Config-space byte offset of the access.
+        offset: u16,
+        /// Width of the access.
+        width: AccessWidth,
+    },
+    /// An access or register that does not fit in the space.
     #[error("config access at {offset:#x} (+{len}): outside the {size:#x}-byte config space")]
     OutOfRange {
+        /// Config-space byte offset of the access.
         offset: u16,
+        /// Bytes accessed.
         len: usize,
+        /// Size of this config space in bytes.
         size: usize,
     },
+    /// A config image to load is neither 256 nor 4096 bytes.
     #[error("config image is {len} bytes; expected 256 (conventional) or 4096 (extended)")]
-    BadImageSize { len: usize },
+    BadImageSize {
+        /// Bytes in the image.
+        len: usize,
+    },
+    /// A BAR definition was refused.
     #[error(transparent)]
     Bar(#[from] BarError),
+    /// No free space is left for a capability of this length.
     #[error(
         "capability of {len} bytes: no free, dword-aligned room between {start:#x} and {end:#x}"
     )]
-    NoRoom { len: u16, start: u16, end: u16 },
+    NoRoom {
+        /// Capability length in bytes.
+        len: u16,
+        /// Start of the area searched (0x40 or 0x100).
+        start: u16,
+        /// End of the area searched (exclusive).
+        end: u16,
+    },
+    /// A capability placed at a fixed offset would overlap one already there.
     #[error(
         "capability at {offset:#x} (+{len}): overlaps config already in use; pick a free offset"
     )]
-    Overlap { offset: u16, len: u16 },
+    Overlap {
+        /// Requested offset.
+        offset: u16,
+        /// Capability length in bytes.
+        len: u16,
+    },
+    /// A capability offset that is unaligned or outside its list's area.
     #[error(
         "capability offset {offset:#x}: must be dword aligned and within {start:#x}..{end:#x}"
     )]
-    BadCapabilityOffset { offset: u16, start: u16, end: u16 },
+    BadCapabilityOffset {
+        /// The offset given.
+        offset: u16,
+        /// Start of the list's area.
+        start: u16,
+        /// End of the list's area (exclusive).
+        end: u16,
+    },
+    /// A capability too short for its own header.
     #[error("capability length {len}: must hold at least its {min}-byte header")]
-    BadCapabilityLength { len: u16, min: u16 },
+    BadCapabilityLength {
+        /// The length given, in bytes.
+        len: u16,
+        /// Header size of that kind of capability.
+        min: u16,
+    },
+    /// An extended capability on a conventional (256-byte) space.
     #[error("extended capabilities need 4 KiB config space; create it with ConfigSize::Extended")]
     NotExtended,
+    /// An MSI or MSI-X vector count the capability cannot encode.
     #[error("{kind} with {count} vectors: must be a power of two from 1 to {max}")]
     BadVectorCount {
+        /// "MSI" or "MSI-X".
         kind: &'static str,
+        /// The count asked for.
         count: u16,
+        /// Most vectors that kind allows.
         max: u16,
     },
+    /// An MSI-X table or PBA that does not fit its BAR.
     #[error("MSI-X {structure} at {bar} offset {offset:#x} (+{len:#x}): {reason}")]
     BadMsixPlacement {
+        /// "table" or "PBA".
         structure: &'static str,
+        /// The BAR holding it.
         bar: crate::bar::BarIndex,
+        /// Byte offset in the BAR.
         offset: u64,
+        /// Size in bytes.
         len: u64,
+        /// What is wrong with the placement.
         reason: &'static str,
     },
+    /// No capability starts at this offset in that list.
     #[error("no capability at {offset:#x} in the {list} list")]
-    NoSuchCapability { offset: u16, list: &'static str },
+    NoSuchCapability {
+        /// The offset given.
+        offset: u16,
+        /// The list searched, or the capability (MSI, MSI-X) expected there.
+        list: &'static str,
+    },
+    /// A capability list (from a loaded image) that loops, points outside its area or
+    /// is misaligned.
     #[error("the {list} list is malformed at {offset:#x}: {reason}")]
     MalformedList {
+        /// Standard or extended list.
         list: &'static str,
+        /// Offset of the offending entry.
         offset: u16,
+        /// What is wrong there.
         reason: &'static str,
     },
 }
@@ -128,12 +199,17 @@ pub enum ConfigSpaceError {
 /// The identity registers of a type 0 (endpoint) header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Type0Header {
+    /// PCI-SIG assigned vendor ID.
     pub vendor_id: u16,
+    /// Vendor-assigned device ID.
     pub device_id: u16,
+    /// Vendor-assigned revision.
     pub revision_id: u8,
     /// Base class, subclass and programming interface, as 0xBBSSPP.
     pub class_code: u32,
+    /// Vendor ID of the board or subsystem.
     pub subsystem_vendor_id: u16,
+    /// Subsystem-vendor-assigned ID.
     pub subsystem_id: u16,
     /// 0 for none, 1..=4 for INTA#..INTD#.
     pub interrupt_pin: u8,
@@ -317,6 +393,7 @@ impl ConfigSpace {
         self.bytes.is_empty()
     }
 
+    /// The space is 4 KiB and can hold extended capabilities.
     pub fn is_extended(&self) -> bool {
         self.len() == EXTENDED_CONFIG_SPACE_SIZE
     }
@@ -465,14 +542,17 @@ impl ConfigSpace {
         let _ = self.set(header::STATUS, AccessWidth::Word, new.into());
     }
 
+    /// The command register as the guest reads it.
     pub fn command(&self) -> u16 {
         self.u16_at(header::COMMAND)
     }
 
+    /// The status register as the guest reads it.
     pub fn status(&self) -> u16 {
         self.u16_at(header::STATUS)
     }
 
+    /// The header type byte (layout and multi-function bit).
     pub fn header_type(&self) -> u8 {
         self.u8_at(header::HEADER_TYPE)
     }

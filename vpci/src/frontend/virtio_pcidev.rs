@@ -47,6 +47,10 @@ pub const CONFIG_SPACE_LEN: u64 = 4096;
 const BAR_COUNT: u8 = 6;
 
 /// The `op` codes of `enum virtio_pcidev_ops`.
+// Named as the enum's `VIRTIO_PCIDEV_OP_*` values in Linux
+// include/uapi/linux/virtio_pcidev.h; the meaning of each is [`Command`]'s and
+// [`IrqMessage`]'s.
+#[allow(missing_docs)]
 pub mod op {
     pub const RESERVED: u8 = 0;
     pub const CFG_READ: u8 = 1;
@@ -62,10 +66,15 @@ pub mod op {
 /// A message header as it is on the wire.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Header {
+    /// One of [`op`]'s codes.
     pub op: u8,
+    /// BAR index of an MMIO op (0 for config ops, but see UML's memset quirk).
     pub bar: u8,
+    /// Zero on the wire; kept so encoding round-trips.
     pub reserved: u16,
+    /// Bytes accessed (for memset: bytes filled).
     pub size: u32,
+    /// Config-space offset, or byte offset within the BAR.
     pub addr: u64,
 }
 
@@ -113,31 +122,49 @@ impl ConfigAccessSize {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command<'a> {
     /// Read `size` config bytes at `offset`; answer them little-endian.
-    ConfigRead { offset: u16, size: ConfigAccessSize },
+    ConfigRead {
+        /// Config-space offset, aligned to `size`, below 4 KiB.
+        offset: u16,
+        /// Access width.
+        size: ConfigAccessSize,
+    },
     /// Write the low `size` bytes of `value` at `offset`.
     ConfigWrite {
+        /// Config-space offset, aligned to `size`, below 4 KiB.
         offset: u16,
+        /// Access width.
         size: ConfigAccessSize,
+        /// The bytes written, little-endian, zero above `size`.
         value: u64,
     },
     /// Read `len` bytes at `offset` in `bar`; answer them.
     MmioRead {
+        /// BAR0..=BAR5.
         bar: BarIndex,
+        /// Byte offset within the BAR.
         offset: u64,
+        /// Bytes to read, at least 1.
         len: u32,
     },
     /// Write `data` at `offset` in `bar`.
     MmioWrite {
+        /// BAR0..=BAR5.
         bar: BarIndex,
+        /// Byte offset within the BAR.
         offset: u64,
+        /// The bytes, borrowed from the message (at least 1).
         data: &'a [u8],
     },
     /// Fill `len` bytes at `offset` in `bar` with `value` (also UML 7.2's mislabelled
     /// `CFG_WRITE`, see the module docs).
     MmioMemset {
+        /// BAR0..=BAR5.
         bar: BarIndex,
+        /// Byte offset within the BAR.
         offset: u64,
+        /// Bytes to fill, at least 1.
         len: u32,
+        /// The fill byte.
         value: u8,
     },
 }
@@ -192,18 +219,48 @@ impl fmt::Display for Command<'_> {
 /// Why bytes from the command queue are not a command.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum CommandError {
+    /// Fewer bytes than a header.
     #[error("message of {len} bytes is shorter than the {HEADER_LEN}-byte header")]
-    Short { len: usize },
+    Short {
+        /// Readable bytes in the chain.
+        len: usize,
+    },
+    /// An op that is not a command (an interrupt-queue op, reserved or unknown).
     #[error("op {op} is not a command (1..=5 are: CFG_READ, CFG_WRITE, MMIO_READ, MMIO_WRITE, MMIO_MEMSET)")]
-    UnknownOp { op: u8 },
+    UnknownOp {
+        /// The header's op.
+        op: u8,
+    },
+    /// A config read no config cycle could be (bad width, unaligned, past 4 KiB).
     #[error("config access of {size} bytes at {addr:#x}: needs 1, 2, 4 or 8 bytes, naturally aligned, inside the 4 KiB config space")]
-    BadConfigAccess { size: u32, addr: u64 },
+    BadConfigAccess {
+        /// The header's size.
+        size: u32,
+        /// The header's addr.
+        addr: u64,
+    },
+    /// A BAR index above 5.
     #[error("BAR index {bar} does not exist (UML addresses BAR0..=BAR5)")]
-    BadBar { bar: u8 },
+    BadBar {
+        /// The header's bar.
+        bar: u8,
+    },
+    /// A config or BAR write, or a memset, with fewer data bytes than it needs.
     #[error("op {op} carries {have} data bytes, needs {need}")]
-    MissingData { op: u8, have: usize, need: usize },
+    MissingData {
+        /// The header's op.
+        op: u8,
+        /// Data bytes after the header.
+        have: usize,
+        /// Data bytes the op needs.
+        need: usize,
+    },
+    /// A BAR read, write or memset of 0 bytes.
     #[error("BAR access of 0 bytes at {addr:#x}")]
-    Empty { addr: u64 },
+    Empty {
+        /// The header's addr.
+        addr: u64,
+    },
 }
 
 fn bar_index(bar: u8) -> Result<BarIndex, CommandError> {
@@ -314,9 +371,17 @@ fn memset(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IrqMessage {
     /// INTx pin 1..=4 asserted (UML has no usable INTx; kept for completeness).
-    Int { pin: u8 },
+    Int {
+        /// 1 = INTA# .. 4 = INTD#.
+        pin: u8,
+    },
     /// The 32-bit write an MSI/MSI-X vector makes. UML takes `data` as its IRQ number.
-    Msi { address: u64, data: u32 },
+    Msi {
+        /// The vector's message address.
+        address: u64,
+        /// The vector's message data.
+        data: u32,
+    },
     /// PME# asserted.
     Pme,
 }

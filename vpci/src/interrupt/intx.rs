@@ -12,6 +12,7 @@ use crate::bus::devfn::DEVICES_PER_BUS;
 /// which spreads the functions of neighbouring slots over the interrupt lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IntxSwizzle {
+    /// First GSI of the range the pins are spread over.
     pub first_gsi: u32,
     /// Number of GSIs used, at least 1.
     pub count: u32,

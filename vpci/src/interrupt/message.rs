@@ -40,10 +40,12 @@ impl MessageInterrupts {
         }
     }
 
+    /// The MSI capability, if the function has one.
     pub fn msi(&self) -> Option<&MsiCapability> {
         self.msi.as_ref()
     }
 
+    /// The MSI-X capability, if the function has one.
     pub fn msix(&self) -> Option<&MsixCapability> {
         self.msix.as_ref()
     }

@@ -25,9 +25,11 @@ use crate::interrupt::routing::{diff_routing, InterruptKind, MsiMessage, MsiRout
 pub struct MsixConfig {
     /// Table entries, 1..=2048.
     pub vectors: u16,
+    /// BAR holding the table.
     pub table_bar: BarIndex,
     /// Offset of the table in its BAR; a multiple of 8.
     pub table_offset: u32,
+    /// BAR holding the pending-bit array.
     pub pba_bar: BarIndex,
     /// Offset of the pending-bit array in its BAR; a multiple of 8.
     pub pba_offset: u32,

@@ -13,7 +13,9 @@ use std::fmt;
 /// Which message-signalled interrupt mechanism a vector belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum InterruptKind {
+    /// MSI: up to 32 vectors programmed in the capability.
     Msi,
+    /// MSI-X: up to 2048 vectors programmed in a table in a BAR.
     MsiX,
 }
 
@@ -29,13 +31,16 @@ impl fmt::Display for InterruptKind {
 /// The memory write a function performs to signal an interrupt.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct MsiMessage {
+    /// Address written (on x86, in the 0xFEExxxxx local APIC range).
     pub address: u64,
+    /// Value written.
     pub data: u32,
 }
 
 /// The full state of one vector after a change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MsiRouting {
+    /// MSI or MSI-X.
     pub kind: InterruptKind,
     /// Vector number: MSI 0..32, MSI-X table entry 0..2048.
     pub vector: u16,

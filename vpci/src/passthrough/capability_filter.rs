@@ -22,6 +22,7 @@ pub struct HiddenCapability {
     pub extended: bool,
     /// Where it sits in the real device's config space.
     pub offset: u16,
+    /// Why it is hidden, in words (not allowed, or unusable through VFIO).
     pub reason: &'static str,
 }
 

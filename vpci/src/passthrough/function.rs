@@ -41,7 +41,9 @@ const PAGE: u64 = dma::PAGE_SIZE;
 /// A live MSI or MSI-X vector: the guest's programming and the eventfd VFIO signals.
 #[derive(Debug)]
 pub struct InterruptVector<'a> {
+    /// The vector's address, data and mask state as the guest programmed them.
     pub routing: MsiRouting,
+    /// Signalled by VFIO when the device raises the vector.
     pub eventfd: &'a EventFd,
 }
 

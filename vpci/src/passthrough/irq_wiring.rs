@@ -18,7 +18,9 @@ use super::error::PassthroughError;
 /// What should be live: an index and how many of its vectors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LiveIrqs {
+    /// INTx, MSI or MSI-X.
     pub index: IrqIndex,
+    /// Vectors wired to eventfds, from vector 0.
     pub vectors: usize,
 }
 

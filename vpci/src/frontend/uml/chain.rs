@@ -24,10 +24,18 @@ pub const MAX_MESSAGE: usize = MAX_BAR_ACCESS + 64;
 /// Why a chain could not be read.
 #[derive(Debug, Error)]
 pub enum ChainError {
+    /// A descriptor's buffer not inside UML's memory.
     #[error("descriptor at {addr:#x} (+{len:#x}) is outside the guest memory UML registered")]
-    OutsideMemory { addr: u64, len: u32 },
+    OutsideMemory {
+        /// UML address of the buffer.
+        addr: u64,
+        /// Its length in bytes.
+        len: u32,
+    },
+    /// A command longer than [`MAX_MESSAGE`].
     #[error("readable part is over {MAX_MESSAGE} bytes")]
     TooLong,
+    /// The ring itself is broken.
     #[error(transparent)]
     Ring(#[from] RingError),
 }

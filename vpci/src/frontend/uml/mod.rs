@@ -123,30 +123,56 @@ use crate::passthrough::{PassthroughDevice, PassthroughFunction, VfioPassthrough
 /// Why a UML frontend could not start, or could not give its function back.
 #[derive(Debug, Error)]
 pub enum FrontendError {
+    /// Something other than a socket is at the socket path; it is left alone.
     #[error("{}: exists and is not a socket; remove it or choose another path for UML's socket", socket.display())]
-    NotASocket { socket: PathBuf },
+    NotASocket {
+        /// The socket path.
+        socket: PathBuf,
+    },
+    /// A live server answers on the socket path.
     #[error("{}: another process is serving it (a connection succeeded); stop that server or choose another path", socket.display())]
-    SocketInUse { socket: PathBuf },
+    SocketInUse {
+        /// The socket path.
+        socket: PathBuf,
+    },
+    /// Setting up the listening socket (or its wake-up eventfd) failed.
     #[error("{}: cannot {action}: {source}; check that its directory exists and is writable", socket.display())]
     Socket {
+        /// The socket path.
         socket: PathBuf,
+        /// The step that failed ("listen", "remove the stale socket"...).
         action: &'static str,
+        /// The system's error.
         #[source]
         source: io::Error,
     },
+    /// The server thread could not be spawned.
     #[error("{} ({device}): cannot start the thread serving it: {source}", socket.display())]
     Thread {
+        /// The socket path.
         socket: PathBuf,
+        /// The device served.
         device: String,
+        /// The system's error.
         #[source]
         source: io::Error,
     },
+    /// On stop: the server thread had panicked; the function is not given back.
     #[error("{} ({device}): the thread serving it panicked; the device was quiesced and its guest memory unmapped", socket.display())]
-    ServerPanicked { socket: PathBuf, device: String },
+    ServerPanicked {
+        /// The socket path.
+        socket: PathBuf,
+        /// The device served.
+        device: String,
+    },
+    /// On stop: the function was already lost (rebuilding it after a reset failed).
     #[error("{} ({device}): the function is gone: {reason}; detach the device and attach it again", socket.display())]
     FunctionLost {
+        /// The socket path.
         socket: PathBuf,
+        /// The device served.
         device: String,
+        /// Why it was dropped, or "taken already".
         reason: String,
     },
 }

@@ -63,30 +63,64 @@ const USED_ENTRY: usize = 8;
 /// Why the ring, or one chain on it, cannot be served.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RingError {
+    /// A ring area not inside the memory UML registered.
     #[error("the ring areas (descriptors {desc:#x}, avail {avail:#x}, used {used:#x}, {size} entries) are not inside UML's memory")]
     Outside {
+        /// UML address of the descriptor table.
         desc: u64,
+        /// UML address of the avail ring.
         avail: u64,
+        /// UML address of the used ring.
         used: u64,
+        /// Queue size in entries.
         size: u16,
     },
+    /// Two ring areas that overlap each other.
     #[error("the {first} at {first_at:#x} (+{first_len:#x}) overlaps the {second} at {second_at:#x} (+{second_len:#x})")]
     Overlap {
+        /// Name of the first area ("descriptor table", "avail ring", "used ring").
         first: &'static str,
+        /// Its UML address.
         first_at: u64,
+        /// Its length in bytes.
         first_len: usize,
+        /// Name of the second area.
         second: &'static str,
+        /// Its UML address.
         second_at: u64,
+        /// Its length in bytes.
         second_len: usize,
     },
+    /// The driver's avail index claims more new chains than the queue holds.
     #[error("the avail index {avail} is more than the {size}-entry queue ahead of the {taken} commands taken")]
-    AvailAhead { avail: u16, taken: u16, size: u16 },
+    AvailAhead {
+        /// The avail ring's index as UML wrote it.
+        avail: u16,
+        /// Chains taken so far (free-running, wraps at 2^16).
+        taken: u16,
+        /// Queue size in entries.
+        size: u16,
+    },
+    /// A descriptor index (a head or a next) past the table.
     #[error("descriptor index {index} is beyond the {size}-entry queue")]
-    Index { index: u16, size: u16 },
+    Index {
+        /// The index found.
+        index: u16,
+        /// Queue size in entries.
+        size: u16,
+    },
+    /// A chain with more descriptors than the queue has, so it loops.
     #[error("the chain at {head} is longer than the queue (a loop)")]
-    Loop { head: u16 },
+    Loop {
+        /// The chain's head descriptor index.
+        head: u16,
+    },
+    /// A descriptor with the INDIRECT flag, which was not negotiated.
     #[error("indirect descriptor at {index} (the feature was not offered)")]
-    Indirect { index: u16 },
+    Indirect {
+        /// The descriptor's index.
+        index: u16,
+    },
 }
 
 /// The three ring areas of a split virtqueue in UML's memory.

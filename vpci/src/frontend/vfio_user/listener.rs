@@ -39,20 +39,29 @@ pub struct ServerOptions {
 /// Why a server could not start or ended badly.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// Checking, binding or placing the listening socket failed.
     #[error("vfio-user socket {path}: {action}: {error}")]
     Socket {
+        /// The socket path.
         path: PathBuf,
+        /// The step that failed.
         action: &'static str,
+        /// The system's error.
         error: io::Error,
     },
+    /// A live server answers on the socket path.
     #[error("vfio-user socket {0}: a server answers there already")]
     InUse(PathBuf),
+    /// Something other than a socket is at the path; it is left alone.
     #[error("vfio-user socket {0}: something other than a socket is there")]
     NotASocket(PathBuf),
+    /// The passthrough function failed.
     #[error("vfio-user: {0}")]
     Function(#[from] PassthroughError),
+    /// A session could not hand the device on, so the function is lost.
     #[error("vfio-user: {0}")]
     Session(#[from] SessionEndError),
+    /// The server thread could not be spawned, or panicked.
     #[error("vfio-user server thread: {0}")]
     Thread(String),
 }

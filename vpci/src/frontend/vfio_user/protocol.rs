@@ -61,22 +61,39 @@ pub mod flags {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u16)]
 pub enum Command {
+    /// VFIO_USER_VERSION: negotiate the version and capabilities; the first message.
     Version = 1,
+    /// VFIO_USER_DMA_MAP: the client adds guest memory the device may reach.
     DmaMap = 2,
+    /// VFIO_USER_DMA_UNMAP: the client removes a DMA mapping, or all of them.
     DmaUnmap = 3,
+    /// VFIO_USER_DEVICE_GET_INFO: device flags and region and IRQ counts.
     DeviceGetInfo = 4,
+    /// VFIO_USER_DEVICE_GET_REGION_INFO: one region's size, flags and mmap fd.
     DeviceGetRegionInfo = 5,
+    /// VFIO_USER_DEVICE_GET_REGION_IO_FDS: ioeventfds for a region (not offered).
     DeviceGetRegionIoFds = 6,
+    /// VFIO_USER_DEVICE_GET_IRQ_INFO: one IRQ index's vector count and flags.
     DeviceGetIrqInfo = 7,
+    /// VFIO_USER_DEVICE_SET_IRQS: wire, mask, unmask or trigger vectors.
     DeviceSetIrqs = 8,
+    /// VFIO_USER_REGION_READ: read bytes of a region (config space, a BAR).
     RegionRead = 9,
+    /// VFIO_USER_REGION_WRITE: write bytes of a region.
     RegionWrite = 10,
+    /// VFIO_USER_DMA_READ: server reads client memory (server to client only).
     DmaRead = 11,
+    /// VFIO_USER_DMA_WRITE: server writes client memory (server to client only).
     DmaWrite = 12,
+    /// VFIO_USER_DEVICE_RESET: reset the device.
     DeviceReset = 13,
+    /// VFIO_USER_REGION_WRITE_MULTI: several small writes in one message.
     RegionWriteMulti = 15,
+    /// VFIO_USER_DEVICE_FEATURE: migration and dirty tracking features (not offered).
     DeviceFeature = 16,
+    /// VFIO_USER_MIG_DATA_READ: migration data from the server (not offered).
     MigDataRead = 17,
+    /// VFIO_USER_MIG_DATA_WRITE: migration data to the server (not offered).
     MigDataWrite = 18,
 }
 
@@ -116,6 +133,7 @@ pub struct Header {
     pub command: u16,
     /// The whole message's size, header included.
     pub size: u32,
+    /// Message type and the NO_REPLY and ERROR bits, see [`flags`].
     pub flags: u32,
     /// An errno in an error reply.
     pub error: u32,
@@ -174,11 +192,14 @@ impl Header {
 /// Why a message was refused: the errno the error reply carries and what was wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
+    /// Sent to the client in the error reply.
     pub errno: Errno,
+    /// For the log; the client only sees the errno.
     pub reason: String,
 }
 
 impl Refusal {
+    /// A refusal with `errno` for the client and `reason` for the log.
     pub fn new(errno: Errno, reason: impl Into<String>) -> Refusal {
         Refusal {
             errno,
@@ -215,7 +236,10 @@ struct VersionJson {
     capabilities: Capabilities,
 }
 
-/// DMA_MAP flags.
+/// DMA_MAP and DMA_UNMAP flags.
+// The vfio-user spec's flag names (QEMU docs/interop/vfio-user.rst, "VFIO_USER_DMA_MAP"
+// and "VFIO_USER_DMA_UNMAP").
+#[allow(missing_docs)]
 pub mod dma_flags {
     pub const READ: u32 = 1 << 0;
     pub const WRITE: u32 = 1 << 1;
@@ -224,6 +248,9 @@ pub mod dma_flags {
 }
 
 /// SET_IRQS flags (those of `VFIO_DEVICE_SET_IRQS`).
+// The `VFIO_IRQ_SET_*` names of linux include/uapi/linux/vfio.h (struct
+// vfio_irq_set), which vfio-user's VFIO_USER_DEVICE_SET_IRQS reuses.
+#[allow(missing_docs)]
 pub mod irq_flags {
     pub const DATA_NONE: u32 = 1 << 0;
     pub const DATA_BOOL: u32 = 1 << 1;
@@ -252,68 +279,116 @@ pub enum IrqSetData {
 /// One write of a REGION_WRITE_MULTI.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SingleWrite {
+    /// Region index (VFIO PCI region: BAR0..5, ROM, config).
     pub region: u32,
+    /// Byte offset within the region.
     pub offset: u64,
+    /// Bytes to write, 1..=8 (checked when parsed).
     pub count: u32,
+    /// The bytes to write; only the first `count` are used.
     pub data: [u8; 8],
 }
 
 /// A command from the client, checked.
 #[derive(Debug)]
 pub enum Request {
+    /// VERSION: the client's protocol version and capabilities.
     Version {
+        /// Client's major version.
         major: u16,
+        /// Client's minor version.
         minor: u16,
+        /// What the client's JSON offered.
         capabilities: Capabilities,
     },
+    /// DMA_MAP: client memory at `address..address + size` becomes reachable.
     DmaMap {
+        /// READ and/or WRITE from [`dma_flags`]: what the device may do there.
         flags: u32,
+        /// Offset into `fd` where the range starts.
         offset: u64,
+        /// IOVA where the range starts (a guest physical address).
         address: u64,
+        /// Length in bytes.
         size: u64,
+        /// The memory to mmap; without it the range is only recorded, never
+        /// device-reachable (QEMU's ROM and VGA areas).
         fd: Option<OwnedFd>,
     },
+    /// DMA_UNMAP: a mapping goes away, or all of them with UNMAP_ALL.
     DmaUnmap {
+        /// The client's structure size, at least the fixed part.
         argsz: u32,
+        /// 0 or [`dma_flags::UNMAP_ALL`].
         flags: u32,
+        /// Start of the mapping (0 with UNMAP_ALL).
         address: u64,
+        /// Length of the mapping in bytes (0 with UNMAP_ALL).
         size: u64,
     },
+    /// DEVICE_GET_INFO.
     DeviceGetInfo {
+        /// Reply space the client offers, at least the fixed reply.
         argsz: u32,
     },
+    /// DEVICE_GET_REGION_INFO for one region.
     RegionInfo {
+        /// Reply space the client offers; a capability chain is only sent if it fits.
         argsz: u32,
+        /// VFIO PCI region index (BAR0..5, ROM, config, VGA).
         index: u32,
     },
+    /// DEVICE_GET_IRQ_INFO for one IRQ index.
     IrqInfo {
+        /// Reply space the client offers, at least the fixed reply.
         argsz: u32,
+        /// VFIO PCI IRQ index (INTx, MSI, MSI-X, error, request).
         index: u32,
     },
+    /// DEVICE_SET_IRQS: act on vectors `start..start + count` of one IRQ index.
     SetIrqs {
+        /// Mask, unmask or trigger (trigger with eventfds wires the vectors).
         action: IrqAction,
+        /// VFIO PCI IRQ index.
         index: u32,
+        /// First vector.
         start: u32,
+        /// Number of vectors; 0 with DATA_NONE and trigger disables the index.
         count: u32,
+        /// What to do per vector.
         data: IrqSetData,
     },
+    /// REGION_READ of `count` bytes.
     RegionRead {
+        /// VFIO PCI region index.
         region: u32,
+        /// Byte offset within the region.
         offset: u64,
+        /// Bytes to read, at most [`MAX_DATA_XFER_SIZE`].
         count: u32,
     },
+    /// REGION_WRITE of `data`.
     RegionWrite {
+        /// VFIO PCI region index.
         region: u32,
+        /// Byte offset within the region.
         offset: u64,
+        /// The bytes, at most [`MAX_DATA_XFER_SIZE`].
         data: Vec<u8>,
     },
+    /// REGION_WRITE_MULTI: writes done in order, each as a REGION_WRITE would be.
     RegionWriteMulti {
+        /// 1..=[`sizes::MAX_MULTI_WRITES`] writes.
         writes: Vec<SingleWrite>,
     },
+    /// DEVICE_RESET.
     DeviceReset,
 }
 
 /// Fixed sizes of request payloads.
+// In bytes, one per fixed request structure of QEMU docs/interop/vfio-user.rst
+// (the constants are named after the commands whose structure they size).
+#[allow(missing_docs)]
 pub mod sizes {
     pub const DMA_MAP: usize = 32;
     pub const DMA_UNMAP: usize = 24;
@@ -723,15 +798,19 @@ fn parse_set_irqs(p: &[u8], fds: Vec<OwnedFd>) -> Result<Request, Refusal> {
 /// A reply: payload bytes and the fds to send with them.
 #[derive(Debug, Default)]
 pub struct Reply {
+    /// Bytes after the reply header.
     pub payload: Vec<u8>,
+    /// Sent as SCM_RIGHTS with the message (a region's mmap fd).
     pub fds: Vec<OwnedFd>,
 }
 
 impl Reply {
+    /// A reply with no payload and no fds.
     pub fn empty() -> Reply {
         Reply::default()
     }
 
+    /// A reply of `payload` and no fds.
     pub fn bytes(payload: Vec<u8>) -> Reply {
         Reply {
             payload,
@@ -765,21 +844,26 @@ pub fn reply_header(request: &Header, payload_len: usize, error: Option<Errno>) 
 pub struct Payload(pub Vec<u8>);
 
 impl Payload {
+    /// An empty payload with room for `n` bytes.
     pub fn with_capacity(n: usize) -> Payload {
         Payload(Vec::with_capacity(n))
     }
+    /// Append `v` in host byte order.
     pub fn u16(mut self, v: u16) -> Self {
         self.0.extend_from_slice(&v.to_ne_bytes());
         self
     }
+    /// Append `v` in host byte order.
     pub fn u32(mut self, v: u32) -> Self {
         self.0.extend_from_slice(&v.to_ne_bytes());
         self
     }
+    /// Append `v` in host byte order.
     pub fn u64(mut self, v: u64) -> Self {
         self.0.extend_from_slice(&v.to_ne_bytes());
         self
     }
+    /// Append raw bytes.
     pub fn bytes(mut self, v: &[u8]) -> Self {
         self.0.extend_from_slice(v);
         self

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 /// The process connected to the socket, as the kernel reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientPeer {
+    /// Process ID (SO_PEERCRED), as seen from udrv's PID namespace.
     pub pid: i32,
+    /// User ID (SO_PEERCRED).
     pub uid: u32,
 }
 

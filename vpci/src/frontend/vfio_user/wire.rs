@@ -18,10 +18,12 @@ use super::protocol::{Header, Refusal, Reply, HEADER_SIZE, MAX_MSG_FDS};
 /// A message as it came off the socket.
 #[derive(Debug)]
 pub struct Incoming {
+    /// The message's header.
     pub header: Header,
     /// More fds came than [`MAX_MSG_FDS`] (the kernel dropped the rest), or fds came
     /// after the header's first byte: the message is refused.
     pub fd_refusal: Option<Refusal>,
+    /// The fds that came with the message, in order.
     pub fds: Vec<OwnedFd>,
 }
 
@@ -81,6 +83,7 @@ impl Default for MessageReader {
 }
 
 impl MessageReader {
+    /// An empty reader with a 64 KiB buffer.
     pub fn new() -> MessageReader {
         MessageReader {
             buf: vec![0; READ_CHUNK],
