@@ -77,6 +77,7 @@ pub mod frontend;
 pub mod interrupt;
 pub mod passthrough;
 pub mod service;
+pub mod socket_file;
 #[cfg(any(test, feature = "test-device"))]
 pub mod test_device;
 

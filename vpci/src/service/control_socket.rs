@@ -2,14 +2,13 @@
 //! of a dead daemon replaced, a live daemon's left alone; and who may talk to it.
 
 use std::fs;
-use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-
 use super::ServiceError;
+pub use crate::socket_file::{Peer, Previous};
+use crate::socket_file::{SocketFile, SocketFileError};
 
 /// Where the control socket is unless `--control` or [`CONTROL_ENV`] say otherwise.
 pub const DEFAULT_CONTROL_PATH: &str = "/run/udrv/control.sock";
@@ -22,29 +21,6 @@ pub fn default_control_path() -> PathBuf {
     std::env::var_os(CONTROL_ENV)
         .filter(|v| !v.is_empty())
         .map_or_else(|| PathBuf::from(DEFAULT_CONTROL_PATH), PathBuf::from)
-}
-
-/// The process at the other end of a Unix socket, as the kernel reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Peer {
-    /// Its process.
-    pub pid: i32,
-    /// Its user.
-    pub uid: u32,
-    /// Its group.
-    pub gid: u32,
-}
-
-impl Peer {
-    /// The credentials of the process at the other end of `socket` (SO_PEERCRED).
-    pub fn of(socket: &impl std::os::fd::AsFd) -> io::Result<Peer> {
-        let creds = getsockopt(socket, PeerCredentials)?;
-        Ok(Peer {
-            pid: creds.pid(),
-            uid: creds.uid(),
-            gid: creds.gid(),
-        })
-    }
 }
 
 /// Whether `peer` may use a daemon running as `daemon_uid`: root, or the daemon's own
@@ -68,99 +44,50 @@ pub fn authorize(peer: &Peer, daemon_uid: u32) -> Result<(), String> {
 /// The control socket's file: removed when this is dropped, if the file is still the
 /// socket that was bound.
 #[derive(Debug)]
-pub struct ControlSocket {
-    path: PathBuf,
-    inode: u64,
-}
-
-/// What was at the control path before.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Previous {
-    /// Nothing.
-    Nothing,
-    /// A socket nobody listened on: a daemon that died without cleaning up.
-    StaleSocket,
-}
+pub struct ControlSocket(SocketFile);
 
 impl ControlSocket {
     /// Binds the control socket at `path` with mode 0600 (creating its directory,
     /// mode 0755). Refuses if a daemon answers there or the path is not a socket.
     pub fn bind(path: &Path) -> Result<(ControlSocket, UnixListener, Previous), ServiceError> {
-        let error = |action: &'static str, error: io::Error| ServiceError::ControlSocket {
-            path: path.to_path_buf(),
-            action,
-            error,
-        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o755)
                 .create(dir)
-                .map_err(|e| error("creating its directory", e))?;
+                .map_err(|error| ServiceError::ControlSocket {
+                    path: path.to_path_buf(),
+                    action: "creating its directory",
+                    error,
+                })?;
         }
-        let previous = match fs::symlink_metadata(path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Previous::Nothing,
-            Err(e) => return Err(error("inspecting", e)),
-            Ok(meta) if !meta.file_type().is_socket() => {
-                return Err(ServiceError::NotASocket(path.to_path_buf()))
-            }
-            Ok(_) => match UnixStream::connect(path) {
-                Ok(stream) => {
-                    let pid = Peer::of(&stream).map(|p| p.pid).ok();
-                    return Err(ServiceError::AlreadyRunning {
-                        path: path.to_path_buf(),
-                        pid,
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Previous::StaleSocket,
-                Err(e) => return Err(error("checking for a running daemon at", e)),
+        let (file, listener, previous) = SocketFile::bind(path, None).map_err(|e| match e {
+            SocketFileError::NotASocket(path) => ServiceError::NotASocket(path),
+            SocketFileError::InUse { path, pid } => ServiceError::AlreadyRunning { path, pid },
+            SocketFileError::Io {
+                path,
+                action,
+                error,
+            } => ServiceError::ControlSocket {
+                path,
+                action,
+                error,
             },
-        };
-        // Bound under a temporary name and renamed into place once it is 0600: the
-        // socket is never reachable with the umask's looser mode, and a stale socket
-        // is replaced in one step.
-        let mut temp_name = path.file_name().unwrap_or_default().to_os_string();
-        temp_name.push(format!(".{}.new", std::process::id()));
-        let temp = path.with_file_name(temp_name);
-        let _ = fs::remove_file(&temp);
-        let listener = UnixListener::bind(&temp).map_err(|e| error("binding", e))?;
-        let placed = fs::set_permissions(&temp, fs::Permissions::from_mode(0o600))
-            .and_then(|()| fs::rename(&temp, path));
-        if let Err(e) = placed {
-            let _ = fs::remove_file(&temp);
-            return Err(error("placing", e));
-        }
-        let inode = fs::symlink_metadata(path)
-            .map_err(|e| error("inspecting", e))?
-            .ino();
-        Ok((
-            ControlSocket {
-                path: path.to_path_buf(),
-                inode,
-            },
-            listener,
-            previous,
-        ))
+        })?;
+        Ok((ControlSocket(file), listener, previous))
     }
 
     /// Its path.
     pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for ControlSocket {
-    fn drop(&mut self) {
-        // Only our own socket: never a file someone put there since.
-        if fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.inode) {
-            let _ = fs::remove_file(&self.path);
-        }
+        self.0.path()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::net::UnixStream;
 
     fn peer(uid: u32) -> Peer {
         Peer {

@@ -3,10 +3,8 @@
 //! credentials checked, and each session ended (device quiesced, DMA unmapped,
 //! function rebuilt) before the next client is accepted.
 
-use std::fs;
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +13,6 @@ use std::thread::JoinHandle;
 
 use dma::DmaMapper;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use udriver::vfio::EventFd;
 
 use super::protocol::{reply_header, Reply};
@@ -23,6 +20,7 @@ use super::session::{Outcome, Session, SessionEndError, SessionOptions};
 use super::status::{bump, ClientPeer, Counters, VfioUserStatus};
 use super::wire::{send_reply, MessageReader, ReadError};
 use crate::passthrough::{PassthroughDevice, PassthroughError, PassthroughFunction};
+use crate::socket_file::{Peer, SocketFile, SocketFileError};
 
 /// How a [`VfioUserServer`] listens.
 #[derive(Clone, Debug)]
@@ -83,65 +81,21 @@ struct Stop {
     client: Mutex<Option<UnixStream>>,
 }
 
-/// The socket file: removed on drop if it is still the one bound.
-struct SocketFile {
-    path: PathBuf,
-    inode: u64,
-}
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        if fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.inode) {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
 fn bind(path: &Path, owner: Option<u32>) -> Result<(SocketFile, UnixListener), ServerError> {
-    let error = |action, error| ServerError::Socket {
-        path: path.to_path_buf(),
-        action,
-        error,
-    };
-    match fs::symlink_metadata(path) {
-        Ok(meta) if !meta.file_type().is_socket() => {
-            return Err(ServerError::NotASocket(path.to_path_buf()))
-        }
-        Ok(_) => match UnixStream::connect(path) {
-            Ok(_) => return Err(ServerError::InUse(path.to_path_buf())),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
-            Err(e) => return Err(error("checking for a server at", e)),
-        },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(error("inspecting", e)),
+    match SocketFile::bind(path, owner) {
+        Ok((file, listener, _)) => Ok((file, listener)),
+        Err(SocketFileError::NotASocket(path)) => Err(ServerError::NotASocket(path)),
+        Err(SocketFileError::InUse { path, .. }) => Err(ServerError::InUse(path)),
+        Err(SocketFileError::Io {
+            path,
+            action,
+            error,
+        }) => Err(ServerError::Socket {
+            path,
+            action,
+            error,
+        }),
     }
-    // Bound under a temporary name, made 0600 (and given to the VMM's user), then
-    // renamed into place: never reachable with the umask's looser mode.
-    let mut temp_name = path.file_name().unwrap_or_default().to_os_string();
-    temp_name.push(format!(".{}.new", std::process::id()));
-    let temp = path.with_file_name(temp_name);
-    let _ = fs::remove_file(&temp);
-    let listener = UnixListener::bind(&temp).map_err(|e| error("binding", e))?;
-    let placed = fs::set_permissions(&temp, fs::Permissions::from_mode(0o600))
-        .and_then(|()| match owner {
-            Some(uid) => std::os::unix::fs::chown(&temp, Some(uid), None),
-            None => Ok(()),
-        })
-        .and_then(|()| fs::rename(&temp, path));
-    if let Err(e) = placed {
-        let _ = fs::remove_file(&temp);
-        return Err(error("placing", e));
-    }
-    let inode = fs::symlink_metadata(path)
-        .map_err(|e| error("inspecting", e))?
-        .ino();
-    Ok((
-        SocketFile {
-            path: path.to_path_buf(),
-            inode,
-        },
-        listener,
-    ))
 }
 
 /// Who may connect: root, this process's user, and the allowed one.
@@ -290,10 +244,10 @@ fn accept_clients(
                 continue;
             }
         };
-        let peer = match getsockopt(&stream, PeerCredentials) {
+        let peer = match Peer::of(&stream) {
             Ok(c) => ClientPeer {
-                pid: c.pid(),
-                uid: c.uid(),
+                pid: c.pid,
+                uid: c.uid,
             },
             Err(e) => {
                 counters.error(format!("reading a client's credentials: {e}"));
@@ -456,6 +410,8 @@ fn converse<D: PassthroughDevice + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
     fn vfio_user_peers_other_than_root_us_and_the_allowed_user_are_refused() {
