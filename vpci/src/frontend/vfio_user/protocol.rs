@@ -1072,7 +1072,11 @@ mod tests {
         let p = set(DATA_EVENTFD | ACTION_TRIGGER, u32::MAX, &[]);
         let h = header(8, &p);
         let refused = parse_request(&h, &p, vec![eventfd()]).unwrap_err();
-        assert!(refused.reason.contains("2048 vectors"), "{}", refused.reason);
+        assert!(
+            refused.reason.contains("2048 vectors"),
+            "{}",
+            refused.reason
+        );
         // argsz smaller than what was sent.
         let mut p = set(DATA_BOOL | ACTION_MASK, 2, &[1, 1]);
         p[0..4].copy_from_slice(&20u32.to_ne_bytes());
