@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use udrv_fuzz::fake_passthrough::{ahci, e1000e, protected_bytes, CheckedDevice};
+use udrv_fuzz::fake_passthrough::{protected_bytes, served_function, CheckedDevice};
 use udrv_fuzz::{bounded, Input};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
@@ -59,19 +59,7 @@ struct Served {
 fn run(data: &[u8]) {
     let mut input = Input::new(data);
     let flags = input.u8();
-    let device = Arc::new(if flags & 1 == 0 { e1000e() } else { ahci() });
-    let Ok(function) = PassthroughFunction::new(device.clone()) else {
-        panic!("the fake device builds a function");
-    };
-    let space = function.config_space();
-    let msi: Vec<(usize, usize)> = [(0x05u8, 10usize), (0x11, 12)]
-        .into_iter()
-        .filter_map(|(id, len)| {
-            space
-                .find_capability(id)
-                .map(|at| (usize::from(at), usize::from(at) + len))
-        })
-        .collect();
+    let (device, function, msi) = served_function(flags & 1 != 0);
     let mut served = Served {
         protected: protected_bytes(&device.0, &msi),
         function,

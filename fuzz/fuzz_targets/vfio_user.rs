@@ -21,13 +21,12 @@ use std::sync::Arc;
 
 use dma::RecordingMapper;
 use libfuzzer_sys::fuzz_target;
-use udrv_fuzz::fake_passthrough::{ahci, e1000e, protected_bytes};
+use udrv_fuzz::fake_passthrough::{protected_bytes, served_function};
 use udrv_fuzz::{bounded, Input};
 use vpci::frontend::vfio_user::protocol::{
     flags, Header, Reply, HEADER_SIZE, MAX_MESSAGE_SIZE, MAX_MSG_FDS,
 };
 use vpci::frontend::vfio_user::{Outcome, Session, SessionOptions};
-use vpci::PassthroughFunction;
 
 const MAX_LIVE_BYTES: usize = 8 << 20;
 const MAX_MESSAGES: usize = 256;
@@ -75,18 +74,7 @@ fn check_reply(request: &Header, header: &Header, reply: &Reply) {
 fn run(data: &[u8]) {
     let mut input = Input::new(data);
     let setup = input.u8();
-    let device = Arc::new(if setup & 1 == 0 { e1000e() } else { ahci() });
-    let function =
-        PassthroughFunction::new(device.clone()).expect("the fake device builds a function");
-    let space = function.config_space();
-    let msi: Vec<(usize, usize)> = [(0x05u8, 10usize), (0x11, 12)]
-        .into_iter()
-        .filter_map(|(id, len)| {
-            space
-                .find_capability(id)
-                .map(|at| (usize::from(at), usize::from(at) + len))
-        })
-        .collect();
+    let (device, function, msi) = served_function(setup & 1 != 0);
     let mapper = Arc::new(RecordingMapper::new().with_max_mappings(1024));
     let options = SessionOptions {
         direct_mmio: setup & 2 != 0,

@@ -4,11 +4,12 @@
 //! on every access. [`e1000e`] and [`ahci`] give it the shapes of the rig's devices.
 
 use std::os::fd::BorrowedFd;
+use std::sync::Arc;
 
 use udriver::vfio::{IrqAction, IrqData, IrqIndex};
 use vpci::passthrough::fake_device::FakeDevice;
 use vpci::passthrough::{DeviceError, DeviceRegion};
-use vpci::{BarIndex, PassthroughDevice};
+use vpci::{BarIndex, PassthroughDevice, PassthroughFunction};
 
 /// A fake device whose every access is checked against the seam's contract.
 #[derive(Debug)]
@@ -213,4 +214,29 @@ pub fn protected_bytes(device: &FakeDevice, ranges: &[(usize, usize)]) -> Vec<u8
         out.extend_from_slice(&config[start..end.min(config.len())]);
     }
     out
+}
+
+/// A served function over [`e1000e`] (`ahci` when true), the device behind it, and
+/// the byte ranges of its MSI and MSI-X capabilities (for [`protected_bytes`]).
+pub fn served_function(
+    ahci_shape: bool,
+) -> (
+    Arc<CheckedDevice>,
+    PassthroughFunction<Arc<CheckedDevice>>,
+    Vec<(usize, usize)>,
+) {
+    let device = Arc::new(if ahci_shape { ahci() } else { e1000e() });
+    let function =
+        PassthroughFunction::new(device.clone()).expect("the fake device builds a function");
+    let space = function.config_space();
+    // MSI (id 0x05) with 64-bit addresses is 10 bytes of registers; MSI-X (0x11) 12.
+    let msi = [(0x05u8, 10usize), (0x11, 12)]
+        .into_iter()
+        .filter_map(|(id, len)| {
+            space
+                .find_capability(id)
+                .map(|at| (usize::from(at), usize::from(at) + len))
+        })
+        .collect();
+    (device, function, msi)
 }
