@@ -553,6 +553,6 @@ impl GuestReport {
     /// The last lines of the console, for error messages.
     pub fn tail(&self) -> String {
         let lines: Vec<&str> = self.console.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        lines[lines.len().saturating_sub(80)..].join("\n")
     }
 }
