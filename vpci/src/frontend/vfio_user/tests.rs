@@ -961,3 +961,69 @@ fn vfio_user_bench_region_read_against_a_raw_ping_pong() {
     );
     assert_eq!(&reply[32..], &served.fake.region_bytes(0, 0x100, 4)[..]);
 }
+
+/// Direct against trapped BAR reads, as a client sees them: a 4-byte REGION_READ of
+/// BAR0 through the socket, and the same read from the client's own mapping of the
+/// device fd that `direct-mmio` hands it (here the fake device's memfd, so this
+/// measures the path, not a device's MMIO latency; the rig's nested bench measures
+/// that). `cargo test -p vpci --release --lib vfio_user_bench -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark: prints figures"]
+fn vfio_user_bench_direct_against_trapped_bar_read() {
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    const ROUNDS: usize = 20_000;
+    const BATCHES: usize = 40;
+    let mut fake = e1000e();
+    fake.mmap_file = Some(memfd(1 << 20));
+    let options = SessionOptions {
+        direct_mmio: true,
+        ..SessionOptions::default()
+    };
+    let served = Served::start_with(fake, options);
+    let mut client = vfio_user::Client::new(&served.socket).unwrap();
+    let bar0 = client.region(0).unwrap();
+    let file = bar0
+        .file_offset
+        .clone()
+        .expect("direct-mmio sends the device fd");
+    let mapped: GuestMemoryMmap<()> =
+        GuestMemoryMmap::from_ranges_with_files([(GuestAddress(0), 0x2_0000, Some(file))])
+            .expect("mapping BAR0 from the device fd");
+    let mut trapped = |rounds: usize| {
+        let mut data = [0u8; 4];
+        let start = Instant::now();
+        for _ in 0..rounds {
+            client.region_read(0, 0x100, &mut data).unwrap();
+        }
+        start.elapsed()
+    };
+    let direct = |rounds: usize| {
+        let start = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(mapped.read_obj::<u32>(GuestAddress(0x100)).unwrap());
+        }
+        start.elapsed()
+    };
+    trapped(1000);
+    direct(1000);
+    let per = |d: Duration| d.as_nanos() as f64 / (ROUNDS / BATCHES) as f64;
+    let mut pairs: Vec<(f64, f64)> = (0..BATCHES)
+        .map(|_| {
+            (
+                per(trapped(ROUNDS / BATCHES)),
+                per(direct(ROUNDS / BATCHES)),
+            )
+        })
+        .collect();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let trapped_ns = median(pairs.iter().map(|p| p.0).collect());
+    let direct_ns = median(pairs.iter().map(|p| p.1).collect());
+    let ratio = median(pairs.drain(..).map(|(t, d)| t / d).collect());
+    println!(
+        "BAR0 4-byte read: trapped (REGION_READ) median {trapped_ns:.0} ns; direct (device fd mapping) median {direct_ns:.1} ns; trapped/direct {ratio:.0}x ({BATCHES} batches of {})",
+        ROUNDS / BATCHES
+    );
+}
