@@ -205,35 +205,24 @@ impl MessageReader {
 pub fn send_reply(stream: &UnixStream, header: &Header, reply: &Reply) -> io::Result<()> {
     let head = header.encode();
     let total = head.len() + reply.payload.len();
-    if reply.fds.is_empty() {
-        // Most replies: a plain writev, no ancillary data to set up.
-        let iov = [IoSlice::new(&head), IoSlice::new(&reply.payload)];
-        let sent = (&*stream).write_vectored(&iov)?;
-        if sent < total {
-            let rest: Vec<u8> = head
-                .iter()
-                .chain(&reply.payload)
-                .skip(sent)
-                .copied()
-                .collect();
-            (&*stream).write_all(&rest)?;
-        }
-        return Ok(());
-    }
-    let borrowed: Vec<BorrowedFd<'_>> = reply.fds.iter().map(AsFd::as_fd).collect();
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_MSG_FDS))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !borrowed.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&borrowed)) {
-        return Err(io::Error::other(format!(
-            "{} fds do not fit one message",
-            borrowed.len()
-        )));
-    }
     let iov = [IoSlice::new(&head), IoSlice::new(&reply.payload)];
-    let sent = sendmsg(stream.as_fd(), &iov, &mut control, SendFlags::NOSIGNAL)
-        .map_err(io::Error::from)?;
+    let sent = if reply.fds.is_empty() {
+        // Most replies: a plain writev, no ancillary data to set up.
+        (&*stream).write_vectored(&iov)?
+    } else {
+        let borrowed: Vec<BorrowedFd<'_>> = reply.fds.iter().map(AsFd::as_fd).collect();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_MSG_FDS))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !control.push(SendAncillaryMessage::ScmRights(&borrowed)) {
+            return Err(io::Error::other(format!(
+                "{} fds do not fit one message",
+                borrowed.len()
+            )));
+        }
+        sendmsg(stream.as_fd(), &iov, &mut control, SendFlags::NOSIGNAL).map_err(io::Error::from)?
+    };
     if sent < total {
-        // The rest without fds (they went with the first byte).
+        // The rest, without fds (they went with the first byte).
         let rest: Vec<u8> = head
             .iter()
             .chain(&reply.payload)
