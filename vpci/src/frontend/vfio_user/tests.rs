@@ -577,40 +577,30 @@ fn vfio_user_hostile_messages_get_error_replies_and_the_server_goes_on() {
     assert_eq!(h.flags & flags::ERROR, 0);
     assert_eq!(&p[16..], &[9, 9, 9, 9]);
 
-    // A header whose size cannot be true: an error reply, then a disconnect.
-    raw.id += 1;
-    raw.send_header(
-        Header {
-            id: raw.id,
-            command: 9,
-            size: 8,
-            flags: 0,
-            error: 0,
-        },
-        &[],
-        Vec::new(),
-    );
-    let (h, _) = raw.reply().unwrap();
-    assert_eq!(h.error, Errno::EINVAL as u32);
-    assert!(raw.closed());
-    served.wait_for("the session to end", |s| s.client.is_none());
-    let mut raw = Raw::negotiated(&served);
-    raw.id += 1;
-    raw.send_header(
-        Header {
-            id: raw.id,
-            command: 10,
-            size: 64 << 20,
-            flags: 0,
-            error: 0,
-        },
-        &[],
-        Vec::new(),
-    );
-    let (h, _) = raw.reply().unwrap();
-    assert_eq!(h.error, Errno::E2BIG as u32);
-    assert!(raw.closed());
-    served.wait_for("the session to end", |s| s.client.is_none());
+    // A header whose size cannot be true, or past the largest message: an error reply,
+    // then a disconnect; the session ends.
+    let refused_header = |mut raw: Raw, command: u16, size: u32| {
+        raw.id += 1;
+        let id = raw.id;
+        raw.send_header(
+            Header {
+                id,
+                command,
+                size,
+                flags: 0,
+                error: 0,
+            },
+            &[],
+            Vec::new(),
+        );
+        let (h, _) = raw.reply().unwrap();
+        assert!(raw.closed());
+        served.wait_for("the session to end", |s| s.client.is_none());
+        h.error
+    };
+    assert_eq!(refused_header(raw, 9, 8), Errno::EINVAL as u32);
+    let raw = Raw::negotiated(&served);
+    assert_eq!(refused_header(raw, 10, 64 << 20), Errno::E2BIG as u32);
     // A message cut off mid-payload, then the connection closed.
     let mut raw = Raw::negotiated(&served);
     raw.stream
