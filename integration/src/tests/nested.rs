@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 
 use super::uml_served::{bring_up_peer, PEER};
-use crate::harness::RigTest;
+use crate::harness::{rig_tests, RigTest};
 use crate::rig;
 use udrv_qemu_guest::{GuestBoot, QemuKit};
 
@@ -24,11 +24,7 @@ const E1000E_IDS: (u16, u16) = (0x8086, 0x10d3);
 const NESTED_E1000E: &str = "0000:00:04.0";
 
 pub fn tests() -> Vec<RigTest> {
-    vec![RigTest::new(
-        "nested_vfio_pci_e1000e_binds_links_and_pings",
-        vfio_pci_e1000e,
-    )
-    .with_timeout(900)]
+    rig_tests![nested: vfio_pci_e1000e_binds_links_and_pings (900 s)]
 }
 
 /// What the nested guest does with its e1000e: wait for the driver, bring the link up,
@@ -56,7 +52,7 @@ echo "@@guest msix $(grep -c "$ifname" /proc/interrupts)"
 /// QEMU 11's own kernel `vfio-pci` passthrough of the rig's e1000e (the anchor path):
 /// the nested guest enumerates it with its ids, its e1000e driver binds it, the link
 /// comes up, and it pings the rig kernel's e1000 across QEMU's hub.
-fn vfio_pci_e1000e() -> Result<()> {
+fn vfio_pci_e1000e_binds_links_and_pings() -> Result<()> {
     let kit = QemuKit::in_rig()?;
     let peer = bring_up_peer()?;
     rig::bind_to_vfio(rig::E1000E)?;
