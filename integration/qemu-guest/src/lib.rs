@@ -210,11 +210,25 @@ impl<'a> GuestBoot<'a> {
     /// A vfio-user device served on the UNIX socket `socket`, with guest RAM in a shared
     /// memfd so that the server gets DMA_MAPs with fds (QEMU's requirement). The server
     /// must listen before the boot starts.
-    pub fn vfio_user_device(mut self, socket: &Path) -> Self {
-        let device = serde_json::json!({
+    pub fn vfio_user_device(self, socket: &Path) -> Self {
+        self.vfio_user_device_with(socket, None)
+    }
+
+    /// [`vfio_user_device`](Self::vfio_user_device) at a fixed slot of the guest's bus
+    /// (`addr`, as `04.0`), so that a test finds it where another boot put the same
+    /// device.
+    pub fn vfio_user_device_at(self, socket: &Path, addr: &str) -> Self {
+        self.vfio_user_device_with(socket, Some(addr))
+    }
+
+    fn vfio_user_device_with(mut self, socket: &Path, addr: Option<&str>) -> Self {
+        let mut device = serde_json::json!({
             "driver": "vfio-user-pci",
             "socket": { "type": "unix", "path": socket.to_string_lossy() },
         });
+        if let Some(addr) = addr {
+            device["addr"] = addr.into();
+        }
         self.machine.push_str(",memory-backend=guest-ram");
         self.args.extend([
             "-object".to_string(),
