@@ -13,6 +13,7 @@ mod uml_bench;
 mod uml_bench_disk;
 mod uml_served;
 mod vfio;
+mod vfio_user;
 mod vpci;
 
 use crate::harness::RigTest;
@@ -31,6 +32,7 @@ pub fn all() -> Vec<RigTest> {
         uml_served::tests(),
         service::tests(),
         nested::tests(),
+        vfio_user::tests(),
     ]
     .into_iter()
     .flatten()

@@ -12,28 +12,41 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 
 use super::uml_served::{bring_up_peer, PEER};
-use crate::harness::RigTest;
+use crate::harness::{rig_tests, RigTest};
 use crate::rig;
 use udrv_qemu_guest::{GuestBoot, QemuKit};
 
 /// The nested guest's address on the hub; the rig kernel's e1000 A is [`PEER`].
-const NESTED_ADDRESS: &str = "10.0.0.3";
+pub(super) const NESTED_ADDRESS: &str = "10.0.0.3";
 /// Intel 82574L, QEMU's `e1000e`.
-const E1000E_IDS: (u16, u16) = (0x8086, 0x10d3);
-/// Where the nested guest puts the passed-through e1000e.
-const NESTED_E1000E: &str = "0000:00:04.0";
+pub(super) const E1000E_IDS: (u16, u16) = (0x8086, 0x10d3);
+/// Where the nested guest puts the e1000e (passed through or served), in every boot.
+pub(super) const NESTED_E1000E: &str = "0000:00:04.0";
+/// Its slot, as QEMU's `addr=` takes it.
+pub(super) const NESTED_E1000E_SLOT: &str = "04.0";
 
 pub fn tests() -> Vec<RigTest> {
-    vec![RigTest::new(
-        "nested_vfio_pci_e1000e_binds_links_and_pings",
-        vfio_pci_e1000e,
-    )
-    .with_timeout(900)]
+    rig_tests![nested: vfio_pci_e1000e_binds_links_and_pings (900 s)]
 }
 
 /// What the nested guest does with its e1000e: wait for the driver, bring the link up,
-/// report the carrier and speed, ping the rig kernel across QEMU's hub.
-fn e1000e_task() -> String {
+/// report the carrier and speed, ping the rig kernel across QEMU's hub (replies and
+/// round-trip times). With `answer_rig_pings` it then waits (about 60 s at most) until
+/// it has answered three of the rig's pings, and reports how many echo requests it
+/// answered.
+pub(super) fn e1000e_task(answer_rig_pings: bool) -> String {
+    let answer = if answer_rig_pings {
+        r#"in_echos() {
+  awk '/^Icmp:/ { if (!c) { for (i = 1; i <= NF; i++) if ($i == "InEchos") c = i } else print $c }' /proc/net/snmp
+}
+for i in $(seq 1 300); do [ "$(in_echos)" -ge 3 ] && break; sleep 0.2; done
+# The last reply is queued when the counter moves: give it time to leave.
+sleep 2
+echo "@@guest echo-requests-answered $(in_echos)"
+"#
+    } else {
+        ""
+    };
     format!(
         r#"#!/bin/sh
 d=/sys/bus/pci/devices/{NESTED_E1000E}
@@ -46,17 +59,19 @@ ip link set dev "$ifname" up
 for i in $(seq 1 100); do [ "$(cat /sys/class/net/$ifname/carrier 2>/dev/null)" = 1 ] && break; sleep 0.1; done
 echo "@@guest carrier $(cat /sys/class/net/$ifname/carrier 2>/dev/null) speed $(cat /sys/class/net/$ifname/speed 2>/dev/null)"
 ip address add {NESTED_ADDRESS}/24 dev "$ifname"
-received=$(ping -c 3 -W 3 {PEER} | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+out=$(ping -c 3 -W 3 {PEER})
+received=$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
 echo "@@guest ping-received ${{received:-0}}"
+echo "@@guest ping-rtt $(echo "$out" | sed -n 's/.*min\/avg\/max = \([^ ]*\) ms.*/\1/p')"
 echo "@@guest msix $(grep -c "$ifname" /proc/interrupts)"
-"#
+{answer}"#
     )
 }
 
 /// QEMU 11's own kernel `vfio-pci` passthrough of the rig's e1000e (the anchor path):
 /// the nested guest enumerates it with its ids, its e1000e driver binds it, the link
 /// comes up, and it pings the rig kernel's e1000 across QEMU's hub.
-fn vfio_pci_e1000e() -> Result<()> {
+fn vfio_pci_e1000e_binds_links_and_pings() -> Result<()> {
     let kit = QemuKit::in_rig()?;
     let peer = bring_up_peer()?;
     rig::bind_to_vfio(rig::E1000E)?;
@@ -70,9 +85,9 @@ fn vfio_pci_e1000e() -> Result<()> {
     let booted = GuestBoot::new(&kit)
         .args([
             "-device".to_string(),
-            format!("vfio-pci,host={},addr=04.0", rig::E1000E),
+            format!("vfio-pci,host={},addr={NESTED_E1000E_SLOT}", rig::E1000E),
         ])
-        .task(&e1000e_task())
+        .task(&e1000e_task(false))
         .timeout(Duration::from_secs(800))
         .run();
     let _ = rig::sh(&format!(
@@ -121,7 +136,9 @@ fn vfio_pci_e1000e() -> Result<()> {
         report.tail()
     );
     println!(
-        "nested e1000e: driver e1000e, link {carrier}, ping {received}/3, MSI-X vectors seen: {}",
+        "nested e1000e: driver e1000e, link {carrier}, ping {received}/3 (rtt min/avg/max {} ms), \
+         MSI-X vectors seen: {}",
+        value("ping-rtt").unwrap_or_default(),
         value("msix").unwrap_or_default()
     );
     Ok(())

@@ -210,7 +210,9 @@ impl DmaTable {
 
     /// DMA_UNMAP of `[address, address + size)`: every mapping inside it goes; one
     /// that lies only partly inside refuses the whole unmap (EINVAL, nothing changed).
-    /// Nothing mapped there: success. Returns the bytes unmapped.
+    /// Nothing mapped there: success. The range may end exactly at 2^64: QEMU unmaps
+    /// an IOMMU section reaching the top of the address space that way. Returns the
+    /// bytes unmapped.
     pub fn unmap(&mut self, address: u64, size: u64) -> Result<u64, Refusal> {
         let refuse = |errno, why: String| {
             Refusal::new(
@@ -218,9 +220,16 @@ impl DmaTable {
                 format!("DMA_UNMAP of {size:#x} bytes at {address:#x}: {why}"),
             )
         };
-        let Some(end) = address.checked_add(size).filter(|_| size > 0) else {
-            return Err(refuse(Errno::EINVAL, "empty or wrapping".into()));
+        let Some(last) = size.checked_sub(1).and_then(|n| address.checked_add(n)) else {
+            return Err(refuse(
+                Errno::EINVAL,
+                "empty or wrapping past the end of the address space".into(),
+            ));
         };
+        // Searched as `[address, end)`: a range ending at 2^64 ends at u64::MAX here,
+        // which misses nothing, as no mapping reaches the last byte (a DMA_MAP must
+        // end below 2^64).
+        let end = last.saturating_add(1);
         if let Some(cut) = self
             .overlapping(address, end)
             .into_iter()
@@ -346,6 +355,24 @@ mod tests {
             .unwrap();
         assert_eq!(t.unmap(0x10_0000, 0x10_0000).unwrap(), 0x5000);
         assert_eq!(mapper.mapped_bytes(), 0);
+    }
+
+    #[test]
+    fn vfio_user_dma_unmap_may_reach_the_top_of_the_address_space() {
+        let (mapper, mut t) = table();
+        t.map(0x1_0000_0000, 0x1000, RW, 0, Some(memfd(0x1000)))
+            .unwrap();
+        t.map(0x10_0000, 0x1000, RW, 0, Some(memfd(0x1000)))
+            .unwrap();
+        // QEMU's unmap of the IOMMU section above the MSI window: [0xfef00000, 2^64).
+        let above_msi = 0u64.wrapping_sub(0xfef0_0000);
+        assert_eq!(t.unmap(0xfef0_0000, above_msi).unwrap(), 0x1000);
+        assert_eq!(mapper.mapped_bytes(), 0x1000, "the mapping below stays");
+        assert_eq!(t.unmap(u64::MAX - 0xfff, 0x1000).unwrap(), 0);
+        let e = t.unmap(u64::MAX - 0xfff, 0x2000).unwrap_err();
+        assert!(e.reason.contains("wrapping"), "{e}");
+        let e = t.unmap(0x1000, 0).unwrap_err();
+        assert!(e.reason.contains("empty"), "{e}");
     }
 
     #[test]
