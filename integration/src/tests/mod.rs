@@ -14,6 +14,7 @@ mod uml_bench_disk;
 mod uml_served;
 mod vfio;
 mod vfio_user;
+mod vfio_user_ahci;
 mod vpci;
 
 use crate::harness::RigTest;
@@ -33,6 +34,7 @@ pub fn all() -> Vec<RigTest> {
         service::tests(),
         nested::tests(),
         vfio_user::tests(),
+        vfio_user_ahci::tests(),
     ]
     .into_iter()
     .flatten()
