@@ -257,3 +257,19 @@ pub fn open_in_one_container(
 pub fn let_e1000e_throttling_expire() {
     std::thread::sleep(std::time::Duration::from_millis(40));
 }
+
+/// The block device name (`sdb`) of the disk of `sectors` sectors behind `bdf`, as
+/// the rig kernel sees it (the controller on its host driver).
+pub fn block_device(bdf: &str, sectors: u64) -> Result<String> {
+    for entry in std::fs::read_dir("/sys/block")? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let target = std::fs::read_link(format!("/sys/block/{name}"))?;
+        let size: u64 = std::fs::read_to_string(format!("/sys/block/{name}/size"))?
+            .trim()
+            .parse()?;
+        if target.to_string_lossy().contains(&format!("/{bdf}/")) && size == sectors {
+            return Ok(name);
+        }
+    }
+    anyhow::bail!("no block device of {sectors} sectors under {bdf} (is it on its host driver?)")
+}

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use udriver::claim::{ClaimPhase, StateFile};
 use udriver::vfio::VfioGroup;
 
@@ -92,21 +92,6 @@ fn interface_of(bdf: &str) -> Result<String> {
         .into_iter()
         .next()
         .with_context(|| format!("{bdf} has no network interface"))
-}
-
-/// The block device (`sdb`) of the disk of `sectors` sectors behind `bdf`.
-fn block_device(bdf: &str, sectors: u64) -> Result<String> {
-    for entry in std::fs::read_dir("/sys/block")? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        let target = std::fs::read_link(format!("/sys/block/{name}"))?;
-        let size: u64 = std::fs::read_to_string(format!("/sys/block/{name}/size"))?
-            .trim()
-            .parse()?;
-        if target.to_string_lossy().contains(&format!("/{bdf}/")) && size == sectors {
-            return Ok(name);
-        }
-    }
-    bail!("no disk of {sectors} sectors under {bdf}")
 }
 
 fn json_list(state: &str) -> Result<Vec<serde_json::Value>> {
@@ -300,7 +285,7 @@ fn detach_disks_round_trip() -> Result<()> {
         (rig::ICH9_AHCI, rig::AHCI_DISK_SECTORS),
     ] {
         ensure!(
-            block_device(bdf, sectors).is_err(),
+            rig::block_device(bdf, sectors).is_err(),
             "{bdf}: its disk is still there on vfio-pci"
         );
     }
@@ -313,7 +298,7 @@ fn detach_disks_round_trip() -> Result<()> {
             rig::driver_of(bdf).as_deref() == Some(driver),
             "{bdf} not back on {driver}"
         );
-        let name = rig::wait_for(|| block_device(bdf, sectors))?;
+        let name = rig::wait_for(|| rig::block_device(bdf, sectors))?;
         let mut data = vec![0u8; 64 * 512];
         rig::wait_for(|| {
             std::fs::File::open(format!("/dev/{name}"))?
@@ -334,7 +319,7 @@ fn refuses_mounted_filesystem() -> Result<()> {
     put_back_on_host_drivers()?;
     let state = state_file("mounted");
     // Port 1 holds the 4 MiB ext2 filesystem.
-    let disk = rig::wait_for(|| block_device(rig::ICH9_AHCI, 8192))?;
+    let disk = rig::wait_for(|| rig::block_device(rig::ICH9_AHCI, 8192))?;
     // The disk's node appears a little after /sys/block says it is there.
     rig::wait_for(|| {
         rig::sh(&format!(

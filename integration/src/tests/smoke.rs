@@ -2,7 +2,7 @@
 
 use std::io::Read;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 
 use crate::disk_pattern;
 use crate::harness::{rig_tests, RigTest};
@@ -61,21 +61,6 @@ fn test_devices_present() -> Result<()> {
     Ok(())
 }
 
-/// The block device of the disk behind `bdf` with `sectors` sectors, as the kernel sees it.
-fn block_device_of(bdf: &str, sectors: u64) -> Result<String> {
-    for entry in std::fs::read_dir("/sys/block")? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        let target = std::fs::read_link(format!("/sys/block/{name}"))?;
-        let size: u64 = std::fs::read_to_string(format!("/sys/block/{name}/size"))?
-            .trim()
-            .parse()?;
-        if target.to_string_lossy().contains(&format!("/{bdf}/")) && size == sectors {
-            return Ok(format!("/dev/{name}"));
-        }
-    }
-    bail!("no block device of {sectors} sectors under {bdf} (is it on its host driver?)")
-}
-
 /// Both test disks hold the sector pattern from first sector to last, read through the
 /// host kernel's own drivers.
 fn disks_hold_pattern() -> Result<()> {
@@ -84,7 +69,10 @@ fn disks_hold_pattern() -> Result<()> {
         (rig::ICH9_AHCI, "ahci", rig::AHCI_DISK_SECTORS),
     ] {
         rig::bind_to_host(bdf, driver)?;
-        let dev = rig::wait_for(|| block_device_of(bdf, sectors))?;
+        let dev = format!(
+            "/dev/{}",
+            rig::wait_for(|| rig::block_device(bdf, sectors))?
+        );
         let mut data = Vec::new();
         std::fs::File::open(&dev)?.read_to_end(&mut data)?;
         ensure!(

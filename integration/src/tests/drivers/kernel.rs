@@ -7,7 +7,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use udrv_examples::disk_pattern;
 use udrv_examples::e1000::frame::FrameSpec;
 
@@ -78,21 +78,10 @@ pub fn transmit(ifname: &str, spec: &FrameSpec, frames: u64) -> Result<Duration>
     Ok(started.elapsed())
 }
 
-/// The block device of the disk of `sectors` sectors behind `bdf`.
+/// The block device of the disk of `sectors` sectors behind `bdf`, once it appears.
 pub fn block_device_of(bdf: &str, sectors: u64) -> Result<PathBuf> {
-    rig::wait_for(|| {
-        for entry in std::fs::read_dir("/sys/block")? {
-            let name = entry?.file_name().to_string_lossy().into_owned();
-            let target = std::fs::read_link(format!("/sys/block/{name}"))?;
-            let size: u64 = std::fs::read_to_string(format!("/sys/block/{name}/size"))?
-                .trim()
-                .parse()?;
-            if target.to_string_lossy().contains(&format!("/{bdf}/")) && size == sectors {
-                return Ok(PathBuf::from(format!("/dev/{name}")));
-            }
-        }
-        bail!("no block device of {sectors} sectors under {bdf}")
-    })
+    let name = rig::wait_for(|| rig::block_device(bdf, sectors))?;
+    Ok(PathBuf::from(format!("/dev/{name}")))
 }
 
 /// A buffer aligned for O_DIRECT, inside a larger Vec.
