@@ -61,7 +61,7 @@ fn udrv_as(uid: Option<u32>, args: &[&str]) -> Result<Output> {
     Ok(out)
 }
 
-fn udrv_ok(args: &[&str]) -> Result<String> {
+pub(super) fn udrv_ok(args: &[&str]) -> Result<String> {
     let out = udrv_as(None, args)?;
     ensure!(
         out.status.success(),
@@ -73,7 +73,7 @@ fn udrv_ok(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn status_json() -> Result<serde_json::Value> {
+pub(super) fn status_json() -> Result<serde_json::Value> {
     serde_json::from_str(&udrv_ok(&["status", "--json"])?).context("udrv status --json")
 }
 
@@ -86,14 +86,14 @@ fn is_socket(path: &str) -> bool {
 }
 
 /// A running `udrv serve`, its stderr in a log file; SIGKILLed if a test ends early.
-struct Service {
+pub(super) struct Service {
     child: Option<Child>,
     log: PathBuf,
 }
 
 impl Service {
     /// Starts `udrv serve` with its defaults and waits until it answers.
-    fn start(name: &str) -> Result<Service> {
+    pub(super) fn start(name: &str) -> Result<Service> {
         fs::create_dir_all(LOG_DIR)?;
         let log = PathBuf::from(format!("{LOG_DIR}/{name}.log"));
         let child = Command::new(rig::installed_binary("udrv")?)
@@ -129,7 +129,7 @@ impl Service {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    fn log(&self) -> String {
+    pub(super) fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -143,7 +143,7 @@ impl Service {
     }
 
     /// Sends `signal` and waits for the service to exit.
-    fn signal(&mut self, signal: Signal) -> Result<ExitStatus> {
+    pub(super) fn signal(&mut self, signal: Signal) -> Result<ExitStatus> {
         let mut child = self.child.take().context("udrv serve is not running")?;
         kill(Pid::from_raw(child.id() as i32), signal)?;
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -179,7 +179,7 @@ impl Drop for Service {
 
 /// Whether a `udrv serve` answers at the control socket (without one, `udrv status`
 /// shows the state file's claims and `"daemon": null`).
-fn service_answers() -> Result<bool> {
+pub(super) fn service_answers() -> Result<bool> {
     let out = Command::new(rig::installed_binary("udrv")?)
         .args(["status", "--json"])
         .output()?;

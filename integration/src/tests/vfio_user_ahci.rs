@@ -1,25 +1,28 @@
-//! udrv serving the rig's ich9-ahci over vfio-user to a nested QEMU 11 guest: the
+//! udrv serving the rig's ich9-ahci over vfio-user to a nested QEMU 11 guest, as a
+//! user runs it: `udrv serve`, then `udrv attach BDF --serve vfio-user:SOCKET`. The
 //! nested guest's own ahci driver finds the rig's disk behind it, reads sectors whose
 //! rig pattern the test checks and the whole disk, and writes a sector that the rig
-//! then reads from the disk itself. One nested boot.
+//! reads from the disk itself once `udrv detach` has given the controller back to its
+//! host driver. One nested boot.
 
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use udrv_examples::ahci::{Ahci, Config};
-use udrv_examples::block::BlockDevice;
+use nix::sys::signal::Signal;
 use udrv_examples::disk_pattern;
 use udrv_qemu_guest::{GuestBoot, QemuKit};
-use vpci::frontend::vfio_user::{DmaLimits, ServerOptions, SessionOptions, VfioUserServer};
-use vpci::passthrough::{PassthroughFunction, VfioPassthroughDevice};
 
+use super::service::{service_answers, status_json, udrv_ok, Service};
 use crate::harness::{rig_tests, RigTest};
 use crate::rig;
 
 /// The socket udrv serves the ich9-ahci on.
-const SOCKET: &str = "/tmp/udrv-vfio-user-ahci.sock";
+const SOCKET: &str = "/run/udrv/ahci.sock";
+/// The frontend `udrv attach --serve` is given.
+const SPEC: &str = "vfio-user:/run/udrv/ahci.sock";
 /// Where the nested guest puts the served controller (its own q35 SATA is at 1f.2).
 const NESTED_SLOT: &str = "06.0";
 const NESTED_BDF: &str = "0000:00:06.0";
@@ -65,45 +68,84 @@ echo "@@guest marked $(dd if=/dev/$name bs=512 skip={MARKED_SECTOR} count=1 2>/d
     )
 }
 
-/// udrv claims the rig's ich9-ahci and serves it over vfio-user; the nested guest's
-/// ahci driver binds it, finds the rig's disk, reads sectors that hold the rig's
-/// pattern and the whole disk, and writes a sector; after QEMU has gone the rig reads
-/// that sector from the disk with the examples' AHCI driver and restores it.
+/// `udrv serve` and `udrv attach --serve vfio-user:` claim the rig's ich9-ahci and
+/// serve it; the nested guest's ahci driver binds it, finds the rig's disk, reads
+/// sectors that hold the rig's pattern and the whole disk, and writes a sector; `udrv
+/// status` shows the client's DMA_MAPs; after `udrv detach` the rig kernel's ahci
+/// driver has the disk again, and the rig reads the written sector and restores it.
 fn nested_ahci_reads_and_writes_the_disk() -> Result<()> {
     let kit = QemuKit::in_rig()?;
+    ensure!(
+        !service_answers()?,
+        "a udrv serve is already running at /run/udrv/control.sock"
+    );
+    rig::bind_to_host(rig::ICH9_AHCI, "ahci")?;
     let marker = format!("udrv-vfio-user-ahci-{}", std::process::id());
-    let (container, mut devices) = rig::open_in_one_container(&[rig::ICH9_AHCI])?;
-    let device = devices.pop().context("the ich9-ahci was not opened")?;
-    let iova_ranges = container.iommu_info()?.iova_ranges;
-    let function = PassthroughFunction::new(VfioPassthroughDevice::new(device)?)?;
-    let socket = Path::new(SOCKET);
-    let server = VfioUserServer::start(
-        function,
-        Arc::new(container),
-        ServerOptions {
-            socket: socket.to_path_buf(),
-            allowed_uid: None,
-            session: SessionOptions {
-                direct_mmio: false,
-                dma_limits: DmaLimits { iova_ranges },
-            },
-        },
-    )?;
-    println!("{} served over vfio-user on {SOCKET}", rig::ICH9_AHCI);
-    let report = GuestBoot::new(&kit)
+    let mut service = Service::start("vfio-user-ahci")?;
+    let served = serve_to_nested(&kit, &marker);
+    // The controller back to its host driver whatever happened, then the service gone.
+    let detached = udrv_ok(&["detach", rig::ICH9_AHCI]);
+    let stopped = service.signal(Signal::SIGTERM);
+    let (report, vfio_user) = served?;
+    detached?;
+    ensure!(
+        stopped?.success(),
+        "udrv serve failed; its log:\n{}",
+        service.log()
+    );
+    check_guest(&report, &marker)?;
+    println!(
+        "udrv status while served: {} DMA_MAPs ({} mappings, {} bytes at the end), {} region \
+         reads, {} region writes, {} SET_IRQS, {} error replies",
+        vfio_user["dma_maps"],
+        vfio_user["dma_mappings"],
+        vfio_user["dma_mapped_bytes"],
+        vfio_user["region_reads"],
+        vfio_user["region_writes"],
+        vfio_user["irq_sets"],
+        vfio_user["error_replies"]
+    );
+    ensure!(
+        vfio_user["dma_maps"].as_u64().is_some_and(|n| n > 0) && vfio_user["error_replies"] == 0,
+        "udrv status of the served controller: {vfio_user:#}"
+    );
+    check_disk(&marker)
+}
+
+/// Attaches the controller with the vfio-user frontend and boots the nested guest on
+/// its socket; returns the guest's report and `udrv status`'s vfio-user counters once
+/// the client has gone.
+fn serve_to_nested(
+    kit: &QemuKit,
+    marker: &str,
+) -> Result<(udrv_qemu_guest::GuestReport, serde_json::Value)> {
+    let printed = udrv_ok(&["attach", rig::ICH9_AHCI, "--serve", SPEC])?;
+    ensure!(
+        printed.contains("vfio-user-pci") && printed.contains(SOCKET),
+        "udrv attach did not print the QEMU command line: {printed}"
+    );
+    let report = GuestBoot::new(kit)
         .memory_mib(256)
-        .vfio_user_device_at(socket, NESTED_SLOT)
-        .task(&ahci_task(&marker))
+        .vfio_user_device_at(Path::new(SOCKET), NESTED_SLOT)
+        .task(&ahci_task(marker))
         .timeout(Duration::from_secs(800))
-        .run();
-    let gone = rig::poll_until(Duration::from_secs(10), "the client to go", || {
-        Ok(server.status().client.is_none().then_some(()))
-    });
-    let status = server.status();
-    let stopped = server.stop();
-    let report = report?;
-    gone?;
-    stopped?;
+        .run()?;
+    let vfio_user = rig::poll_until(Duration::from_secs(10), "the client to go", || {
+        let status = status_json()?;
+        let served = status["served"]
+            .as_array()
+            .and_then(|s| s.iter().find(|d| d["address"] == rig::ICH9_AHCI))
+            .with_context(|| format!("udrv status does not show the controller: {status:#}"))?;
+        let vfio_user = &served["status"]["vfio_user"];
+        Ok(vfio_user["client"].is_null().then(|| vfio_user.clone()))
+    })?;
+    Ok((report, vfio_user))
+}
+
+/// The nested guest's side: its ahci driver bound the served controller, the disk has
+/// the rig disk's size, the checked sectors hold the rig's pattern, the whole disk
+/// read, and the marked sector read back as written.
+fn check_guest(report: &udrv_qemu_guest::GuestReport, marker: &str) -> Result<()> {
     let value = |key: &str| report.values(key).first().map(|v| v.to_string());
     println!(
         "nested boot (small kernel, vfio-user ich9-ahci): QEMU start to exit {:.1} s; disk {}",
@@ -122,6 +164,13 @@ fn nested_ahci_reads_and_writes_the_disk() -> Result<()> {
         "the nested guest's disk behind the served controller: `{disk}`; console:\n{}",
         report.tail()
     );
+    ensure!(
+        report.values("sector").len() == CHECKED_SECTORS.len(),
+        "the guest printed {} of {} checked sectors; console:\n{}",
+        report.values("sector").len(),
+        CHECKED_SECTORS.len(),
+        report.tail()
+    );
     for line in report.values("sector") {
         let (lba, hex) = line.split_once(' ').unwrap_or((line, ""));
         let lba: u64 = lba.parse().context("a sector line's number")?;
@@ -135,54 +184,49 @@ fn nested_ahci_reads_and_writes_the_disk() -> Result<()> {
         );
     }
     ensure!(
-        report.values("sector").len() == CHECKED_SECTORS.len(),
-        "the guest printed {} of {} checked sectors; console:\n{}",
-        report.values("sector").len(),
-        CHECKED_SECTORS.len(),
-        report.tail()
-    );
-    ensure!(
         value("whole-read").as_deref() == Some("ok"),
         "the nested guest's read of the whole disk: {:?}; console:\n{}",
         value("whole-read"),
         report.tail()
     );
     ensure!(
-        value("marked").as_deref() == Some(marker.as_str()),
+        value("marked").as_deref() == Some(marker),
         "sector {MARKED_SECTOR} read back in the nested guest: {:?}",
         value("marked")
     );
     println!(
         "nested ahci over vfio-user: sectors {CHECKED_SECTORS:?} hold the rig's pattern, the \
-         whole disk read, sector {MARKED_SECTOR} written; udrv: {} DMA_MAPs, {} region \
-         reads, {} region writes, {} SET_IRQS, {} error replies",
-        status.dma_maps,
-        status.region_reads,
-        status.region_writes,
-        status.irq_sets,
-        status.error_replies
+         whole disk read, sector {MARKED_SECTOR} written and read back"
     );
-    ensure!(
-        status.error_replies == 0,
-        "udrv refused requests of QEMU's: {:?}",
-        status.last_error
-    );
+    Ok(())
+}
 
-    // The rig reads the sector from the disk itself, then restores the pattern.
-    let mut ahci = Ahci::open(rig::ICH9_AHCI.parse()?, &Config::default())?;
+/// The rig kernel's ahci driver, given the controller back, reads the marked sector as
+/// the nested guest wrote it; the sector is then restored to the pattern.
+fn check_disk(marker: &str) -> Result<()> {
+    let name = rig::wait_for(|| rig::block_device(rig::ICH9_AHCI, rig::AHCI_DISK_SECTORS))?;
+    let path = format!("/dev/{name}");
+    let mut disk = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {path}"))?;
+    let at = SeekFrom::Start(MARKED_SECTOR * 512);
     let mut got = [0u8; 512];
-    ahci.read_sectors(MARKED_SECTOR, &mut got)?;
-    ahci.write_sectors(MARKED_SECTOR, &disk_pattern::sector(MARKED_SECTOR))?;
-    ahci.flush()?;
+    disk.seek(at)?;
+    disk.read_exact(&mut got)?;
+    disk.seek(at)?;
+    disk.write_all(&disk_pattern::sector(MARKED_SECTOR))?;
+    disk.sync_all()?;
     let mut want = [0u8; 512];
     want[..marker.len()].copy_from_slice(marker.as_bytes());
     ensure!(
         got == want,
-        "sector {MARKED_SECTOR} on the disk after the nested guest wrote it: {:02x?}..., want \
+        "sector {MARKED_SECTOR} of {path} after the nested guest wrote it: {:02x?}..., want \
          {:02x?}...",
         &got[..32],
         &want[..32]
     );
-    println!("sector {MARKED_SECTOR} as the nested guest wrote it is on the disk (restored)");
+    println!("sector {MARKED_SECTOR} as the nested guest wrote it is on {path} (restored)");
     Ok(())
 }
