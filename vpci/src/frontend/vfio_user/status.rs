@@ -49,6 +49,9 @@ pub struct VfioUserStatus {
     pub irq_sets: u64,
     /// DEVICE_RESETs done.
     pub resets: u64,
+    /// Derived INTx raised to the client (a legacy-mode IDE controller's interrupt,
+    /// which VFIO cannot deliver).
+    pub derived_intx_signals: u64,
     /// The latest error (a refused message, a device error), if any.
     pub last_error: Option<String>,
 }
@@ -68,6 +71,7 @@ pub(super) struct Counters {
     pub(super) dma_mapped_bytes: AtomicU64,
     pub(super) irq_sets: AtomicU64,
     pub(super) resets: AtomicU64,
+    pub(super) derived_intx_signals: AtomicU64,
     pub(super) client: Mutex<Option<ClientPeer>>,
     pub(super) last_error: Mutex<Option<String>>,
 }
@@ -105,6 +109,7 @@ impl Counters {
             dma_mapped_bytes: n(&self.dma_mapped_bytes),
             irq_sets: n(&self.irq_sets),
             resets: n(&self.resets),
+            derived_intx_signals: n(&self.derived_intx_signals),
             last_error: self
                 .last_error
                 .lock()

@@ -238,12 +238,26 @@ fn vfio_user_serves_the_piix3_ides_io_port_bars() {
     let mut bar = [0u8; 4];
     client.region_read(CONFIG, 0x10, &mut bar).unwrap();
     assert_eq!(bar[0] & 1, 1, "BAR0 is an IO BAR");
+    // Legacy mode (prog-if 0x80) is shown as native mode on both channels, with
+    // INTA: a guest driver then uses the BARs and an interrupt udrv can raise.
+    let mut class = [0u8; 3];
+    client.region_read(CONFIG, 0x09, &mut class).unwrap();
+    assert_eq!(class, [0x8f, 0x01, 0x01]);
+    let mut pin = [0u8; 1];
+    client.region_read(CONFIG, 0x3d, &mut pin).unwrap();
+    assert_eq!(pin, [1]);
+    // The 1-byte control block (0x3f6) is the native block's register at offset 2;
+    // the other bytes are padding.
     let mut status = [0u8; 1];
-    client.region_read(1, 0, &mut status).unwrap();
-    assert_eq!(status, [0x40]);
-    // Past the 1-byte real block: padding.
     client.region_read(1, 2, &mut status).unwrap();
+    assert_eq!(status, [0x40]);
+    client.region_read(1, 0, &mut status).unwrap();
     assert_eq!(status, [0xff]);
+    let mut dword = [0u8; 4];
+    client.region_read(3, 0, &mut dword).unwrap();
+    assert_eq!(dword, [0xff, 0xff, 0x41, 0xff]);
+    client.region_write(3, 2, &[0x02]).unwrap();
+    assert_eq!(served.fake.region_bytes(3, 0, 1), vec![0x02]);
     let mut bm = [0u8; 2];
     client.region_read(4, 2, &mut bm).unwrap();
     assert_eq!(bm, [0x72, 0x73]);
@@ -251,6 +265,97 @@ fn vfio_user_serves_the_piix3_ides_io_port_bars() {
     assert_eq!(served.fake.region_bytes(4, 4, 4), vec![1, 2, 3, 4]);
     client.region_write(0, 6, &[0xa0]).unwrap();
     assert_eq!(served.fake.region_bytes(0, 6, 1), vec![0xa0]);
+}
+
+/// Set or clear the interrupt bit of `channel`'s bus-master status on the fake, as
+/// the device does when it raises an interrupt.
+fn set_ide_interrupt(fake: &FakeDevice, channel: usize, on: bool) {
+    let mut region = fake.regions[4].as_ref().unwrap().lock().unwrap();
+    let status = &mut region.bytes[2 + 8 * channel];
+    if on {
+        *status |= 0x04;
+    } else {
+        *status &= !0x04;
+    }
+}
+
+#[test]
+fn vfio_user_derives_the_legacy_ides_intx_from_its_bus_master_status() {
+    let served = Served::start(piix3_ide());
+    let mut client = vfio_user::Client::new(&served.socket).unwrap();
+    // VFIO offers no INTx for the device; udrv offers one, maskable and automasked.
+    let info = client.get_irq_info(IrqIndex::Intx.raw()).unwrap();
+    assert_eq!((info.count, info.flags), (1, 0b111));
+    let intx = EventFd::new().unwrap();
+    client
+        .set_irqs(
+            IrqIndex::Intx.raw(),
+            irq_flags::DATA_EVENTFD | irq_flags::ACTION_TRIGGER,
+            0,
+            1,
+            &[intx.as_fd().as_raw_fd()],
+        )
+        .unwrap();
+    // The eventfd stays with udrv: VFIO is never asked to wire an index it lacks.
+    assert!(served.fake.client_fds.lock().unwrap().is_empty());
+
+    // READ SECTORS on the primary channel: nothing is signalled before the device
+    // completes it, which it does after the access that started it.
+    client.region_write(0, 7, &[0x20]).unwrap();
+    assert_eq!(intx.read().unwrap(), None);
+    set_ide_interrupt(&served.fake, 0, true);
+    assert_eq!(intx.wait(TIMEOUT).unwrap(), Some(1));
+
+    // Automasked: the secondary channel's request waits for the client's unmask.
+    client.region_write(2, 7, &[0xec]).unwrap();
+    set_ide_interrupt(&served.fake, 1, true);
+    let mut bm = [0u8; 1];
+    client.region_read(4, 10, &mut bm).unwrap();
+    assert_eq!(bm[0] & 0x04, 0x04);
+    assert_eq!(intx.read().unwrap(), None);
+    let unmask = |client: &mut vfio_user::Client| {
+        client
+            .set_irqs(
+                IrqIndex::Intx.raw(),
+                irq_flags::DATA_NONE | irq_flags::ACTION_UNMASK,
+                0,
+                1,
+                &[],
+            )
+            .unwrap();
+    };
+    unmask(&mut client);
+    // The secondary's request is raised; the primary's, signalled already and not
+    // yet acknowledged, is not raised twice.
+    assert_eq!(intx.read().unwrap(), Some(1));
+    unmask(&mut client);
+    client.region_read(4, 2, &mut bm).unwrap();
+    assert_eq!(intx.read().unwrap(), None);
+
+    // The driver acknowledges the primary's (its write-1-to-clear, done here by
+    // the fake's store of 0); its next command's interrupt is raised again.
+    client.region_write(4, 2, &[0x00]).unwrap();
+    client.region_write(0, 7, &[0x20]).unwrap();
+    set_ide_interrupt(&served.fake, 0, true);
+    assert_eq!(intx.wait(TIMEOUT).unwrap(), Some(1));
+    // (The counter follows the signal.)
+    served.wait_for("three signals counted", |s| s.derived_intx_signals == 3);
+
+    // Disabled by the client: nothing is raised.
+    client
+        .set_irqs(
+            IrqIndex::Intx.raw(),
+            irq_flags::DATA_NONE | irq_flags::ACTION_TRIGGER,
+            0,
+            0,
+            &[],
+        )
+        .unwrap();
+    client.region_write(4, 2, &[0x00]).unwrap();
+    set_ide_interrupt(&served.fake, 0, true);
+    client.region_read(4, 2, &mut bm).unwrap();
+    assert_eq!(intx.read().unwrap(), None);
+    assert_eq!(served.status().error_replies, 0);
 }
 
 #[test]
