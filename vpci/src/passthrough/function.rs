@@ -13,7 +13,7 @@ use super::device::{DeviceRegion, PassthroughDevice};
 use super::error::PassthroughError;
 use super::express::integrate_into_root_bus;
 use super::irq_wiring::{IrqWiring, LiveIrqs};
-use super::legacy_ide::{self, DerivedIntxEvent};
+use super::legacy_ide::{self, DerivedIntxChannel, DerivedIntxEvent};
 use super::vfio_device::VfioPassthroughDevice;
 use crate::bar::{
     AddressSpace, BarDefinition, BarIndex, BarKind, BarLayout, MIN_IO_BAR_SIZE, MIN_MEMORY_BAR_SIZE,
@@ -646,7 +646,7 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
     /// Whether the function's INTx is derived from the device's state rather than
     /// delivered by VFIO (a legacy-mode IDE controller shown in native mode): a
     /// consumer offers the guest one INTx and raises it while
-    /// [`derived_intx_pending`](Self::derived_intx_pending) says so.
+    /// [`derived_intx_state`](Self::derived_intx_state) says so.
     pub fn derives_intx(&self) -> bool {
         self.legacy_ide
     }
@@ -666,33 +666,40 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
     }
 
     /// Per channel, whether the device asks for an interrupt now (the interrupt bit of
-    /// its bus-master status). All false for a function whose INTx is not derived; a
-    /// failed read counts as not asking and is kept for [`take_errors`](Self::take_errors).
-    pub fn derived_intx_pending(&mut self) -> [bool; 2] {
-        let mut pending = [false; 2];
+    /// its bus-master status) and whether a command is under way (its alternate
+    /// status, read without acknowledging anything). All clear for a function whose
+    /// INTx is not derived; a failed read counts as clear and is kept for
+    /// [`take_errors`](Self::take_errors).
+    pub fn derived_intx_state(&mut self) -> [DerivedIntxChannel; 2] {
+        let mut channels = [DerivedIntxChannel::default(); 2];
         if !self.legacy_ide {
-            return pending;
+            return channels;
         }
-        let bar = BarIndex::new(legacy_ide::BUS_MASTER_BAR).expect("BAR4 is a BAR index");
-        if self.region(bar).is_none() {
-            return pending;
+        let bus_master = BarIndex::new(legacy_ide::BUS_MASTER_BAR).expect("BAR4 is a BAR index");
+        for (channel, state) in channels.iter_mut().enumerate() {
+            let control = BarIndex::new(1 + 2 * channel as u8).expect("BAR1/BAR3 are BAR indices");
+            let bm = self.read_device_byte(bus_master, legacy_ide::bm_status_offset(channel));
+            state.interrupt = bm.is_some_and(|b| b & legacy_ide::BM_STATUS_INTERRUPT != 0);
+            state.busy = self
+                .read_device_byte(control, 0)
+                .is_some_and(legacy_ide::status_busy);
         }
-        for (channel, asking) in pending.iter_mut().enumerate() {
-            let offset = legacy_ide::bm_status_offset(channel);
-            let mut status = [0u8];
-            match self.device.read_region(bar, offset, &mut status) {
-                Ok(()) => *asking = status[0] & legacy_ide::BM_STATUS_INTERRUPT != 0,
-                Err(e) => {
-                    let e = PassthroughError::device(
-                        self.device.name(),
-                        format!("reading the bus-master status of IDE channel {channel}"),
-                        e,
-                    );
-                    self.record(e);
-                }
+        channels
+    }
+
+    /// A byte of a real region, `None` (the error kept) if the device has no such
+    /// region or the read failed.
+    fn read_device_byte(&mut self, bar: BarIndex, offset: u64) -> Option<u8> {
+        self.region(bar)?;
+        let mut byte = [0u8];
+        match self.device.read_region(bar, offset, &mut byte) {
+            Ok(()) => Some(byte[0]),
+            Err(e) => {
+                let op = format!("reading byte {offset:#x} of {bar}");
+                self.record(PassthroughError::device(self.device.name(), op, e));
+                None
             }
         }
-        pending
     }
 }
 

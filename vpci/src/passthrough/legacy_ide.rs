@@ -15,14 +15,17 @@
 //! - the interrupt is derived, not delivered: a channel's interrupt bit in its
 //!   bus-master status register (set by the device with every interrupt it raises,
 //!   PIO and DMA alike, until the driver writes it back) says the channel is asking.
-//!   A consumer reads it with [`PassthroughFunction::derived_intx_pending`] after the
-//!   accesses [`derived_intx_event`] names and while a command is in flight.
+//!   A consumer reads it with [`PassthroughFunction::derived_intx_state`] after the
+//!   accesses [`derived_intx_event`] names and, while a command is in flight (the
+//!   channel's alternate status says busy or data requested, which reading it does
+//!   not acknowledge), on a timer: the device completes commands long after the
+//!   access that started them, and in PIO raises one interrupt per block.
 //!
 //! Only a mass-storage IDE function (class 0x0101) with a channel in compatibility
 //! mode and all four port blocks exposed gets this; every other device is shown as
 //! it is.
 //!
-//! [`PassthroughFunction::derived_intx_pending`]: super::PassthroughFunction::derived_intx_pending
+//! [`PassthroughFunction::derived_intx_state`]: super::PassthroughFunction::derived_intx_state
 
 use crate::bar::BarIndex;
 use crate::config::regs::header;
@@ -85,6 +88,25 @@ pub fn real_bytes_at(bar: BarIndex) -> u64 {
         1 | 3 => CONTROL_REGISTER,
         _ => 0,
     }
+}
+
+/// ATA status bits: busy, data request.
+const STATUS_BUSY: u8 = 1 << 7;
+const STATUS_DRQ: u8 = 1 << 3;
+
+/// Whether an alternate status value says a command is still under way. All-ones is
+/// what an empty channel floats to: nothing under way there.
+pub fn status_busy(status: u8) -> bool {
+    status != 0xff && status & (STATUS_BUSY | STATUS_DRQ) != 0
+}
+
+/// One channel as a consumer deriving INTx sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DerivedIntxChannel {
+    /// The device asks for an interrupt (its bus-master status interrupt bit).
+    pub interrupt: bool,
+    /// A command is under way (busy, or data requested): another interrupt may come.
+    pub busy: bool,
 }
 
 /// What an access does to a channel's interrupt, for a consumer deriving it.
@@ -195,6 +217,8 @@ mod tests {
         assert_eq!(write(4, 2, &[0x04]), Some(StatusTouched));
         assert_eq!(read(4, 10, 1), Some(StatusTouched));
         assert_eq!(write(4, 4, &[0, 0x10, 0, 0]), None);
+        assert!(status_busy(0xd0) && status_busy(0x58));
+        assert!(!status_busy(0x50) && !status_busy(0x00) && !status_busy(0xff));
         assert_eq!(real_bytes_at(bar(1)), 2);
         assert_eq!(real_bytes_at(bar(0)), 0);
         assert_eq!(bm_status_offset(1), 10);

@@ -53,5 +53,5 @@ pub use device::{DeviceRegion, PassthroughDevice};
 pub use error::{DeviceError, PassthroughError};
 pub use function::{InterruptVector, PassthroughFunction};
 pub use irq_wiring::LiveIrqs;
-pub use legacy_ide::DerivedIntxEvent;
+pub use legacy_ide::{DerivedIntxChannel, DerivedIntxEvent};
 pub use vfio_device::VfioPassthroughDevice;

@@ -10,9 +10,11 @@
 //! therefore re-arms the line without signalling the request being serviced again.
 //!
 //! The device's bit is looked at after the accesses that can raise or acknowledge an
-//! interrupt and, while a command is in flight (started and not yet signalled), every
-//! [`POLL_INTERVAL`] from the session's read loop: the device completes commands
-//! long after the access that started them.
+//! interrupt and, while a command is in flight, every [`POLL_INTERVAL`] from the
+//! session's read loop: the device completes commands long after the access that
+//! started them, and a PIO transfer raises one interrupt per block. A command is in
+//! flight from its start until the channel is seen with no interrupt asked and
+//! nothing under way.
 
 use std::os::fd::OwnedFd;
 use std::time::Duration;
@@ -34,7 +36,7 @@ pub struct DerivedIntx {
     masked: bool,
     /// Per channel: its request was signalled and its bit not yet seen clear.
     signalled: [bool; 2],
-    /// Per channel: a command was started and its interrupt not yet signalled.
+    /// Per channel: a command was started and the channel not yet seen idle.
     in_flight: [bool; 2],
     /// Times the eventfd was signalled.
     signals: u64,
@@ -143,14 +145,16 @@ impl DerivedIntx {
         if self.eventfd.is_none() {
             return;
         }
-        let pending = function.derived_intx_pending();
+        let channels = function.derived_intx_state();
         let mut raise = false;
-        for (channel, asking) in pending.into_iter().enumerate() {
-            if !asking {
+        for (channel, state) in channels.into_iter().enumerate() {
+            if !state.interrupt {
                 self.signalled[channel] = false;
+                if !state.busy {
+                    self.in_flight[channel] = false;
+                }
             } else if !self.signalled[channel] && !self.masked {
                 self.signalled[channel] = true;
-                self.in_flight[channel] = false;
                 raise = true;
             }
         }

@@ -267,21 +267,28 @@ fn vfio_user_serves_the_piix3_ides_io_port_bars() {
     assert_eq!(served.fake.region_bytes(0, 6, 1), vec![0xa0]);
 }
 
-/// Set or clear the interrupt bit of `channel`'s bus-master status on the fake, as
-/// the device does when it raises an interrupt.
-fn set_ide_interrupt(fake: &FakeDevice, channel: usize, on: bool) {
-    let mut region = fake.regions[4].as_ref().unwrap().lock().unwrap();
-    let status = &mut region.bytes[2 + 8 * channel];
-    if on {
-        *status |= 0x04;
+/// The fake piix3's `channel` as the device leaves it: its alternate status
+/// (BSY 0x80, DRDY 0x40, DRQ 0x08) and the interrupt bit of its bus-master status.
+fn ide_channel(fake: &FakeDevice, channel: usize, status: u8, interrupt: bool) {
+    fake.regions[1 + 2 * channel]
+        .as_ref()
+        .unwrap()
+        .lock()
+        .unwrap()
+        .bytes[0] = status;
+    let mut bm = fake.regions[4].as_ref().unwrap().lock().unwrap();
+    let bm_status = &mut bm.bytes[2 + 8 * channel];
+    *bm_status = if interrupt {
+        *bm_status | 0x04
     } else {
-        *status &= !0x04;
-    }
+        *bm_status & !0x04
+    };
 }
 
 #[test]
 fn vfio_user_derives_the_legacy_ides_intx_from_its_bus_master_status() {
     let served = Served::start(piix3_ide());
+    let fake = &served.fake;
     let mut client = vfio_user::Client::new(&served.socket).unwrap();
     // VFIO offers no INTx for the device; udrv offers one, maskable and automasked.
     let info = client.get_irq_info(IrqIndex::Intx.raw()).unwrap();
@@ -297,22 +304,7 @@ fn vfio_user_derives_the_legacy_ides_intx_from_its_bus_master_status() {
         )
         .unwrap();
     // The eventfd stays with udrv: VFIO is never asked to wire an index it lacks.
-    assert!(served.fake.client_fds.lock().unwrap().is_empty());
-
-    // READ SECTORS on the primary channel: nothing is signalled before the device
-    // completes it, which it does after the access that started it.
-    client.region_write(0, 7, &[0x20]).unwrap();
-    assert_eq!(intx.read().unwrap(), None);
-    set_ide_interrupt(&served.fake, 0, true);
-    assert_eq!(intx.wait(TIMEOUT).unwrap(), Some(1));
-
-    // Automasked: the secondary channel's request waits for the client's unmask.
-    client.region_write(2, 7, &[0xec]).unwrap();
-    set_ide_interrupt(&served.fake, 1, true);
-    let mut bm = [0u8; 1];
-    client.region_read(4, 10, &mut bm).unwrap();
-    assert_eq!(bm[0] & 0x04, 0x04);
-    assert_eq!(intx.read().unwrap(), None);
+    assert!(fake.client_fds.lock().unwrap().is_empty());
     let unmask = |client: &mut vfio_user::Client| {
         client
             .set_irqs(
@@ -324,24 +316,56 @@ fn vfio_user_derives_the_legacy_ides_intx_from_its_bus_master_status() {
             )
             .unwrap();
     };
+    let mut byte = [0u8; 1];
+
+    // READ SECTORS of two sectors in PIO on the primary: nothing is raised while the
+    // device is busy; its first block's interrupt comes after the access that
+    // started the command, and is raised from udrv's polling.
+    ide_channel(fake, 0, 0x80, false);
+    client.region_write(0, 7, &[0x20]).unwrap();
+    assert_eq!(intx.read().unwrap(), None);
+    ide_channel(fake, 0, 0x58, true);
+    assert_eq!(intx.wait(TIMEOUT).unwrap(), Some(1));
+    // The driver's handler: alternate status, the client's EOI (unmask), status;
+    // the request is not raised twice while it is being serviced.
+    client.region_read(1, 2, &mut byte).unwrap();
+    assert_eq!(byte, [0x58]);
     unmask(&mut client);
-    // The secondary's request is raised; the primary's, signalled already and not
-    // yet acknowledged, is not raised twice.
+    client.region_read(0, 7, &mut byte).unwrap();
+    assert_eq!(intx.read().unwrap(), None);
+    // It acknowledges the interrupt (write-1-to-clear on the device; the fake stores
+    // what is written, so the cleared value is written) and reads the block; the
+    // device, busy again, raises the second block's interrupt with no access of the
+    // driver's in between.
+    client.region_write(4, 2, &[0x00]).unwrap();
+    ide_channel(fake, 0, 0x80, false);
+    client.region_read(0, 0, &mut [0u8; 2]).unwrap();
+    ide_channel(fake, 0, 0x58, true);
+    assert_eq!(intx.wait(TIMEOUT).unwrap(), Some(1));
+
+    // Automasked: the secondary channel's request (IDENTIFY) waits for the unmask.
+    ide_channel(fake, 1, 0x80, false);
+    client.region_write(2, 7, &[0xec]).unwrap();
+    ide_channel(fake, 1, 0x58, true);
+    client.region_read(4, 10, &mut byte).unwrap();
+    assert_eq!(byte[0] & 0x04, 0x04);
+    assert_eq!(intx.read().unwrap(), None);
+    unmask(&mut client);
+    // The secondary's request is raised; the primary's, raised already and not yet
+    // acknowledged, is not raised again.
     assert_eq!(intx.read().unwrap(), Some(1));
     unmask(&mut client);
-    client.region_read(4, 2, &mut bm).unwrap();
+    client.region_read(4, 2, &mut byte).unwrap();
     assert_eq!(intx.read().unwrap(), None);
-
-    // The driver acknowledges the primary's (its write-1-to-clear, done here by
-    // the fake's store of 0); its next command's interrupt is raised again.
-    client.region_write(4, 2, &[0x00]).unwrap();
-    client.region_write(0, 7, &[0x20]).unwrap();
-    set_ide_interrupt(&served.fake, 0, true);
-    assert_eq!(intx.wait(TIMEOUT).unwrap(), Some(1));
     // (The counter follows the signal.)
     served.wait_for("three signals counted", |s| s.derived_intx_signals == 3);
 
-    // Disabled by the client: nothing is raised.
+    // Both acknowledged and idle: no command in flight, so no polling; disabled by
+    // the client, nothing is raised even when the device asks.
+    ide_channel(fake, 0, 0x50, false);
+    ide_channel(fake, 1, 0x50, false);
+    client.region_write(4, 2, &[0x00]).unwrap();
+    client.region_write(4, 10, &[0x00]).unwrap();
     client
         .set_irqs(
             IrqIndex::Intx.raw(),
@@ -351,11 +375,11 @@ fn vfio_user_derives_the_legacy_ides_intx_from_its_bus_master_status() {
             &[],
         )
         .unwrap();
-    client.region_write(4, 2, &[0x00]).unwrap();
-    set_ide_interrupt(&served.fake, 0, true);
-    client.region_read(4, 2, &mut bm).unwrap();
+    ide_channel(fake, 0, 0x50, true);
+    client.region_read(4, 2, &mut byte).unwrap();
     assert_eq!(intx.read().unwrap(), None);
-    assert_eq!(served.status().error_replies, 0);
+    let s = served.status();
+    assert_eq!((s.derived_intx_signals, s.error_replies), (3, 0));
 }
 
 #[test]
