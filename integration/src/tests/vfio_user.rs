@@ -380,7 +380,7 @@ d=/sys/bus/pci/devices/{NESTED_IDE}
 for i in $(seq 1 300); do [ -b /dev/sda ] && break; sleep 0.2; done
 echo "@@guest driver $(basename "$(readlink "$d/driver")")"
 echo "@@guest sectors $(cat /sys/block/sda/size 2>/dev/null)"
-echo "@@guest xfer $(cat /sys/class/ata_device/dev*/xfer_mode 2>/dev/null | tr '\n' ' ')"
+echo "@@guest xfer $(cat /sys/class/ata_device/dev*/xfer_mode 2>/dev/null | sort -u | tr '\n' ' ')"
 [ -b /dev/sda ] || exit 0
 same() {{ if cmp -s - "$1"; then echo equal; else echo differs; fi; }}
 echo "@@guest read-run $(dd if=/dev/sda bs=512 skip={first} count={count} 2>/dev/null | same /ide-run)"
