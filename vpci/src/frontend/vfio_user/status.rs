@@ -51,6 +51,7 @@ pub struct VfioUserStatus {
     pub resets: u64,
     /// Derived INTx raised to the client (a legacy-mode IDE controller's interrupt,
     /// which VFIO cannot deliver).
+    #[serde(default)]
     pub derived_intx_signals: u64,
     /// The latest error (a refused message, a device error), if any.
     pub last_error: Option<String>,
@@ -116,5 +117,23 @@ impl Counters {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vfio_user_status_from_a_service_without_derived_intx_still_reads() {
+        let status = VfioUserStatus {
+            derived_intx_signals: 7,
+            ..VfioUserStatus::default()
+        };
+        let mut json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["derived_intx_signals"], 7);
+        json.as_object_mut().unwrap().remove("derived_intx_signals");
+        let older: VfioUserStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(older.derived_intx_signals, 0);
     }
 }
