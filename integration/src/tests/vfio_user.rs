@@ -10,6 +10,11 @@
 //! arrives as a vfio-user DMA_MAP and every unmap as a DMA_UNMAP, so the device reaches
 //! only the pages the guest's driver has mapped at that moment, not all guest RAM.
 //!
+//! The rig's piix3-ide, the seed's device, goes the same way where QEMU's own
+//! `vfio-pci` fails (legacy mode: fixed ports and ISA IRQ 14): udrv shows it in native
+//! mode and raises the INTx it derives from the device's state, and the nested
+//! guest's ata_piix reads and writes the rig's disk through it.
+//!
 //! A nested boot costs a minute or more under TCG-in-TCG: the checks share one boot.
 
 use std::path::Path;
@@ -18,6 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use udriver::pci::PciAddress;
+use udrv_examples::block::BlockDevice;
+use udrv_examples::disk_pattern::{self, SECTOR_SIZE};
+use udrv_examples::ide::{Ide, Transfer};
 use udrv_qemu_guest::{GuestBoot, GuestReport, QemuKit};
 use vpci::frontend::vfio_user::{
     DmaLimits, ServerOptions, SessionOptions, VfioUserServer, VfioUserStatus,
@@ -38,8 +47,23 @@ const GUEST_MIB: u64 = 256;
 /// e1000e's rings and receive buffers, far below guest RAM.
 const MOST_MAPPED_IN_TRAFFIC: u64 = (GUEST_MIB << 20) / 16;
 
+/// The socket udrv serves the piix3-ide on.
+const IDE_SOCKET: &str = "/tmp/udrv-vfio-user-ide.sock";
+/// Where the nested guest finds the served piix3-ide (where the rig has it).
+const NESTED_IDE_SLOT: &str = "05.0";
+const NESTED_IDE: &str = "0000:00:05.0";
+/// The sector the nested guest writes (with the bit-inverted pattern of its own),
+/// read back by the rig, then restored.
+const WRITTEN_LBA: u64 = 12_345;
+/// The run of sectors the nested guest reads and compares, from sector 2048: 1 MiB.
+const READ_RUN: (u64, u64) = (2048, 2048);
+
 pub fn tests() -> Vec<RigTest> {
-    rig_tests![vfio_user: nested_e1000e_binds_links_and_pings (900 s)]
+    rig_tests![
+        vfio_user:
+        nested_e1000e_binds_links_and_pings (900 s),
+        nested_ide_reads_and_writes_the_disk (900 s),
+    ]
 }
 
 /// What the watcher saw of the server while the nested guest ran. The guest's
@@ -343,4 +367,186 @@ fn check_server(watched: &Watched, after: &VfioUserStatus) -> Result<()> {
         "after QEMU left: {after:?}"
     );
     Ok(())
+}
+
+/// The nested guest's check of the served disk: the driver bound, the disk's size, a
+/// 1 MiB run, the first and the last 4 KiB compared with the pattern the rig put in
+/// its initramfs; a sector written (flushed) and read back after dropping the caches.
+fn ide_task() -> String {
+    let (first, count) = READ_RUN;
+    format!(
+        r#"#!/bin/sh
+d=/sys/bus/pci/devices/{NESTED_IDE}
+for i in $(seq 1 300); do [ -b /dev/sda ] && break; sleep 0.2; done
+echo "@@guest driver $(basename "$(readlink "$d/driver")")"
+echo "@@guest sectors $(cat /sys/block/sda/size 2>/dev/null)"
+echo "@@guest xfer $(cat /sys/class/ata_device/dev*/xfer_mode 2>/dev/null | sort -u | tr '\n' ' ')"
+[ -b /dev/sda ] || exit 0
+same() {{ if cmp -s - "$1"; then echo equal; else echo differs; fi; }}
+echo "@@guest read-run $(dd if=/dev/sda bs=512 skip={first} count={count} 2>/dev/null | same /ide-run)"
+echo "@@guest read-first $(dd if=/dev/sda bs=4096 count=1 2>/dev/null | same /ide-first)"
+echo "@@guest read-last $(dd if=/dev/sda bs=4096 skip=$(( $(cat /sys/block/sda/size) / 8 - 1 )) count=1 2>/dev/null | same /ide-last)"
+dd if=/ide-written of=/dev/sda bs=512 seek={WRITTEN_LBA} count=1 conv=fsync 2>/dev/null
+echo "@@guest write-status $?"
+sync
+echo 3 > /proc/sys/vm/drop_caches
+echo "@@guest written-read-back $(dd if=/dev/sda bs=512 skip={WRITTEN_LBA} count=1 2>/dev/null | same /ide-written)"
+echo "@@guest irqs $(grep ata_piix /proc/interrupts | tr -s ' ')"
+"#
+    )
+}
+
+/// The pattern of `count` sectors from `first`.
+fn pattern(first: u64, count: u64) -> Vec<u8> {
+    (first..first + count)
+        .flat_map(disk_pattern::sector)
+        .collect()
+}
+
+/// The seed's own device where QEMU's own passthrough fails: udrv claims the rig's
+/// legacy-mode piix3-ide and serves it over vfio-user in native mode with the INTx it
+/// derives; the nested QEMU 11 guest's ata_piix binds it, finds the 8 MiB disk, reads
+/// a 1 MiB run and the first and last 4 KiB holding the rig disk's pattern, and writes
+/// a sector that the rig's own IDE driver reads back from the disk afterwards.
+fn nested_ide_reads_and_writes_the_disk() -> Result<()> {
+    let kit = QemuKit::in_rig()?;
+    let written: Vec<u8> = disk_pattern::sector(WRITTEN_LBA)
+        .iter()
+        .map(|b| !b)
+        .collect();
+    let (report, after) = serve_ide_to_nested(&kit, &written)?;
+    // The rig reads the written sector from the disk with its own driver, then puts
+    // the pattern back.
+    let address: PciAddress = rig::PIIX3_IDE.parse()?;
+    let mut ide = Ide::open(address, Transfer::Pio)?;
+    let mut on_disk = vec![0u8; SECTOR_SIZE];
+    ide.read_sectors(WRITTEN_LBA, &mut on_disk)?;
+    ide.write_sectors(WRITTEN_LBA, &disk_pattern::sector(WRITTEN_LBA))?;
+    ide.flush()?;
+    let mut restored = vec![0u8; SECTOR_SIZE];
+    ide.read_sectors(WRITTEN_LBA, &mut restored)?;
+    drop(ide);
+    let value = |key: &str| report.values(key).first().map(|v| v.to_string());
+    println!(
+        "nested boot (small kernel, vfio-user piix3-ide): QEMU start to exit {:.1} s; nested \
+         init at {:.1} s, done at {:.1} s of nested uptime",
+        report.elapsed.as_secs_f64(),
+        report.up_at.unwrap_or(f64::NAN),
+        report.done_at.unwrap_or(f64::NAN)
+    );
+    println!(
+        "nested ata_piix over vfio-user: driver {}, {} sectors, transfer mode {}, 1 MiB run \
+         {}, first 4 KiB {}, last 4 KiB {}, write status {}, read back {}; interrupts: {}",
+        value("driver").unwrap_or_default(),
+        value("sectors").unwrap_or_default(),
+        value("xfer").unwrap_or_default(),
+        value("read-run").unwrap_or_default(),
+        value("read-first").unwrap_or_default(),
+        value("read-last").unwrap_or_default(),
+        value("write-status").unwrap_or_default(),
+        value("written-read-back").unwrap_or_default(),
+        value("irqs").unwrap_or_default(),
+    );
+    println!(
+        "udrv: {} region reads, {} region writes, {} SET_IRQS, {} derived INTx raised, {} \
+         DMA_MAPs, {} error replies, last error {:?}",
+        after.region_reads,
+        after.region_writes,
+        after.irq_sets,
+        after.derived_intx_signals,
+        after.dma_maps,
+        after.error_replies,
+        after.last_error
+    );
+    println!(
+        "rig read sector {WRITTEN_LBA} back: {}; pattern restored: {}",
+        if on_disk == written {
+            "the nested guest's write"
+        } else {
+            "NOT the nested guest's write"
+        },
+        restored[..] == disk_pattern::sector(WRITTEN_LBA)[..]
+    );
+    ensure!(
+        value("driver").as_deref() == Some("ata_piix"),
+        "ata_piix did not bind the served piix3-ide ({:?}); console:\n{}",
+        value("driver"),
+        report.tail()
+    );
+    ensure!(
+        value("sectors") == Some(rig::IDE_DISK_SECTORS.to_string()),
+        "the nested guest found no disk of {} sectors ({:?}); console:\n{}",
+        rig::IDE_DISK_SECTORS,
+        value("sectors"),
+        report.tail()
+    );
+    for key in ["read-run", "read-first", "read-last", "written-read-back"] {
+        ensure!(
+            value(key).as_deref() == Some("equal"),
+            "nested guest {key}: {:?}; console:\n{}",
+            value(key),
+            report.tail()
+        );
+    }
+    ensure!(
+        on_disk == written,
+        "sector {WRITTEN_LBA} on the rig's disk does not hold what the nested guest wrote"
+    );
+    ensure!(
+        restored[..] == disk_pattern::sector(WRITTEN_LBA)[..],
+        "sector {WRITTEN_LBA} was not restored"
+    );
+    ensure!(
+        after.derived_intx_signals > 0 && after.error_replies == 0,
+        "udrv: {} derived INTx raised, {} error replies (last {:?})",
+        after.derived_intx_signals,
+        after.error_replies,
+        after.last_error
+    );
+    Ok(())
+}
+
+/// Serve the piix3-ide to one nested boot running [`ide_task`]; the guest's report
+/// and udrv's counters once QEMU has gone (the device quiesced, given back).
+fn serve_ide_to_nested(kit: &QemuKit, written: &[u8]) -> Result<(GuestReport, VfioUserStatus)> {
+    let (container, mut devices) = rig::open_in_one_container(&[rig::PIIX3_IDE])?;
+    let device = devices.pop().context("the piix3-ide was not opened")?;
+    let iova_ranges = container.iommu_info()?.iova_ranges;
+    let function = PassthroughFunction::new(VfioPassthroughDevice::new(device)?)?;
+    let socket = Path::new(IDE_SOCKET);
+    let server = VfioUserServer::start(
+        function,
+        Arc::new(container),
+        ServerOptions {
+            socket: socket.to_path_buf(),
+            allowed_uid: None,
+            session: SessionOptions {
+                direct_mmio: false,
+                dma_limits: DmaLimits { iova_ranges },
+            },
+        },
+    )?;
+    println!("{} served over vfio-user on {IDE_SOCKET}", rig::PIIX3_IDE);
+    let last = rig::IDE_DISK_SECTORS - 8;
+    let report = GuestBoot::new(kit)
+        .memory_mib(GUEST_MIB as u32)
+        .kernel_args([NO_THROTTLING])
+        .vfio_user_device_at(socket, NESTED_IDE_SLOT)
+        .file("ide-run", 0o644, pattern(READ_RUN.0, READ_RUN.1))
+        .file("ide-first", 0o644, pattern(0, 8))
+        .file("ide-last", 0o644, pattern(last, 8))
+        .file("ide-written", 0o644, written.to_vec())
+        .task(&ide_task())
+        .timeout(Duration::from_secs(800))
+        .run();
+    let after = rig::poll_until(Duration::from_secs(10), "the client to go", || {
+        let status = server.status();
+        Ok(status.client.is_none().then_some(status))
+    });
+    // The device goes back to nobody: the rig's own driver opens it next.
+    let stopped = server.stop().map(drop);
+    let report = report?;
+    let after = after?;
+    stopped?;
+    Ok((report, after))
 }

@@ -13,6 +13,7 @@ use super::device::{DeviceRegion, PassthroughDevice};
 use super::error::PassthroughError;
 use super::express::integrate_into_root_bus;
 use super::irq_wiring::{IrqWiring, LiveIrqs};
+use super::legacy_ide::{self, DerivedIntxChannel, DerivedIntxEvent};
 use super::vfio_device::VfioPassthroughDevice;
 use crate::bar::{
     AddressSpace, BarDefinition, BarIndex, BarKind, BarLayout, MIN_IO_BAR_SIZE, MIN_MEMORY_BAR_SIZE,
@@ -85,6 +86,9 @@ pub struct PassthroughFunction<D: PassthroughDevice = VfioPassthroughDevice> {
     /// while it has eventfds on index `i`. The guest's MSI/MSI-X programming then no
     /// longer rewires anything.
     client_irqs: Option<u8>,
+    /// A legacy-mode IDE controller shown in native mode (see [`legacy_ide`]): its
+    /// control blocks shifted, its INTx derived.
+    legacy_ide: bool,
 }
 
 fn irq_index(kind: InterruptKind) -> IrqIndex {
@@ -176,6 +180,15 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
         let mut overlay = ConfigOverlay::new(space.len());
         virtualise_header(&mut space, &mut overlay).map_err(config("virtualising the header"))?;
         let regions = define_bars(&device, &mut space, &image)?;
+        let legacy_ide =
+            legacy_ide::is_legacy_ide(&image, regions[..4].iter().all(Option::is_some));
+        if legacy_ide {
+            let prog_if = legacy_ide::native_prog_if(image[usize::from(header::CLASS_PROG_IF)]);
+            space
+                .set(header::CLASS_PROG_IF, AccessWidth::Byte, prog_if.into())
+                .and_then(|()| space.set(header::INTERRUPT_PIN, AccessWidth::Byte, 1))
+                .map_err(config("presenting the IDE controller in native mode"))?;
+        }
 
         // A mechanism VFIO cannot deliver is not offered to the guest.
         let mut unusable = Vec::new();
@@ -217,7 +230,7 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
             None => None,
         };
         let intx = space.u8_at(header::INTERRUPT_PIN) != 0 && device.irq_count(IrqIndex::Intx) > 0;
-        if !intx {
+        if !intx && !legacy_ide {
             space
                 .set(header::INTERRUPT_PIN, AccessWidth::Byte, 0)
                 .map_err(config("clearing the interrupt pin"))?;
@@ -233,6 +246,7 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
             hidden,
             errors: VecDeque::new(),
             client_irqs: None,
+            legacy_ide,
         };
         function.prepare_device()?;
         let want = function.wanted_irqs().map(|(live, _)| live);
@@ -607,12 +621,85 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
             })
     }
 
-    /// How many of `len` bytes at `offset` lie inside the real region.
-    fn real_len(&self, bar: BarIndex, offset: u64, len: usize) -> usize {
+    /// The part of an access of `len` bytes at `offset` that reaches the real
+    /// region: its range in the access's data and the region offset it starts at.
+    /// The real bytes sit at the start of the BAR, or at the native control register
+    /// for a legacy IDE controller's control blocks; the rest is padding.
+    fn real_part(&self, bar: BarIndex, offset: u64, len: usize) -> Option<(Range<usize>, u64)> {
         let size = self.region(bar).map_or(0, |r| r.size);
-        usize::try_from(size.saturating_sub(offset))
-            .unwrap_or(usize::MAX)
-            .min(len)
+        let at = if self.legacy_ide {
+            legacy_ide::real_bytes_at(bar)
+        } else {
+            0
+        };
+        let start = offset.max(at);
+        let end = offset
+            .saturating_add(len as u64)
+            .min(at.saturating_add(size));
+        if start >= end {
+            return None;
+        }
+        let first = (start - offset) as usize;
+        Some((first..first + (end - start) as usize, start - at))
+    }
+
+    /// Whether the function's INTx is derived from the device's state rather than
+    /// delivered by VFIO (a legacy-mode IDE controller shown in native mode): a
+    /// consumer offers the guest one INTx and raises it while
+    /// [`derived_intx_state`](Self::derived_intx_state) says so.
+    pub fn derives_intx(&self) -> bool {
+        self.legacy_ide
+    }
+
+    /// What a BAR access (a write of `written`, or a read of `len` bytes) means for
+    /// the derived INTx; always `None` for a function whose INTx is not derived.
+    pub fn derived_intx_event(
+        &self,
+        bar: BarIndex,
+        offset: u64,
+        len: usize,
+        written: Option<&[u8]>,
+    ) -> Option<DerivedIntxEvent> {
+        self.legacy_ide
+            .then(|| legacy_ide::derived_intx_event(bar, offset, len, written))
+            .flatten()
+    }
+
+    /// Per channel, whether the device asks for an interrupt now (the interrupt bit of
+    /// its bus-master status) and whether a command is under way (its alternate
+    /// status, read without acknowledging anything). All clear for a function whose
+    /// INTx is not derived; a failed read counts as clear and is kept for
+    /// [`take_errors`](Self::take_errors).
+    pub fn derived_intx_state(&mut self) -> [DerivedIntxChannel; 2] {
+        let mut channels = [DerivedIntxChannel::default(); 2];
+        if !self.legacy_ide {
+            return channels;
+        }
+        let bus_master = BarIndex::new(legacy_ide::BUS_MASTER_BAR).expect("BAR4 is a BAR index");
+        for (channel, state) in channels.iter_mut().enumerate() {
+            let control = BarIndex::new(1 + 2 * channel as u8).expect("BAR1/BAR3 are BAR indices");
+            let bm = self.read_device_byte(bus_master, legacy_ide::bm_status_offset(channel));
+            state.interrupt = bm.is_some_and(|b| b & legacy_ide::BM_STATUS_INTERRUPT != 0);
+            state.busy = self
+                .read_device_byte(control, 0)
+                .is_some_and(legacy_ide::status_busy);
+        }
+        channels
+    }
+
+    /// A byte of a real region, `None` (the error kept) if the device has no such
+    /// region or the read failed.
+    fn read_device_byte(&mut self, bar: BarIndex, offset: u64) -> Option<u8> {
+        self.region(bar)?;
+        let mut byte = [0u8];
+        match self.device.read_region(bar, offset, &mut byte) {
+            Ok(()) => Some(byte[0]),
+            Err(e) => {
+                let op = format!("reading byte {offset:#x} of {bar}");
+                self.record(PassthroughError::device(self.device.name(), op, e));
+                None
+            }
+        }
     }
 }
 
@@ -696,14 +783,14 @@ impl<D: PassthroughDevice + 'static> PciFunction for PassthroughFunction<D> {
         if self.interrupts.bar_read(bar, offset, data) {
             return Ok(());
         }
-        let real = self.real_len(bar, offset, data.len());
-        data[real..].fill(0xff);
-        if real == 0 {
+        data.fill(0xff);
+        let Some((part, real_offset)) = self.real_part(bar, offset, data.len()) else {
             return Ok(());
-        }
+        };
+        let len = part.len();
         self.device
-            .read_region(bar, offset, &mut data[..real])
-            .map_err(|e| io_error(bar, "read", offset, real, e))
+            .read_region(bar, real_offset, &mut data[part])
+            .map_err(|e| io_error(bar, "read", real_offset, len, e))
     }
 
     fn bar_write(&mut self, bar: BarIndex, offset: u64, data: &[u8]) -> Result<(), FunctionError> {
@@ -712,13 +799,16 @@ impl<D: PassthroughDevice + 'static> PciFunction for PassthroughFunction<D> {
             self.rewire();
             return Ok(());
         }
-        let real = self.real_len(bar, offset, data.len());
-        if bar.is_rom() || real == 0 {
+        if bar.is_rom() {
             return Ok(());
         }
+        let Some((part, real_offset)) = self.real_part(bar, offset, data.len()) else {
+            return Ok(());
+        };
+        let len = part.len();
         self.device
-            .write_region(bar, offset, &data[..real])
-            .map_err(|e| io_error(bar, "write", offset, real, e))
+            .write_region(bar, real_offset, &data[part])
+            .map_err(|e| io_error(bar, "write", real_offset, len, e))
     }
 
     fn take_msi_routing(&mut self) -> Vec<MsiRouting> {

@@ -32,6 +32,7 @@ mod error;
 mod express;
 mod function;
 mod irq_wiring;
+mod legacy_ide;
 mod vfio_device;
 
 // The fuzz targets (fuzz/, built with `--cfg fuzzing`) drive a passthrough function over
@@ -52,4 +53,5 @@ pub use device::{DeviceRegion, PassthroughDevice};
 pub use error::{DeviceError, PassthroughError};
 pub use function::{InterruptVector, PassthroughFunction};
 pub use irq_wiring::LiveIrqs;
+pub use legacy_ide::{DerivedIntxChannel, DerivedIntxEvent};
 pub use vfio_device::VfioPassthroughDevice;

@@ -100,7 +100,7 @@ fn counters(s: &FrontendStatus) -> String {
             None => "no client".to_string(),
         };
         return format!(
-            "{client}  clients {}  msgs {} (errors {})  region r{}/w{}  dma {} maps, {} KiB  irq sets {}  resets {}{}",
+            "{client}  clients {}  msgs {} (errors {})  region r{}/w{}  dma {} maps, {} KiB  irq sets {}  resets {}{}{}",
             v.clients_served,
             v.messages,
             v.error_replies,
@@ -110,6 +110,11 @@ fn counters(s: &FrontendStatus) -> String {
             v.dma_mapped_bytes / 1024,
             v.irq_sets,
             v.resets,
+            if v.derived_intx_signals > 0 {
+                format!("  derived intx {}", v.derived_intx_signals)
+            } else {
+                String::new()
+            },
             if v.direct_mmio { "  direct-mmio" } else { "" }
         );
     }

@@ -6,6 +6,10 @@
 //! automasked line; the client unmasks it (DATA_NONE) or hands a resample eventfd
 //! (UNMASK with an eventfd). The function's own vector wiring is switched off for the
 //! whole session (see [`PassthroughFunction::hand_interrupts_to_client`]).
+//!
+//! A function whose INTx VFIO cannot deliver but udrv derives (a legacy-mode IDE
+//! controller) offers one INTx here; the session keeps its eventfd
+//! ([`DerivedIntx`](super::derived_intx::DerivedIntx)).
 
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -42,6 +46,10 @@ fn count<D: PassthroughDevice + 'static>(
     function: &PassthroughFunction<D>,
     index: IrqIndex,
 ) -> u32 {
+    if index == IrqIndex::Intx && function.derives_intx() {
+        // The line udrv derives (see `derived_intx`).
+        return 1;
+    }
     function.device().irq_count(index)
 }
 

@@ -347,6 +347,17 @@ fn serve_clients<D: PassthroughDevice + 'static>(
     Ok(function)
 }
 
+/// Whether `stream` has something to read (or was closed) within `timeout`.
+fn readable_within(stream: &UnixStream, timeout: std::time::Duration) -> io::Result<bool> {
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(n) => Ok(n > 0),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Serve one client until it goes away or must be disconnected.
 fn converse<D: PassthroughDevice + 'static>(
     mut session: Session<D>,
@@ -355,6 +366,21 @@ fn converse<D: PassthroughDevice + 'static>(
 ) -> Session<D> {
     let mut reader = MessageReader::new();
     loop {
+        // A device that needs looking at (a derived INTx with a command in flight)
+        // is polled between messages.
+        if let Some(interval) = session.poll_interval().filter(|_| !reader.has_buffered()) {
+            match readable_within(&stream, interval) {
+                Ok(true) => {}
+                Ok(false) => {
+                    session.poll_device();
+                    continue;
+                }
+                Err(e) => {
+                    counters.error(format!("waiting for the client: {e}"));
+                    return session;
+                }
+            }
+        }
         let (incoming, payload) = match reader.next(&stream) {
             Ok(m) => m,
             Err(ReadError::Closed) => return session,

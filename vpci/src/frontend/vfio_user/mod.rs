@@ -9,6 +9,7 @@
 //!   Session             one client: each command against the function, DMA and irqs
 //!     regions           BARs, ROM and config through the PassthroughFunction
 //!     irqs              DEVICE_GET_IRQ_INFO, DEVICE_SET_IRQS -> VFIO_DEVICE_SET_IRQS
+//!     derived_intx      INTx udrv raises for a device VFIO gives none (legacy IDE)
 //!     dma::DmaTable     DMA_MAP/DMA_UNMAP -> the IOMMU container
 //!   status              counters -> VfioUserStatus
 //! ```
@@ -19,7 +20,10 @@
 //!
 //! Interrupts are the client's: the eventfds it sends in DEVICE_SET_IRQS go straight
 //! into `VFIO_DEVICE_SET_IRQS`, so the device signals the VMM with no hop through
-//! udrv. The function's own vector wiring is off while it is served this way.
+//! udrv. The function's own vector wiring is off while it is served this way. The
+//! exception is a legacy-mode IDE controller, whose ISA interrupt VFIO cannot
+//! deliver: it is shown in native mode with an INTx that udrv derives from the
+//! device's state and raises on the client's eventfd (see `derived_intx`).
 //!
 //! DMA: each DMA_MAP with an fd is mmap'd and mapped in the device's IOMMU at the
 //! client's address: guest physical, or, with a vIOMMU in the guest, the guest's own
@@ -64,6 +68,7 @@
 //! # Ok(()) }
 //! ```
 
+mod derived_intx;
 mod dma;
 mod irqs;
 mod listener;

@@ -8,19 +8,22 @@
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dma::DmaMapper;
 use nix::errno::Errno;
 
+use super::derived_intx::DerivedIntx;
 use super::dma::{DmaLimits, DmaTable};
 use super::irqs;
 use super::protocol::{
     dma_flags, parse_request, reply_header, server_capabilities, Header, Payload, Refusal, Reply,
     Request, VERSION_MAJOR, VERSION_MINOR,
 };
-use super::regions::{self, NUM_REGIONS};
+use super::regions::{self, RegionId, NUM_REGIONS};
 use super::status::{bump, Counters, VfioUserStatus};
 use crate::passthrough::{PassthroughDevice, PassthroughError, PassthroughFunction};
+use udriver::vfio::IrqIndex;
 
 /// `VFIO_DEVICE_FLAGS_RESET`, `VFIO_DEVICE_FLAGS_PCI`.
 const DEVICE_FLAGS_RESET: u32 = 1 << 0;
@@ -57,6 +60,8 @@ pub struct Session<D: PassthroughDevice + 'static> {
     direct_mmio: bool,
     negotiated: bool,
     write_multiple: bool,
+    /// The INTx udrv raises itself, for a function that derives it.
+    intx: DerivedIntx,
 }
 
 impl<D: PassthroughDevice + 'static> Session<D> {
@@ -85,6 +90,7 @@ impl<D: PassthroughDevice + 'static> Session<D> {
             direct_mmio: options.direct_mmio,
             negotiated: false,
             write_multiple: false,
+            intx: DerivedIntx::default(),
         })
     }
 
@@ -100,6 +106,48 @@ impl<D: PassthroughDevice + 'static> Session<D> {
                 "the device was lost in a failed reset".to_string(),
             ))
         })
+    }
+
+    /// How long the caller may wait for the next message before
+    /// [`poll_device`](Self::poll_device) is due (a derived INTx waiting for a command
+    /// to complete); `None`: wait as long as it takes.
+    pub fn poll_interval(&self) -> Option<Duration> {
+        self.intx.poll_interval()
+    }
+
+    /// Look at the device for what it signals without an interrupt VFIO delivers
+    /// (the derived INTx), and raise it to the client.
+    pub fn poll_device(&mut self) {
+        let before = self.intx.signals();
+        if let Some(function) = self.function.as_mut() {
+            self.intx.poll(function);
+        }
+        self.count_intx_signals(before);
+    }
+
+    fn count_intx_signals(&self, before: u64) {
+        let raised = self.intx.signals() - before;
+        if raised > 0 {
+            self.counters
+                .derived_intx_signals
+                .fetch_add(raised, Relaxed);
+        }
+    }
+
+    /// After a BAR access that was served: what it means for a derived INTx.
+    fn after_bar_access(&mut self, region: u32, offset: u64, len: usize, written: Option<&[u8]>) {
+        let Ok(RegionId::Bar(bar)) = RegionId::from_index(region) else {
+            return;
+        };
+        let Some(function) = self.function.as_mut() else {
+            return;
+        };
+        if bar.is_rom() || !function.derives_intx() {
+            return;
+        }
+        let before = self.intx.signals();
+        self.intx.after_access(function, bar, offset, len, written);
+        self.count_intx_signals(before);
     }
 
     /// Counters so far (socket path empty: the server fills it in).
@@ -274,7 +322,15 @@ impl<D: PassthroughDevice + 'static> Session<D> {
                 count,
                 data,
             } => {
-                irqs::set(self.served()?, action, index, start, count, &data)?;
+                let function = self.function.as_mut();
+                match function {
+                    Some(function) if index == IrqIndex::Intx.raw() && function.derives_intx() => {
+                        let before = self.intx.signals();
+                        self.intx.set(function, action, start, count, data)?;
+                        self.count_intx_signals(before);
+                    }
+                    _ => irqs::set(self.served()?, action, index, start, count, &data)?,
+                }
                 bump(&self.counters.irq_sets);
                 Ok(Reply::empty())
             }
@@ -291,6 +347,7 @@ impl<D: PassthroughDevice + 'static> Session<D> {
                 payload.resize(16 + count as usize, 0);
                 regions::read(self.served()?, region, offset, &mut payload[16..])?;
                 bump(&self.counters.region_reads);
+                self.after_bar_access(region, offset, count as usize, None);
                 Ok(Reply::bytes(payload))
             }
             Request::RegionWrite {
@@ -300,6 +357,7 @@ impl<D: PassthroughDevice + 'static> Session<D> {
             } => {
                 regions::write(self.served()?, region, offset, &data)?;
                 bump(&self.counters.region_writes);
+                self.after_bar_access(region, offset, data.len(), Some(&data));
                 Ok(Reply::bytes(
                     Payload::with_capacity(16)
                         .u64(offset)
@@ -318,11 +376,11 @@ impl<D: PassthroughDevice + 'static> Session<D> {
                 }
                 // Each write in order; the first refusal stops the rest, as a
                 // sequence of single writes would.
-                let counters = self.counters.clone();
-                let function = self.served()?;
                 for w in &writes {
-                    regions::write(function, w.region, w.offset, &w.data[..w.count as usize])?;
-                    bump(&counters.region_writes);
+                    let data = &w.data[..w.count as usize];
+                    regions::write(self.served()?, w.region, w.offset, data)?;
+                    bump(&self.counters.region_writes);
+                    self.after_bar_access(w.region, w.offset, data.len(), Some(data));
                 }
                 Ok(Reply::bytes(
                     Payload::with_capacity(8).u64(writes.len() as u64).0,
@@ -348,6 +406,8 @@ impl<D: PassthroughDevice + 'static> Session<D> {
         let Some(function) = self.function.take() else {
             return Ok(());
         };
+        // A reset disables INTx as it does the vectors VFIO delivers.
+        self.intx = DerivedIntx::default();
         match function.reset_for_client() {
             Ok(fresh) => {
                 self.function = Some(fresh);

@@ -49,6 +49,10 @@ pub struct VfioUserStatus {
     pub irq_sets: u64,
     /// DEVICE_RESETs done.
     pub resets: u64,
+    /// Derived INTx raised to the client (a legacy-mode IDE controller's interrupt,
+    /// which VFIO cannot deliver).
+    #[serde(default)]
+    pub derived_intx_signals: u64,
     /// The latest error (a refused message, a device error), if any.
     pub last_error: Option<String>,
 }
@@ -68,6 +72,7 @@ pub(super) struct Counters {
     pub(super) dma_mapped_bytes: AtomicU64,
     pub(super) irq_sets: AtomicU64,
     pub(super) resets: AtomicU64,
+    pub(super) derived_intx_signals: AtomicU64,
     pub(super) client: Mutex<Option<ClientPeer>>,
     pub(super) last_error: Mutex<Option<String>>,
 }
@@ -105,11 +110,30 @@ impl Counters {
             dma_mapped_bytes: n(&self.dma_mapped_bytes),
             irq_sets: n(&self.irq_sets),
             resets: n(&self.resets),
+            derived_intx_signals: n(&self.derived_intx_signals),
             last_error: self
                 .last_error
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vfio_user_status_from_a_service_without_derived_intx_still_reads() {
+        let status = VfioUserStatus {
+            derived_intx_signals: 7,
+            ..VfioUserStatus::default()
+        };
+        let mut json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["derived_intx_signals"], 7);
+        json.as_object_mut().unwrap().remove("derived_intx_signals");
+        let older: VfioUserStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(older.derived_intx_signals, 0);
     }
 }

@@ -238,12 +238,26 @@ fn vfio_user_serves_the_piix3_ides_io_port_bars() {
     let mut bar = [0u8; 4];
     client.region_read(CONFIG, 0x10, &mut bar).unwrap();
     assert_eq!(bar[0] & 1, 1, "BAR0 is an IO BAR");
+    // Legacy mode (prog-if 0x80) is shown as native mode on both channels, with
+    // INTA: a guest driver then uses the BARs and an interrupt udrv can raise.
+    let mut class = [0u8; 3];
+    client.region_read(CONFIG, 0x09, &mut class).unwrap();
+    assert_eq!(class, [0x8f, 0x01, 0x01]);
+    let mut pin = [0u8; 1];
+    client.region_read(CONFIG, 0x3d, &mut pin).unwrap();
+    assert_eq!(pin, [1]);
+    // The 1-byte control block (0x3f6) is the native block's register at offset 2;
+    // the other bytes are padding.
     let mut status = [0u8; 1];
-    client.region_read(1, 0, &mut status).unwrap();
-    assert_eq!(status, [0x40]);
-    // Past the 1-byte real block: padding.
     client.region_read(1, 2, &mut status).unwrap();
+    assert_eq!(status, [0x40]);
+    client.region_read(1, 0, &mut status).unwrap();
     assert_eq!(status, [0xff]);
+    let mut dword = [0u8; 4];
+    client.region_read(3, 0, &mut dword).unwrap();
+    assert_eq!(dword, [0xff, 0xff, 0x41, 0xff]);
+    client.region_write(3, 2, &[0x02]).unwrap();
+    assert_eq!(served.fake.region_bytes(3, 0, 1), vec![0x02]);
     let mut bm = [0u8; 2];
     client.region_read(4, 2, &mut bm).unwrap();
     assert_eq!(bm, [0x72, 0x73]);
@@ -251,6 +265,121 @@ fn vfio_user_serves_the_piix3_ides_io_port_bars() {
     assert_eq!(served.fake.region_bytes(4, 4, 4), vec![1, 2, 3, 4]);
     client.region_write(0, 6, &[0xa0]).unwrap();
     assert_eq!(served.fake.region_bytes(0, 6, 1), vec![0xa0]);
+}
+
+/// The fake piix3's `channel` as the device leaves it: its alternate status
+/// (BSY 0x80, DRDY 0x40, DRQ 0x08) and the interrupt bit of its bus-master status.
+fn ide_channel(fake: &FakeDevice, channel: usize, status: u8, interrupt: bool) {
+    fake.regions[1 + 2 * channel]
+        .as_ref()
+        .unwrap()
+        .lock()
+        .unwrap()
+        .bytes[0] = status;
+    let mut bm = fake.regions[4].as_ref().unwrap().lock().unwrap();
+    let bm_status = &mut bm.bytes[2 + 8 * channel];
+    *bm_status = if interrupt {
+        *bm_status | 0x04
+    } else {
+        *bm_status & !0x04
+    };
+}
+
+#[test]
+fn vfio_user_derives_the_legacy_ides_intx_from_its_bus_master_status() {
+    let served = Served::start(piix3_ide());
+    let fake = &served.fake;
+    let mut client = vfio_user::Client::new(&served.socket).unwrap();
+    // VFIO offers no INTx for the device; udrv offers one, maskable and automasked.
+    let info = client.get_irq_info(IrqIndex::Intx.raw()).unwrap();
+    assert_eq!((info.count, info.flags), (1, 0b111));
+    let intx = EventFd::new().unwrap();
+    client
+        .set_irqs(
+            IrqIndex::Intx.raw(),
+            irq_flags::DATA_EVENTFD | irq_flags::ACTION_TRIGGER,
+            0,
+            1,
+            &[intx.as_fd().as_raw_fd()],
+        )
+        .unwrap();
+    // The eventfd stays with udrv: VFIO is never asked to wire an index it lacks.
+    assert!(fake.client_fds.lock().unwrap().is_empty());
+    let unmask = |client: &mut vfio_user::Client| {
+        client
+            .set_irqs(
+                IrqIndex::Intx.raw(),
+                irq_flags::DATA_NONE | irq_flags::ACTION_UNMASK,
+                0,
+                1,
+                &[],
+            )
+            .unwrap();
+    };
+    let mut byte = [0u8; 1];
+
+    // READ SECTORS of two sectors in PIO on the primary: nothing is raised while the
+    // device is busy; its first block's interrupt comes after the access that
+    // started the command, and is raised from udrv's polling.
+    ide_channel(fake, 0, 0x80, false);
+    client.region_write(0, 7, &[0x20]).unwrap();
+    assert_eq!(intx.read().unwrap(), None);
+    ide_channel(fake, 0, 0x58, true);
+    assert_eq!(intx.wait(TIMEOUT).unwrap(), Some(1));
+    // The driver's handler: alternate status, the client's EOI (unmask), status;
+    // the request is not raised twice while it is being serviced.
+    client.region_read(1, 2, &mut byte).unwrap();
+    assert_eq!(byte, [0x58]);
+    unmask(&mut client);
+    client.region_read(0, 7, &mut byte).unwrap();
+    assert_eq!(intx.read().unwrap(), None);
+    // It acknowledges the interrupt (write-1-to-clear on the device; the fake stores
+    // what is written, so the cleared value is written) and reads the block; the
+    // device, busy again, raises the second block's interrupt with no access of the
+    // driver's in between.
+    client.region_write(4, 2, &[0x00]).unwrap();
+    ide_channel(fake, 0, 0x80, false);
+    client.region_read(0, 0, &mut [0u8; 2]).unwrap();
+    ide_channel(fake, 0, 0x58, true);
+    assert_eq!(intx.wait(TIMEOUT).unwrap(), Some(1));
+
+    // Automasked: the secondary channel's request (IDENTIFY) waits for the unmask.
+    ide_channel(fake, 1, 0x80, false);
+    client.region_write(2, 7, &[0xec]).unwrap();
+    ide_channel(fake, 1, 0x58, true);
+    client.region_read(4, 10, &mut byte).unwrap();
+    assert_eq!(byte[0] & 0x04, 0x04);
+    assert_eq!(intx.read().unwrap(), None);
+    unmask(&mut client);
+    // The secondary's request is raised; the primary's, raised already and not yet
+    // acknowledged, is not raised again.
+    assert_eq!(intx.read().unwrap(), Some(1));
+    unmask(&mut client);
+    client.region_read(4, 2, &mut byte).unwrap();
+    assert_eq!(intx.read().unwrap(), None);
+    // (The counter follows the signal.)
+    served.wait_for("three signals counted", |s| s.derived_intx_signals == 3);
+
+    // Both acknowledged and idle: no command in flight, so no polling; disabled by
+    // the client, nothing is raised even when the device asks.
+    ide_channel(fake, 0, 0x50, false);
+    ide_channel(fake, 1, 0x50, false);
+    client.region_write(4, 2, &[0x00]).unwrap();
+    client.region_write(4, 10, &[0x00]).unwrap();
+    client
+        .set_irqs(
+            IrqIndex::Intx.raw(),
+            irq_flags::DATA_NONE | irq_flags::ACTION_TRIGGER,
+            0,
+            0,
+            &[],
+        )
+        .unwrap();
+    ide_channel(fake, 0, 0x50, true);
+    client.region_read(4, 2, &mut byte).unwrap();
+    assert_eq!(intx.read().unwrap(), None);
+    let s = served.status();
+    assert_eq!((s.derived_intx_signals, s.error_replies), (3, 0));
 }
 
 #[test]

@@ -93,6 +93,12 @@ impl MessageReader {
         }
     }
 
+    /// Whether bytes of a next message are already read (a wait for the socket to
+    /// become readable would miss them).
+    pub fn has_buffered(&self) -> bool {
+        self.start < self.end
+    }
+
     /// Read until `want` unparsed bytes are buffered.
     fn fill(&mut self, stream: &UnixStream, want: usize) -> Result<(), ReadError> {
         if self.start + want > self.buf.len() {
