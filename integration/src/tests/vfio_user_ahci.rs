@@ -3,7 +3,9 @@
 //! nested guest's own ahci driver finds the rig's disk behind it, reads sectors whose
 //! rig pattern the test checks and the whole disk, and writes a sector that the rig
 //! reads from the disk itself once `udrv detach` has given the controller back to its
-//! host driver. One nested boot.
+//! host driver. Before that guest, a first nested QEMU is killed while its guest reads
+//! the disk: udrv leaves the controller quiesced with nothing mapped, and the next
+//! QEMU on the same socket is served. Two nested boots.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -124,6 +126,7 @@ fn serve_to_nested(
         printed.contains("vfio-user-pci") && printed.contains(SOCKET),
         "udrv attach did not print the QEMU command line: {printed}"
     );
+    let before = kill_mid_transfer(kit)?;
     let report = GuestBoot::new(kit)
         .memory_mib(256)
         .vfio_user_device_at(Path::new(SOCKET), NESTED_SLOT)
@@ -131,15 +134,122 @@ fn serve_to_nested(
         .timeout(Duration::from_secs(800))
         .run()?;
     let vfio_user = rig::poll_until(Duration::from_secs(10), "the client to go", || {
-        let status = status_json()?;
-        let served = status["served"]
-            .as_array()
-            .and_then(|s| s.iter().find(|d| d["address"] == rig::ICH9_AHCI))
-            .with_context(|| format!("udrv status does not show the controller: {status:#}"))?;
-        let vfio_user = &served["status"]["vfio_user"];
-        Ok(vfio_user["client"].is_null().then(|| vfio_user.clone()))
+        let vfio_user = served_status()?;
+        Ok(vfio_user["client"].is_null().then_some(vfio_user))
     })?;
-    Ok((report, vfio_user))
+    // This client's share of the counters, which count every client.
+    let mut mine = vfio_user.clone();
+    for key in [
+        "dma_maps",
+        "region_reads",
+        "region_writes",
+        "irq_sets",
+        "error_replies",
+    ] {
+        let delta = vfio_user[key]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(before[key].as_u64().unwrap_or(0));
+        mine[key] = delta.into();
+    }
+    Ok((report, mine))
+}
+
+/// `udrv status --json`'s vfio-user counters of the served controller.
+fn served_status() -> Result<serde_json::Value> {
+    let status = status_json()?;
+    let served = status["served"]
+        .as_array()
+        .and_then(|s| s.iter().find(|d| d["address"] == rig::ICH9_AHCI))
+        .with_context(|| format!("udrv status does not show the controller: {status:#}"))?;
+    Ok(served["status"]["vfio_user"].clone())
+}
+
+/// A nested guest that reads the disk over and over.
+const READ_FOREVER_TASK: &str = r#"#!/bin/sh
+d=/sys/bus/pci/devices/0000:00:06.0
+for i in $(seq 1 100); do
+  disk=$(ls -d $d/ata*/host*/target*/*/block/* 2>/dev/null | head -n 1)
+  [ -n "$disk" ] && break
+  sleep 0.2
+done
+# Each pass from the disk, not the page cache.
+while true; do
+  echo 3 > /proc/sys/vm/drop_caches
+  dd if=/dev/$(basename "$disk") of=/dev/null bs=64k 2>/dev/null
+done
+"#;
+
+/// Region writes past which the reading guest is surely in the middle of its reads:
+/// a whole good run, probe and all, makes under 500.
+const WRITES_MID_TRANSFER: u64 = 1500;
+
+/// A nested QEMU killed (SIGKILL) while its guest reads the disk: udrv sees the client
+/// go and leaves the controller quiesced, bus mastering off and nothing mapped; returns
+/// the counters then, for the next client's to be told from them.
+fn kill_mid_transfer(kit: &QemuKit) -> Result<serde_json::Value> {
+    let boot = GuestBoot::new(kit)
+        .memory_mib(256)
+        .vfio_user_device_at(Path::new(SOCKET), NESTED_SLOT)
+        .task(READ_FOREVER_TASK)
+        .timeout(Duration::from_secs(600));
+    let reading = std::thread::scope(|scope| {
+        let guest = scope.spawn(|| boot.run());
+        let reading = rig::poll_until(
+            Duration::from_secs(500),
+            "the nested guest reading the disk",
+            || {
+                let v = served_status()?;
+                let writes = v["region_writes"].as_u64().unwrap_or(0);
+                Ok((writes > WRITES_MID_TRANSFER).then_some(v))
+            },
+        );
+        let killed = kill_nested_qemu();
+        // QEMU killed: its run is an error, as it should be.
+        let _ = guest.join();
+        killed.and(reading)
+    })?;
+    let after = rig::poll_until(
+        Duration::from_secs(10),
+        "the killed client's session to end",
+        || {
+            let v = served_status()?;
+            Ok(v["client"].is_null().then_some(v))
+        },
+    )?;
+    let config = std::fs::read(format!("/sys/bus/pci/devices/{}/config", rig::ICH9_AHCI))?;
+    let command = u16::from_le_bytes([config[4], config[5]]);
+    println!(
+        "nested QEMU killed mid-transfer ({} region writes, {} DMA mappings then): udrv \
+         ended its session; {} mappings left, command register {command:#06x}",
+        reading["region_writes"], reading["dma_mappings"], after["dma_mappings"]
+    );
+    ensure!(
+        after["dma_mappings"] == 0 && after["dma_mapped_bytes"] == 0,
+        "memory still mapped after the killed client: {after:#}"
+    );
+    ensure!(
+        command & 0x4 == 0,
+        "bus mastering still on after the killed client (command {command:#06x})"
+    );
+    Ok(after)
+}
+
+/// SIGKILL to every nested QEMU (the only QEMU processes inside the rig).
+fn kill_nested_qemu() -> Result<()> {
+    let mut killed = 0;
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(pid) = entry?.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("qemu-system-x86_64") {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            killed += 1;
+        }
+    }
+    ensure!(killed > 0, "no nested QEMU to kill");
+    Ok(())
 }
 
 /// The nested guest's side: its ahci driver bound the served controller, the disk has
