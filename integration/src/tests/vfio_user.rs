@@ -178,12 +178,16 @@ fn nested_e1000e_binds_links_and_pings() -> Result<()> {
     result
 }
 
-fn serve_e1000e_to_nested(kit: &QemuKit, peer: &str) -> Result<()> {
-    let (container, mut devices) = rig::open_in_one_container(&[rig::E1000E])?;
-    let device = devices.pop().context("the e1000e was not opened")?;
+/// Claims `bdf` in a container of its own and serves it over vfio-user on `socket`,
+/// as the service's vfio-user launcher does (trapped BARs, the container's IOVA
+/// ranges as the DMA limits).
+fn serve(bdf: &str, socket: &Path) -> Result<VfioUserServer<VfioPassthroughDevice>> {
+    let (container, mut devices) = rig::open_in_one_container(&[bdf])?;
+    let device = devices
+        .pop()
+        .with_context(|| format!("{bdf} was not opened"))?;
     let iova_ranges = container.iommu_info()?.iova_ranges;
     let function = PassthroughFunction::new(VfioPassthroughDevice::new(device)?)?;
-    let socket = Path::new(SOCKET);
     let server = VfioUserServer::start(
         function,
         Arc::new(container),
@@ -196,7 +200,13 @@ fn serve_e1000e_to_nested(kit: &QemuKit, peer: &str) -> Result<()> {
             },
         },
     )?;
-    println!("{} served over vfio-user on {SOCKET}", rig::E1000E);
+    println!("{bdf} served over vfio-user on {}", socket.display());
+    Ok(server)
+}
+
+fn serve_e1000e_to_nested(kit: &QemuKit, peer: &str) -> Result<()> {
+    let socket = Path::new(SOCKET);
+    let server = serve(rig::E1000E, socket)?;
     let boot = GuestBoot::new(kit)
         .memory_mib(GUEST_MIB as u32)
         .kernel_args([NO_THROTTLING, "intel_iommu=on", "iommu.strict=1"])
@@ -509,24 +519,8 @@ fn nested_ide_reads_and_writes_the_disk() -> Result<()> {
 /// Serve the piix3-ide to one nested boot running [`ide_task`]; the guest's report
 /// and udrv's counters once QEMU has gone (the device quiesced, given back).
 fn serve_ide_to_nested(kit: &QemuKit, written: &[u8]) -> Result<(GuestReport, VfioUserStatus)> {
-    let (container, mut devices) = rig::open_in_one_container(&[rig::PIIX3_IDE])?;
-    let device = devices.pop().context("the piix3-ide was not opened")?;
-    let iova_ranges = container.iommu_info()?.iova_ranges;
-    let function = PassthroughFunction::new(VfioPassthroughDevice::new(device)?)?;
     let socket = Path::new(IDE_SOCKET);
-    let server = VfioUserServer::start(
-        function,
-        Arc::new(container),
-        ServerOptions {
-            socket: socket.to_path_buf(),
-            allowed_uid: None,
-            session: SessionOptions {
-                direct_mmio: false,
-                dma_limits: DmaLimits { iova_ranges },
-            },
-        },
-    )?;
-    println!("{} served over vfio-user on {IDE_SOCKET}", rig::PIIX3_IDE);
+    let server = serve(rig::PIIX3_IDE, socket)?;
     let last = rig::IDE_DISK_SECTORS - 8;
     let report = GuestBoot::new(kit)
         .memory_mib(GUEST_MIB as u32)
