@@ -73,7 +73,7 @@ pub(super) fn udrv_ok(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-pub(super) fn status_json() -> Result<serde_json::Value> {
+fn status_json() -> Result<serde_json::Value> {
     serde_json::from_str(&udrv_ok(&["status", "--json"])?).context("udrv status --json")
 }
 

@@ -17,7 +17,7 @@ use nix::sys::signal::Signal;
 use udrv_examples::disk_pattern;
 use udrv_qemu_guest::{GuestBoot, QemuKit};
 
-use super::service::{service_answers, status_json, udrv_ok, Service};
+use super::service::{service_answers, udrv_ok, Service};
 use crate::harness::{rig_tests, RigTest};
 use crate::rig;
 
@@ -155,9 +155,21 @@ fn serve_to_nested(
     Ok((report, mine))
 }
 
-/// `udrv status --json`'s vfio-user counters of the served controller.
+/// `udrv status --json`'s vfio-user counters of the served controller. Quiet (tests
+/// poll it, and each call is a line in the service's log), at most twice a second.
 fn served_status() -> Result<serde_json::Value> {
-    let status = status_json()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let out = std::process::Command::new(rig::installed_binary("udrv")?)
+        .args(["status", "--json"])
+        .output()
+        .context("running udrv status --json")?;
+    ensure!(
+        out.status.success(),
+        "udrv status --json failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("udrv status --json")?;
     let served = status["served"]
         .as_array()
         .and_then(|s| s.iter().find(|d| d["address"] == rig::ICH9_AHCI))
