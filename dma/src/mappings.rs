@@ -124,6 +124,47 @@ impl<M: DmaMapper> DmaMappings<M> {
         Ok(())
     }
 
+    /// Records a mapping the mapper holds already, made by a predecessor process that
+    /// handed its IOMMU container over (`udrv serve`'s upgrade): `len` bytes of
+    /// `backing` from `offset`, the same memory the predecessor mapped (the same file
+    /// pages, mapped again here), at `iova`. The mapper is not called; the mapping is
+    /// unmapped through it like any other. Refuses what [`map`](Self::map) refuses.
+    pub fn adopt(
+        &mut self,
+        iova: Iova,
+        backing: Arc<dyn DmaBacking>,
+        offset: u64,
+        len: u64,
+        access: DmaAccess,
+    ) -> Result<(), DmaError> {
+        let range = IovaRange::new(iova, len)?;
+        let (base, backing_len) = backing.host_range();
+        if offset.checked_add(len).is_none_or(|end| end > backing_len) {
+            return Err(DmaError::OutsideBacking {
+                offset,
+                len,
+                backing_len,
+            });
+        }
+        if let Some(existing) = self.overlapping(range).next() {
+            return Err(DmaError::MapOverlap {
+                requested: range,
+                existing: existing.range,
+            });
+        }
+        self.entries.insert(
+            iova.0,
+            Entry {
+                range,
+                vaddr: HostVirtAddr(base.0 + offset),
+                access,
+                backing,
+            },
+        );
+        self.bytes += len;
+        Ok(())
+    }
+
     /// Maps the whole pages of `[gpa, gpa + len)` at IOVA = guest-physical address,
     /// read-write, where `backing` from `offset` holds the guest's byte at `gpa`. A
     /// region that does not start or end on a page is rounded inwards, so the device
@@ -283,6 +324,49 @@ mod tests {
 
     fn range(start: u64, len: u64) -> IovaRange {
         IovaRange::new(Iova(start), len).unwrap()
+    }
+
+    #[test]
+    fn adopted_mappings_are_not_mapped_again_and_are_unmapped_like_others() {
+        let mapper = Arc::new(RecordingMapper::new());
+        // What the predecessor mapped, as the (shared) IOMMU holds it.
+        let (theirs, _) = memory(0x4000).host_range();
+        mapper
+            .record(
+                &DmaMapping::new(Iova(0x20_0000), theirs, 0x4000, DmaAccess::ReadWrite).unwrap(),
+            )
+            .unwrap();
+        mapper.reset_counts();
+        let mut table = DmaMappings::new(mapper.clone());
+        let mem = memory(0x4000);
+        table
+            .adopt(
+                Iova(0x20_0000),
+                mem.clone(),
+                0,
+                0x4000,
+                DmaAccess::ReadWrite,
+            )
+            .unwrap();
+        assert_eq!(mapper.map_calls(), 0, "adopting maps nothing");
+        assert_eq!((table.len(), table.bytes()), (1, 0x4000));
+        assert!(matches!(
+            table.adopt(
+                Iova(0x20_1000),
+                mem.clone(),
+                0,
+                0x1000,
+                DmaAccess::ReadWrite
+            ),
+            Err(DmaError::MapOverlap { .. })
+        ));
+        assert!(matches!(
+            table.adopt(Iova(0x40_0000), mem, 0x1000, 0x4000, DmaAccess::ReadWrite),
+            Err(DmaError::OutsideBacking { .. })
+        ));
+        assert_eq!(table.unmap(range(0x20_0000, 0x4000)).unwrap(), 0x4000);
+        assert_eq!((mapper.unmap_calls(), mapper.mapping_count()), (1, 0));
+        assert!(table.is_empty());
     }
 
     #[test]

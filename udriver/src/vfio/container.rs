@@ -143,7 +143,7 @@ pub struct VfioContainer(pub(crate) Arc<ContainerInner>);
 pub(crate) struct ContainerInner {
     /// The IOMMU's smallest page size once the IOMMU is set, 0 before: read on every
     /// `map_sg`, so it is kept out of the state lock.
-    page_size: AtomicU64,
+    pub(crate) page_size: AtomicU64,
     /// A thread mapping through this container found no locked-memory limit
     /// (RLIMIT_MEMLOCK infinite) or held CAP_IPC_LOCK: maps skip the check (see
     /// dma_map). Beside `page_size`, in a cache line every map reads anyway.
@@ -211,13 +211,18 @@ impl VfioContainer {
         if !offered {
             return Err(VfioError::NoIommu { backend });
         }
-        Ok(VfioContainer(Arc::new(ContainerInner {
+        Ok(VfioContainer::from_fd(file.into(), backend))
+    }
+
+    /// The container behind `fd`, with nothing known about it yet.
+    pub(crate) fn from_fd(fd: OwnedFd, backend: IommuBackend) -> VfioContainer {
+        VfioContainer(Arc::new(ContainerInner {
             page_size: AtomicU64::new(0),
             memlock_exempt: AtomicBool::new(false),
-            fd: file.into(),
+            fd,
             backend,
             state: Mutex::new(ContainerState::default()),
-        })))
+        }))
     }
 
     /// The IOMMU backend in use.
@@ -343,7 +348,7 @@ impl VfioContainer {
         self.query_iommu_info()
     }
 
-    fn query_iommu_info(&self) -> Result<IommuInfo> {
+    pub(crate) fn query_iommu_info(&self) -> Result<IommuInfo> {
         let reply = ioctl::iommu_get_info(self.as_fd()).map_err(|source| VfioError::Ioctl {
             target: "VFIO container".into(),
             op: "VFIO_IOMMU_GET_INFO".into(),

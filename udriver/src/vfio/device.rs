@@ -55,6 +55,9 @@ pub struct VfioDevice {
     config: Region,
     /// Bit `i` set: IRQ index `i` has been enabled and not disabled since.
     enabled_irqs: AtomicU32,
+    /// Cleared by [`hand_over`](VfioDevice::hand_over): the successor drives the
+    /// device, so dropping this handle must not quiesce it.
+    quiesce_on_drop: bool,
 }
 
 impl VfioDevice {
@@ -74,6 +77,17 @@ impl VfioDevice {
                 source,
             }
         })?;
+        VfioDevice::from_fd(group, name, fd, 0)
+    }
+
+    /// The device behind `fd`, opened as `name` in `group`, with the IRQ indexes of
+    /// `enabled_irqs` (a bit per index) recorded as enabled.
+    pub(crate) fn from_fd(
+        group: &VfioGroup,
+        name: &str,
+        fd: std::os::fd::OwnedFd,
+        enabled_irqs: u32,
+    ) -> Result<VfioDevice> {
         let file = Arc::new(DeviceFile {
             name: name.to_string(),
             file: File::from(fd),
@@ -106,7 +120,8 @@ impl VfioDevice {
             group: group.clone(),
             info,
             config,
-            enabled_irqs: AtomicU32::new(0),
+            enabled_irqs: AtomicU32::new(enabled_irqs),
+            quiesce_on_drop: true,
         })
     }
 
@@ -234,6 +249,14 @@ impl VfioDevice {
         first_error.map_or(Ok(()), Err)
     }
 
+    pub(crate) fn enabled_irq_bits(&self) -> u32 {
+        self.enabled_irqs.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn keep_running_on_drop(&mut self) {
+        self.quiesce_on_drop = false;
+    }
+
     pub(crate) fn note_irqs_enabled(&self, index: IrqIndex, enabled: bool) {
         let bit = 1 << index.raw();
         if enabled {
@@ -273,6 +296,9 @@ impl AsFd for VfioDevice {
 
 impl Drop for VfioDevice {
     fn drop(&mut self) {
+        if !self.quiesce_on_drop {
+            return;
+        }
         if let Err(e) = self.quiesce() {
             tracing::warn!(device = %self.name(), error = %e, "quiescing the device on release failed");
         }

@@ -171,7 +171,6 @@ impl MappingMirror {
     }
 
     /// Records a mapping the kernel made (so it overlaps none recorded).
-    #[cfg(test)]
     pub(crate) fn insert(&mut self, mapping: DmaMapping) {
         self.insert_at(mapping, self.page_slot(&mapping.range));
     }

@@ -6,6 +6,7 @@
 //!     VfioDevice one PCI function: regions, BARs, config, interrupts, reset
 //!       Region / Bar   mmap'd where allowed, pread/pwrite elsewhere, bounds-checked
 //!       IrqSet         one EventFd per vector
+//!   handover     all three given up as they are to a successor process, and resumed
 //! ```
 //!
 //! A typical sequence: `VfioContainer::open()`, `VfioGroup::open(n)`,
@@ -25,6 +26,7 @@ mod dma_map;
 mod error;
 mod eventfd;
 mod group;
+mod handover;
 pub mod ioctl;
 mod irq;
 mod mapping_mirror;
@@ -38,6 +40,7 @@ pub use device::{DeviceInfo, VfioDevice};
 pub use error::{Access, Result, VfioError};
 pub use eventfd::EventFd;
 pub use group::{VfioGroup, VFIO_DEV_DIR};
+pub use handover::DeviceHandover;
 pub use irq::{IrqAction, IrqData, IrqIndex, IrqInfo, IrqSet};
 pub use mmio::MmioValue;
 pub use region::{MmapArea, Region, RegionInfo, RegionName, RegionType};
