@@ -74,6 +74,7 @@ pub mod bar;
 pub mod bus;
 pub mod config;
 pub mod frontend;
+pub mod handover;
 pub mod interrupt;
 pub mod passthrough;
 pub mod service;

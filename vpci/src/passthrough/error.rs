@@ -73,6 +73,14 @@ pub enum PassthroughError {
         /// Vectors VFIO reports for that IRQ index.
         offered: u32,
     },
+    /// A function's state cannot be handed to a successor, or does not fit the device.
+    #[error("{device}: handing over: {reason}")]
+    Handover {
+        /// The device's name.
+        device: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl PassthroughError {

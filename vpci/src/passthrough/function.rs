@@ -91,6 +91,16 @@ pub struct PassthroughFunction<D: PassthroughDevice = VfioPassthroughDevice> {
     legacy_ide: bool,
 }
 
+/// A served function's state, carried to a successor process (`udrv serve`'s
+/// upgrade) by [`PassthroughFunction::handover_state`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FunctionState {
+    /// The virtual config space, a dword at a time.
+    pub config: Vec<u32>,
+    /// Bit `i` set: the client has eventfds on IRQ index `i`.
+    pub client_irqs: u8,
+}
+
 fn irq_index(kind: InterruptKind) -> IrqIndex {
     match kind {
         InterruptKind::Msi => IrqIndex::Msi,
@@ -159,6 +169,62 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
     /// must not reach a guest, keep the device's decode enabled and its bus mastering
     /// off until the guest turns it on, and wire INTx if the device has it.
     pub fn new(device: D) -> Result<Self, PassthroughError> {
+        let mut function = Self::model(device)?;
+        function.prepare_device()?;
+        let want = function.wanted_irqs().map(|(live, _)| live);
+        function.irqs.apply(&function.device, want)?;
+        Ok(function)
+    }
+
+    /// The function a predecessor process served over `device` (see
+    /// [`handover_state`](Self::handover_state)): the virtual config as its guest left
+    /// it, the interrupts its client wired. Nothing is written to the device.
+    pub fn resume(device: D, state: &FunctionState) -> Result<Self, PassthroughError> {
+        let mut function = Self::model(device)?;
+        let refuse = |reason: String| PassthroughError::Handover {
+            device: function.device.name().to_string(),
+            reason,
+        };
+        if state.config.len() * 4 != function.space.len() {
+            return Err(refuse(format!(
+                "the carried config space is {} bytes, the device's {}",
+                state.config.len() * 4,
+                function.space.len()
+            )));
+        }
+        for (i, value) in state.config.iter().enumerate() {
+            let offset = (i * 4) as u16;
+            function
+                .space
+                .set(offset, AccessWidth::Dword, *value)
+                .map_err(|e| refuse(format!("restoring config at {offset:#x}: {e}")))?;
+        }
+        function.client_irqs = Some(state.client_irqs);
+        Ok(function)
+    }
+
+    /// What a successor needs to carry on serving this function with
+    /// [`resume`](Self::resume). Only a function whose interrupts a VMM wires itself
+    /// (vfio-user) can be carried: the vectors this process would forward are not.
+    pub fn handover_state(&self) -> Result<FunctionState, PassthroughError> {
+        let Some(client_irqs) = self.client_irqs else {
+            return Err(PassthroughError::Handover {
+                device: self.device.name().to_string(),
+                reason: "its interrupts are forwarded by this process, and that wiring cannot be carried".into(),
+            });
+        };
+        let config = (0..self.space.len() / 4)
+            .map(|i| self.space.read((i * 4) as u16, AccessWidth::Dword))
+            .collect();
+        Ok(FunctionState {
+            config,
+            client_irqs,
+        })
+    }
+
+    /// The virtual model of `device`: its config read and virtualised, nothing
+    /// written to it.
+    fn model(device: D) -> Result<Self, PassthroughError> {
         let name = device.name().to_string();
         let image = read_image(&device)?;
         let kind = image[usize::from(header::HEADER_TYPE)] & header_type::LAYOUT_MASK;
@@ -235,7 +301,7 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
                 .set(header::INTERRUPT_PIN, AccessWidth::Byte, 0)
                 .map_err(config("clearing the interrupt pin"))?;
         }
-        let mut function = Self {
+        Ok(Self {
             device,
             space,
             overlay,
@@ -247,11 +313,7 @@ impl<D: PassthroughDevice> PassthroughFunction<D> {
             errors: VecDeque::new(),
             client_irqs: None,
             legacy_ide,
-        };
-        function.prepare_device()?;
-        let want = function.wanted_irqs().map(|(live, _)| live);
-        function.irqs.apply(&function.device, want)?;
-        Ok(function)
+        })
     }
 
     /// Real decode on for every space the device has BARs in, bus mastering off.

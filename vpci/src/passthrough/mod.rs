@@ -51,7 +51,7 @@ pub use capability_filter::{
 pub use config_overlay::ConfigOverlay;
 pub use device::{DeviceRegion, PassthroughDevice};
 pub use error::{DeviceError, PassthroughError};
-pub use function::{InterruptVector, PassthroughFunction};
+pub use function::{FunctionState, InterruptVector, PassthroughFunction};
 pub use irq_wiring::LiveIrqs;
 pub use legacy_ide::{DerivedIntxChannel, DerivedIntxEvent};
 pub use vfio_device::VfioPassthroughDevice;

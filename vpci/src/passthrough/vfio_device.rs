@@ -73,6 +73,15 @@ impl VfioPassthroughDevice {
         })
     }
 
+    /// Gives the device up to a successor process as it is (see
+    /// [`VfioDevice::hand_over`]).
+    pub fn hand_over(self) -> Result<udriver::vfio::DeviceHandover, PassthroughError> {
+        let name = self.device.name().to_string();
+        self.device
+            .hand_over()
+            .map_err(|e| PassthroughError::device(&name, "handing the device over", e.into()))
+    }
+
     /// The VFIO device (for its fd, reset, or anything this type does not wrap).
     pub fn device(&self) -> &VfioDevice {
         &self.device
