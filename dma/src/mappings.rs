@@ -165,6 +165,16 @@ impl<M: DmaMapper> DmaMappings<M> {
         Ok(())
     }
 
+    /// Forgets every mapping without unmapping it, for a successor that took the
+    /// mapper (the container) over and [adopted](Self::adopt) them: the memory of
+    /// each is leaked, since the device may still reach it.
+    pub fn forget_all(&mut self) {
+        for (_, entry) in std::mem::take(&mut self.entries) {
+            std::mem::forget(entry.backing);
+        }
+        self.bytes = 0;
+    }
+
     /// Maps the whole pages of `[gpa, gpa + len)` at IOVA = guest-physical address,
     /// read-write, where `backing` from `offset` holds the guest's byte at `gpa`. A
     /// region that does not start or end on a page is rounded inwards, so the device

@@ -34,7 +34,7 @@ pub const MAX_DOCUMENT: u64 = 64 << 20;
 pub const MAX_FDS: u32 = 1 << 16;
 
 /// Where an fd sits in an [`FdBag`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FdSlot(pub u32);
 
 /// Why a handover could not be sent, received or taken apart.
@@ -46,6 +46,9 @@ pub enum HandoverError {
     /// The document or the fds are not what the sender said.
     #[error("handover: {0}")]
     Malformed(String),
+    /// A served function could not be handed over or resumed.
+    #[error(transparent)]
+    Function(#[from] crate::passthrough::PassthroughError),
 }
 
 /// The fds a handover carries, by slot.

@@ -135,6 +135,28 @@ impl SocketFile {
         Ok((file, listener, previous))
     }
 
+    /// The socket file a predecessor process bound at `path` and handed over with
+    /// its listener: removed when this is dropped, as if bound here.
+    pub fn adopt(path: &Path) -> io::Result<SocketFile> {
+        let meta = fs::symlink_metadata(path)?;
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::other(format!(
+                "{} is not a socket any more",
+                path.display()
+            )));
+        }
+        Ok(SocketFile {
+            path: path.to_path_buf(),
+            inode: meta.ino(),
+        })
+    }
+
+    /// Leaves the socket file in place, for a successor that carries on listening.
+    pub fn keep(mut self) {
+        // Nothing is at an empty path: the drop removes nothing.
+        self.path = PathBuf::new();
+    }
+
     /// Its path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -24,6 +24,7 @@ use udriver::vfio::IrqAction;
 
 use super::protocol::{IrqSetData, Refusal};
 use crate::bar::BarIndex;
+use crate::handover::{FdBag, FdSlot, HandoverError};
 use crate::passthrough::{DerivedIntxEvent, PassthroughDevice, PassthroughFunction};
 
 /// How often an in-flight command's completion is looked for.
@@ -42,7 +43,39 @@ pub struct DerivedIntx {
     signals: u64,
 }
 
+/// A [`DerivedIntx`] carried to a successor process.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct DerivedIntxState {
+    eventfd: Option<FdSlot>,
+    masked: bool,
+    signalled: [bool; 2],
+    in_flight: [bool; 2],
+    signals: u64,
+}
+
 impl DerivedIntx {
+    /// The line as it is, its eventfd put into `bag`.
+    pub fn hand_over(self, bag: &mut FdBag) -> DerivedIntxState {
+        DerivedIntxState {
+            eventfd: self.eventfd.map(|fd| bag.put(fd)),
+            masked: self.masked,
+            signalled: self.signalled,
+            in_flight: self.in_flight,
+            signals: self.signals,
+        }
+    }
+
+    /// The line a predecessor handed over.
+    pub fn resume(state: &DerivedIntxState, bag: &mut FdBag) -> Result<Self, HandoverError> {
+        Ok(DerivedIntx {
+            eventfd: state.eventfd.map(|slot| bag.take(slot)).transpose()?,
+            masked: state.masked,
+            signalled: state.signalled,
+            in_flight: state.in_flight,
+            signals: state.signals,
+        })
+    }
+
     /// Times the client's eventfd was signalled.
     pub fn signals(&self) -> u64 {
         self.signals

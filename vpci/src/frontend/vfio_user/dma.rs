@@ -15,7 +15,7 @@
 //! has locked). An unmap of a range nothing is mapped in succeeds: QEMU's vIOMMU
 //! sweeps unmapped space that way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use dma::{DmaAccess, DmaBacking, DmaError, DmaMapper, DmaMappings, FdMemory, Iov
 use nix::errno::Errno;
 
 use super::protocol::{dma_flags, Refusal, MAX_DMA_MAPS};
+use crate::handover::{FdBag, FdSlot, HandoverError};
 
 /// The x86 MSI address window: device writes there are interrupts, never memory.
 pub const MSI_WINDOW: Range<u64> = 0xfee0_0000..0xfef0_0000;
@@ -42,6 +43,39 @@ pub struct DmaTable {
     /// Without fd: start -> size, never device-reachable.
     fdless: BTreeMap<u64, u64>,
     limits: DmaLimits,
+    /// What a successor needs to take the fd-backed mappings over: each mapping's
+    /// file and place in it, by IOVA.
+    carried: BTreeMap<u64, CarriedMap>,
+    /// One fd per file the mappings use (QEMU sends its RAM's memfd again with every
+    /// map), by (device, inode), with the number of mappings using it.
+    files: HashMap<(u64, u64), (OwnedFd, usize)>,
+}
+
+/// An fd-backed mapping as a successor maps it again.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+struct CarriedMap {
+    size: u64,
+    offset: u64,
+    flags: u32,
+    file: (u64, u64),
+}
+
+/// A [`DmaTable`] carried to a successor process: the mappings stay in the IOMMU.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct DmaTableState {
+    /// iova, size, file offset, DMA_MAP flags, file.
+    mapped: Vec<(u64, u64, u64, u32, FdSlot)>,
+    /// iova, size of the maps without fd.
+    fdless: Vec<(u64, u64)>,
+}
+
+fn access_of(flags: u32) -> DmaAccess {
+    match flags & (dma_flags::READ | dma_flags::WRITE) {
+        // The device reads what the client lets it read, writes what it may write.
+        dma_flags::READ => DmaAccess::DeviceReads,
+        dma_flags::WRITE => DmaAccess::DeviceWrites,
+        _ => DmaAccess::ReadWrite,
+    }
 }
 
 /// Counts for the status.
@@ -71,6 +105,12 @@ fn errno_of(e: &DmaError) -> Errno {
     }
 }
 
+/// The file behind `fd`, as (device, inode).
+fn file_key(fd: &OwnedFd) -> nix::Result<(u64, u64)> {
+    let stat = nix::sys::stat::fstat(fd)?;
+    Ok((stat.st_dev, stat.st_ino))
+}
+
 fn overlaps(a: Range<u64>, b: Range<u64>) -> bool {
     a.start < b.end && b.start < a.end
 }
@@ -81,6 +121,88 @@ impl DmaTable {
             device: DmaMappings::new(mapper),
             fdless: BTreeMap::new(),
             limits,
+            carried: BTreeMap::new(),
+            files: HashMap::new(),
+        }
+    }
+
+    /// The table as it is, for a successor: each file's fd put into `bag` once.
+    /// The mappings stay in the IOMMU; this table forgets them without unmapping.
+    pub fn hand_over(mut self, bag: &mut FdBag) -> DmaTableState {
+        let slots: HashMap<(u64, u64), FdSlot> = std::mem::take(&mut self.files)
+            .into_iter()
+            .map(|(key, (fd, _))| (key, bag.put(fd)))
+            .collect();
+        let mapped = std::mem::take(&mut self.carried)
+            .into_iter()
+            .map(|(iova, m)| (iova, m.size, m.offset, m.flags, slots[&m.file]))
+            .collect();
+        let fdless = std::mem::take(&mut self.fdless).into_iter().collect();
+        // The IOMMU keeps the mappings for the successor: leave them there.
+        self.device.forget_all();
+        DmaTableState { mapped, fdless }
+    }
+
+    /// The table a predecessor handed over, through `mapper` (the same container):
+    /// each mapping's memory mapped here again, nothing mapped in the IOMMU.
+    pub fn resume(
+        mapper: Arc<dyn DmaMapper>,
+        limits: DmaLimits,
+        state: &DmaTableState,
+        bag: &mut FdBag,
+    ) -> Result<DmaTable, HandoverError> {
+        let mut table = DmaTable::new(mapper, limits);
+        let mut files: HashMap<FdSlot, (u64, u64)> = HashMap::new();
+        for &(iova, size, offset, flags, slot) in &state.mapped {
+            let key = match files.get(&slot) {
+                Some(key) => *key,
+                None => {
+                    let fd = bag.take(slot)?;
+                    let key = file_key(&fd)
+                        .map_err(|e| HandoverError::Malformed(format!("a DMA file: {e}")))?;
+                    table.files.insert(key, (fd, 0));
+                    files.insert(slot, key);
+                    key
+                }
+            };
+            let access = access_of(flags);
+            let fd = &table.files[&key].0;
+            let memory = FdMemory::map(fd, offset, size, access != DmaAccess::DeviceReads)
+                .map_err(|e| HandoverError::Malformed(format!("DMA mapping at {iova:#x}: {e}")))?;
+            table
+                .device
+                .adopt(Iova(iova), Arc::new(memory), 0, size, access)
+                .map_err(|e| HandoverError::Malformed(format!("DMA mapping at {iova:#x}: {e}")))?;
+            table.carried.insert(
+                iova,
+                CarriedMap {
+                    size,
+                    offset,
+                    flags,
+                    file: key,
+                },
+            );
+            if let Some(file) = table.files.get_mut(&key) {
+                file.1 += 1;
+            }
+        }
+        table.fdless = state.fdless.iter().copied().collect();
+        Ok(table)
+    }
+
+    /// Forget the carried records of the mappings inside `[start, end)`.
+    fn uncarry(&mut self, start: u64, end: u64) {
+        let gone: Vec<u64> = self.carried.range(start..end).map(|(s, _)| *s).collect();
+        for iova in gone {
+            let Some(m) = self.carried.remove(&iova) else {
+                continue;
+            };
+            if let Some(file) = self.files.get_mut(&m.file) {
+                file.1 -= 1;
+                if file.1 == 0 {
+                    self.files.remove(&m.file);
+                }
+            }
         }
     }
 
@@ -193,19 +315,26 @@ impl DmaTable {
                 format!("address, size and fd offset {offset:#x} must be multiples of the IOMMU page size {page:#x}"),
             ));
         }
-        let access = match flags & (dma_flags::READ | dma_flags::WRITE) {
-            // The device reads what the client lets it read, writes what it may write.
-            dma_flags::READ => DmaAccess::DeviceReads,
-            dma_flags::WRITE => DmaAccess::DeviceWrites,
-            _ => DmaAccess::ReadWrite,
-        };
+        let access = access_of(flags);
         let writable = access != DmaAccess::DeviceReads;
         let memory = FdMemory::map(&fd, offset, size, writable)
             .map_err(|e| refuse(errno_of(&e), format!("mapping its fd: {e}")))?;
         let memory: Arc<dyn DmaBacking> = Arc::new(memory);
+        let key = file_key(&fd).map_err(|e| refuse(Errno::EINVAL, format!("its fd: {e}")))?;
         self.device
             .map(Iova(address), memory, 0, size, access)
-            .map_err(|e| refuse(errno_of(&e), e.to_string()))
+            .map_err(|e| refuse(errno_of(&e), e.to_string()))?;
+        self.files.entry(key).or_insert((fd, 0)).1 += 1;
+        self.carried.insert(
+            address,
+            CarriedMap {
+                size,
+                offset,
+                flags,
+                file: key,
+            },
+        );
+        Ok(())
     }
 
     /// DMA_UNMAP of `[address, address + size)`: every mapping inside it goes; one
@@ -250,6 +379,7 @@ impl DmaTable {
             .device
             .unmap(range)
             .map_err(|e| refuse(errno_of(&e), e.to_string()))?;
+        self.uncarry(address, end);
         let inside: Vec<u64> = self.fdless.range(address..end).map(|(s, _)| *s).collect();
         let mut fdless = 0;
         for s in inside {
@@ -266,6 +396,7 @@ impl DmaTable {
             .device
             .unmap_all()
             .map_err(|e| Refusal::new(errno_of(&e), format!("unmapping all DMA: {e}")))?;
+        self.uncarry(0, u64::MAX);
         Ok(unmapped + fdless)
     }
 }

@@ -16,9 +16,10 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use udriver::vfio::EventFd;
 
 use super::protocol::{reply_header, Reply};
-use super::session::{Outcome, Session, SessionEndError, SessionOptions};
+use super::session::{Outcome, Session, SessionEndError, SessionOptions, SessionState};
 use super::status::{bump, ClientPeer, Counters, VfioUserStatus};
 use super::wire::{send_reply, MessageReader, ReadError};
+use crate::handover::{FdBag, FdSlot, HandoverError};
 use crate::passthrough::{PassthroughDevice, PassthroughError, PassthroughFunction};
 use crate::socket_file::{Peer, SocketFile, SocketFileError};
 
@@ -62,6 +63,48 @@ pub enum ServerError {
     /// The server thread could not be spawned, or panicked.
     #[error("vfio-user server thread: {0}")]
     Thread(String),
+    /// Handing the server over to a successor, or resuming one, failed.
+    #[error("vfio-user: {0}")]
+    Handover(#[from] HandoverError),
+}
+
+/// A server carried to a successor process (`udrv serve`'s upgrade): the socket
+/// keeps listening, and a connected client goes on where it was.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ServerState {
+    /// The listening socket.
+    pub listener: FdSlot,
+    /// The client being served, if one is.
+    pub client: Option<ClientState>,
+}
+
+/// A connected client carried to a successor.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ClientState {
+    /// Its connection.
+    pub stream: FdSlot,
+    /// Who it is.
+    pub peer: ClientPeer,
+    /// Its session.
+    pub session: SessionState,
+}
+
+/// How the server thread ended. Made once per server: the sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Ended<D: PassthroughDevice + 'static> {
+    /// Stopped: the client's session ended, the function rebuilt.
+    Stopped(PassthroughFunction<D>),
+    /// Handed over: nothing ended; everything is in `bag`.
+    HandedOver(ServerState, D),
+}
+
+/// What the server thread starts with. Made once per server.
+#[allow(clippy::large_enum_variant)]
+enum Start<D: PassthroughDevice + 'static> {
+    /// A function, no client yet.
+    Idle(PassthroughFunction<D>),
+    /// A client's session a predecessor handed over, and its connection.
+    Client(Session<D>, UnixStream, ClientPeer),
 }
 
 /// A passthrough function served over vfio-user on a socket.
@@ -70,15 +113,19 @@ pub struct VfioUserServer<D: PassthroughDevice + 'static> {
     direct_mmio: bool,
     counters: Arc<Counters>,
     stop: Arc<Stop>,
-    thread: Option<JoinHandle<Result<PassthroughFunction<D>, ServerError>>>,
+    thread: Option<JoinHandle<Result<Ended<D>, ServerError>>>,
 }
 
 /// Asks the server thread to end: a flag, an eventfd that wakes its accept, and the
 /// connection it serves (shut down so that a blocked read returns).
 struct Stop {
     requested: AtomicBool,
+    /// The stop is a handover: leave the client connected and the device as it is.
+    hand_over: AtomicBool,
     wake: EventFd,
     client: Mutex<Option<UnixStream>>,
+    /// Where a handover puts its fds (lent by [`VfioUserServer::hand_over`]).
+    bag: Mutex<FdBag>,
 }
 
 fn bind(path: &Path, owner: Option<u32>) -> Result<(SocketFile, UnixListener), ServerError> {
@@ -122,15 +169,78 @@ impl<D: PassthroughDevice + 'static> VfioUserServer<D> {
         options: ServerOptions,
     ) -> Result<Self, ServerError> {
         let (file, listener) = bind(&options.socket, options.allowed_uid)?;
+        Self::spawn(
+            Start::Idle(function),
+            mapper,
+            options,
+            file,
+            listener,
+            Arc::default(),
+        )
+    }
+
+    /// The server a predecessor process handed over (see
+    /// [`hand_over`](Self::hand_over)), over the same device and container: its
+    /// socket listens on, and its client, if one was connected, is served on from
+    /// where it was, its DMA mappings and interrupts untouched.
+    pub fn resume(
+        device: D,
+        mapper: Arc<dyn DmaMapper>,
+        options: ServerOptions,
+        state: &ServerState,
+        bag: &mut FdBag,
+    ) -> Result<Self, ServerError> {
+        let socket_error = |action: &'static str| {
+            let path = options.socket.clone();
+            move |error: io::Error| ServerError::Socket {
+                path,
+                action,
+                error,
+            }
+        };
+        let listener = UnixListener::from(bag.take(state.listener)?);
+        let file = SocketFile::adopt(&options.socket).map_err(socket_error("adopting"))?;
         let counters = Arc::new(Counters::default());
+        let start = match &state.client {
+            None => Start::Idle(PassthroughFunction::new(device)?),
+            Some(client) => {
+                let stream = UnixStream::from(bag.take(client.stream)?);
+                let session = Session::resume(
+                    device,
+                    mapper.clone(),
+                    options.session.clone(),
+                    counters.clone(),
+                    &client.session,
+                    bag,
+                )?;
+                // Shown connected from the start, as before the handover.
+                counters.set_client(Some(client.peer));
+                bump(&counters.clients_served);
+                session.publish_dma();
+                Start::Client(session, stream, client.peer)
+            }
+        };
+        Self::spawn(start, mapper, options, file, listener, counters)
+    }
+
+    fn spawn(
+        start: Start<D>,
+        mapper: Arc<dyn DmaMapper>,
+        options: ServerOptions,
+        file: SocketFile,
+        listener: UnixListener,
+        counters: Arc<Counters>,
+    ) -> Result<Self, ServerError> {
         let stop = Arc::new(Stop {
             requested: AtomicBool::new(false),
+            hand_over: AtomicBool::new(false),
             wake: EventFd::new().map_err(|e| ServerError::Socket {
                 path: options.socket.clone(),
                 action: "creating its stop eventfd",
                 error: e,
             })?,
             client: Mutex::new(None),
+            bag: Mutex::new(FdBag::new()),
         });
         let socket = options.socket.clone();
         let direct_mmio = options.session.direct_mmio;
@@ -140,8 +250,18 @@ impl<D: PassthroughDevice + 'static> VfioUserServer<D> {
             std::thread::Builder::new()
                 .name("udrv-vfio-user".into())
                 .spawn(move || {
-                    let _file = file;
-                    serve(function, mapper, options, listener, &counters, &stop)
+                    let ended = serve(start, mapper, options, &listener, &counters, &stop);
+                    match ended {
+                        Ok(Ended::HandedOver(mut state, device)) => {
+                            // The successor listens on: the socket file stays, and the
+                            // listener goes with the rest.
+                            file.keep();
+                            let mut bag = stop.bag.lock().unwrap_or_else(|e| e.into_inner());
+                            state.listener = bag.put(listener.into());
+                            Ok(Ended::HandedOver(state, device))
+                        }
+                        other => other,
+                    }
                 })
                 .map_err(|e| ServerError::Thread(e.to_string()))?
         };
@@ -169,6 +289,35 @@ impl<D: PassthroughDevice + 'static> VfioUserServer<D> {
     /// quiesced, DMA unmapped), remove the socket and give the function back.
     pub fn stop(mut self) -> Result<PassthroughFunction<D>, ServerError> {
         self.request_stop();
+        match self.join()? {
+            Ended::Stopped(function) => Ok(function),
+            Ended::HandedOver(..) => {
+                Err(ServerError::Thread("handed over when asked to stop".into()))
+            }
+        }
+    }
+
+    /// Give the server up to a successor process between two messages, as it is:
+    /// the socket file stays, the listener, the client's connection and session
+    /// and their fds go into `bag`, the device is returned untouched (not
+    /// quiesced, its DMA mappings in the IOMMU, the client's interrupts wired).
+    /// The successor calls [`resume`](Self::resume).
+    pub fn hand_over(mut self, bag: &mut FdBag) -> Result<(ServerState, D), ServerError> {
+        *self.stop.bag.lock().unwrap_or_else(|e| e.into_inner()) = std::mem::take(bag);
+        self.stop.hand_over.store(true, Ordering::SeqCst);
+        self.stop.requested.store(true, Ordering::SeqCst);
+        let _ = self.stop.wake.signal();
+        let ended = self.join();
+        *bag = std::mem::take(&mut *self.stop.bag.lock().unwrap_or_else(|e| e.into_inner()));
+        match ended? {
+            Ended::HandedOver(state, device) => Ok((state, device)),
+            Ended::Stopped(_) => Err(ServerError::Thread(
+                "stopped when asked to hand over".into(),
+            )),
+        }
+    }
+
+    fn join(&mut self) -> Result<Ended<D>, ServerError> {
         let thread = self.thread.take().expect("joined only here");
         thread
             .join()
@@ -277,21 +426,19 @@ fn accept_clients(
 }
 
 fn serve<D: PassthroughDevice + 'static>(
-    function: PassthroughFunction<D>,
+    start: Start<D>,
     mapper: Arc<dyn DmaMapper>,
     options: ServerOptions,
-    listener: UnixListener,
+    listener: &UnixListener,
     counters: &Arc<Counters>,
     stop: &Stop,
-) -> Result<PassthroughFunction<D>, ServerError> {
-    let serving = AtomicBool::new(false);
+) -> Result<Ended<D>, ServerError> {
+    let serving = AtomicBool::new(matches!(start, Start::Client(..)));
     let (handoff, clients) = std::sync::mpsc::sync_channel(1);
     std::thread::scope(|scope| {
         let acceptor =
-            scope.spawn(|| accept_clients(&listener, &options, counters, stop, &serving, handoff));
-        let served = serve_clients(
-            function, &mapper, &options, counters, stop, &serving, &clients,
-        );
+            scope.spawn(|| accept_clients(listener, &options, counters, stop, &serving, handoff));
+        let served = serve_clients(start, &mapper, &options, counters, stop, &serving, &clients);
         // The acceptor ends on the stop request; make sure it was made (the serving
         // side can also end on a device error).
         stop.requested.store(true, Ordering::SeqCst);
@@ -302,17 +449,71 @@ fn serve<D: PassthroughDevice + 'static>(
     })
 }
 
+/// Hand the function (and the client, if one is served) over.
+fn hand_over<D: PassthroughDevice + 'static>(
+    function: Option<PassthroughFunction<D>>,
+    client: Option<(Session<D>, UnixStream, ClientPeer)>,
+    stop: &Stop,
+) -> Result<Ended<D>, ServerError> {
+    let mut bag = stop.bag.lock().unwrap_or_else(|e| e.into_inner());
+    // The listener's slot is filled in once the serving threads are done with it.
+    let placeholder = FdSlot(u32::MAX);
+    match (function, client) {
+        (_, Some((session, stream, peer))) => {
+            let (session, device) = session.hand_over(&mut bag)?;
+            let stream = bag.put(stream.into());
+            Ok(Ended::HandedOver(
+                ServerState {
+                    listener: placeholder,
+                    client: Some(ClientState {
+                        stream,
+                        peer,
+                        session,
+                    }),
+                },
+                device,
+            ))
+        }
+        (Some(function), None) => Ok(Ended::HandedOver(
+            ServerState {
+                listener: placeholder,
+                client: None,
+            },
+            function.into_device(),
+        )),
+        (None, None) => Err(ServerError::Thread("nothing to hand over".into())),
+    }
+}
+
 fn serve_clients<D: PassthroughDevice + 'static>(
-    mut function: PassthroughFunction<D>,
+    start: Start<D>,
     mapper: &Arc<dyn DmaMapper>,
     options: &ServerOptions,
     counters: &Arc<Counters>,
     stop: &Stop,
     serving: &AtomicBool,
     clients: &std::sync::mpsc::Receiver<(UnixStream, ClientPeer)>,
-) -> Result<PassthroughFunction<D>, ServerError> {
+) -> Result<Ended<D>, ServerError> {
+    let mut function = match start {
+        Start::Idle(function) => function,
+        Start::Client(session, stream, peer) => {
+            let clone = stream.try_clone().map_err(|e| {
+                ServerError::Thread(format!("duplicating the client's socket: {e}"))
+            })?;
+            *stop.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(clone);
+            tracing::info!(pid = peer.pid, uid = peer.uid, socket = %options.socket.display(), "vfio-user client carried over from the previous udrv");
+            let (session, why) = converse(session, &stream, counters, stop);
+            if why == Ending::HandOver {
+                return hand_over(None, Some((session, stream, peer)), stop);
+            }
+            end_session(session, peer, stream, counters, stop, serving)?
+        }
+    };
     // The acceptor ends (and drops its sender) when stopped.
-    while let Ok((stream, peer)) = clients.recv() {
+    loop {
+        let Ok((stream, peer)) = clients.recv() else {
+            break;
+        };
         let Ok(clone) = stream.try_clone() else {
             counters.error("duplicating a client's socket".into());
             serving.store(false, Ordering::SeqCst);
@@ -331,72 +532,139 @@ fn serve_clients<D: PassthroughDevice + 'static>(
             options.session.clone(),
             counters.clone(),
         )?;
-        let session = converse(session, stream, counters);
-        *stop.client.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        // The status shows the client gone only once its session is over: the
-        // device quiesced and its DMA unmapped; then the next client may come.
-        let ended = session.end();
-        serving.store(false, Ordering::SeqCst);
-        counters.set_client(None);
-        function = ended?;
-        tracing::info!(
-            pid = peer.pid,
-            "vfio-user client gone; device quiesced, DMA unmapped"
-        );
+        let (session, why) = converse(session, &stream, counters, stop);
+        if why == Ending::HandOver {
+            return hand_over(None, Some((session, stream, peer)), stop);
+        }
+        function = end_session(session, peer, stream, counters, stop, serving)?;
     }
+    if stop.hand_over.load(Ordering::SeqCst) {
+        return hand_over(Some(function), None, stop);
+    }
+    Ok(Ended::Stopped(function))
+}
+
+/// The client went away (or is sent away): its session ends, the device is
+/// quiesced and its DMA unmapped, and the function is built again for the next.
+fn end_session<D: PassthroughDevice + 'static>(
+    session: Session<D>,
+    peer: ClientPeer,
+    stream: UnixStream,
+    counters: &Counters,
+    stop: &Stop,
+    serving: &AtomicBool,
+) -> Result<PassthroughFunction<D>, ServerError> {
+    drop(stream);
+    *stop.client.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    // The status shows the client gone only once its session is over: the
+    // device quiesced and its DMA unmapped; then the next client may come.
+    let ended = session.end();
+    serving.store(false, Ordering::SeqCst);
+    counters.set_client(None);
+    let function = ended?;
+    tracing::info!(
+        pid = peer.pid,
+        "vfio-user client gone; device quiesced, DMA unmapped"
+    );
     Ok(function)
 }
 
-/// Whether `stream` has something to read (or was closed) within `timeout`.
-fn readable_within(stream: &UnixStream, timeout: std::time::Duration) -> io::Result<bool> {
-    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
-    match poll(&mut fds, PollTimeout::from(ms)) {
-        Ok(n) => Ok(n > 0),
-        Err(nix::errno::Errno::EINTR) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+/// Why a conversation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// The client went, or was disconnected.
+    Closed,
+    /// A handover was asked for; the client stays connected.
+    HandOver,
 }
 
-/// Serve one client until it goes away or must be disconnected.
+/// What waiting for the client's next message found.
+enum Wait {
+    /// The client sent something (or closed).
+    Readable,
+    /// The timeout passed.
+    Timeout,
+    /// A handover was asked for.
+    HandOver,
+    /// A stop was asked for.
+    Stop,
+}
+
+/// Wait until `stream` has something to read, `timeout` passes (`None`: never) or
+/// a handover is asked for. A stop that is not a handover shuts the stream down,
+/// which makes it readable.
+fn wait_for_message(
+    stream: &UnixStream,
+    stop: &Stop,
+    timeout: Option<std::time::Duration>,
+) -> io::Result<Wait> {
+    let timeout = match timeout {
+        Some(t) => PollTimeout::from(u16::try_from(t.as_millis()).unwrap_or(u16::MAX)),
+        None => PollTimeout::NONE,
+    };
+    let mut fds = [
+        PollFd::new(stream.as_fd(), PollFlags::POLLIN),
+        PollFd::new(stop.wake.as_fd(), PollFlags::POLLIN),
+    ];
+    match poll(&mut fds, timeout) {
+        Ok(0) => return Ok(Wait::Timeout),
+        Ok(_) => {}
+        Err(nix::errno::Errno::EINTR) => return Ok(Wait::Timeout),
+        Err(e) => return Err(e.into()),
+    }
+    if stop.hand_over.load(Ordering::SeqCst) {
+        return Ok(Wait::HandOver);
+    }
+    if fds[0].any().unwrap_or(false) {
+        return Ok(Wait::Readable);
+    }
+    // Woken for a plain stop (before the stream could be shut down).
+    Ok(Wait::Stop)
+}
+
+/// Serve one client until it goes away, must be disconnected, or a handover is
+/// asked for (only ever between two messages, with nothing half read).
 fn converse<D: PassthroughDevice + 'static>(
     mut session: Session<D>,
-    stream: UnixStream,
+    stream: &UnixStream,
     counters: &Counters,
-) -> Session<D> {
+    stop: &Stop,
+) -> (Session<D>, Ending) {
     let mut reader = MessageReader::new();
     loop {
-        // A device that needs looking at (a derived INTx with a command in flight)
-        // is polled between messages.
-        if let Some(interval) = session.poll_interval().filter(|_| !reader.has_buffered()) {
-            match readable_within(&stream, interval) {
-                Ok(true) => {}
-                Ok(false) => {
+        if !reader.has_buffered() {
+            // A device that needs looking at (a derived INTx with a command in
+            // flight) is polled between messages.
+            match wait_for_message(stream, stop, session.poll_interval()) {
+                Ok(Wait::Readable) => {}
+                Ok(Wait::Timeout) => {
                     session.poll_device();
                     continue;
                 }
+                Ok(Wait::HandOver) => return (session, Ending::HandOver),
+                Ok(Wait::Stop) => return (session, Ending::Closed),
                 Err(e) => {
                     counters.error(format!("waiting for the client: {e}"));
-                    return session;
+                    return (session, Ending::Closed);
                 }
             }
         }
-        let (incoming, payload) = match reader.next(&stream) {
+        let (incoming, payload) = match reader.next(stream) {
             Ok(m) => m,
-            Err(ReadError::Closed) => return session,
+            Err(ReadError::Closed) => return (session, Ending::Closed),
             Err(ReadError::BadHeader(header, refusal)) => {
                 bump(&counters.disconnects_for_errors);
                 counters.error(format!("{refusal}; disconnecting"));
                 let _ = send_reply(
-                    &stream,
+                    stream,
                     &reply_header(&header, 0, Some(refusal.errno)),
                     &Reply::empty(),
                 );
-                return session;
+                return (session, Ending::Closed);
             }
             Err(ReadError::Io(e)) => {
                 counters.error(format!("reading from the client: {e}"));
-                return session;
+                return (session, Ending::Closed);
             }
         };
         let outcome = match incoming.fd_refusal {
@@ -422,13 +690,13 @@ fn converse<D: PassthroughDevice + 'static>(
             Outcome::Disconnect(r) => (r, true),
         };
         if let Some((header, reply)) = reply {
-            if let Err(e) = send_reply(&stream, &header, &reply) {
+            if let Err(e) = send_reply(stream, &header, &reply) {
                 counters.error(format!("replying to the client: {e}"));
-                return session;
+                return (session, Ending::Closed);
             }
         }
         if last {
-            return session;
+            return (session, Ending::Closed);
         }
     }
 }

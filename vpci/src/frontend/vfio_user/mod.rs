@@ -84,7 +84,7 @@ mod qemu_tests;
 mod tests;
 
 pub use dma::{DmaLimits, DmaUsage, MSI_WINDOW};
-pub use listener::{ServerError, ServerOptions, VfioUserServer};
-pub use session::{Outcome, Session, SessionEndError, SessionOptions};
+pub use listener::{ClientState, ServerError, ServerOptions, ServerState, VfioUserServer};
+pub use session::{Outcome, Session, SessionEndError, SessionOptions, SessionState};
 pub use status::{ClientPeer, VfioUserStatus};
 pub use wire::{Incoming, MessageReader, ReadError};

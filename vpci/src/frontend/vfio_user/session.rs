@@ -13,8 +13,8 @@ use std::time::Duration;
 use dma::DmaMapper;
 use nix::errno::Errno;
 
-use super::derived_intx::DerivedIntx;
-use super::dma::{DmaLimits, DmaTable};
+use super::derived_intx::{DerivedIntx, DerivedIntxState};
+use super::dma::{DmaLimits, DmaTable, DmaTableState};
 use super::irqs;
 use super::protocol::{
     dma_flags, parse_request, reply_header, server_capabilities, Header, Payload, Refusal, Reply,
@@ -22,7 +22,8 @@ use super::protocol::{
 };
 use super::regions::{self, RegionId, NUM_REGIONS};
 use super::status::{bump, Counters, VfioUserStatus};
-use crate::passthrough::{PassthroughDevice, PassthroughError, PassthroughFunction};
+use crate::handover::{FdBag, HandoverError};
+use crate::passthrough::{FunctionState, PassthroughDevice, PassthroughError, PassthroughFunction};
 use udriver::vfio::IrqIndex;
 
 /// `VFIO_DEVICE_FLAGS_RESET`, `VFIO_DEVICE_FLAGS_PCI`.
@@ -48,6 +49,17 @@ pub struct SessionOptions {
     pub direct_mmio: bool,
     /// Where DMA mappings may go.
     pub dma_limits: DmaLimits,
+}
+
+/// A [`Session`] carried to a successor process (`udrv serve`'s upgrade): the
+/// client's connection goes on where it was.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct SessionState {
+    function: FunctionState,
+    dma: DmaTableState,
+    intx: DerivedIntxState,
+    negotiated: bool,
+    write_multiple: bool,
 }
 
 /// One client's session with a passthrough function.
@@ -91,6 +103,44 @@ impl<D: PassthroughDevice + 'static> Session<D> {
             negotiated: false,
             write_multiple: false,
             intx: DerivedIntx::default(),
+        })
+    }
+
+    /// Gives the session up to a successor between two messages, as it is: its
+    /// DMA mappings stay in the IOMMU, the client's interrupts stay wired, the
+    /// device is not touched. Returns the state and the device.
+    pub fn hand_over(mut self, bag: &mut FdBag) -> Result<(SessionState, D), HandoverError> {
+        let function = self.function.take().ok_or_else(|| {
+            HandoverError::Malformed("the device was lost in a failed reset".into())
+        })?;
+        let state = SessionState {
+            function: function.handover_state()?,
+            dma: self.dma.hand_over(bag),
+            intx: std::mem::take(&mut self.intx).hand_over(bag),
+            negotiated: self.negotiated,
+            write_multiple: self.write_multiple,
+        };
+        Ok((state, function.into_device()))
+    }
+
+    /// The session a predecessor handed over, over the same device and container.
+    pub(super) fn resume(
+        device: D,
+        mapper: Arc<dyn DmaMapper>,
+        options: SessionOptions,
+        counters: Arc<Counters>,
+        state: &SessionState,
+        bag: &mut FdBag,
+    ) -> Result<Self, HandoverError> {
+        let function = PassthroughFunction::resume(device, &state.function)?;
+        Ok(Session {
+            function: Some(function),
+            dma: DmaTable::resume(mapper, options.dma_limits, &state.dma, bag)?,
+            counters,
+            direct_mmio: options.direct_mmio,
+            negotiated: state.negotiated,
+            write_multiple: state.write_multiple,
+            intx: DerivedIntx::resume(&state.intx, bag)?,
         })
     }
 
@@ -420,7 +470,7 @@ impl<D: PassthroughDevice + 'static> Session<D> {
         }
     }
 
-    fn publish_dma(&self) {
+    pub(super) fn publish_dma(&self) {
         let usage = self.dma.usage();
         self.counters.dma_mappings.store(usage.mappings, Relaxed);
         self.counters

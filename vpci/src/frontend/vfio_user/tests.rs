@@ -227,6 +227,118 @@ fn vfio_user_crate_client_negotiates_reads_writes_maps_and_fires() {
     assert_eq!(s.clients_served, 2);
 }
 
+/// What `udrv serve`'s upgrade does with a server: hand it over, carry its state
+/// as JSON and its fds across a socket, resume it as the successor does.
+fn hand_over_and_resume(served: &mut Served) {
+    let server = served.server.take().unwrap();
+    let mut bag = crate::handover::FdBag::new();
+    let (state, device) = server.hand_over(&mut bag).unwrap();
+    let document = serde_json::to_vec(&state).unwrap();
+    let (here, there) = UnixStream::pair().unwrap();
+    let sender = std::thread::spawn(move || crate::handover::send(&here, &document, &bag));
+    let (document, mut bag) = crate::handover::receive(&there).unwrap();
+    sender.join().unwrap().unwrap();
+    let state: ServerState = serde_json::from_slice(&document).unwrap();
+    served.server = Some(
+        VfioUserServer::resume(
+            device,
+            served.mapper.clone(),
+            ServerOptions {
+                socket: served.socket.clone(),
+                allowed_uid: None,
+                session: SessionOptions::default(),
+            },
+            &state,
+            &mut bag,
+        )
+        .unwrap(),
+    );
+}
+
+#[test]
+fn vfio_user_a_connected_client_goes_on_across_a_handover() {
+    let mut served = Served::start(e1000e());
+    let mut client = vfio_user::Client::new(&served.socket).unwrap();
+    let cmd = (command::MEMORY_SPACE | command::BUS_MASTER).to_le_bytes();
+    client
+        .region_write(CONFIG, u64::from(header::COMMAND), &cmd)
+        .unwrap();
+    let ram = memfd(0x10_0000);
+    client
+        .dma_map(0, 0x1_0000_0000, 0x10_0000, ram.as_raw_fd())
+        .unwrap();
+    client
+        .dma_map(0x2000, 0x2_0000_0000, 0x1000, ram.as_raw_fd())
+        .unwrap();
+    let vector = EventFd::new().unwrap();
+    client
+        .set_irqs(
+            IrqIndex::Msix.raw(),
+            irq_flags::DATA_EVENTFD | irq_flags::ACTION_TRIGGER,
+            0,
+            1,
+            &[vector.as_fd().as_raw_fd()],
+        )
+        .unwrap();
+    served.mapper.reset_counts();
+
+    hand_over_and_resume(&mut served);
+
+    // Nothing was undone: no unmap, bus mastering on, the socket still there.
+    assert_eq!(served.mapper.unmap_calls(), 0);
+    assert_eq!(served.mapper.mapped_bytes(), 0x10_1000);
+    assert_ne!(
+        served.fake.config_u16(usize::from(header::COMMAND)) & command::BUS_MASTER,
+        0
+    );
+    assert!(served.socket.exists());
+    // The same connection goes on, with the guest's config as it left it.
+    let mut word = [0u8; 2];
+    client
+        .region_read(CONFIG, u64::from(header::COMMAND), &mut word)
+        .unwrap();
+    assert_ne!(u16::from_le_bytes(word) & command::BUS_MASTER, 0);
+    client.region_write(0, 0x104, &[9, 8, 7, 6]).unwrap();
+    assert_eq!(served.fake.region_bytes(0, 0x104, 4), vec![9, 8, 7, 6]);
+    let s = served.status();
+    assert!(s.client.is_some(), "{s:?}");
+    assert_eq!((s.dma_mappings, s.dma_mapped_bytes), (2, 0x10_1000));
+    // The vector is still the client's.
+    assert!(served.fake.fire(IrqIndex::Msix, 0));
+    assert_eq!(vector.wait(TIMEOUT).unwrap(), Some(1));
+    // The carried mappings are the successor's to unmap, one at a time or all.
+    client.dma_unmap(0x2_0000_0000, 0x1000).unwrap();
+    assert_eq!(served.mapper.mapped_bytes(), 0x10_0000);
+    assert_eq!(served.mapper.map_calls(), 0, "nothing was mapped again");
+
+    // A second handover, then the client leaves: the device is quiesced and
+    // everything unmapped as after any session.
+    hand_over_and_resume(&mut served);
+    client.shutdown().unwrap();
+    drop(client);
+    let s = served.wait_for("the client to go", |s| s.client.is_none());
+    assert_eq!(
+        served.mapper.mapped_bytes(),
+        0,
+        "{s:?} {:?}",
+        served.mapper.mappings()
+    );
+    assert_eq!(
+        served.fake.config_u16(usize::from(header::COMMAND)) & command::BUS_MASTER,
+        0
+    );
+
+    // An idle server is handed over too, and the next client is served.
+    hand_over_and_resume(&mut served);
+    let mut next = vfio_user::Client::new(&served.socket).unwrap();
+    let mut ids = [0u8; 4];
+    next.region_read(CONFIG, 0, &mut ids).unwrap();
+    assert_eq!(ids, [0x86, 0x80, 0xd3, 0x10]);
+    next.dma_map(0, 0x3000_0000, 0x1000, ram.as_raw_fd())
+        .unwrap();
+    assert_eq!(served.mapper.mapped_bytes(), 0x1000);
+}
+
 #[test]
 fn vfio_user_serves_the_piix3_ides_io_port_bars() {
     let served = Served::start(piix3_ide());
