@@ -578,6 +578,10 @@ enum Ending {
     HandOver,
 }
 
+/// How long a read of the client's socket blocks before a handover or stop is
+/// looked for.
+const QUIET_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// What waiting for the client's next message found.
 enum Wait {
     /// The client sent something (or closed).
@@ -631,11 +635,17 @@ fn converse<D: PassthroughDevice + 'static>(
     stop: &Stop,
 ) -> (Session<D>, Ending) {
     let mut reader = MessageReader::new();
+    // Reads block at most this long, so that a handover or stop asked for while the
+    // client is quiet is seen; a busy client costs no extra system call per message.
+    if let Err(e) = stream.set_read_timeout(Some(QUIET_CHECK)) {
+        counters.error(format!("setting the client socket's read timeout: {e}"));
+        return (session, Ending::Closed);
+    }
     loop {
-        if !reader.has_buffered() {
+        if let Some(interval) = session.poll_interval().filter(|_| !reader.has_buffered()) {
             // A device that needs looking at (a derived INTx with a command in
             // flight) is polled between messages.
-            match wait_for_message(stream, stop, session.poll_interval()) {
+            match wait_for_message(stream, stop, Some(interval)) {
                 Ok(Wait::Readable) => {}
                 Ok(Wait::Timeout) => {
                     session.poll_device();
@@ -651,6 +661,23 @@ fn converse<D: PassthroughDevice + 'static>(
         }
         let (incoming, payload) = match reader.next(stream) {
             Ok(m) => m,
+            Err(ReadError::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                // Quiet (or in the middle of a message, which is finished first).
+                if !reader.has_buffered() {
+                    if stop.hand_over.load(Ordering::SeqCst) {
+                        return (session, Ending::HandOver);
+                    }
+                    if stop.requested.load(Ordering::SeqCst) {
+                        return (session, Ending::Closed);
+                    }
+                }
+                continue;
+            }
             Err(ReadError::Closed) => return (session, Ending::Closed),
             Err(ReadError::BadHeader(header, refusal)) => {
                 bump(&counters.disconnects_for_errors);
