@@ -3,5 +3,6 @@
 
 pub mod bind;
 pub mod claim;
+pub mod inherited;
 pub mod pci;
 pub mod vfio;
