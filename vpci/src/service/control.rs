@@ -75,6 +75,14 @@ pub enum Request {
     },
     /// The served devices, their frontends and the claims.
     Status,
+    /// Replace the daemon's program with `binary` (default: the file it was started
+    /// from, as it is now), handing everything served over to it: sockets, clients,
+    /// devices, DMA mappings and interrupt wiring stay as they are.
+    Upgrade {
+        /// The program to run instead.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<PathBuf>,
+    },
 }
 
 impl Request {
@@ -86,6 +94,7 @@ impl Request {
             Request::Unserve { .. } => "unserve",
             Request::Detach { .. } => "detach",
             Request::Status => "status",
+            Request::Upgrade { .. } => "upgrade",
         }
     }
 
@@ -148,6 +157,10 @@ impl std::fmt::Display for Request {
                 Ok(())
             }
             Request::Status => f.write_str("status"),
+            Request::Upgrade { binary: None } => f.write_str("upgrade"),
+            Request::Upgrade {
+                binary: Some(binary),
+            } => write!(f, "upgrade to {}", binary.display()),
         }
     }
 }
@@ -264,6 +277,32 @@ pub enum Reply {
     Detached(DetachReply),
     /// To `status`.
     Status(StatusReply),
+    /// To `upgrade`, from the new program.
+    Upgraded(UpgradeReply),
+}
+
+/// What an upgrade carried over, as the new program found it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeReply {
+    /// The daemon (the same process).
+    pub daemon: DaemonInfo,
+    /// The program now running.
+    pub binary: PathBuf,
+    /// Devices served on, each with the clients it had connected carried over.
+    pub carried: Vec<CarriedDevice>,
+    /// Devices that could not be taken over (their claims stay recorded).
+    pub failed: Vec<DeviceFailure>,
+}
+
+/// One device an upgrade carried over.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedDevice {
+    /// The device.
+    pub address: PciAddress,
+    /// Its frontend.
+    pub frontend: FrontendSpec,
+    /// Whether a guest or client stayed connected across the upgrade.
+    pub guest_connected: bool,
 }
 
 /// Why a request failed.
@@ -477,6 +516,9 @@ pub struct DaemonInfo {
     pub started_at: u64,
     /// Whether it keeps devices on vfio-pci when it stops.
     pub keep_claims: bool,
+    /// Times it replaced its program since it started (`udrv upgrade`).
+    #[serde(default)]
+    pub upgrades: u32,
 }
 
 /// The answer to `status`.

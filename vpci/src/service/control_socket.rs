@@ -77,6 +77,18 @@ impl ControlSocket {
         Ok((ControlSocket(file), listener, previous))
     }
 
+    /// The control socket a previous program of this daemon bound at `path` and
+    /// handed over with its listener (`udrv upgrade`).
+    pub fn adopt(path: &Path) -> Result<ControlSocket, ServiceError> {
+        SocketFile::adopt(path)
+            .map(ControlSocket)
+            .map_err(|error| ServiceError::ControlSocket {
+                path: path.to_path_buf(),
+                action: "taking over",
+                error,
+            })
+    }
+
     /// Its path.
     pub fn path(&self) -> &Path {
         self.0.path()

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,16 +16,20 @@ use mio::event::Event;
 use mio::net::UnixListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::connection::{Connection, Incoming, MAX_PENDING_OUTPUT};
-use super::control::{encode_response, DaemonInfo, ErrorKind, ErrorReply, Request};
+use super::control::{
+    encode_response, DaemonInfo, ErrorKind, ErrorReply, Reply, Request, UpgradeReply,
+};
 use super::control_socket::{authorize, ControlSocket, Peer, Previous};
 use super::host::Host;
 use super::launcher::FrontendLauncher;
 use super::requests::{now_seconds, Service, ShutdownReport};
 use super::signals::StopSignals;
+use super::upgrade::{self, Carried, Relaunch};
 use super::ServiceError;
+use crate::handover::FdBag;
 
 /// How often frontends are looked at for changes worth a log line.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(250);
@@ -47,6 +51,9 @@ pub struct DaemonConfig {
     /// from a signalfd. Create the daemon before starting other threads, so that
     /// they inherit the blocked mask.
     pub handle_signals: bool,
+    /// How to run a new program for `udrv upgrade`; `None`: upgrades are refused
+    /// (a daemon embedded in another program).
+    pub relaunch: Option<Relaunch>,
 }
 
 /// Asks a running daemon to stop, as SIGTERM does.
@@ -78,6 +85,34 @@ pub struct Daemon {
     service: Service,
     uid: u32,
     keep_claims: bool,
+    relaunch: Option<Relaunch>,
+}
+
+/// The program an upgrade would run, if `item` asks for an upgrade.
+fn upgrade_request(item: &Incoming) -> Option<Option<PathBuf>> {
+    match item {
+        Incoming::Line(line) => match Request::decode(line) {
+            Ok(Request::Upgrade { binary }) => Some(binary),
+            _ => None,
+        },
+        Incoming::Bad(_) => None,
+    }
+}
+
+/// Refuses a `binary` that is not an executable file, naming it.
+fn check_program(binary: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(binary) {
+        Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => Ok(()),
+        Ok(_) => Err(format!(
+            "{} is not an executable file; name the new udrv with --binary",
+            binary.display()
+        )),
+        Err(e) => Err(format!(
+            "{}: {e}; install the new udrv there first, or name it with --binary",
+            binary.display()
+        )),
+    }
 }
 
 fn event_loop_error(action: &'static str) -> impl FnOnce(io::Error) -> ServiceError {
@@ -98,6 +133,95 @@ impl Daemon {
         if previous == Previous::StaleSocket {
             info!(control = %config.control.display(), "replaced the stale control socket of a daemon that is gone");
         }
+        let uid = nix::unistd::getuid().as_raw();
+        let info = DaemonInfo {
+            pid: std::process::id(),
+            uid,
+            control: config.control.clone(),
+            state: host.state_path.clone(),
+            started_at: now_seconds(),
+            keep_claims: config.keep_claims,
+            upgrades: 0,
+        };
+        info!(
+            pid = info.pid,
+            control = %info.control.display(),
+            state = %info.state.display(),
+            keep_claims = config.keep_claims,
+            "udrv serve started"
+        );
+        let mut service = Service::new(host, launcher, info);
+        service.recover();
+        Daemon::assemble(config, socket, listener, signals, service)
+    }
+
+    /// The daemon a previous program of this process handed over through the
+    /// inherited socket `fd` (`udrv upgrade`): the same control socket, the same
+    /// devices served, their clients still connected. Answers the `udrv upgrade`
+    /// that asked, then recovers as [`start`](Self::start) does what was not
+    /// carried.
+    pub fn resume(
+        config: DaemonConfig,
+        host: Host,
+        launcher: Box<dyn FrontendLauncher>,
+        fd: RawFd,
+    ) -> Result<Daemon, ServiceError> {
+        let signals = config.handle_signals.then(StopSignals::new).transpose()?;
+        let (carried, mut bag) = upgrade::receive_from_predecessor(fd)?;
+        let listener = upgrade::take_listener(&carried, &mut bag)?;
+        let socket = ControlSocket::adopt(&config.control)?;
+        let mut info = carried.info.clone();
+        info.pid = std::process::id();
+        info.upgrades += 1;
+        info!(
+            pid = info.pid,
+            control = %info.control.display(),
+            upgrades = info.upgrades,
+            devices = carried.devices.len(),
+            "udrv serve upgraded: taking over"
+        );
+        let mut service = Service::new(host, launcher, info.clone());
+        service.claimed_here = carried.claimed_here.iter().copied().collect();
+        let Carried {
+            devices,
+            requester,
+            control_listener,
+            info: previous,
+            claimed_here,
+        } = carried;
+        let (carried_devices, failed) = service.take_over(devices, &mut bag);
+        let binary = config
+            .relaunch
+            .as_ref()
+            .map(|r| r.binary.clone())
+            .unwrap_or_default();
+        upgrade::answer_requester(
+            &Carried {
+                info: previous,
+                control_listener,
+                requester,
+                claimed_here,
+                devices: Vec::new(),
+            },
+            &mut bag,
+            Reply::Upgraded(UpgradeReply {
+                daemon: info,
+                binary,
+                carried: carried_devices,
+                failed,
+            }),
+        );
+        service.recover();
+        Daemon::assemble(config, socket, listener, signals, service)
+    }
+
+    fn assemble(
+        config: DaemonConfig,
+        socket: ControlSocket,
+        listener: std::os::unix::net::UnixListener,
+        signals: Option<StopSignals>,
+        service: Service,
+    ) -> Result<Daemon, ServiceError> {
         listener
             .set_nonblocking(true)
             .map_err(event_loop_error("making the control socket non-blocking"))?;
@@ -117,24 +241,6 @@ impl Daemon {
         }
         let waker =
             Waker::new(poll.registry(), WAKER).map_err(event_loop_error("creating the waker"))?;
-        let uid = nix::unistd::getuid().as_raw();
-        let info = DaemonInfo {
-            pid: std::process::id(),
-            uid,
-            control: config.control.clone(),
-            state: host.state_path.clone(),
-            started_at: now_seconds(),
-            keep_claims: config.keep_claims,
-        };
-        info!(
-            pid = info.pid,
-            control = %info.control.display(),
-            state = %info.state.display(),
-            keep_claims = config.keep_claims,
-            "udrv serve started"
-        );
-        let mut service = Service::new(host, launcher, info);
-        service.recover();
         Ok(Daemon {
             poll,
             listener,
@@ -147,8 +253,9 @@ impl Daemon {
             clients: HashMap::new(),
             next_token: FIRST_CLIENT,
             service,
-            uid,
+            uid: nix::unistd::getuid().as_raw(),
             keep_claims: config.keep_claims,
+            relaunch: config.relaunch,
         })
     }
 
@@ -267,7 +374,10 @@ impl Daemon {
             match client.receive() {
                 Ok(incoming) => {
                     for item in incoming {
-                        let line = self.answer(&client.peer, item);
+                        let line = match upgrade_request(&item) {
+                            Some(binary) => self.upgrade(&client, binary),
+                            None => self.answer(&client.peer, item),
+                        };
                         client.queue(&line);
                     }
                 }
@@ -306,6 +416,78 @@ impl Daemon {
             }
         }
         let _ = self.poll.registry().deregister(&mut client.stream);
+    }
+
+    /// `udrv upgrade` from `client`: hand everything over and exec the new program.
+    /// Returns only if that could not be done (the response line says why), with
+    /// everything served as before.
+    fn upgrade(&mut self, client: &Connection, binary: Option<PathBuf>) -> String {
+        let peer = &client.peer;
+        let refuse = |kind, message: String| {
+            warn!(uid = peer.uid, pid = peer.pid, error = %message, "upgrade refused");
+            encode_response(&Err(ErrorReply { kind, message }))
+        };
+        let Some(relaunch) = self.relaunch.clone() else {
+            return refuse(
+                ErrorKind::Refused,
+                "this daemon runs inside another program, not as `udrv serve`: it cannot replace its program".into(),
+            );
+        };
+        let binary = binary.unwrap_or_else(|| relaunch.binary.clone());
+        if let Err(why) = check_program(&binary) {
+            return refuse(ErrorKind::BadRequest, why);
+        }
+        let refusals = self.service.handover_refusals();
+        if !refusals.is_empty() {
+            return refuse(
+                ErrorKind::Conflict,
+                format!("not upgraded, nothing changed:\n{}", refusals.join("\n")),
+            );
+        }
+        info!(uid = peer.uid, pid = peer.pid, binary = %binary.display(), "upgrade asked for");
+        let mut bag = FdBag::new();
+        let (devices, lost) = self.service.hand_over_all(&mut bag);
+        let fds = self
+            .listener
+            .as_fd()
+            .try_clone_to_owned()
+            .and_then(|listener| Ok((listener, client.stream.as_fd().try_clone_to_owned()?)));
+        let failure = match fds {
+            Ok((listener, requester)) => {
+                let carried = Carried {
+                    info: self.service.info.clone(),
+                    control_listener: bag.put(listener),
+                    requester: Some(bag.put(requester)),
+                    claimed_here: self.service.claimed_here.iter().copied().collect(),
+                    devices,
+                };
+                let why = upgrade::exec_successor(&relaunch, &binary, &carried, &mut bag);
+                // Still here: the new program did not start. Take everything back.
+                let (_, failed) = self.service.take_over(carried.devices, &mut bag);
+                format!(
+                    "{why}; udrv serve goes on with its running program{}",
+                    if failed.is_empty() && lost.is_empty() {
+                        ", everything served as before".to_string()
+                    } else {
+                        let list: Vec<String> = lost
+                            .iter()
+                            .chain(&failed)
+                            .map(|f| format!("{}: {}", f.address, f.error))
+                            .collect();
+                        format!("; these devices are no longer served: {}", list.join("; "))
+                    }
+                )
+            }
+            Err(e) => {
+                let (_, _) = self.service.take_over(devices, &mut bag);
+                format!("duplicating the control sockets for the new program: {e}")
+            }
+        };
+        error!(error = %failure, "upgrade failed");
+        encode_response(&Err(ErrorReply {
+            kind: ErrorKind::Failed,
+            message: failure,
+        }))
     }
 
     /// Carries out one line from `peer`; returns the response line.

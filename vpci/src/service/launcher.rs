@@ -6,6 +6,7 @@ use udriver::pci::PciAddress;
 
 use super::FrontendSpec;
 use crate::frontend::FrontendStatus;
+use crate::handover::FdBag;
 
 /// Why a frontend could not be started or stopped, with the device and the fix.
 pub type LaunchError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -20,6 +21,17 @@ pub trait FrontendLauncher: Send {
         iommu_group: u32,
         spec: &FrontendSpec,
     ) -> Result<Box<dyn RunningFrontend>, LaunchError>;
+
+    /// Takes over the frontend a predecessor process handed over for `device`
+    /// (see [`RunningFrontend::hand_over`]): `state` is what it wrote, its fds are
+    /// in `bag`. Nothing the frontend's guest depends on is redone.
+    fn resume(
+        &mut self,
+        device: PciAddress,
+        spec: &FrontendSpec,
+        state: &serde_json::Value,
+        bag: &mut FdBag,
+    ) -> Result<Box<dyn RunningFrontend>, LaunchError>;
 }
 
 /// A frontend serving one device.
@@ -30,4 +42,12 @@ pub trait RunningFrontend: Send {
     /// Disconnects its guest, quiesces the device, removes its socket and closes the
     /// device, so that the device can be given back to its driver.
     fn stop(self: Box<Self>) -> Result<FrontendStatus, LaunchError>;
+
+    /// Why this frontend cannot be handed to a successor process, if it cannot.
+    fn handover_refusal(&self) -> Option<String>;
+
+    /// Gives the frontend up to a successor process as it is: its socket, its
+    /// guest's connection, the device and its container stay open and untouched;
+    /// their fds go into `bag`, the rest into the returned state.
+    fn hand_over(self: Box<Self>, bag: &mut FdBag) -> Result<serde_json::Value, LaunchError>;
 }

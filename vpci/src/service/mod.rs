@@ -13,6 +13,7 @@
 //!                       or a vfio-user server (vfio_user_launcher)
 //! ControlClient       what the udrv commands use to talk to the daemon
 //! NotifySocket        readiness for systemd (Type=notify), $NOTIFY_SOCKET
+//! upgrade             `udrv upgrade`: exec a new program, everything served handed over
 //! ```
 //!
 //! Every served device is recorded in the claim state file (the `serve` field of its
@@ -35,6 +36,7 @@ mod requests;
 mod served;
 mod signals;
 mod uml_launcher;
+mod upgrade;
 mod vfio_user_launcher;
 
 #[cfg(test)]
@@ -60,6 +62,7 @@ pub use notify_socket::{NotifySocket, NotifySocketError, NOTIFY_SOCKET_ENV};
 pub use requests::ShutdownReport;
 pub use signals::{StopSignals, STOP_SIGNALS};
 pub use uml_launcher::UmlLauncher;
+pub use upgrade::{Relaunch, RESUME_FD_ARG};
 
 /// What the daemon could not do; the message names the device or file and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +178,9 @@ pub enum ServiceError {
     /// The device is not served.
     #[error("{0}: not served by this udrv serve (see udrv status)")]
     NotServed(PciAddress),
+    /// What a previous program handed over could not be taken.
+    #[error("taking over from the previous udrv serve: {0}")]
+    Handover(#[from] crate::handover::HandoverError),
 }
 
 impl ServiceError {

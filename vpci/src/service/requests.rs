@@ -53,13 +53,13 @@ fn log_restored(report: &DetachReport) {
 
 /// The daemon's state: the host it claims on, the frontends it runs.
 pub(crate) struct Service {
-    host: Host,
-    launcher: Box<dyn FrontendLauncher>,
-    served: ServedDevices,
+    pub(super) host: Host,
+    pub(super) launcher: Box<dyn FrontendLauncher>,
+    pub(super) served: ServedDevices,
     /// Devices this daemon claimed (given back when it stops, with the served ones).
-    claimed_here: BTreeSet<PciAddress>,
-    recovery_failures: Vec<DeviceFailure>,
-    info: DaemonInfo,
+    pub(super) claimed_here: BTreeSet<PciAddress>,
+    pub(super) recovery_failures: Vec<DeviceFailure>,
+    pub(super) info: DaemonInfo,
 }
 
 impl Service {
@@ -95,6 +95,10 @@ impl Service {
                 force,
             } => self.detach(&devices, all, force).map(Reply::Detached),
             Request::Status => self.status().map(Reply::Status),
+            // Only the daemon can replace its program: it never reaches here.
+            Request::Upgrade { .. } => Err(ServiceError::Stop(
+                "upgrade is carried out by the daemon's loop".into(),
+            )),
         }
     }
 
@@ -409,6 +413,8 @@ impl Service {
             .claims
             .iter()
             .filter(|c| c.phase.is_complete())
+            // Served already: carried over from the previous program by an upgrade.
+            .filter(|c| self.served.get(c.address).is_none())
             .filter_map(|c| c.serve.clone().map(|s| (c.address, s)))
             .collect();
         let mut served = 0;

@@ -9,6 +9,7 @@
 //! memory.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use tracing::{debug, warn};
@@ -18,16 +19,32 @@ use udriver::vfio::{VfioContainer, VfioGroup};
 use super::launcher::{FrontendLauncher, LaunchError, RunningFrontend};
 use super::FrontendSpec;
 use crate::frontend::{FrontendStatus, UmlFrontend};
+use crate::handover::FdBag;
 use crate::passthrough::{PassthroughFunction, VfioPassthroughDevice};
 
 /// An IOMMU group in its own container, for as long as a served device of it holds this.
 pub(super) struct GroupLease {
     pub(super) container: VfioContainer,
     pub(super) group: VfioGroup,
+    /// Set once handed to a successor process, which keeps the group attached.
+    pub(super) handed_over: AtomicBool,
+}
+
+impl GroupLease {
+    pub(super) fn new(container: VfioContainer, group: VfioGroup) -> GroupLease {
+        GroupLease {
+            container,
+            group,
+            handed_over: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Drop for GroupLease {
     fn drop(&mut self) {
+        if self.handed_over.load(Ordering::SeqCst) {
+            return;
+        }
         // Out of the container, so the group's devices can go back to their drivers
         // and the group be opened again later.
         match self.container.detach(&self.group) {
@@ -56,10 +73,33 @@ impl UmlLauncher {
         let container = VfioContainer::open()?;
         let group = VfioGroup::open(iommu_group)?;
         container.attach(&group)?;
-        let lease = Arc::new(GroupLease { container, group });
+        Ok(self.keep(iommu_group, GroupLease::new(container, group)))
+    }
+
+    fn keep(&mut self, iommu_group: u32, lease: GroupLease) -> Arc<GroupLease> {
+        let lease = Arc::new(lease);
         self.groups.retain(|_, weak| weak.strong_count() > 0);
         self.groups.insert(iommu_group, Arc::downgrade(&lease));
-        Ok(lease)
+        lease
+    }
+
+    /// The lease of a group a predecessor handed over: the one already taken over,
+    /// or one made from the carried container and group fds.
+    pub(super) fn resume_lease(
+        &mut self,
+        carried: &super::vfio_user_launcher::CarriedGroup,
+        bag: &mut FdBag,
+    ) -> Result<Arc<GroupLease>, LaunchError> {
+        let container_fd = bag.take(carried.container)?;
+        let group_fd = bag.take(carried.group)?;
+        if let Some(lease) = self.groups.get(&carried.id).and_then(Weak::upgrade) {
+            // Another device of the group brought it over; these are duplicates.
+            return Ok(lease);
+        }
+        let mappings = carried.mappings()?;
+        let container = VfioContainer::resume(container_fd, &mappings)?;
+        let group = VfioGroup::resume(group_fd, carried.id, &container);
+        Ok(self.keep(carried.id, GroupLease::new(container, group)))
     }
 }
 
@@ -95,7 +135,37 @@ impl FrontendLauncher for UmlLauncher {
             lease: Some(lease),
         }))
     }
+
+    fn resume(
+        &mut self,
+        device: PciAddress,
+        spec: &FrontendSpec,
+        state: &serde_json::Value,
+        bag: &mut FdBag,
+    ) -> Result<Box<dyn RunningFrontend>, LaunchError> {
+        match spec {
+            FrontendSpec::VfioUser {
+                socket,
+                direct_mmio,
+                user,
+            } => {
+                let options = super::vfio_user_launcher::VfioUserOptions {
+                    socket: socket.clone(),
+                    direct_mmio: *direct_mmio,
+                    user: *user,
+                };
+                super::vfio_user_launcher::resume(self, device, options, state, bag)
+            }
+            FrontendSpec::Uml { .. } => Err(format!(
+                "{device}: a UML frontend cannot be taken over ({UML_HANDOVER_REFUSAL})"
+            )
+            .into()),
+        }
+    }
 }
+
+/// Why a UML frontend is not carried across an upgrade.
+const UML_HANDOVER_REFUSAL: &str = "vhost-user-backend keeps the vhost-user connection's state (acked protocol features, the memory table as the front-end sent it) private and can only serve a connection it accepted itself";
 
 /// A device served to UML.
 struct UmlServed {
@@ -118,5 +188,16 @@ impl RunningFrontend for UmlServed {
         drop(lease);
         stopped?;
         Ok(status)
+    }
+
+    fn handover_refusal(&self) -> Option<String> {
+        Some(format!(
+            "the UML frontend at {} cannot be handed over: {UML_HANDOVER_REFUSAL}; unserve it, or stop and restart udrv serve (the guest reconnects to a fresh device)",
+            self.frontend.status().socket.display()
+        ))
+    }
+
+    fn hand_over(self: Box<Self>, _bag: &mut FdBag) -> Result<serde_json::Value, LaunchError> {
+        Err(self.handover_refusal().unwrap_or_default().into())
     }
 }

@@ -11,6 +11,7 @@ mod list;
 mod man_pages;
 mod serve;
 mod status;
+mod upgrade;
 
 use clap::{Parser, Subcommand};
 
@@ -28,7 +29,8 @@ use clap::{Parser, Subcommand};
         udrv serve &                   the service (root; SIGTERM gives devices back)\n  \
         udrv attach 00:04.0 --serve uml:/run/udrv/nic.sock\n  \
         linux ... virtio_uml.device=/run/udrv/nic.sock:1234\n  \
-        udrv status                    guests, counters, claims\n\n\
+        udrv status                    guests, counters, claims\n  \
+        udrv upgrade                   run a newly installed udrv; guests stay served\n\n\
         Running the service under systemd:\n  \
         udrv install-service           the unit udrv.service, man pages, completions\n  \
         systemctl enable --now udrv\n\n\
@@ -48,6 +50,7 @@ enum Command {
     Detach(detach::DetachArgs),
     Serve(serve::ServeArgs),
     Status(status::StatusArgs),
+    Upgrade(upgrade::UpgradeArgs),
     InstallService(install_service::InstallServiceArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(hide = true)]
@@ -65,6 +68,7 @@ fn main() -> std::process::ExitCode {
         Command::Detach(args) => detach::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Status(args) => status::run(args),
+        Command::Upgrade(args) => upgrade::run(args),
         Command::InstallService(args) => install_service::run(args),
         Command::Completions(args) => completions::run(args),
         Command::Man(args) => man_pages::run(args),

@@ -9,7 +9,9 @@ use clap::{ArgAction, Args, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use udriver::bind::KernelSysfs;
 use udriver::claim::Modprobe;
-use vpci::service::{default_control_path, Daemon, DaemonConfig, Host, NotifySocket, UmlLauncher};
+use vpci::service::{
+    default_control_path, Daemon, DaemonConfig, Host, NotifySocket, Relaunch, UmlLauncher,
+};
 
 use crate::list::HostArgs;
 
@@ -74,6 +76,10 @@ pub struct ServeArgs {
     pub verbose: u8,
     #[command(flatten)]
     pub host: HostArgs,
+    /// Set by `udrv upgrade` when it runs the new program: the inherited socket
+    /// that carries the previous program's devices, sockets and clients.
+    #[arg(long, value_name = "FD", hide = true)]
+    pub resume_fd: Option<i32>,
 }
 
 fn init_logging(format: LogFormat, verbose: u8) {
@@ -113,11 +119,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         // Before any thread exists (frontends start threads), so every thread blocks
         // SIGTERM/SIGINT and the loop's signalfd receives them.
         handle_signals: true,
+        // What `udrv upgrade` runs: this file (replaced by a newer udrv by then).
+        relaunch: Some(Relaunch::this_process().context("finding udrv's own program file")?),
     };
     // Read before starting, so that a bad address stops us before any device is served.
     let manager = NotifySocket::from_env().context("starting udrv serve")?;
-    let daemon =
-        Daemon::start(config, host, Box::new(UmlLauncher::new())).context("starting udrv serve")?;
+    let launcher = Box::new(UmlLauncher::new());
+    let daemon = match args.resume_fd {
+        Some(fd) => Daemon::resume(config, host, launcher, fd)
+            .context("taking over from the previous udrv serve (udrv upgrade)")?,
+        None => Daemon::start(config, host, launcher).context("starting udrv serve")?,
+    };
     if let Some(manager) = manager {
         // The control socket listens from Daemon::start on: a client that connects now
         // waits in its backlog until `run` accepts it, a moment later.
