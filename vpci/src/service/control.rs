@@ -697,6 +697,7 @@ mod tests {
                     state: "/run/udrv/state.json".into(),
                     started_at: 1,
                     keep_claims: false,
+                    upgrades: 2,
                 },
                 served: vec![served()],
                 claims: vec![],

@@ -461,7 +461,7 @@ impl Daemon {
                     claimed_here: self.service.claimed_here.iter().copied().collect(),
                     devices,
                 };
-                let why = upgrade::exec_successor(&relaunch, &binary, &carried, &mut bag);
+                let why = upgrade::exec_successor(&relaunch, &binary, &carried, &bag);
                 // Still here: the new program did not start. Take everything back.
                 let (_, failed) = self.service.take_over(carried.devices, &mut bag);
                 format!(

@@ -88,6 +88,8 @@ struct Launches {
     log: Arc<Mutex<Vec<String>>>,
     fail: Arc<AtomicBool>,
     status: Arc<Mutex<FrontendStatus>>,
+    /// Frontends say they cannot be handed over.
+    refuse_handover: Arc<AtomicBool>,
 }
 
 impl Launches {
@@ -126,6 +128,27 @@ impl FrontendLauncher for FakeLauncher {
             launches: self.launches.clone(),
         }))
     }
+
+    fn resume(
+        &mut self,
+        device: PciAddress,
+        spec: &FrontendSpec,
+        state: &serde_json::Value,
+        bag: &mut crate::handover::FdBag,
+    ) -> Result<Box<dyn RunningFrontend>, LaunchError> {
+        // The frontend's fd must have come across.
+        let slot: crate::handover::FdSlot = serde_json::from_value(state["fd"].clone())?;
+        bag.take(slot)?;
+        self.launches
+            .log
+            .lock()
+            .unwrap()
+            .push(format!("resume {device} {spec}"));
+        Ok(Box::new(FakeFrontend {
+            device,
+            launches: self.launches.clone(),
+        }))
+    }
 }
 
 struct FakeFrontend {
@@ -145,6 +168,27 @@ impl RunningFrontend for FakeFrontend {
             .unwrap()
             .push(format!("stop {}", self.device));
         Ok(self.status())
+    }
+
+    fn handover_refusal(&self) -> Option<String> {
+        self.launches
+            .refuse_handover
+            .load(Ordering::SeqCst)
+            .then(|| "this fake cannot be carried".to_string())
+    }
+
+    fn hand_over(
+        self: Box<Self>,
+        bag: &mut crate::handover::FdBag,
+    ) -> Result<serde_json::Value, LaunchError> {
+        self.launches
+            .log
+            .lock()
+            .unwrap()
+            .push(format!("hand_over {}", self.device));
+        let fd = udriver::vfio::EventFd::new()?;
+        let slot = bag.put(std::os::fd::OwnedFd::from(fd));
+        Ok(serde_json::json!({ "fd": slot }))
     }
 }
 
@@ -199,10 +243,22 @@ fn start_on(
     launches: &Launches,
     keep_claims: bool,
 ) -> Running {
+    start_with(host, service_host, launches, keep_claims, None)
+}
+
+/// [`start_on`], able to run `relaunch` for `udrv upgrade`.
+fn start_with(
+    host: &FakeHost,
+    service_host: Host,
+    launches: &Launches,
+    keep_claims: bool,
+    relaunch: Option<Relaunch>,
+) -> Running {
     let config = DaemonConfig {
         control: control_path(host),
         keep_claims,
         handle_signals: false,
+        relaunch,
     };
     let launcher = FakeLauncher {
         state_path: state_path(host),
@@ -807,6 +863,7 @@ fn a_second_daemon_on_the_same_socket_is_refused() {
         control: control_path(&host),
         keep_claims: false,
         handle_signals: false,
+        relaunch: None,
     };
     let launcher = FakeLauncher {
         state_path: state_path(&host),
@@ -840,6 +897,7 @@ fn sigterm_stops_the_daemon_and_gives_devices_back() {
         control: control_path(&host),
         keep_claims: false,
         handle_signals: true,
+        relaunch: None,
     };
     let launcher = FakeLauncher {
         state_path: state_path(&host),
@@ -884,4 +942,66 @@ fn sigterm_stops_the_daemon_and_gives_devices_back() {
     assert!(claims(&host).is_empty());
     assert!(!control_path(&host).exists());
     assert!(!Path::new(&control_path(&host)).exists());
+}
+
+#[test]
+fn an_upgrade_whose_program_cannot_run_leaves_everything_served() {
+    let host = host();
+    let launches = Launches::default();
+    // An executable the kernel refuses to run while it is open for writing
+    // (ETXTBSY). Were it ever run, it would fail the test run loudly.
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("udrv-next");
+    let mut busy = std::fs::File::create(&program).unwrap();
+    busy.write_all(b"#!/bin/sh\nexit 97\n").unwrap();
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let relaunch = Relaunch {
+        binary: program.clone(),
+        args: vec!["serve".into()],
+    };
+    let daemon = start_with(&host, fake_host(&host), &launches, false, Some(relaunch));
+    let spec = sock(&host, "nic.sock");
+    daemon.request(attach_serve("0000:00:04.0", &spec)).unwrap();
+
+    let e = daemon_error(daemon.request(Request::Upgrade { binary: None }));
+    assert_eq!(e.kind, ErrorKind::Failed);
+    assert!(e.message.contains("udrv-next"), "{}", e.message);
+    assert!(
+        e.message.contains("everything served as before"),
+        "{}",
+        e.message
+    );
+    let status = daemon.status();
+    assert_eq!(status.served.len(), 1);
+    assert_eq!(status.served[0].frontend, spec);
+    let log = launches.log();
+    assert!(
+        log.contains(&"hand_over 0000:00:04.0".to_string())
+            && log.contains(&format!("resume 0000:00:04.0 {spec}")),
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|l| l.starts_with("stop")), "{log:?}");
+
+    // A frontend that cannot be carried: refused before anything is touched.
+    launches.refuse_handover.store(true, Ordering::SeqCst);
+    let e = daemon_error(daemon.request(Request::Upgrade { binary: None }));
+    assert_eq!(e.kind, ErrorKind::Conflict);
+    assert!(e.message.contains("cannot be carried"), "{}", e.message);
+    assert_eq!(launches.log().len(), log.len(), "nothing was handed over");
+    drop(busy);
+    daemon.stop();
+}
+
+#[test]
+fn an_embedded_daemon_refuses_to_upgrade() {
+    let host = host();
+    let daemon = start(&host, &Launches::default(), false);
+    let e = daemon_error(daemon.request(Request::Upgrade { binary: None }));
+    assert_eq!(e.kind, ErrorKind::Refused);
+    assert!(daemon.status().served.is_empty());
+    daemon.stop();
 }
