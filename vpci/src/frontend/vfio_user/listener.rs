@@ -725,6 +725,11 @@ fn converse<D: PassthroughDevice + 'static>(
         if last {
             return (session, Ending::Closed);
         }
+        // A client that never pauses for QUIET_CHECK is handed over between two of
+        // its messages: one atomic load per message.
+        if !reader.has_buffered() && stop.hand_over.load(Ordering::Relaxed) {
+            return (session, Ending::HandOver);
+        }
     }
 }
 

@@ -340,6 +340,35 @@ fn vfio_user_a_connected_client_goes_on_across_a_handover() {
 }
 
 #[test]
+fn vfio_user_a_busy_client_is_handed_over_between_two_messages() {
+    let mut served = Served::start(e1000e());
+    let socket = served.socket.clone();
+    let expected = served.fake.region_bytes(0, 0x100, 4);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // Reads back to back, never quiet: every one answered, in order.
+            let mut client = vfio_user::Client::new(&socket).unwrap();
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut word = [0u8; 4];
+                client.region_read(0, 0x100, &mut word).unwrap();
+                assert_eq!(word.to_vec(), expected);
+                reads += 1;
+            }
+            reads
+        })
+    };
+    served.wait_for("the client's reads", |s| s.region_reads > 100);
+    hand_over_and_resume(&mut served);
+    served.wait_for("reads served after the handover", |s| s.region_reads > 100);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().unwrap();
+    assert!(reads > 200, "{reads}");
+}
+
+#[test]
 fn vfio_user_serves_the_piix3_ides_io_port_bars() {
     let served = Served::start(piix3_ide());
     let mut client = vfio_user::Client::new(&served.socket).unwrap();
