@@ -7,6 +7,7 @@ mod dma;
 mod drivers;
 mod nested;
 mod service;
+mod service_upgrade;
 mod smoke;
 mod uml;
 mod uml_bench;
@@ -32,6 +33,7 @@ pub fn all() -> Vec<RigTest> {
         uml::tests(),
         uml_served::tests(),
         service::tests(),
+        service_upgrade::tests(),
         nested::tests(),
         vfio_user::tests(),
         vfio_user_ahci::tests(),
