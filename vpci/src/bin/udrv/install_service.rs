@@ -60,7 +60,7 @@ struct InstallFile {
     contents: Vec<u8>,
 }
 
-/// The unit with ExecStart= naming `binary`.
+/// The unit with ExecStart= and ExecReload= naming `binary`.
 pub fn unit_for(binary: &Path) -> anyhow::Result<String> {
     let text = binary
         .to_str()
@@ -82,11 +82,15 @@ pub fn unit_for(binary: &Path) -> anyhow::Result<String> {
             "{text} is under {hidden}, which the service cannot see (ProtectHome=yes); install udrv in /usr/local/bin (cargo install --locked --path vpci --root /usr/local) or pass --bin"
         );
     }
-    let shipped = format!("\nExecStart={SHIPPED_BINARY} ");
-    if UNIT.matches(&shipped).count() != 1 {
-        bail!("the built-in unit does not start {SHIPPED_BINARY} exactly once; it cannot be pointed at {text}");
+    let mut unit = UNIT.to_string();
+    for key in ["ExecStart", "ExecReload"] {
+        let shipped = format!("\n{key}={SHIPPED_BINARY} ");
+        if unit.matches(&shipped).count() != 1 {
+            bail!("the built-in unit does not name {SHIPPED_BINARY} in {key}= exactly once; it cannot be pointed at {text}");
+        }
+        unit = unit.replace(&shipped, &format!("\n{key}={text} "));
     }
-    Ok(UNIT.replace(&shipped, &format!("\nExecStart={text} ")))
+    Ok(unit)
 }
 
 fn files(prefix: &Path, binary: &Path) -> anyhow::Result<Vec<InstallFile>> {
@@ -205,7 +209,8 @@ mod tests {
     fn the_unit_is_pointed_at_the_binary_and_odd_paths_are_refused() {
         let unit = unit_for(Path::new("/opt/udrv/bin/udrv")).unwrap();
         assert!(
-            unit.contains("\nExecStart=/opt/udrv/bin/udrv serve\n"),
+            unit.contains("\nExecStart=/opt/udrv/bin/udrv serve\n")
+                && unit.contains("\nExecReload=/opt/udrv/bin/udrv upgrade\n"),
             "{unit}"
         );
         assert!(!unit.contains(SHIPPED_BINARY));
