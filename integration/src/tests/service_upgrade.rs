@@ -31,7 +31,7 @@ const SOCKET: &str = "/run/udrv/upgrade-e1000e.sock";
 const NEXT: &str = "/run/udrv/udrv-next";
 /// Pings the rig sends, and how often.
 const PINGS: u32 = 400;
-const PING_INTERVAL: &str = "0.02";
+const PING_INTERVAL: Duration = Duration::from_millis(20);
 /// Replies after which the upgrade starts.
 const REPLIES_BEFORE_UPGRADE: usize = 60;
 
@@ -60,25 +60,6 @@ sleep 2
 echo "@@guest echo-requests-answered $(in_echos)"
 "#
     )
-}
-
-/// One answered ping: its sequence number and when the reply came (seconds).
-fn replies(output: &str) -> Vec<(u32, f64)> {
-    output
-        .lines()
-        .filter_map(|line| {
-            // [1796653483.123456] 64 bytes from 10.0.0.3: icmp_seq=12 ttl=64 time=1.2 ms
-            let at = line.strip_prefix('[')?.split(']').next()?.parse().ok()?;
-            let seq = line
-                .split("icmp_seq=")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((seq, at))
-        })
-        .collect()
 }
 
 /// Fault lines of the rig's IOMMU in the kernel log.
@@ -154,15 +135,17 @@ fn pings_through_an_upgrade(kit: &QemuKit) -> Result<()> {
         observed.upgrade_took.as_secs_f64() * 1e3
     );
     println!(
-        "rig -> nested guest pings every {PING_INTERVAL} s: {} sent, {} answered, {} lost; \
-         longest gap between replies {:.0} ms overall, {:.0} ms across the upgrade, \
-         median {:.1} ms",
+        "rig -> nested guest, a ping every {} ms: {} sent, {} answered, {} lost; longest gap \
+         between replies {:.0} ms overall, {:.0} ms across the upgrade; round trip median \
+         {:.1} ms, longest {:.0} ms",
+        PING_INTERVAL.as_millis(),
         observed.sent,
-        observed.replies.len(),
-        observed.sent as usize - observed.replies.len(),
-        observed.longest_gap * 1e3,
-        observed.gap_across_upgrade * 1e3,
-        observed.median_gap * 1e3
+        observed.answered,
+        observed.sent as usize - observed.answered,
+        observed.longest_gap.as_secs_f64() * 1e3,
+        observed.gap_across_upgrade.as_secs_f64() * 1e3,
+        observed.median_rtt.as_secs_f64() * 1e3,
+        observed.longest_rtt.as_secs_f64() * 1e3
     );
     println!(
         "DMA mappings: {} ({} KiB) before, {} ({} KiB) after, {} DMA_MAPs by the \
@@ -201,9 +184,9 @@ fn pings_through_an_upgrade(kit: &QemuKit) -> Result<()> {
     );
     ensure!(faults == 0, "the rig's IOMMU logged {faults} fault(s)");
     ensure!(
-        observed.replies.len() == observed.sent as usize,
+        observed.answered == observed.sent as usize,
         "{} of {} pings lost across the upgrade",
-        observed.sent as usize - observed.replies.len(),
+        observed.sent as usize - observed.answered,
         observed.sent
     );
     Ok(())
@@ -212,10 +195,11 @@ fn pings_through_an_upgrade(kit: &QemuKit) -> Result<()> {
 /// What the rig saw while the guest ran.
 struct Observed {
     sent: u32,
-    replies: Vec<(u32, f64)>,
-    longest_gap: f64,
-    gap_across_upgrade: f64,
-    median_gap: f64,
+    answered: usize,
+    longest_gap: Duration,
+    gap_across_upgrade: Duration,
+    median_rtt: Duration,
+    longest_rtt: Duration,
     upgrade: String,
     upgrade_took: Duration,
     before: serde_json::Value,
@@ -229,9 +213,47 @@ fn service_pid(upgrade: &str) -> Result<u64> {
         .context("the upgrade reply names no pid")
 }
 
-/// Waits for the nested guest to answer, pings it [`PINGS`] times, and upgrades
-/// udrv once [`REPLIES_BEFORE_UPGRADE`] replies came.
+/// The internet checksum of an ICMP message.
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An ICMP echo request with identifier `id` and sequence number `seq`.
+fn echo_request(id: u16, seq: u16) -> Vec<u8> {
+    let mut packet = vec![8u8, 0, 0, 0];
+    packet.extend(id.to_be_bytes());
+    packet.extend(seq.to_be_bytes());
+    packet.extend([0x55u8; 56]);
+    let sum = checksum(&packet);
+    packet[2..4].copy_from_slice(&sum.to_be_bytes());
+    packet
+}
+
+/// The sequence number of an echo reply with identifier `id` in a raw IPv4 packet.
+fn echo_reply_seq(packet: &[u8], id: u16) -> Option<u16> {
+    let header = usize::from(packet.first()? & 0xf) * 4;
+    let icmp = packet.get(header..header + 8)?;
+    (icmp[0] == 0 && u16::from_be_bytes([icmp[4], icmp[5]]) == id)
+        .then(|| u16::from_be_bytes([icmp[6], icmp[7]]))
+}
+
+/// Waits for the nested guest to answer, then sends it [`PINGS`] echo requests, one
+/// every [`PING_INTERVAL`] from a raw socket, timing each reply; after
+/// [`REPLIES_BEFORE_UPGRADE`] replies, `udrv upgrade` runs beside the pings.
 fn ping_and_upgrade(done: &AtomicBool) -> Result<Observed> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::socket::{
+        recv, sendto, socket, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn,
+    };
+    use std::os::fd::{AsFd, AsRawFd};
+
     let deadline = Instant::now() + Duration::from_secs(600);
     while rig::sh(&format!("ping -c 1 -W 1 {NESTED_ADDRESS}")).is_err() {
         ensure!(
@@ -239,75 +261,100 @@ fn ping_and_upgrade(done: &AtomicBool) -> Result<Observed> {
             "the nested guest never answered a ping"
         );
     }
-    let mut pinger = std::process::Command::new("ping")
-        .args(["-D", "-i", PING_INTERVAL, "-W", "2", "-c"])
-        .arg(PINGS.to_string())
-        .arg(NESTED_ADDRESS)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("starting ping")?;
-    let stdout = pinger.stdout.take().context("ping's output")?;
-    let collector = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
-            let Ok(line) = line else { break };
-            lines.push(line);
-        }
-        lines
-    });
-    // Upgrade once the traffic is well under way.
-    let counted = Instant::now();
-    std::thread::sleep(Duration::from_secs_f64(
-        REPLIES_BEFORE_UPGRADE as f64 * 0.02,
-    ));
+    let target: std::net::Ipv4Addr = NESTED_ADDRESS.parse()?;
+    let to = SockaddrIn::from(std::net::SocketAddrV4::new(target, 0));
+    let icmp = socket(
+        AddressFamily::Inet,
+        SockType::Raw,
+        SockFlag::SOCK_NONBLOCK,
+        SockProtocol::Icmp,
+    )
+    .context("opening a raw ICMP socket")?;
+    let id = std::process::id() as u16;
+    let mut sent_at: Vec<Instant> = Vec::new();
+    let mut replies: Vec<(u16, Instant)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let before = vfio_user_status()?;
-    let started = Instant::now();
-    let upgraded_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs_f64();
-    let upgrade = udrv_ok(&["upgrade", "--binary", NEXT, "--json"])?;
-    let upgrade_took = started.elapsed();
+    let upgraded = std::thread::scope(|scope| -> Result<_> {
+        let mut upgrader = None;
+        let mut next = Instant::now();
+        let mut buf = [0u8; 1500];
+        loop {
+            let now = Instant::now();
+            let last_sent = sent_at.len() == PINGS as usize;
+            if last_sent && now > *sent_at.last().unwrap_or(&now) + Duration::from_secs(2) {
+                break;
+            }
+            if !last_sent && now >= next {
+                let seq = sent_at.len() as u16;
+                sendto(
+                    icmp.as_raw_fd(),
+                    &echo_request(id, seq),
+                    &to,
+                    MsgFlags::empty(),
+                )
+                .context("sending an echo request")?;
+                sent_at.push(now);
+                next += PING_INTERVAL;
+            }
+            let wait = next
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(10));
+            let mut fds = [PollFd::new(icmp.as_fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, PollTimeout::from(wait.as_millis() as u16));
+            while let Ok(n) = recv(icmp.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                if let Some(seq) = echo_reply_seq(&buf[..n], id) {
+                    if seen.insert(seq) {
+                        replies.push((seq, Instant::now()));
+                    }
+                }
+            }
+            if upgrader.is_none() && replies.len() >= REPLIES_BEFORE_UPGRADE {
+                upgrader = Some(scope.spawn(|| -> Result<(String, Instant, Instant)> {
+                    let started = Instant::now();
+                    let reply = udrv_ok(&["upgrade", "--binary", NEXT, "--json"])?;
+                    Ok((reply, started, Instant::now()))
+                }));
+            }
+        }
+        match upgrader {
+            Some(handle) => handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("udrv upgrade's thread panicked"))?
+                .map(Some),
+            None => Ok(None),
+        }
+    })?;
+    let Some((upgrade, started, finished)) = upgraded else {
+        bail!(
+            "only {} of {PINGS} pings were answered: the upgrade never started",
+            replies.len()
+        );
+    };
     let after = vfio_user_status()?;
-    let exited = pinger.wait()?;
-    let lines = collector
-        .join()
-        .map_err(|_| anyhow::anyhow!("ping reader"))?;
-    let output = lines.join("\n");
-    println!(
-        "ping ran {:.1} s ({exited}); its summary: {}",
-        counted.elapsed().as_secs_f64(),
-        lines
-            .iter()
-            .rev()
-            .take(2)
-            .rev()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(" / ")
-    );
-    let replies = replies(&output);
-    let mut gaps: Vec<(f64, f64)> = replies
-        .windows(2)
-        .map(|w| (w[1].1 - w[0].1, w[0].1))
-        .collect();
-    let longest_gap = gaps.iter().map(|g| g.0).fold(0.0, f64::max);
-    let gap_across_upgrade = gaps
+    let mut longest_gap = Duration::ZERO;
+    let mut gap_across_upgrade = Duration::ZERO;
+    for pair in replies.windows(2) {
+        let gap = pair[1].1 - pair[0].1;
+        longest_gap = longest_gap.max(gap);
+        if pair[1].1 >= started && pair[0].1 <= finished {
+            gap_across_upgrade = gap_across_upgrade.max(gap);
+        }
+    }
+    let mut rtts: Vec<Duration> = replies
         .iter()
-        .filter(|(gap, from)| {
-            from + gap >= upgraded_at && *from <= upgraded_at + upgrade_took.as_secs_f64()
-        })
-        .map(|g| g.0)
-        .fold(0.0, f64::max);
-    gaps.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let median_gap = gaps.get(gaps.len() / 2).map_or(0.0, |g| g.0);
+        .map(|(seq, at)| *at - sent_at[usize::from(*seq)])
+        .collect();
+    rtts.sort();
     Ok(Observed {
         sent: PINGS,
-        replies,
+        answered: replies.len(),
         longest_gap,
         gap_across_upgrade,
-        median_gap,
+        median_rtt: rtts.get(rtts.len() / 2).copied().unwrap_or_default(),
+        longest_rtt: rtts.last().copied().unwrap_or_default(),
         upgrade,
-        upgrade_took,
+        upgrade_took: finished - started,
         before,
         after,
     })
