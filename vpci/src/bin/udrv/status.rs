@@ -26,7 +26,7 @@ use crate::serve::ControlArgs;
 #[command(verbatim_doc_comment)]
 pub struct StatusArgs {
     /// Print JSON: {"daemon": null or {pid, uid, control, state, started_at,
-    /// keep_claims}, "served": [{address, frontend, status, since, recovered}],
+    /// keep_claims, upgrades}, "served": [{address, frontend, status, since, recovered}],
     /// "claims": [...], "recovery_failures": [...]}.
     #[arg(long)]
     pub json: bool,
@@ -135,11 +135,16 @@ fn render_text(status: &Status, control: &Path) -> String {
             let up = uptime(d.started_at);
             let _ = writeln!(
                 out,
-                "udrv serve: pid {}, up {up}, control {}, state {}{}",
+                "udrv serve: pid {}, up {up}, control {}, state {}{}{}",
                 d.pid,
                 d.control.display(),
                 d.state.display(),
-                if d.keep_claims { ", --keep-claims" } else { "" }
+                if d.keep_claims { ", --keep-claims" } else { "" },
+                match d.upgrades {
+                    0 => String::new(),
+                    1 => ", upgraded once".to_string(),
+                    n => format!(", upgraded {n} times"),
+                }
             );
         }
         None => {
