@@ -52,6 +52,10 @@ const WRITES_INTO_LOOP: u64 = 200;
 /// it again: long enough for the guest's driver to time out a command (30 s) and say so.
 const WATCH_KILLED_CLIENT: Duration = Duration::from_secs(90);
 
+/// The rig kernel's huge-page policy for its internal shmem mount, where the nested
+/// QEMU's memfd guest RAM lives.
+const SHMEM_HUGE: &str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+
 pub fn tests() -> Vec<RigTest> {
     rig_tests![vfio_user: nested_ahci_reads_and_writes_the_disk (1500 s)]
 }
@@ -116,8 +120,10 @@ fn nested_ahci_reads_and_writes_the_disk() -> Result<()> {
     );
     rig::bind_to_host(rig::ICH9_AHCI, "ahci")?;
     let marker = format!("udrv-vfio-user-ahci-{}", std::process::id());
+    let huge = HugeShmem::on()?;
     let mut service = Service::start("vfio-user-ahci")?;
     let served = serve_to_nested(&kit, &marker, &mut service);
+    drop(huge);
     // The controller back to its host driver whatever happened, then the service gone.
     let detached = udrv_ok(&["detach", rig::ICH9_AHCI]);
     let stopped = service.signal(Signal::SIGTERM);
@@ -145,6 +151,37 @@ fn nested_ahci_reads_and_writes_the_disk() -> Result<()> {
         "udrv status of the served controller: {vfio_user:#}"
     );
     check_disk(&marker)
+}
+
+/// Nested guest RAM (memfds) on 2 MiB huge pages while it lives, the rig's policy
+/// back afterwards. The rig's QEMU 7.2 AHCI maps a command's PRDT in one piece and
+/// fails the command ("PRDT length for NCQ command (0x0) is smaller than the requested
+/// size") when the table crosses into a page that is not contiguous with the previous
+/// one in the rig's memory; the nested guest's command tables are in its RAM, which
+/// udrv maps into the controller's IOMMU as the client gives it (see also
+/// `uml_memory_dir`).
+struct HugeShmem(String);
+
+impl HugeShmem {
+    fn on() -> Result<Self> {
+        let policies =
+            std::fs::read_to_string(SHMEM_HUGE).with_context(|| format!("reading {SHMEM_HUGE}"))?;
+        let was = policies
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))
+            .with_context(|| format!("{SHMEM_HUGE} names no policy in use: {policies}"))?
+            .to_string();
+        // Free 2 MiB blocks for the huge pages.
+        let _ = std::fs::write("/proc/sys/vm/compact_memory", "1");
+        std::fs::write(SHMEM_HUGE, "always").with_context(|| format!("writing {SHMEM_HUGE}"))?;
+        Ok(Self(was))
+    }
+}
+
+impl Drop for HugeShmem {
+    fn drop(&mut self) {
+        let _ = std::fs::write(SHMEM_HUGE, &self.0);
+    }
 }
 
 /// Attaches the controller with the vfio-user frontend, kills a first nested QEMU
@@ -658,13 +695,17 @@ fn check_guest(report: &GuestReport, marker: &str) -> Result<()> {
 /// The rig kernel's ahci driver, given the controller back, reads the marked sector as
 /// the nested guest wrote it; the sector is then restored to the pattern.
 fn check_disk(marker: &str) -> Result<()> {
-    let name = rig::wait_for(|| rig::block_device(rig::ICH9_AHCI, rig::AHCI_DISK_SECTORS))?;
-    let path = format!("/dev/{name}");
-    let mut disk = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {path}"))?;
+    // The disk's node can show before the disk opens (ENXIO while it is probed).
+    let (path, mut disk) = rig::wait_for(|| {
+        let name = rig::block_device(rig::ICH9_AHCI, rig::AHCI_DISK_SECTORS)?;
+        let path = format!("/dev/{name}");
+        let disk = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {path}"))?;
+        Ok((path, disk))
+    })?;
     let at = SeekFrom::Start(MARKED_SECTOR * 512);
     let mut got = [0u8; 512];
     disk.seek(at)?;
