@@ -338,6 +338,13 @@ impl<'a> GuestBoot<'a> {
         Ok(report)
     }
 
+    /// Boots the guest once and returns its report however QEMU ended (killed, failed,
+    /// timed out): for tests that kill QEMU or its device's server on purpose and then
+    /// read what the guest and QEMU said.
+    pub fn run_to_exit(self) -> Result<GuestReport> {
+        Ok(self.boot()?.0)
+    }
+
     /// One boot: its report, and whether QEMU was killed at the timeout.
     fn boot(&self) -> Result<(GuestReport, bool)> {
         let dir = tempdir()?;

@@ -125,7 +125,7 @@ impl Service {
         Ok(service)
     }
 
-    fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
 
@@ -133,7 +133,7 @@ impl Service {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn ensure_logged(&self, what: &str) -> Result<()> {
+    pub(super) fn ensure_logged(&self, what: &str) -> Result<()> {
         ensure!(
             self.log().contains(what),
             "udrv serve's log has no `{what}`:\n{}",
