@@ -109,7 +109,7 @@ impl Mode {
 struct UdrvFigures {
     /// The ahci server's DMA_MAPs and DMA_UNMAPs after the guest switched the ahci to a
     /// DMA domain (from the last sample with all guest RAM mapped to QEMU's exit).
-    maps_after_switch: Option<(u64, u64)>,
+    maps_after_switch: Option<DmaPhase>,
     /// Each server's counters once QEMU had gone: (device, status).
     after: Vec<(&'static str, VfioUserStatus)>,
 }
@@ -386,14 +386,29 @@ fn sample(
     samples
 }
 
-/// DMA_MAPs and DMA_UNMAPs from the last sample with at least half of guest RAM mapped
-/// (the identity domain) to the last sample: what the ahci's DMA domain cost udrv.
-fn maps_after_switch(samples: &[VfioUserStatus]) -> Option<(u64, u64)> {
+/// What the ahci's DMA domain cost udrv: its DMA_MAPs and DMA_UNMAPs and the time it
+/// spent handling them.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct DmaPhase {
+    maps: u64,
+    unmaps: u64,
+    map_ns: u64,
+    unmap_ns: u64,
+}
+
+/// The [`DmaPhase`] from the last sample with at least half of guest RAM mapped (the
+/// identity domain) to the last sample.
+fn maps_after_switch(samples: &[VfioUserStatus]) -> Option<DmaPhase> {
     let identity = samples
         .iter()
         .rposition(|s| s.dma_mapped_bytes >= (GUEST_MIB << 20) / 2)?;
     let (from, to) = (&samples[identity], samples.last()?);
-    Some((to.dma_maps - from.dma_maps, to.dma_unmaps - from.dma_unmaps))
+    Some(DmaPhase {
+        maps: to.dma_maps - from.dma_maps,
+        unmaps: to.dma_unmaps - from.dma_unmaps,
+        map_ns: to.dma_map_ns - from.dma_map_ns,
+        unmap_ns: to.dma_unmap_ns - from.dma_unmap_ns,
+    })
 }
 
 fn against_vfio_pci() -> Result<()> {
@@ -594,14 +609,20 @@ fn print_table(anchor: Option<&Figures>, trapped: Option<&Figures>, direct: Opti
 fn print_udrv(mode: Mode, f: &Figures) {
     let Some(udrv) = &f.udrv else { return };
     let reads = SMALL_ROUNDS as u64 * SMALL_BYTES / SMALL_READ;
-    match udrv.maps_after_switch {
-        Some((maps, unmaps)) => println!(
-            "{}: after the ahci's switch to a DMA domain udrv handled {maps} DMA_MAPs and \
-             {unmaps} DMA_UNMAPs for {reads} 4 KiB reads ({:.2} and {:.2} per read, the \
-             driver's re-probe included)",
+    let per = |ns: u64, n: u64| ns as f64 / 1e3 / n.max(1) as f64;
+    match &udrv.maps_after_switch {
+        Some(p) => println!(
+            "{}: after the ahci's switch to a DMA domain udrv handled {} DMA_MAPs and {} \
+             DMA_UNMAPs for {reads} 4 KiB reads ({:.2} and {:.2} per read, the driver's \
+             re-probe included), {:.1} µs in udrv per DMA_MAP and {:.1} µs per DMA_UNMAP \
+             (parsed to reply built)",
             mode.name(),
-            maps as f64 / reads as f64,
-            unmaps as f64 / reads as f64
+            p.maps,
+            p.unmaps,
+            p.maps as f64 / reads as f64,
+            p.unmaps as f64 / reads as f64,
+            per(p.map_ns, p.maps),
+            per(p.unmap_ns, p.unmaps),
         ),
         None => println!(
             "{}: udrv's samples never showed guest RAM mapped for the ahci",
@@ -610,13 +631,17 @@ fn print_udrv(mode: Mode, f: &Figures) {
     }
     for (name, s) in &udrv.after {
         println!(
-            "  {name}: {} messages, {} region reads, {} region writes, {} DMA_MAPs, {} \
-             DMA_UNMAPs, {} SET_IRQS, {} derived INTx, {} error replies (last {:?})",
+            "  {name}: {} messages, {} region reads, {} region writes ({:.1} µs in udrv \
+             each), {} DMA_MAPs ({:.1} µs each), {} DMA_UNMAPs ({:.1} µs each), {} SET_IRQS, \
+             {} derived INTx, {} error replies (last {:?})",
             s.messages,
             s.region_reads,
             s.region_writes,
+            per(s.region_access_ns, s.region_reads + s.region_writes),
             s.dma_maps,
+            per(s.dma_map_ns, s.dma_maps),
             s.dma_unmaps,
+            per(s.dma_unmap_ns, s.dma_unmaps),
             s.irq_sets,
             s.derived_intx_signals,
             s.error_replies,
@@ -658,6 +683,8 @@ mod tests {
             dma_maps: maps,
             dma_unmaps: unmaps,
             dma_mapped_bytes: mapped,
+            dma_map_ns: maps * 1000,
+            dma_unmap_ns: unmaps * 500,
             ..Default::default()
         };
         let ram = GUEST_MIB << 20;
@@ -667,7 +694,15 @@ mod tests {
             at(20, 2, 64 << 10),
             at(900, 880, 64 << 10),
         ];
-        assert_eq!(maps_after_switch(&samples), Some((894, 879)));
+        assert_eq!(
+            maps_after_switch(&samples),
+            Some(DmaPhase {
+                maps: 894,
+                unmaps: 879,
+                map_ns: 894_000,
+                unmap_ns: 439_500
+            })
+        );
         assert_eq!(maps_after_switch(&samples[2..]), None);
     }
 }
