@@ -13,7 +13,7 @@
 //!   the BARs through the VFIO device fd udrv hands it, as `vfio-pci` does.
 //!
 //! Every boot has the same guest: the same kernel and command line, 256 MiB, QEMU's
-//! Intel IOMMU (`caching-mode=on`, guest `intel_iommu=on iommu.passthrough=1
+//! Intel IOMMU (`caching-mode=on,aw-bits=39`, guest `intel_iommu=on iommu.passthrough=1
 //! iommu.strict=1`), the devices at the same slots, and the same task (measured inside
 //! the guest by `guest-probe`, a static binary put into its initramfs):
 //!
@@ -294,8 +294,9 @@ fn guest<'a>(kit: &'a QemuKit, probe: &[u8]) -> GuestBoot<'a> {
             "iommu.strict=1",
         ])
         // The IOMMU before the devices; caching mode makes the guest report every new
-        // mapping, which QEMU forwards (vfio-pci requires it).
-        .args(["-device", "intel-iommu,caching-mode=on"])
+        // mapping, which QEMU forwards (vfio-pci requires it). vfio-pci also refuses a
+        // guest IOMMU with more address bits than the rig's (39).
+        .args(["-device", "intel-iommu,caching-mode=on,aw-bits=39"])
         .file("bin/guest-probe", 0o755, probe.to_vec())
         .task(&task())
         .timeout(BOOT_TIMEOUT)
