@@ -471,6 +471,14 @@ fn against_vfio_pci() -> Result<()> {
             print_udrv(mode, f);
         }
     }
+    match socket_round_trip_us() {
+        Ok(us) => println!(
+            "rig: a one-word round trip over a UNIX socket between two threads of one process \
+             costs {us:.1} µs (what every trapped access and DMA map adds to QEMU's wait, \
+             before udrv's own handling)"
+        ),
+        Err(e) => println!("rig: socket round trip not measured: {e:#}"),
+    }
     let failed: Vec<&str> = runs
         .iter()
         .filter(|(_, f)| f.is_err())
@@ -486,6 +494,36 @@ fn against_vfio_pci() -> Result<()> {
         anchor.ping_received
     );
     Ok(())
+}
+
+/// µs per request and reply over a UNIX stream socket pair between two threads, the
+/// transport a vfio-user message uses (median of rounds), for the breakdown.
+fn socket_round_trip_us() -> Result<f64> {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    const TRIPS: usize = 500;
+    let (mut client, mut server) = UnixStream::pair()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut word = [0u8; 8];
+        for _ in 0..TRIPS * 3 {
+            server.read_exact(&mut word)?;
+            server.write_all(&word)?;
+        }
+        Ok(())
+    });
+    let mut rounds = Vec::new();
+    let mut word = [0u8; 8];
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        for _ in 0..TRIPS {
+            client.write_all(&word)?;
+            client.read_exact(&mut word)?;
+        }
+        rounds.push(started.elapsed().as_secs_f64() * 1e6 / TRIPS as f64);
+    }
+    echo.join()
+        .map_err(|_| anyhow::anyhow!("the echo thread panicked"))??;
+    Ok(median(rounds))
 }
 
 /// Lower-is-better or higher-is-better, and the goal on udrv / vfio-pci.
