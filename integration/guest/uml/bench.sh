@@ -8,7 +8,7 @@
 #                         say `uml: disk read done`, wait for /tmp/udrv-bench-release (the
 #                         rig reads the frontend's counters around the reads)
 #   udrv_uml_count=N      reads of each file per round, 9 rounds (net)
-# Prints `uml-probe: ...` lines and `uml: ping ...` for the rig side to parse.
+# Prints `guest-probe: ...` lines and `uml: ping ...` for the rig side to parse.
 bench=
 count=2000
 disk=sd
@@ -29,7 +29,7 @@ case "$bench" in
     eth=$(e1000e_interface) || { echo "uml: no e1000e interface"; exit 1; }
     bring_up "$eth" 10.0.0.2/24
     echo "uml: $eth carrier $(cat /sys/class/net/$eth/carrier 2>/dev/null)"
-    uml-probe read-pair "/sys/class/net/$eth/statistics/rx_bytes" "/sys/class/net/$eth/mtu" \
+    guest-probe read-pair "/sys/class/net/$eth/statistics/rx_bytes" "/sys/class/net/$eth/mtu" \
       "$count" 9 || exit 1
     # The first pings resolve the neighbour; the timed ones follow.
     ping -c 3 -W 2 10.0.0.1 >/dev/null 2>&1
@@ -55,7 +55,7 @@ case "$bench" in
     sleep 1
     echo "uml: disk $dev"
     if [ "$gate" = 1 ]; then wait_for /tmp/udrv-bench-go || exit 1; fi
-    uml-probe read-disk "$dev" 16777216 "$block" || exit 1
+    guest-probe read-disk "$dev" 16777216 "$block" || exit 1
     if [ "$gate" = 1 ]; then
       echo "uml: disk read done"
       wait_for /tmp/udrv-bench-release || exit 1

@@ -209,7 +209,8 @@ impl<'a> GuestBoot<'a> {
 
     /// A vfio-user device served on the UNIX socket `socket`, with guest RAM in a shared
     /// memfd so that the server gets DMA_MAPs with fds (QEMU's requirement). The server
-    /// must listen before the boot starts.
+    /// must listen before the boot starts. A guest may get several; set
+    /// [`memory_mib`](Self::memory_mib) before the first.
     pub fn vfio_user_device(self, socket: &Path) -> Self {
         self.vfio_user_device_with(socket, None)
     }
@@ -229,16 +230,19 @@ impl<'a> GuestBoot<'a> {
         if let Some(addr) = addr {
             device["addr"] = addr.into();
         }
-        self.machine.push_str(",memory-backend=guest-ram");
-        self.args.extend([
-            "-object".to_string(),
-            format!(
-                "memory-backend-memfd,id=guest-ram,size={}M,share=on",
-                self.memory_mib
-            ),
-            "-device".to_string(),
-            device.to_string(),
-        ]);
+        // One shared RAM backend, however many devices the guest gets.
+        if !self.machine.contains(",memory-backend=") {
+            self.machine.push_str(",memory-backend=guest-ram");
+            self.args.extend([
+                "-object".to_string(),
+                format!(
+                    "memory-backend-memfd,id=guest-ram,size={}M,share=on",
+                    self.memory_mib
+                ),
+            ]);
+        }
+        self.args
+            .extend(["-device".to_string(), device.to_string()]);
         self
     }
 
@@ -609,5 +613,41 @@ impl GuestReport {
     pub fn tail(&self) -> String {
         let lines: Vec<&str> = self.console.lines().collect();
         lines[lines.len().saturating_sub(80)..].join("\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_vfio_user_devices_share_one_guest_ram_backend() {
+        let kit = QemuKit {
+            qemu11: "qemu11".into(),
+            sysroot: "sysroot".into(),
+            kernel: "bzImage".into(),
+            busybox: "busybox".into(),
+        };
+        let boot = GuestBoot::new(&kit)
+            .memory_mib(128)
+            .vfio_user_device_at(Path::new("/run/a.sock"), "04.0")
+            .vfio_user_device_at(Path::new("/run/b.sock"), "06.0");
+        assert_eq!(boot.machine, "q35,memory-backend=guest-ram");
+        let objects: Vec<&String> = boot
+            .args
+            .iter()
+            .filter(|a| a.starts_with("memory-backend-memfd"))
+            .collect();
+        assert_eq!(
+            objects,
+            ["memory-backend-memfd,id=guest-ram,size=128M,share=on"]
+        );
+        let devices: Vec<&String> = boot
+            .args
+            .iter()
+            .filter(|a| a.contains("vfio-user-pci"))
+            .collect();
+        assert_eq!(devices.len(), 2);
+        assert!(devices[0].contains("/run/a.sock") && devices[1].contains("/run/b.sock"));
     }
 }

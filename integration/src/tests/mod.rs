@@ -16,6 +16,7 @@ mod uml_served;
 mod vfio;
 mod vfio_user;
 mod vfio_user_ahci;
+mod vfio_user_bench;
 mod vpci;
 
 use crate::harness::RigTest;
@@ -53,6 +54,7 @@ pub fn benches() -> Vec<RigTest> {
         vpci::benches(),
         uml_bench::benches(),
         uml_bench_disk::benches(),
+        vfio_user_bench::benches(),
     ]
     .into_iter()
     .flatten()

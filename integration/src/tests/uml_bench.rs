@@ -16,7 +16,7 @@
 //!   (uml_bench_disk.rs).
 //!
 //! MMIO read latency is measured inside UML (integration/guest/uml/bench.sh, the
-//! `uml-probe` binary): reading the e1000e's `statistics/rx_bytes` makes the driver read
+//! `guest-probe` binary): reading the e1000e's `statistics/rx_bytes` makes the driver read
 //! its statistics registers, reading `mtu` makes no device access. The difference per
 //! read, divided by the MMIO reads one statistics read makes (counted by the frontend
 //! over two served runs of different lengths), is one MMIO read as the guest sees it.
@@ -60,7 +60,7 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
-/// A `key=value` field of the first `uml-probe: KIND ...` line whose `select` field
+/// A `key=value` field of the first `guest-probe: KIND ...` line whose `select` field
 /// has `value` (paths `a`, `b`: end with it; others: equal it).
 fn probe_value(run: &UmlRun, kind: &str, select: (&str, &str), key: &str) -> Result<f64> {
     let (field_name, want) = select;
@@ -72,7 +72,7 @@ fn probe_value(run: &UmlRun, kind: &str, select: (&str, &str), key: &str) -> Res
     };
     run.output
         .lines()
-        .filter_map(|l| l.strip_prefix("uml-probe: "))
+        .filter_map(|l| l.strip_prefix("guest-probe: "))
         .filter(|l| l.starts_with(kind))
         .find(selected)
         .and_then(|l| field(l, key))

@@ -1,6 +1,6 @@
 //! `integration/rig bench uml`, the disk: the rig's ich9-ahci disk read by the same UML
 //! guest two ways, in the same boot, with the same UML build and the same O_DIRECT reads
-//! inside UML (`uml-probe read-disk`, integration/guest/uml/bench.sh):
+//! inside UML (`guest-probe read-disk`, integration/guest/uml/bench.sh):
 //!
 //! - served: udrv's UML frontend serves the ich9-ahci (claimed through VFIO) and UML's
 //!   own ahci driver drives it.
@@ -69,7 +69,7 @@ impl UmlRead {
         let field = |key: &str| -> Result<f64> {
             output
                 .lines()
-                .filter_map(|l| l.strip_prefix("uml-probe: read-disk "))
+                .filter_map(|l| l.strip_prefix("guest-probe: read-disk "))
                 .flat_map(str::split_whitespace)
                 .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
                 .and_then(|v| v.parse().ok())

@@ -182,6 +182,16 @@ fn nested_e1000e_binds_links_and_pings() -> Result<()> {
 /// as the service's vfio-user launcher does (trapped BARs, the container's IOVA
 /// ranges as the DMA limits).
 fn serve(bdf: &str, socket: &Path) -> Result<VfioUserServer<VfioPassthroughDevice>> {
+    serve_with(bdf, socket, false)
+}
+
+/// [`serve`], with the client offered direct BAR access when `direct_mmio` (the
+/// launcher's `vfio-user:SOCK,direct-mmio`).
+pub(super) fn serve_with(
+    bdf: &str,
+    socket: &Path,
+    direct_mmio: bool,
+) -> Result<VfioUserServer<VfioPassthroughDevice>> {
     let (container, mut devices) = rig::open_in_one_container(&[bdf])?;
     let device = devices
         .pop()
@@ -195,12 +205,16 @@ fn serve(bdf: &str, socket: &Path) -> Result<VfioUserServer<VfioPassthroughDevic
             socket: socket.to_path_buf(),
             allowed_uid: None,
             session: SessionOptions {
-                direct_mmio: false,
+                direct_mmio,
                 dma_limits: DmaLimits { iova_ranges },
             },
         },
     )?;
-    println!("{bdf} served over vfio-user on {}", socket.display());
+    println!(
+        "{bdf} served over vfio-user on {}{}",
+        socket.display(),
+        if direct_mmio { " (direct-mmio)" } else { "" }
+    );
     Ok(server)
 }
 

@@ -8,7 +8,7 @@
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dma::DmaMapper;
 use nix::errno::Errno;
@@ -17,8 +17,8 @@ use super::derived_intx::{DerivedIntx, DerivedIntxState};
 use super::dma::{DmaLimits, DmaTable, DmaTableState};
 use super::irqs;
 use super::protocol::{
-    dma_flags, parse_request, reply_header, server_capabilities, Header, Payload, Refusal, Reply,
-    Request, VERSION_MAJOR, VERSION_MINOR,
+    dma_flags, parse_request, reply_header, server_capabilities, Command, Header, Payload, Refusal,
+    Reply, Request, VERSION_MAJOR, VERSION_MINOR,
 };
 use super::regions::{self, RegionId, NUM_REGIONS};
 use super::status::{bump, Counters, VfioUserStatus};
@@ -210,11 +210,25 @@ impl<D: PassthroughDevice + 'static> Session<D> {
     /// that cannot be trusted) is disconnected.
     pub fn handle(&mut self, header: &Header, payload: &[u8], fds: Vec<OwnedFd>) -> Outcome {
         bump(&self.counters.messages);
+        let started = Instant::now();
         let parsed = parse_request(header, payload, fds);
         let result = match parsed {
             Ok(request) => self.dispatch(request),
             Err(refusal) => Err(Failure::Refused(refusal)),
         };
+        // Where udrv's time goes per kind of message (`udrv status`, the benches).
+        let spent = match Command::from_raw(header.command) {
+            Some(Command::DmaMap) => Some(&self.counters.dma_map_ns),
+            Some(Command::DmaUnmap) => Some(&self.counters.dma_unmap_ns),
+            Some(Command::RegionRead | Command::RegionWrite | Command::RegionWriteMulti) => {
+                Some(&self.counters.region_access_ns)
+            }
+            _ => None,
+        };
+        if let Some(counter) = spent {
+            let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            counter.fetch_add(ns, Relaxed);
+        }
         // Device errors behind an access that itself succeeded (a config read that
         // read all-ones because the device failed) show in the status.
         if let Some(function) = self.function.as_mut() {

@@ -53,6 +53,17 @@ pub struct VfioUserStatus {
     /// which VFIO cannot deliver).
     #[serde(default)]
     pub derived_intx_signals: u64,
+    /// Nanoseconds spent handling DMA_MAPs (parsed to reply built: the IOMMU mapping,
+    /// the fd's mmap and the table), over all of them.
+    #[serde(default)]
+    pub dma_map_ns: u64,
+    /// Nanoseconds spent handling DMA_UNMAPs, over all of them.
+    #[serde(default)]
+    pub dma_unmap_ns: u64,
+    /// Nanoseconds spent handling REGION_READs and REGION_WRITEs (the device access
+    /// included), over all of them.
+    #[serde(default)]
+    pub region_access_ns: u64,
     /// The latest error (a refused message, a device error), if any.
     pub last_error: Option<String>,
 }
@@ -73,6 +84,9 @@ pub(super) struct Counters {
     pub(super) irq_sets: AtomicU64,
     pub(super) resets: AtomicU64,
     pub(super) derived_intx_signals: AtomicU64,
+    pub(super) dma_map_ns: AtomicU64,
+    pub(super) dma_unmap_ns: AtomicU64,
+    pub(super) region_access_ns: AtomicU64,
     pub(super) client: Mutex<Option<ClientPeer>>,
     pub(super) last_error: Mutex<Option<String>>,
 }
@@ -111,6 +125,9 @@ impl Counters {
             irq_sets: n(&self.irq_sets),
             resets: n(&self.resets),
             derived_intx_signals: n(&self.derived_intx_signals),
+            dma_map_ns: n(&self.dma_map_ns),
+            dma_unmap_ns: n(&self.dma_unmap_ns),
+            region_access_ns: n(&self.region_access_ns),
             last_error: self
                 .last_error
                 .lock()

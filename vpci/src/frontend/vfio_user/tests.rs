@@ -202,6 +202,11 @@ fn vfio_user_crate_client_negotiates_reads_writes_maps_and_fires() {
     assert_eq!((s.resets, s.irq_sets, s.error_replies), (1, 1, 0));
     assert!(s.region_reads >= 4 && s.region_writes >= 3, "{s:?}");
     assert!(s.client.is_some());
+    // Where udrv's time went, per kind of message.
+    assert!(
+        s.dma_map_ns > 0 && s.dma_unmap_ns > 0 && s.region_access_ns > 0,
+        "{s:?}"
+    );
 
     // Disconnect: the device is quiesced and its memory unmapped.
     client.shutdown().unwrap();

@@ -1,16 +1,22 @@
-//! `uml-probe`: timings taken inside a User-Mode Linux guest for `integration/rig bench
-//! uml`. UML's busybox has no sub-second clock, so the rig copies this static binary
-//! into UML's root (/bin/uml-probe). Each command prints one `uml-probe:` line of
+//! `guest-probe`: timings taken inside a guest for the rig's benches: a User-Mode Linux
+//! guest (`integration/rig bench uml`; the rig copies it into UML's root as
+//! /bin/guest-probe) and the nested QEMU guest (`integration/rig bench vfio_user`; the
+//! bench puts it into that guest's initramfs). Their busybox has no sub-second clock,
+//! hence this static binary. Each command prints one `guest-probe:` line of
 //! `key=value` fields that the bench on the rig side parses.
 //!
 //! ```text
-//! uml-probe read-pair A B COUNT ROUNDS
+//! guest-probe read-pair A B COUNT ROUNDS
 //!                                  COUNT reads of file A, then of B, ROUNDS times: µs per
 //!                                  read of each and of A minus B (medians over rounds)
-//! uml-probe read-disk DEV BYTES [BLOCK]
+//! guest-probe read-disk DEV BYTES [BLOCK]
 //!                                  O_DIRECT sequential reads of DEV (default 64 KiB blocks): MB/s,
 //!                                  and the requests UML's block layer sent the disk and
 //!                                  their total time from issue to completion
+//! guest-probe mmio-read ADDRESS COUNT ROUNDS
+//!                                  COUNT 32-bit reads of the device register at physical
+//!                                  ADDRESS (through /dev/mem), ROUNDS times: µs per read
+//!                                  (median and lowest over rounds) and the value read
 //! ```
 //!
 //! Reading an e1000e's `statistics/rx_bytes` makes the driver read its statistics
@@ -32,7 +38,8 @@ const ALIGN: usize = 4096;
 /// The default read size.
 const BLOCK: usize = 64 * 1024;
 
-const USAGE: &str = "usage: uml-probe read-pair A B COUNT ROUNDS | read-disk DEV BYTES [BLOCK]";
+const USAGE: &str = "usage: guest-probe read-pair A B COUNT ROUNDS | read-disk DEV BYTES [BLOCK] \
+                     | mmio-read ADDRESS COUNT ROUNDS";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -49,23 +56,29 @@ fn main() -> ExitCode {
             }
             read_disk(dev, b, block)
         }),
+        ["mmio-read", address, count, rounds] => number(address, "ADDRESS")
+            .and_then(|a| mmio_read(a, number(count, "COUNT")?, number(rounds, "ROUNDS")?)),
         _ => Err(USAGE.to_string()),
     };
     match result {
         Ok(line) => {
-            println!("uml-probe: {line}");
+            println!("guest-probe: {line}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("uml-probe: error: {e}");
+            eprintln!("guest-probe: error: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
+/// A decimal number, or a hexadecimal one after `0x`.
 fn number(text: &str, what: &str) -> Result<u64, String> {
-    text.parse()
-        .map_err(|_| format!("{what} {text:?} is not a number"))
+    match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    }
+    .map_err(|_| format!("{what} {text:?} is not a number"))
 }
 
 /// µs per read of `file` over `count` reads at offset 0.
@@ -161,5 +174,83 @@ fn read_disk(dev: &str, bytes: u64, block: usize) -> Result<String, String> {
         done as f64 / secs / 1e6,
         reads_after.saturating_sub(reads_before),
         ms_after.saturating_sub(ms_before)
+    ))
+}
+
+/// The page of physical memory around a device register, mapped from /dev/mem.
+struct DevMemPage {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl DevMemPage {
+    /// Maps the page holding `address` (shared, read-only: every read reaches the
+    /// device).
+    fn map(address: u64) -> Result<Self, String> {
+        let file = File::open("/dev/mem").map_err(|e| format!("/dev/mem: {e}"))?;
+        let len = 4096usize;
+        let offset = address & !(len as u64 - 1);
+        let offset = libc::off_t::try_from(offset)
+            .map_err(|_| format!("address {address:#x} out of range"))?;
+        // SAFETY: a fresh mapping chosen by the kernel (no address hint), so nothing of
+        // this process is replaced; the result is checked before use and unmapped in
+        // Drop. Its contents are only ever read with read_volatile.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                offset,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(format!(
+                "mmap of /dev/mem at {offset:#x}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(Self { base, len })
+    }
+
+    /// One 32-bit read of the register at `address` (in this page, 4-byte aligned).
+    fn read_u32(&self, address: u64) -> u32 {
+        let at = (address as usize) & (self.len - 1) & !3;
+        // SAFETY: `at` is 4-byte aligned and at most len - 4 bytes into the live,
+        // page-aligned mapping; a volatile read of device memory has no Rust aliasing.
+        unsafe { self.base.cast::<u8>().add(at).cast::<u32>().read_volatile() }
+    }
+}
+
+impl Drop for DevMemPage {
+    fn drop(&mut self) {
+        // SAFETY: `base` and `len` are the mapping made in `map`, unmapped once here.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+fn mmio_read(address: u64, count: u64, rounds: u64) -> Result<String, String> {
+    if count == 0 || rounds == 0 {
+        return Err("COUNT and ROUNDS must be at least 1".into());
+    }
+    if !address.is_multiple_of(4) {
+        return Err(format!("ADDRESS {address:#x} is not 4-byte aligned"));
+    }
+    let page = DevMemPage::map(address)?;
+    let mut value = 0;
+    let mut per_read = Vec::new();
+    for _ in 0..rounds {
+        let started = Instant::now();
+        for _ in 0..count {
+            value = page.read_u32(address);
+        }
+        per_read.push(started.elapsed().as_secs_f64() * 1e6 / count as f64);
+    }
+    let lowest = per_read.iter().copied().fold(f64::INFINITY, f64::min);
+    Ok(format!(
+        "mmio-read address={address:#x} count={count} rounds={rounds} value={value:#010x} \
+         us={:.3} lowest_us={lowest:.3}",
+        median(per_read)
     ))
 }
