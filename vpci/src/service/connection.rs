@@ -13,6 +13,11 @@ use super::framing::LineBuffer;
 /// requests without reading the answers must not grow the daemon without bound.
 pub(crate) const MAX_PENDING_OUTPUT: usize = 1 << 20;
 
+/// Most bytes of requests read before they are answered: a client that writes
+/// requests as fast as they are read, and never reads the answers, is cut off once
+/// its answers pass [`MAX_PENDING_OUTPUT`] instead of having all of them read first.
+pub(crate) const READ_BATCH: usize = 64 << 10;
+
 /// A control connection.
 pub(crate) struct Connection {
     pub(crate) stream: UnixStream,
@@ -43,15 +48,21 @@ impl Connection {
         }
     }
 
-    /// Reads what the socket holds and returns the complete lines in it. A line over
-    /// the limit ends reading for good.
-    pub(crate) fn receive(&mut self) -> io::Result<Vec<Incoming>> {
+    /// Reads what the socket holds, up to [`READ_BATCH`] bytes, and returns the
+    /// complete lines in it and whether more may be waiting (the batch filled before
+    /// the socket ran dry). A line over the limit ends reading for good.
+    pub(crate) fn receive(&mut self) -> io::Result<(Vec<Incoming>, bool)> {
         let mut chunk = [0u8; 4096];
         let mut incoming = Vec::new();
+        let mut read = 0;
         while !self.closing {
+            if read >= READ_BATCH {
+                return Ok((incoming, true));
+            }
             match self.stream.read(&mut chunk) {
                 Ok(0) => self.closing = true,
                 Ok(n) => {
+                    read += n;
                     self.input.push(&chunk[..n]);
                     // Split as we go, so an endless line is refused at the limit
                     // rather than buffered whole.
@@ -62,7 +73,7 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
-        Ok(incoming)
+        Ok((incoming, false))
     }
 
     fn split(&mut self, incoming: &mut Vec<Incoming>) {

@@ -371,19 +371,26 @@ impl Daemon {
         };
         let mut broken = false;
         if event.is_readable() || event.is_read_closed() {
-            match client.receive() {
-                Ok(incoming) => {
-                    for item in incoming {
-                        let line = match upgrade_request(&item) {
-                            Some(binary) => self.upgrade(&client, binary),
-                            None => self.answer(&client.peer, item),
-                        };
-                        client.queue(&line);
+            loop {
+                let (incoming, more) = match client.receive() {
+                    Ok(received) => received,
+                    Err(e) => {
+                        debug!(error = %e, "reading from a control client");
+                        broken = true;
+                        break;
                     }
+                };
+                for item in incoming {
+                    let line = match upgrade_request(&item) {
+                        Some(binary) => self.upgrade(&client, binary),
+                        None => self.answer(&client.peer, item),
+                    };
+                    client.queue(&line);
                 }
-                Err(e) => {
-                    debug!(error = %e, "reading from a control client");
-                    broken = true;
+                // Answers the client does not take pile up: no more requests are
+                // read from it once they pass the limit (it is cut off below).
+                if !more || client.flush().is_err() || client.pending() > MAX_PENDING_OUTPUT {
+                    break;
                 }
             }
         }
