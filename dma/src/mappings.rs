@@ -79,6 +79,44 @@ impl<M: DmaMapper> DmaMappings<M> {
         len: u64,
         access: DmaAccess,
     ) -> Result<(), DmaError> {
+        let mapping = self.checked(iova, &backing, offset, len, access)?;
+        // SAFETY: `[vaddr, vaddr + len)` lies inside `backing` (checked by `checked`),
+        // whose `DmaBacking` promise keeps it mapped while it lives; the entry recorded
+        // below holds it until the mapping is unmapped, and `Drop` leaks it if that
+        // unmap fails.
+        unsafe { self.mapper.map(&mapping)? };
+        self.record(mapping, backing);
+        Ok(())
+    }
+
+    /// Records a mapping the mapper holds already, made by a predecessor process that
+    /// handed its IOMMU container over (`udrv serve`'s upgrade): `len` bytes of
+    /// `backing` from `offset`, the same memory the predecessor mapped (the same file
+    /// pages, mapped again here), at `iova`. The mapper is not called; the mapping is
+    /// unmapped through it like any other. Refuses what [`map`](Self::map) refuses.
+    pub fn adopt(
+        &mut self,
+        iova: Iova,
+        backing: Arc<dyn DmaBacking>,
+        offset: u64,
+        len: u64,
+        access: DmaAccess,
+    ) -> Result<(), DmaError> {
+        let mapping = self.checked(iova, &backing, offset, len, access)?;
+        self.record(mapping, backing);
+        Ok(())
+    }
+
+    /// The mapping of `len` bytes of `backing` from `offset` at `iova`, once every
+    /// check [`map`](Self::map) makes has passed.
+    fn checked(
+        &self,
+        iova: Iova,
+        backing: &Arc<dyn DmaBacking>,
+        offset: u64,
+        len: u64,
+        access: DmaAccess,
+    ) -> Result<DmaMapping, DmaError> {
         let range = IovaRange::new(iova, len)?;
         let (base, backing_len) = backing.host_range();
         if offset.checked_add(len).is_none_or(|end| end > backing_len) {
@@ -107,62 +145,21 @@ impl<M: DmaMapper> DmaMappings<M> {
                 existing: existing.range,
             });
         }
-        // SAFETY: `[vaddr, vaddr + len)` lies inside `backing` (checked above), whose
-        // `DmaBacking` promise keeps it mapped while it lives; the entry below holds it
-        // until the mapping is unmapped, and `Drop` leaks it if that unmap fails.
-        unsafe { self.mapper.map(&mapping)? };
-        self.entries.insert(
-            iova.0,
-            Entry {
-                range,
-                vaddr,
-                access,
-                backing,
-            },
-        );
-        self.bytes += len;
-        Ok(())
+        Ok(mapping)
     }
 
-    /// Records a mapping the mapper holds already, made by a predecessor process that
-    /// handed its IOMMU container over (`udrv serve`'s upgrade): `len` bytes of
-    /// `backing` from `offset`, the same memory the predecessor mapped (the same file
-    /// pages, mapped again here), at `iova`. The mapper is not called; the mapping is
-    /// unmapped through it like any other. Refuses what [`map`](Self::map) refuses.
-    pub fn adopt(
-        &mut self,
-        iova: Iova,
-        backing: Arc<dyn DmaBacking>,
-        offset: u64,
-        len: u64,
-        access: DmaAccess,
-    ) -> Result<(), DmaError> {
-        let range = IovaRange::new(iova, len)?;
-        let (base, backing_len) = backing.host_range();
-        if offset.checked_add(len).is_none_or(|end| end > backing_len) {
-            return Err(DmaError::OutsideBacking {
-                offset,
-                len,
-                backing_len,
-            });
-        }
-        if let Some(existing) = self.overlapping(range).next() {
-            return Err(DmaError::MapOverlap {
-                requested: range,
-                existing: existing.range,
-            });
-        }
+    /// Keeps `backing` for `mapping`, now in the IOMMU, until it is unmapped.
+    fn record(&mut self, mapping: DmaMapping, backing: Arc<dyn DmaBacking>) {
         self.entries.insert(
-            iova.0,
+            mapping.iova().0,
             Entry {
-                range,
-                vaddr: HostVirtAddr(base.0 + offset),
-                access,
+                range: mapping.range,
+                vaddr: mapping.vaddr,
+                access: mapping.access,
                 backing,
             },
         );
-        self.bytes += len;
-        Ok(())
+        self.bytes += mapping.len();
     }
 
     /// Forgets every mapping without unmapping it, for a successor that took the

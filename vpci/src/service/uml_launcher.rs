@@ -17,6 +17,7 @@ use udriver::pci::PciAddress;
 use udriver::vfio::{VfioContainer, VfioGroup};
 
 use super::launcher::{FrontendLauncher, LaunchError, RunningFrontend};
+use super::vfio_user_launcher::VfioUserOptions;
 use super::FrontendSpec;
 use crate::frontend::{FrontendStatus, UmlFrontend};
 use crate::handover::FdBag;
@@ -111,20 +112,10 @@ impl FrontendLauncher for UmlLauncher {
         spec: &FrontendSpec,
     ) -> Result<Box<dyn RunningFrontend>, LaunchError> {
         let lease = self.lease(iommu_group)?;
-        let (socket, worker) = match spec {
-            FrontendSpec::Uml { socket, worker } => (socket, worker),
-            FrontendSpec::VfioUser {
-                socket,
-                direct_mmio,
-                user,
-            } => {
-                let options = super::vfio_user_launcher::VfioUserOptions {
-                    socket: socket.clone(),
-                    direct_mmio: *direct_mmio,
-                    user: *user,
-                };
-                return super::vfio_user_launcher::start(lease, device, options);
-            }
+        let FrontendSpec::Uml { socket, worker } = spec else {
+            let options = VfioUserOptions::of(spec)
+                .ok_or_else(|| format!("{spec}: a frontend this launcher cannot start"))?;
+            return super::vfio_user_launcher::start(lease, device, options);
         };
         let vfio = lease.group.open_device(&device.to_string())?;
         let function = PassthroughFunction::new(VfioPassthroughDevice::new(vfio)?)?;
@@ -143,20 +134,9 @@ impl FrontendLauncher for UmlLauncher {
         state: &serde_json::Value,
         bag: &mut FdBag,
     ) -> Result<Box<dyn RunningFrontend>, LaunchError> {
-        match spec {
-            FrontendSpec::VfioUser {
-                socket,
-                direct_mmio,
-                user,
-            } => {
-                let options = super::vfio_user_launcher::VfioUserOptions {
-                    socket: socket.clone(),
-                    direct_mmio: *direct_mmio,
-                    user: *user,
-                };
-                super::vfio_user_launcher::resume(self, device, options, state, bag)
-            }
-            FrontendSpec::Uml { .. } => Err(format!(
+        match VfioUserOptions::of(spec) {
+            Some(options) => super::vfio_user_launcher::resume(self, device, options, state, bag),
+            None => Err(format!(
                 "{device}: a UML frontend cannot be taken over ({UML_HANDOVER_REFUSAL})"
             )
             .into()),

@@ -28,6 +28,24 @@ pub(super) struct VfioUserOptions {
     pub(super) user: Option<u32>,
 }
 
+impl VfioUserOptions {
+    /// What `spec` asks for, if it is a `vfio-user:` spec.
+    pub(super) fn of(spec: &super::FrontendSpec) -> Option<VfioUserOptions> {
+        match spec {
+            super::FrontendSpec::VfioUser {
+                socket,
+                direct_mmio,
+                user,
+            } => Some(VfioUserOptions {
+                socket: socket.clone(),
+                direct_mmio: *direct_mmio,
+                user: *user,
+            }),
+            super::FrontendSpec::Uml { .. } => None,
+        }
+    }
+}
+
 impl From<VfioUserStatus> for FrontendStatus {
     fn from(status: VfioUserStatus) -> Self {
         FrontendStatus {
